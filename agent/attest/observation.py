@@ -1,0 +1,293 @@
+"""Signing a Reading into an Observation (EIP-712 digest, r‖s‖v signature, JSON envelope) and
+verifying such an envelope from the digest up, never trusting its "digest" field.
+
+Envelope v1: UTF-8 JSON, compact separators, keys in this order::
+
+    {"v":1,"gateway":"0x<40 hex, lowercase>",
+     "domain":{"name":str,"version":str,"chainId":int,"verifyingContract":"0x<40 hex>"},
+     "message":{"deviceId":"0x<64 hex>","sensor":"0x<64 hex>","value":"<int256, decimal>",
+                "exponent":int,"unit":"0x<64 hex>","timestamp":int,"deviceCounter":int,
+                "gatewaySequence":int},
+     "reading":{"device":"sim-1","sensor":"temp","value":"21.37","unit":"Cel",
+                "transport":"mqtt","auth":"allowlist"},
+     "digest":"0x<64 hex>","signature":"0x<130 hex: r ‖ s ‖ v, v 27/28, low S>"}
+
+"domain" and "message" are exactly the EIP-712 domain and Observation struct that are signed
+(bytes32 labels left-aligned and zero-padded; value as a decimal string because int256 does not
+fit a JSON number). "reading" repeats the labels and the exact decimal value for people; it
+must agree with "message". Its "transport" and "auth" are not part of the signed struct.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.attest.eip712 import domain_separator, observation_digest
+from agent.attest.keys import GatewayKey, recover_address
+from agent.errors import EnvelopeError
+from agent.model import (
+    INT256_MAX,
+    INT256_MIN,
+    UINT64_MAX,
+    AuthMethod,
+    Eip712Domain,
+    Observation,
+    Reading,
+    Transport,
+    bytes32_label,
+    decimal_string,
+    label_bytes32,
+)
+
+ENVELOPE_VERSION = 1
+# json.dumps builds a new encoder per call when given separators; reuse one (same output).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+_BYTES32_RE = re.compile(r"^0x[0-9a-fA-F]{64}$")
+_SIGNATURE_RE = re.compile(r"^0x[0-9a-fA-F]{130}$")
+_ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_DECIMAL_INT_RE = re.compile(r"^-?(?:0|[1-9][0-9]{0,77})$")
+# Labels repeat (a few devices x sensors); bound the cache so odd input cannot grow it forever.
+_LABEL_CACHE_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedObservation:
+    """What a valid envelope proves: `signer` signed `reading` as number `gateway_sequence`."""
+
+    signer: str  # 0x-lowercase address recovered from the signature (equals "gateway")
+    digest: bytes
+    signature: bytes
+    gateway_sequence: int
+    reading: Reading
+    domain: Eip712Domain
+
+
+class ObservationSigner:
+    """Signs Readings with the gateway key under one EIP-712 domain."""
+
+    __slots__ = ("_domain", "_domain_sep", "_key", "_label_hex", "_prefix")
+
+    def __init__(self, key: GatewayKey, domain: Eip712Domain) -> None:
+        self._key = key
+        self._domain = domain
+        self._domain_sep = domain_separator(domain)
+        head = {
+            "v": ENVELOPE_VERSION,
+            "gateway": key.address,
+            "domain": _domain_json(domain),
+        }
+        # The constant head of every envelope, left open so the body can be appended.
+        self._prefix = _COMPACT.encode(head)[:-1] + ","
+        self._label_hex: dict[str, str] = {}
+
+    @property
+    def gateway(self) -> str:
+        return self._key.address
+
+    @property
+    def domain(self) -> Eip712Domain:
+        return self._domain
+
+    def _hex32(self, label: str, what: str) -> str:
+        cached = self._label_hex.get(label)
+        if cached is None:
+            if len(self._label_hex) >= _LABEL_CACHE_MAX:
+                self._label_hex.clear()
+            cached = self._label_hex[label] = "0x" + label_bytes32(label, what).hex()
+        return cached
+
+    def sign(self, reading: Reading, gateway_sequence: int) -> Observation:
+        digest = observation_digest(self._domain_sep, reading, gateway_sequence)
+        signature = self._key.sign_digest(digest)
+        body = {
+            "message": {
+                "deviceId": self._hex32(reading.device_id, "device id"),
+                "sensor": self._hex32(reading.sensor, "sensor"),
+                "value": str(reading.value),
+                "exponent": reading.exponent,
+                "unit": self._hex32(reading.unit, "unit"),
+                "timestamp": reading.timestamp,
+                "deviceCounter": reading.counter,
+                "gatewaySequence": gateway_sequence,
+            },
+            "reading": {
+                "device": reading.device_id,
+                "sensor": reading.sensor,
+                "value": decimal_string(reading.value, reading.exponent),
+                "unit": reading.unit,
+                "transport": reading.transport.value,
+                "auth": reading.auth.value,
+            },
+            "digest": "0x" + digest.hex(),
+            "signature": "0x" + signature.hex(),
+        }
+        envelope = self._prefix + _COMPACT.encode(body)[1:]
+        return Observation(
+            reading=reading,
+            gateway_sequence=gateway_sequence,
+            gateway=self._key.address,
+            digest=digest,
+            signature=signature,
+            envelope=envelope.encode("utf-8"),
+        )
+
+
+def _domain_json(domain: Eip712Domain) -> dict[str, Any]:
+    return {
+        "name": domain.name,
+        "version": domain.version,
+        "chainId": domain.chain_id,
+        "verifyingContract": domain.verifying_contract,
+    }
+
+
+# --- verification ---------------------------------------------------------------------------
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Parsers disagree on which duplicate wins; a reader could be shown one value while
+    # another was checked, so duplicates are refused outright.
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise EnvelopeError(f"duplicate key {key!r} in envelope")
+        obj[key] = value
+    return obj
+
+
+def _get(obj: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted path, or EnvelopeError naming the missing field."""
+    value: Any = obj
+    walked: list[str] = []
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            raise EnvelopeError(f"field {'.'.join(walked)} must be an object")
+        walked.append(part)
+        if part not in value:
+            raise EnvelopeError(f"missing field {path}")
+        value = value[part]
+    return value
+
+
+def _get_str(obj: Mapping[str, Any], path: str, pattern: re.Pattern[str] | None = None) -> str:
+    value = _get(obj, path)
+    if not isinstance(value, str):
+        raise EnvelopeError(f"field {path} must be a string")
+    if pattern is not None and not pattern.match(value):
+        raise EnvelopeError(f"field {path} is malformed")
+    return value
+
+
+def _get_int(obj: Mapping[str, Any], path: str, lo: int, hi: int) -> int:
+    value = _get(obj, path)
+    if type(value) is not int:
+        raise EnvelopeError(f"field {path} must be an integer")
+    if not lo <= value <= hi:
+        raise EnvelopeError(f"field {path} = {value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def _get_label(obj: Mapping[str, Any], path: str, what: str) -> str:
+    raw = bytes.fromhex(_get_str(obj, path, _BYTES32_RE)[2:])
+    try:
+        label = bytes32_label(raw)
+        canonical = label_bytes32(label, what) == raw
+    except (UnicodeDecodeError, ValueError):
+        canonical = False
+    if not canonical:
+        raise EnvelopeError(f"field {path} is not a {what} label (ASCII, zero-padded bytes32)")
+    return label
+
+
+def _parse(data: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
+    if isinstance(data, Mapping):
+        return data
+    try:
+        parsed = json.loads(data, object_pairs_hook=_no_duplicate_keys)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise EnvelopeError(f"envelope is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise EnvelopeError("envelope must be a JSON object")
+    return parsed
+
+
+def verify_envelope(data: bytes | str | Mapping[str, Any]) -> VerifiedObservation:
+    """Check an envelope from its signed fields up; raise EnvelopeError with the reason."""
+    env = _parse(data)
+    version = _get(env, "v")
+    if type(version) is not int or version != ENVELOPE_VERSION:
+        raise EnvelopeError(f"unsupported envelope version {version!r} (expected 1)")
+    gateway = _get_str(env, "gateway", _ADDRESS_RE).lower()
+
+    try:
+        domain = Eip712Domain(
+            name=_get_str(env, "domain.name"),
+            version=_get_str(env, "domain.version"),
+            chain_id=_get_int(env, "domain.chainId", 1, 2**256 - 1),
+            verifying_contract=_get_str(env, "domain.verifyingContract", _ADDRESS_RE),
+        )
+    except ValueError as exc:
+        raise EnvelopeError(f"bad domain: {exc}") from None
+
+    device = _get_label(env, "message.deviceId", "device id")
+    sensor = _get_label(env, "message.sensor", "sensor")
+    unit = _get_label(env, "message.unit", "unit")
+    value_text = _get_str(env, "message.value")
+    if not _DECIMAL_INT_RE.match(value_text) or value_text == "-0":
+        raise EnvelopeError("field message.value must be an int256 as a canonical decimal string")
+    value = int(value_text)
+    if not INT256_MIN <= value <= INT256_MAX:
+        raise EnvelopeError("field message.value is out of range for int256")
+    exponent = _get_int(env, "message.exponent", -128, 127)
+    timestamp = _get_int(env, "message.timestamp", 0, UINT64_MAX)
+    counter = _get_int(env, "message.deviceCounter", 0, UINT64_MAX)
+    sequence = _get_int(env, "message.gatewaySequence", 0, UINT64_MAX)
+
+    try:
+        transport = Transport(_get_str(env, "reading.transport"))
+        auth = AuthMethod(_get_str(env, "reading.auth"))
+    except ValueError as exc:
+        raise EnvelopeError(f"bad reading block: {exc}") from None
+    reading = Reading(
+        device_id=device,
+        sensor=sensor,
+        value=value,
+        exponent=exponent,
+        unit=unit,
+        timestamp=timestamp,
+        counter=counter,
+        transport=transport,
+        auth=auth,
+    )
+    for shown_path, signed_path, signed in (
+        ("reading.device", "message.deviceId", device),
+        ("reading.sensor", "message.sensor", sensor),
+        ("reading.unit", "message.unit", unit),
+        ("reading.value", "message.value", reading.decimal),
+    ):
+        shown = _get_str(env, shown_path)
+        if shown != signed:
+            raise EnvelopeError(
+                f"{shown_path} {shown!r} disagrees with the signed {signed_path} ({signed!r})"
+            )
+
+    digest = observation_digest(domain_separator(domain), reading, sequence)
+    claimed_digest = _get_str(env, "digest", _BYTES32_RE)
+    if bytes.fromhex(claimed_digest[2:]) != digest:
+        raise EnvelopeError(f"digest mismatch: the signed fields hash to 0x{digest.hex()}")
+    signature = bytes.fromhex(_get_str(env, "signature", _SIGNATURE_RE)[2:])
+    signer = recover_address(digest, signature)
+    if signer != gateway:
+        raise EnvelopeError(f"signature does not recover to gateway {gateway} (but to {signer})")
+    return VerifiedObservation(
+        signer=signer,
+        digest=digest,
+        signature=signature,
+        gateway_sequence=sequence,
+        reading=reading,
+        domain=domain,
+    )

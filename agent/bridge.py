@@ -1,0 +1,194 @@
+"""Upstream MQTT bridge: delivers journaled observations in order, QoS 1, ack-then-done.
+
+Reads the journal after its acknowledged cursor, keeps at most `inflight` PUBLISHes unacked,
+and advances the journal cursor only over a contiguous run of PUBACKs. A retained birth /
+last-will message on `<prefix>/<gateway>/status` says whether the gateway is online.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent import __version__
+from agent.config import BridgeConfig
+from agent.journal import Journal
+from agent.logs import RateLimitedLog, event
+from agent.metrics import Metrics
+from agent.mqtt import MqttConnection
+
+SINK = "bridge"
+
+
+def status_payload(gateway: str, state: str) -> bytes:
+    return json.dumps(
+        {
+            "state": state,
+            "gateway": gateway,
+            "agent": f"edgence-agent/{__version__}",
+            "ts": int(time.time()),
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+class Bridge:
+    """The upstream sink. `wake()` after each journal commit; `run()` until cancelled."""
+
+    def __init__(
+        self,
+        cfg: BridgeConfig,
+        *,
+        journal: Journal,
+        executor: ThreadPoolExecutor,
+        gateway: str,
+        metrics: Metrics,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.journal = journal
+        self.executor = executor
+        self.gateway = gateway
+        self.metrics = metrics
+        self.log = logger or logging.getLogger("agent.bridge")
+        self._rl = RateLimitedLog(self.log)
+        self.base_topic = f"{cfg.topic_prefix}/{gateway}"
+        self.status_topic = f"{self.base_topic}/status"
+        self.conn = MqttConnection(
+            cfg.broker,
+            client_id=cfg.broker.client_id or f"edgence-{gateway[2:14]}-bridge",
+            clean_start=False,
+            name="upstream",
+            will=(self.status_topic, status_payload(gateway, "offline")),
+            max_inflight=cfg.inflight,
+            logger=self.log,
+        )
+        self.conn.client.on_publish = self._on_publish
+        self.conn.on_connected = self._on_connected
+        self._more = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._pending: dict[int, int] = {}  # paho mid -> gateway sequence
+        self._order: deque[int] = deque()  # sequences handed to paho, in order
+        self._acked: set[int] = set()
+        self._sent = 0
+        self.watermark = 0
+        self._persisted = 0
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._drained = asyncio.Event()
+        metrics.gauge("bridge_inflight", lambda: float(len(self._pending)))
+        metrics.gauge("bridge_connected", lambda: float(self.conn.connected.is_set()))
+
+    def wake(self) -> None:
+        self._more.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def _on_connected(self, session_present: bool) -> None:
+        self.conn.client.publish(
+            self.status_topic, status_payload(self.gateway, "online"), qos=1, retain=True
+        )
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, rc: ReasonCode, props: Any
+    ) -> None:
+        seq = self._pending.pop(mid, None)
+        if seq is None:
+            return  # a status message
+        if rc.is_failure:
+            # MQTT 5 broker refused it (e.g. ACL): it stays in the journal for a later retry
+            # only if we stop here, so we count it and say which sequence it was.
+            self.metrics.inc("bridge_refused")
+            self._rl.event(
+                ("bridge", "refused"), "bridge_refused", logging.ERROR, seq=seq, reason=str(rc)
+            )
+        self.metrics.inc("observations_delivered")
+        self._acked.add(seq)
+        while self._order and self._order[0] in self._acked:
+            self.watermark = self._order.popleft()
+            self._acked.discard(self.watermark)
+        if len(self._pending) < self.cfg.inflight:
+            self._room.set()
+        if not self._pending:
+            self._drained.set()
+        if self._flush_handle is None:
+            loop = asyncio.get_running_loop()
+            self._flush_handle = loop.call_later(0.05, self._schedule_flush)
+
+    def _schedule_flush(self) -> None:
+        self._flush_handle = None
+        asyncio.get_running_loop().create_task(self.flush())
+
+    async def flush(self) -> None:
+        """Persist the acknowledged watermark in the journal."""
+        wm = self.watermark
+        if wm > self._persisted:
+            await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.journal.ack, SINK, wm
+            )
+            self._persisted = max(self._persisted, wm)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._sent = self.watermark = self._persisted = await loop.run_in_executor(
+            self.executor, self.journal.cursor, SINK
+        )
+        conn_task = asyncio.create_task(self.conn.run())
+        try:
+            await self._pump()
+        finally:
+            conn_task.cancel()
+
+    async def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        prefix = f"{self.base_topic}/obs/"
+        publish = self.conn.client.publish
+        while True:
+            await self.conn.connected.wait()
+            room = self.cfg.inflight - len(self._pending)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            self._more.clear()
+            entries = await loop.run_in_executor(
+                self.executor, self.journal.read_after, SINK, self._sent, min(room, self.cfg.batch)
+            )
+            if not entries:
+                await self._more.wait()
+                continue
+            for e in entries:
+                info = publish(f"{prefix}{e.device_id}/{e.sensor}", e.envelope, qos=1)
+                self._pending[info.mid] = e.seq
+                self._order.append(e.seq)
+                self._sent = e.seq
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Publish the offline status, give in-flight messages `grace` seconds to be acknowledged,
+        persist the watermark and disconnect. What is not acknowledged stays journaled."""
+        deadline = time.monotonic() + grace
+        if self.conn.connected.is_set():
+            self.conn.client.publish(
+                self.status_topic, status_payload(self.gateway, "offline"), qos=1, retain=True
+            )
+            if self._pending:
+                self._drained.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._drained.wait(), grace)
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        await self.flush()
+        await self.conn.stop(grace=max(0.05, deadline - time.monotonic()))
+        event(self.log, "bridge_stopped", delivered_upto=self.watermark, unacked=len(self._pending))

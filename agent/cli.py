@@ -1,0 +1,177 @@
+"""The `edgence-agent` command: init, run, demo, verify."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+from agent import __version__
+from agent.errors import AgentError, EnvelopeError
+
+
+def default_config_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/etc/edgence-agent")
+    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "edgence-agent"
+
+
+def default_config() -> Path:
+    env = os.environ.get("EDGENCE_CONFIG")
+    return Path(env) if env else default_config_dir() / "agent.toml"
+
+
+def example_config() -> str:
+    return resources.files("agent").joinpath("resources/agent.example.toml").read_text("utf-8")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from agent.attest.keys import GatewayKey, write_key_file
+
+    d: Path = args.dir
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key_path = d / "gateway.key"
+    cfg_path = d / "agent.toml"
+    if cfg_path.exists() and not args.force:
+        raise AgentError(
+            f"{cfg_path} already exists; pass --force to rewrite the config "
+            "(the key is never overwritten)"
+        )
+    passphrase = None
+    if args.passphrase_file:
+        passphrase = Path(args.passphrase_file).read_text(encoding="utf-8").rstrip("\r\n")
+    elif args.encrypt:
+        passphrase = getpass.getpass("passphrase for the gateway key: ")
+        if passphrase != getpass.getpass("repeat the passphrase: "):
+            raise AgentError("the passphrases differ; nothing was written")
+    key = GatewayKey.generate()
+    write_key_file(key_path, key, passphrase)
+    text = example_config()
+    text = text.replace("chain_id = 31337", f"chain_id = {args.chain_id}")
+    if args.local_broker:
+        text = text.replace('url = "mqtt://127.0.0.1:1883"', f'url = "{args.local_broker}"')
+    if args.upstream:
+        text = text.replace('url = "mqtt://127.0.0.1:1884"', f'url = "{args.upstream}"')
+    header = f"# Gateway address (masternode signing key): {key.checksum_address}\n"
+    cfg_path.write_text(header + text, encoding="utf-8")
+    (d / "data").mkdir(exist_ok=True, mode=0o700)
+    print(f"gateway key   {key_path} (mode 0600{', encrypted' if passphrase else ''})")
+    print(f"config        {cfg_path}")
+    print(f"address       {key.checksum_address}")
+    print(f"next: edit the config, then `edgence-agent run --config {cfg_path}`")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+    from agent.logs import setup_logging
+    from agent.runtime import Agent, run_until_signalled
+
+    cfg = load_config(args.config)
+    setup_logging(args.log_level or cfg.log.level)
+    agent = Agent(cfg)
+    asyncio.run(run_until_signalled(agent))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo import run_demo
+    from agent.logs import setup_logging
+
+    setup_logging("warning", sys.stderr)
+    return asyncio.run(run_demo(args.duration, args.rate, keep=args.keep))
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from agent.attest.observation import verify_envelope
+
+    data = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+    text = data.strip()
+    if not text:
+        raise AgentError("no envelope given")
+    # One envelope (possibly pretty-printed), or JSON lines.
+    try:
+        docs = [json.loads(text)]
+    except json.JSONDecodeError:
+        docs = [line for line in text.splitlines() if line.strip()]
+    bad = 0
+    for i, doc in enumerate(docs, 1):
+        try:
+            v = verify_envelope(doc)
+        except EnvelopeError as exc:
+            bad += 1
+            print(f"INVALID #{i}: {exc}")
+            continue
+        r = v.reading
+        print(
+            f"ok signer={v.signer} seq={v.gateway_sequence} device={r.device_id} "
+            f"sensor={r.sensor} value={r.decimal} unit={r.unit} counter={r.counter} "
+            f"timestamp={r.timestamp} chainId={v.domain.chain_id}"
+        )
+    return 1 if bad else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgence-agent", description="Edgence masternode gateway agent"
+    )
+    p.add_argument("--version", action="version", version=f"edgence-agent {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("init", help="create the gateway key and a commented config")
+    s.add_argument(
+        "--dir",
+        type=Path,
+        default=default_config_dir(),
+        help="where to write agent.toml, gateway.key and data/ (default: %(default)s)",
+    )
+    s.add_argument(
+        "--encrypt", action="store_true", help="encrypt the key with a passphrase (asked twice)"
+    )
+    s.add_argument("--passphrase-file", help="encrypt with the passphrase in this file")
+    s.add_argument("--chain-id", type=int, default=31337)
+    s.add_argument("--local-broker", help="mqtt://HOST:PORT of the sensors' broker")
+    s.add_argument("--upstream", help="mqtt[s]://HOST:PORT of the upstream broker")
+    s.add_argument("--force", action="store_true", help="rewrite an existing agent.toml")
+    s.set_defaults(fn=cmd_init)
+
+    s = sub.add_parser("run", help="run the agent until SIGINT/SIGTERM")
+    s.add_argument(
+        "--config",
+        type=Path,
+        default=default_config(),
+        help="config file (default: $EDGENCE_CONFIG or %(default)s)",
+    )
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("demo", help="run everything locally with simulated sensors")
+    s.add_argument("--duration", type=float, help="stop after this many seconds")
+    s.add_argument("--rate", type=float, default=2.0, help="frames per second (default 2)")
+    s.add_argument("--keep", action="store_true", help="keep the throwaway work dir")
+    s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("verify", help="check a signed observation envelope (FILE or -)")
+    s.add_argument("file")
+    s.set_defaults(fn=cmd_verify)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except AgentError as exc:
+        print(f"edgence-agent: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

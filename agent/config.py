@@ -1,0 +1,372 @@
+"""The agent's TOML configuration, read into frozen dataclasses.
+
+Every error is a ConfigError naming the file, the key and what is allowed. Relative paths are
+resolved against the directory of the config file.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+from urllib.parse import unquote, urlsplit
+
+from agent.errors import ConfigError
+from agent.model import NAME_RE
+
+T = TypeVar("T")
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
+_SIZE_UNITS = {
+    None: 1,
+    "B": 1,
+    "KiB": 2**10,
+    "MiB": 2**20,
+    "GiB": 2**30,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+@dataclass(frozen=True)
+class BrokerEndpoint:
+    """Where an MQTT broker is and how to log in. `url` is mqtt://host:port or mqtts://..."""
+
+    host: str
+    port: int
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    client_id: str | None = None
+    keepalive: int = 30
+    protocol: Literal[4, 5] = 4  # MQTT 3.1.1 or 5
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    key_file: Path
+    data_dir: Path
+    chain_id: int
+    verifying_contract: str
+    passphrase_file: Path | None = None
+    domain_name: str = "Edgence"
+    domain_version: str = "1"
+
+
+@dataclass(frozen=True)
+class MqttSourceConfig:
+    enabled: bool
+    broker: BrokerEndpoint
+    topics: tuple[str, ...] = ("devices/+/up",)
+    qos: int = 1
+    max_payload: int = 4096
+    max_values_per_frame: int = 16
+    allowed_devices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    enabled: bool
+    broker: BrokerEndpoint
+    topic_prefix: str = "edgence"
+    inflight: int = 256
+    batch: int = 512
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    path: Path
+    max_bytes: int = 256 * 2**20
+    max_age_s: float = 7 * 86400.0
+    synchronous: Literal["normal", "full"] = "normal"
+    overflow: Literal["drop-oldest", "reject-new"] = "drop-oldest"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    queue_size: int = 20_000
+    batch_max: int = 256
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    path: Path
+    gateway: GatewayConfig
+    mqtt: MqttSourceConfig
+    bridge: BridgeConfig
+    journal: JournalConfig
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+class _Section:
+    """Typed access to one TOML table; remembers which keys were read to reject unknown ones."""
+
+    def __init__(self, file: str, name: str, data: Any, base: Path) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(file, name, "must be a table")
+        self.file, self.name, self.data, self.base = file, name, data, base
+        self.read: set[str] = set()
+
+    def key(self, k: str) -> str:
+        return f"{self.name}.{k}" if self.name else k
+
+    def err(self, k: str, problem: str) -> ConfigError:
+        return ConfigError(self.file, self.key(k), problem)
+
+    def get(self, k: str, kind: type[T], default: T | None = None, *, required: bool = False) -> T:
+        self.read.add(k)
+        if k not in self.data:
+            if required:
+                raise self.err(k, f"is required ({_kind_name(kind)})")
+            return cast(T, default)
+        v = self.data[k]
+        ok = isinstance(v, kind) and not (kind is int and isinstance(v, bool))
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            v, ok = float(v), True
+        if not ok:
+            raise self.err(k, f"must be {_kind_name(kind)}, got {type(v).__name__} {v!r}")
+        return cast(T, v)
+
+    def int_range(self, k: str, default: int, lo: int, hi: int) -> int:
+        v = self.get(k, int, default)
+        if not lo <= v <= hi:
+            raise self.err(k, f"must be between {lo} and {hi}, got {v}")
+        return v
+
+    def choice(self, k: str, default: str, allowed: tuple[str, ...]) -> str:
+        v = self.get(k, str, default)
+        if v not in allowed:
+            raise self.err(k, f"must be one of {', '.join(allowed)}; got {v!r}")
+        return v
+
+    def path(self, k: str, default: str | None = None, *, required: bool = False) -> Path | None:
+        v = self.get(k, str, default, required=required)
+        if v is None:
+            return None
+        p = Path(v).expanduser()
+        return p if p.is_absolute() else (self.base / p)
+
+    def size(self, k: str, default: int) -> int:
+        self.read.add(k)
+        v = self.data.get(k, default)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+        m = _SIZE_RE.match(v) if isinstance(v, str) else None
+        if not m or int(m.group(1)) <= 0:
+            raise self.err(k, f'must be a positive size such as 268435456 or "256 MiB"; got {v!r}')
+        return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+
+    def duration(self, k: str, default: float) -> float:
+        self.read.add(k)
+        v = self.data.get(k, default)
+        if isinstance(v, int | float) and not isinstance(v, bool) and v > 0:
+            return float(v)
+        m = _DURATION_RE.match(v) if isinstance(v, str) else None
+        if not m or float(m.group(1)) <= 0:
+            raise self.err(k, f'must be a positive duration such as 3600 or "7d", "12h"; got {v!r}')
+        return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+    def str_list(self, k: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        v = self.get(k, list, list(default))
+        if not all(isinstance(x, str) for x in v):
+            raise self.err(k, "must be a list of strings")
+        return tuple(v)
+
+    def sub(self, k: str) -> _Section:
+        self.read.add(k)
+        return _Section(self.file, self.key(k), self.data.get(k, {}), self.base)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.read)
+        if unknown:
+            allowed = ", ".join(sorted(self.read))
+            raise self.err(unknown[0], f"is not a known key; allowed here: {allowed}")
+
+
+def _kind_name(kind: type) -> str:
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+    }.get(kind, kind.__name__)
+
+
+def parse_broker_url(sec: _Section, k: str, default: str | None) -> tuple[str, int, bool]:
+    url = sec.get(k, str, default, required=default is None)
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+        raise sec.err(k, f"must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]; got {url!r}")
+    if parts.username or parts.password:
+        raise sec.err(k, "must not carry credentials; use username and password_file")
+    tls = parts.scheme in ("mqtts", "ssl")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise sec.err(k, f"has an invalid port in {url!r}") from None
+    return unquote(parts.hostname), port, tls
+
+
+def _broker(sec: _Section, default_url: str | None) -> BrokerEndpoint:
+    host, port, tls = parse_broker_url(sec, "url", default_url)
+    proto = sec.choice("protocol", "3.1.1", ("3.1.1", "5"))
+    return BrokerEndpoint(
+        host=host,
+        port=port,
+        tls=sec.get("tls", bool, tls),
+        ca_file=sec.path("ca_file"),
+        cert_file=sec.path("cert_file"),
+        key_file=sec.path("key_file"),
+        username=sec.get("username", str),
+        password_file=sec.path("password_file"),
+        client_id=sec.get("client_id", str),
+        keepalive=sec.int_range("keepalive", 30, 5, 3600),
+        protocol=5 if proto == "5" else 4,
+    )
+
+
+def _checked(sec: _Section, k: str, pred: Callable[[str], bool], what: str, v: str) -> str:
+    if not pred(v):
+        raise sec.err(k, f"must be {what}; got {v!r}")
+    return v
+
+
+def load_config(path: Path | str) -> AgentConfig:
+    path = Path(path)
+    file = str(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            file, "-", "file not found; create one with `edgence-agent init`"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(file, "-", f"cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "-", f"is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(file, "-", "is not UTF-8 text") from None
+    return config_from_dict(raw, file, path.resolve().parent)
+
+
+def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
+    root = _Section(file, "", raw, base)
+
+    def section(name: str) -> _Section:
+        root.read.add(name)
+        return _Section(file, name, raw.get(name, {}), base)
+
+    g = section("gateway")
+    data_dir = cast(Path, g.path("data_dir", "data"))
+    gateway = GatewayConfig(
+        key_file=cast(Path, g.path("key_file", required=True)),
+        passphrase_file=g.path("passphrase_file"),
+        data_dir=data_dir,
+        chain_id=g.int_range("chain_id", 31337, 1, 2**64 - 1),
+        verifying_contract=_checked(
+            g,
+            "verifying_contract",
+            lambda v: re.fullmatch(r"0x[0-9a-fA-F]{40}", v) is not None,
+            "0x followed by 40 hex digits",
+            g.get("verifying_contract", str, "0x" + "00" * 20),
+        ),
+        domain_name=g.get("domain_name", str, "Edgence"),
+        domain_version=g.get("domain_version", str, "1"),
+    )
+    g.done()
+
+    s = section("sources")
+    m = s.sub("mqtt")
+    mqtt = MqttSourceConfig(
+        enabled=m.get("enabled", bool, True),
+        broker=_broker(m, "mqtt://127.0.0.1:1883"),
+        topics=m.str_list("topics", ("devices/+/up",)),
+        qos=m.int_range("qos", 1, 0, 1),
+        max_payload=m.int_range("max_payload", 4096, 64, 256 * 1024),
+        max_values_per_frame=m.int_range("max_values_per_frame", 16, 1, 256),
+        allowed_devices=m.str_list("allowed_devices", ()),
+    )
+    for t in mqtt.topics:
+        if "+" not in t.split("/") or t.count("+") != 1 or "#" in t:
+            raise m.err(
+                "topics",
+                f"each topic needs exactly one '+' level for the device id; "
+                f"got {t!r} (e.g. devices/+/up)",
+            )
+    for d in mqtt.allowed_devices:
+        if not NAME_RE.match(d):
+            raise m.err("allowed_devices", f"device id {d!r} must be 1-32 of A-Z a-z 0-9 _ . : -")
+    m.done()
+    s.done()
+
+    b = section("bridge")
+    bridge = BridgeConfig(
+        enabled=b.get("enabled", bool, True),
+        broker=_broker(b, "mqtt://127.0.0.1:1884"),
+        topic_prefix=_checked(
+            b,
+            "topic_prefix",
+            lambda v: (
+                bool(v) and not set(v) & set("+#") and not v.startswith("/") and not v.endswith("/")
+            ),
+            "a topic prefix without + # or leading/trailing /",
+            b.get("topic_prefix", str, "edgence"),
+        ),
+        inflight=b.int_range("inflight", 256, 1, 65_000),
+        batch=b.int_range("batch", 512, 1, 10_000),
+    )
+    b.done()
+
+    j = section("journal")
+    journal = JournalConfig(
+        path=cast(Path, j.path("path", str(data_dir / "journal.sqlite"))),
+        max_bytes=j.size("max_bytes", 256 * 2**20),
+        max_age_s=j.duration("max_age", 7 * 86400.0),
+        synchronous=cast(
+            Literal["normal", "full"], j.choice("synchronous", "normal", ("normal", "full"))
+        ),
+        overflow=cast(
+            Literal["drop-oldest", "reject-new"],
+            j.choice("overflow", "drop-oldest", ("drop-oldest", "reject-new")),
+        ),
+    )
+    j.done()
+
+    p = section("pipeline")
+    pipeline = PipelineConfig(
+        queue_size=p.int_range("queue_size", 20_000, 16, 1_000_000),
+        batch_max=p.int_range("batch_max", 256, 1, 4096),
+    )
+    p.done()
+
+    lg = section("log")
+    log = LogConfig(
+        level=cast(
+            Literal["debug", "info", "warning", "error"],
+            lg.choice("level", "info", ("debug", "info", "warning", "error")),
+        )
+    )
+    lg.done()
+    root.done()
+    return AgentConfig(Path(file), gateway, mqtt, bridge, journal, pipeline, log)

@@ -1,0 +1,176 @@
+"""`edgence-agent demo`: the whole main job on one machine, live.
+
+Starts two Mosquitto brokers on loopback (the gateway's local broker and a stand-in upstream),
+creates a throwaway gateway key and config, runs the real agent, publishes frames from
+simulated sensors to the local broker, and prints every signed observation that arrives
+upstream after verifying its EIP-712 signature independently of the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import paho.mqtt.client as paho
+
+from agent.attest.keys import GatewayKey, write_key_file
+from agent.attest.observation import verify_envelope
+from agent.config import BrokerEndpoint, config_from_dict
+from agent.errors import EnvelopeError
+from agent.localbroker import LocalMosquitto
+from agent.mqtt import MqttConnection
+from agent.runtime import Agent
+from agent.simulator import demo_devices
+
+CONFIG_TEMPLATE = """\
+# Throwaway config written by `edgence-agent demo`.
+[gateway]
+key_file = "gateway.key"
+data_dir = "data"
+chain_id = 31337
+
+[sources.mqtt]
+url = "{local}"
+allowed_devices = ["sim-1", "sim-2"]
+
+[bridge]
+url = "{upstream}"
+"""
+
+
+def _endpoint(port: int, client_id: str) -> BrokerEndpoint:
+    return BrokerEndpoint(host="127.0.0.1", port=port, client_id=client_id)
+
+
+async def run_demo(
+    duration: float | None, rate: float, out: TextIO = sys.stdout, keep: bool = False
+) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="edgence-demo-"))
+    local = LocalMosquitto(workdir, name="local")
+    upstream = LocalMosquitto(workdir, name="upstream")
+    local.start()
+    upstream.start()
+    key = GatewayKey.generate()
+    write_key_file(workdir / "gateway.key", key)
+    cfg_path = workdir / "agent.toml"
+    cfg_path.write_text(CONFIG_TEMPLATE.format(local=local.url, upstream=upstream.url))
+    import tomllib
+
+    cfg = config_from_dict(tomllib.loads(cfg_path.read_text()), str(cfg_path), workdir)
+    agent = Agent(cfg, key)
+    print(f"edgence-agent demo  (work dir {workdir})", file=out)
+    print(f"  gateway address  {key.checksum_address}  (throwaway key)", file=out)
+    print(
+        f"  local broker     {local.url}   <- simulated sensors publish devices/<id>/up", file=out
+    )
+    print(
+        f"  upstream broker  {upstream.url}   -> edgence/{key.address}/obs/<device>/<sensor>",
+        file=out,
+    )
+    print(
+        "  every line below is an observation received upstream and verified with ecrecover;"
+        " Ctrl-C stops\n",
+        file=out,
+    )
+    out.flush()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    sent_at: dict[tuple[str, int], float] = {}
+    seen = {"ok": 0, "bad": 0}
+
+    viewer = MqttConnection(
+        _endpoint(upstream.port, "edgence-demo-viewer"), clean_start=True, name="viewer"
+    )
+
+    def on_view(client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        try:
+            v = verify_envelope(bytes(msg.payload))
+        except EnvelopeError as exc:
+            seen["bad"] += 1
+            print(f"  ✗ {msg.topic}: {exc}", file=out)
+            return
+        seen["ok"] += 1
+        r = v.reading
+        t0 = (
+            sent_at.pop((r.device_id, r.counter), None)
+            if r.sensor == _last_sensor(r.device_id)
+            else sent_at.get((r.device_id, r.counter))
+        )
+        lat = f"{(time.monotonic() - t0) * 1000:5.1f} ms" if t0 else "   -    "
+        signer = f"{v.signer[:6]}…{v.signer[-4:]}"
+        print(
+            f"  {time.strftime('%H:%M:%S')}  seq {v.gateway_sequence:<5} {r.device_id:<6} "
+            f"{r.sensor:<12} {r.decimal:>10} {r.unit:<4} ✓ signed by {signer}  {lat}",
+            file=out,
+        )
+        out.flush()
+
+    viewer.client.on_message = on_view
+
+    def view_subscribe(session_present: bool) -> None:
+        viewer.client.subscribe(f"edgence/{key.address}/obs/#", 1)
+
+    viewer.on_connected = view_subscribe
+    devices = demo_devices()
+    last_sensor = {d.device_id: d.sensors[-1][0] for d in devices}
+
+    def _last_sensor(device_id: str) -> str:
+        return last_sensor.get(device_id, "")
+
+    publisher = MqttConnection(
+        _endpoint(local.port, "edgence-demo-sensors"), clean_start=True, name="sensors"
+    )
+    agent_task = asyncio.create_task(agent.run(stop))
+    viewer_task = asyncio.create_task(viewer.run())
+    pub_task = asyncio.create_task(publisher.run())
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(agent.ready.wait(), 10)
+        await asyncio.wait_for(viewer.connected.wait(), 10)
+        await asyncio.wait_for(publisher.connected.wait(), 10)
+        i = 0
+        while not stop.is_set():
+            if duration is not None and time.monotonic() - started >= duration:
+                break
+            dev = devices[i % len(devices)]
+            frame = dev.next_frame()
+            sent_at[(dev.device_id, dev.counter)] = time.monotonic()
+            publisher.client.publish(f"devices/{dev.device_id}/up", frame, qos=1)
+            i += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0 / rate)
+        await asyncio.sleep(0.5)  # let the last observations arrive
+    finally:
+        stop.set()
+        await publisher.stop()
+        await asyncio.gather(agent_task, return_exceptions=True)
+        await viewer.stop()
+        for t in (viewer_task, pub_task):
+            t.cancel()
+        await asyncio.gather(viewer_task, pub_task, return_exceptions=True)
+        local.stop()
+        upstream.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        m = agent.metrics
+        print(
+            f"\nsigned {m.get('observations_signed')}, delivered upstream "
+            f"{m.get('observations_delivered')}, verified by the viewer {seen['ok']}, "
+            f"failed verification {seen['bad']}, rejected frames {m.get('frames_rejected')}",
+            file=out,
+        )
+        if keep:
+            print(f"work dir kept: {workdir}", file=out)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if seen["bad"] == 0 else 1

@@ -1,0 +1,59 @@
+"""The agent's exception tree: every error the agent raises on purpose derives from AgentError.
+
+Messages say what was wrong, where (config key, device id, topic, file) and what to do.
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base of every error the agent raises on purpose."""
+
+
+class ConfigError(AgentError):
+    """A configuration file is missing, unreadable or holds a value that is not allowed."""
+
+    def __init__(self, file: str, key: str, problem: str) -> None:
+        self.file = file
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{file}: [{key}] {problem}")
+
+
+class KeyFileError(AgentError):
+    """The gateway key file is missing, unreadable, too open, or cannot be decrypted."""
+
+
+class FrameError(AgentError):
+    """A device frame could not be parsed; `reason` is a short stable label used in counters."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class RejectedReading(AgentError):
+    """A well-formed frame that the agent refuses (unknown device, replayed counter...)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class EnvelopeError(AgentError):
+    """A signed observation envelope does not verify (bad JSON, digest or signature)."""
+
+
+class JournalError(AgentError):
+    """The journal cannot store or deliver observations (disk full, corrupt database)."""
+
+
+class JournalFull(JournalError):
+    """The journal is at its bound and its overflow policy is `reject-new`."""
+
+
+class ElectionError(AgentError):
+    """A validator-election step failed: a malformed input, a proof or signature that does not
+    verify, or a round that cannot be decided."""

@@ -1,0 +1,654 @@
+"""Durable outbox of signed observations: sqlite in WAL mode, bounded by size and age.
+
+Observations are committed here before any sink sees them; each sink reads in gateway-sequence
+order and acknowledges a watermark, so whatever was not acknowledged is delivered again.
+
+Threading: the agent drives a Journal from ONE dedicated worker thread. The connection is opened
+with ``check_same_thread=False`` so that thread need not be the one that built the object, but
+calls must never overlap: one thread, one call at a time. One process writes a journal file.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Self
+
+from agent.errors import JournalError, JournalFull
+from agent.model import Observation
+
+# Estimated cost of a row beyond its envelope (seq, ids, counter, timestamp, index entry).
+# max_bytes bounds envelope bytes + this per row: a logical size, not the file size (sqlite
+# reuses freed pages but does not shrink the file).
+ROW_OVERHEAD_BYTES = 64
+SCHEMA_VERSION = 1
+
+# Device counters are uint64 but sqlite INTEGER is signed 64-bit: store counter - 2**63,
+# which keeps the order (so max() still works) and fits every uint64.
+_COUNTER_BIAS = 2**63
+_SEQ_LIMIT = 2**63 - 1
+# The WAL file keeps its largest size after a burst unless told otherwise.
+_WAL_SIZE_LIMIT = 32 * 2**20
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS meta (
+        key TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS entries (
+        seq INTEGER PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        sensor TEXT NOT NULL,
+        counter INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        envelope BLOB NOT NULL
+    )""",
+    """CREATE INDEX IF NOT EXISTS entries_device_sensor_seq
+        ON entries (device_id, sensor, seq)""",
+    """CREATE TABLE IF NOT EXISTS device_counters (
+        device_id TEXT PRIMARY KEY,
+        counter INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS sink_cursors (
+        sink TEXT PRIMARY KEY,
+        acked_seq INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+)
+
+# meta keys: the highest sequence ever handed out may be at most `seq_mark`; `pruned_upto` is
+# the highest sequence ever removed, so last_seq survives a journal that was pruned empty.
+_META_SEQ_MARK = "seq_mark"
+_META_PRUNED_UPTO = "pruned_upto"
+
+_INSERT_ENTRY = (
+    "INSERT INTO entries (seq, device_id, sensor, counter, created_at, envelope) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_COUNTER = (
+    "INSERT INTO device_counters (device_id, counter) VALUES (?, ?) "
+    "ON CONFLICT (device_id) DO UPDATE SET counter = max(counter, excluded.counter)"
+)
+_UPSERT_META_MAX = (
+    "INSERT INTO meta (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)"
+)
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One stored observation as sinks and the oracle see it."""
+
+    seq: int
+    device_id: str
+    sensor: str
+    created_at: float  # the gateway's clock when the entry was journaled
+    envelope: bytes
+
+
+@dataclass(frozen=True)
+class JournalStats:
+    """A snapshot of the journal. `bytes` is envelope bytes plus ROW_OVERHEAD_BYTES per row."""
+
+    entries: int
+    bytes: int
+    oldest_created_at: float | None  # of the entry with the lowest sequence
+    last_seq: int  # the highest sequence ever appended (0 if none)
+    backlog: dict[str, int]  # per sink, entries with seq > that sink's cursor
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What one bounds enforcement removed."""
+
+    delivered_removed: int
+    undelivered_dropped: int
+    dropped_seq_range: tuple[int, int] | None  # first and last undelivered sequence dropped
+
+
+@dataclass(frozen=True)
+class _Removal:
+    """A contiguous run of entries (in sequence order) chosen for deletion."""
+
+    count: int = 0
+    freed: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+    by_age: bool = False
+    by_bytes: bool = False
+
+    @property
+    def reason(self) -> str:
+        reasons = (("max_age", self.by_age), ("max_bytes", self.by_bytes))
+        return ",".join(name for name, applies in reasons if applies)
+
+
+_NOTHING = _Removal()
+
+
+class Journal:
+    """The agent's durable outbox. See the module docstring for the threading rule."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        sinks: Sequence[str],
+        synchronous: Literal["normal", "full"] = "normal",
+        max_bytes: int = 256 * 2**20,
+        max_age_s: float = 7 * 86400,
+        overflow: Literal["drop-oldest", "reject-new"] = "drop-oldest",
+        sequence_block: int = 1000,
+        clock: Callable[[], float] = time.time,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if synchronous not in ("normal", "full"):
+            raise ValueError(f"synchronous {synchronous!r} must be 'normal' or 'full'")
+        if overflow not in ("drop-oldest", "reject-new"):
+            raise ValueError(f"overflow {overflow!r} must be 'drop-oldest' or 'reject-new'")
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes {max_bytes!r} must be positive")
+        if not max_age_s > 0:
+            raise ValueError(f"max_age_s {max_age_s!r} must be positive")
+        if sequence_block < 1:
+            raise ValueError(f"sequence_block {sequence_block!r} must be at least 1")
+        names = list(sinks)
+        if any(not isinstance(s, str) or not s for s in names) or len(set(names)) != len(names):
+            raise ValueError(f"sinks {names!r} must be distinct non-empty names")
+        self._path = Path(path)
+        self._sinks = tuple(names)
+        self._synchronous = synchronous
+        self._max_bytes = max_bytes
+        self._max_age_s = max_age_s
+        self._overflow = overflow
+        self._sequence_block = sequence_block
+        self._clock = clock
+        self._log = logger if logger is not None else logging.getLogger(__name__)
+        self._conn: sqlite3.Connection | None = None
+        # In-memory state, recovered at open() and changed only after a successful COMMIT.
+        self._entries = 0
+        self._bytes = 0
+        self._last_seq = 0
+        self._next_seq = 1
+        self._seq_mark = 0
+        self._cursors: dict[str, int] = {}
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create or recover the journal. Calling it on an open journal does nothing."""
+        if self._conn is not None:
+            return
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JournalError(
+                f"journal {self._path}: cannot create its directory: {exc}; "
+                "check journal.path and the agent's permissions"
+            ) from exc
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise self._error("open", exc) from exc
+        self._conn = conn
+        try:
+            self._prepare(conn)
+            self._recover(conn)
+        except BaseException:
+            self._conn = None
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the database file and close. Safe to call twice."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            # Nothing is lost: the WAL is replayed at the next open.
+            self._log.warning("event=journal_checkpoint_failed path=%s error=%s", self._path, exc)
+        finally:
+            conn.close()
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- sequences ---------------------------------------------------------------------------
+
+    def reserve_sequences(self, n: int) -> range:
+        """Gateway sequences for the next n observations; never repeated, even after a crash.
+
+        Before handing out a number beyond the persisted high-water mark the mark is moved a
+        whole block ahead and committed durably; after a crash numbering resumes above the
+        mark, so the rest of the block becomes a gap (never a reuse).
+        """
+        if n < 0:
+            raise ValueError(f"cannot reserve {n} sequences")
+        self._db()
+        first = self._next_seq
+        last = first + n - 1
+        if last > _SEQ_LIMIT:
+            raise JournalError(f"journal {self._path}: gateway sequences exhausted")
+        if last > self._seq_mark:
+            block = self._sequence_block
+            mark = min(-(-last // block) * block, _SEQ_LIMIT)
+            self._persist_seq_mark(mark)
+            self._seq_mark = mark
+        self._next_seq = last + 1
+        return range(first, last + 1)
+
+    def _persist_seq_mark(self, mark: int) -> None:
+        conn = self._db()
+        # Signed observations may leave the box before their append is durable, so the mark
+        # is synced even at synchronous=normal, where a power cut could roll back a commit.
+        # It costs one fsync per block.
+        relax = self._synchronous != "full"
+        if relax:
+            try:
+                conn.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as exc:
+                raise self._error("reserve gateway sequences", exc) from exc
+        try:
+            with self._write("reserve gateway sequences") as c:
+                c.execute(_UPSERT_META_MAX, (_META_SEQ_MARK, mark))
+        finally:
+            if relax:
+                try:
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                except sqlite3.Error as exc:
+                    # Only slower, not less safe: keep going and say so.
+                    self._log.warning(
+                        "event=journal_pragma_failed path=%s pragma=synchronous error=%s",
+                        self._path,
+                        exc,
+                    )
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def append(self, observations: Sequence[Observation]) -> None:
+        """Store a batch in one transaction, making room first according to the bounds.
+
+        Sequences must have come from reserve_sequences and be appended in increasing order
+        (the batch itself may be in any order): sinks read above a watermark, so an entry
+        appended below one would never be delivered.
+        """
+        if not observations:
+            return
+        self._db()
+        batch = sorted(observations, key=lambda o: o.gateway_sequence)
+        previous = self._last_seq
+        for obs in batch:
+            seq = obs.gateway_sequence
+            if seq <= previous:
+                raise JournalError(
+                    f"journal {self._path}: gateway sequence {seq} is not above {previous}; "
+                    "observations must be appended once each, in sequence order"
+                )
+            if seq >= self._next_seq:
+                raise JournalError(
+                    f"journal {self._path}: gateway sequence {seq} was never handed out by "
+                    "reserve_sequences; sign observations only with reserved sequences"
+                )
+            previous = seq
+        incoming = sum(len(o.envelope) + ROW_OVERHEAD_BYTES for o in batch)
+        if incoming > self._max_bytes:
+            raise JournalError(
+                f"journal {self._path}: a batch of {len(batch)} observations ({incoming} bytes) "
+                f"is larger than journal.max_bytes = {self._max_bytes}; raise journal.max_bytes"
+            )
+        created_at = self._clock()
+        rows = [
+            (
+                o.gateway_sequence,
+                o.reading.device_id,
+                o.reading.sensor,
+                o.reading.counter - _COUNTER_BIAS,
+                created_at,
+                o.envelope,
+            )
+            for o in batch
+        ]
+        counters: dict[str, int] = {}
+        for o in batch:
+            r = o.reading
+            counters[r.device_id] = max(counters.get(r.device_id, 0), r.counter)
+
+        delivered = dropped = _NOTHING
+        rejected = False
+        with self._write(f"append {len(batch)} observations") as conn:
+            if self._bytes + incoming > self._max_bytes:
+                target = self._max_bytes - incoming
+                delivered, dropped = self._make_room(conn, cutoff=None, target=target)
+                rejected = self._bytes - delivered.freed - dropped.freed > target
+            if not rejected:
+                conn.executemany(_INSERT_ENTRY, rows)
+                conn.executemany(
+                    _UPSERT_COUNTER, [(d, c - _COUNTER_BIAS) for d, c in counters.items()]
+                )
+        self._removed(delivered)
+        self._removed(dropped)
+        self._log_drop(dropped)
+        if rejected:
+            raise JournalFull(
+                f"journal {self._path} is full: journal.max_bytes = {self._max_bytes} and "
+                f"{self._bytes} bytes are held by undelivered observations, which "
+                "journal.overflow = 'reject-new' keeps; the batch of "
+                f"{len(batch)} ({incoming} bytes) was not stored. Check that the sinks deliver, "
+                "raise journal.max_bytes, or set journal.overflow = 'drop-oldest'"
+            )
+        self._entries += len(rows)
+        self._bytes += incoming
+        self._last_seq = batch[-1].gateway_sequence
+
+    def ack(self, sink: str, upto_seq: int) -> None:
+        """Persist that `sink` delivered everything up to `upto_seq`. Lower values are ignored."""
+        current = self._cursor_of(sink)
+        if upto_seq <= current:
+            return
+        if upto_seq > self._last_seq:
+            raise JournalError(
+                f"journal {self._path}: sink {sink!r} acknowledged sequence {upto_seq} but the "
+                f"last appended is {self._last_seq}"
+            )
+        with self._write(f"acknowledge {sink!r} up to {upto_seq}") as conn:
+            conn.execute("UPDATE sink_cursors SET acked_seq = ? WHERE sink = ?", (upto_seq, sink))
+        self._cursors[sink] = upto_seq
+
+    def enforce_bounds(self) -> PruneReport:
+        """Apply the size and age bounds; call it periodically (append only enforces size).
+
+        Policy, in order:
+        1. Entries every sink acknowledged ("delivered") older than max_age_s are removed, and
+           delivered entries are removed oldest first while the journal is over max_bytes.
+        2. Then, with overflow = "drop-oldest", undelivered entries are dropped oldest first
+           while over max_bytes or older than max_age_s, and one warning line says so. With
+           "reject-new" undelivered entries are never dropped; append raises JournalFull.
+
+        "Oldest" is sequence order; age removal stops at the first entry young enough, so after
+        the clock steps back an old entry can wait behind a younger one.
+        """
+        cutoff = self._clock() - self._max_age_s
+        with self._write("enforce bounds") as conn:
+            delivered, dropped = self._make_room(conn, cutoff=cutoff, target=self._max_bytes)
+        self._removed(delivered)
+        self._removed(dropped)
+        self._log_drop(dropped)
+        return PruneReport(
+            delivered_removed=delivered.count,
+            undelivered_dropped=dropped.count,
+            dropped_seq_range=(dropped.first_seq, dropped.last_seq) if dropped.count else None,
+        )
+
+    def _make_room(
+        self, conn: sqlite3.Connection, *, cutoff: float | None, target: int
+    ) -> tuple[_Removal, _Removal]:
+        """Delete (inside the caller's transaction) what the policy removes to get the journal
+        to `target` bytes and rid of entries created before `cutoff`."""
+        upto = self._delivered_upto()
+        delivered = self._plan(conn, after=0, upto=upto, cutoff=cutoff, target=target, freed=0)
+        self._delete(conn, delivered)
+        dropped = _NOTHING
+        if self._overflow == "drop-oldest":
+            dropped = self._plan(
+                conn, after=upto, upto=None, cutoff=cutoff, target=target, freed=delivered.freed
+            )
+            self._delete(conn, dropped)
+        return delivered, dropped
+
+    def _plan(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        after: int,
+        upto: int | None,
+        cutoff: float | None,
+        target: int,
+        freed: int,
+    ) -> _Removal:
+        """The run of entries in (after, upto], from the oldest, that is too old or must go to
+        bring the journal (already `freed` bytes lighter) down to `target` bytes."""
+        sql = "SELECT seq, created_at, length(envelope) FROM entries WHERE seq > ?"
+        params: tuple[int, ...] = (after,)
+        if upto is not None:
+            sql += " AND seq <= ?"
+            params = (after, upto)
+        over = self._bytes - freed > target
+        old = cutoff is not None
+        if not (over or old):
+            return _NOTHING
+        count = gone = first = last = 0
+        by_age = by_bytes = False
+        cur = conn.execute(sql + " ORDER BY seq", params)
+        try:
+            for seq, created_at, size in cur:
+                too_old = cutoff is not None and created_at < cutoff
+                over = self._bytes - freed - gone > target
+                if not (too_old or over):
+                    break
+                by_age = by_age or too_old
+                by_bytes = by_bytes or (over and not too_old)
+                first = first or seq
+                last = seq
+                count += 1
+                gone += size + ROW_OVERHEAD_BYTES
+        finally:
+            cur.close()
+        return _Removal(count, gone, first, last, by_age, by_bytes)
+
+    def _delete(self, conn: sqlite3.Connection, removal: _Removal) -> None:
+        if not removal.count:
+            return
+        conn.execute(
+            "DELETE FROM entries WHERE seq BETWEEN ? AND ?", (removal.first_seq, removal.last_seq)
+        )
+        conn.execute(_UPSERT_META_MAX, (_META_PRUNED_UPTO, removal.last_seq))
+
+    def _removed(self, removal: _Removal) -> None:
+        self._entries -= removal.count
+        self._bytes -= removal.freed
+
+    def _log_drop(self, dropped: _Removal) -> None:
+        if dropped.count:
+            self._log.warning(
+                "event=journal_drop policy=drop-oldest dropped=%d seq_from=%d seq_to=%d reason=%s",
+                dropped.count,
+                dropped.first_seq,
+                dropped.last_seq,
+                dropped.reason,
+            )
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def read_after(self, sink: str, after_seq: int, limit: int) -> list[JournalEntry]:
+        """Up to `limit` entries with seq > after_seq, in sequence order."""
+        self._cursor_of(sink)
+        if limit < 1:
+            raise ValueError(f"limit {limit!r} must be at least 1")
+        with self._guard(f"read for {sink!r}") as conn:
+            rows = conn.execute(
+                "SELECT seq, device_id, sensor, created_at, envelope FROM entries "
+                "WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        return [JournalEntry(*row) for row in rows]
+
+    def cursor(self, sink: str) -> int:
+        """The sink's acknowledged watermark (0 before its first ack)."""
+        return self._cursor_of(sink)
+
+    def last_counters(self) -> dict[str, int]:
+        """Device id -> the highest counter journaled for it (kept when entries are pruned)."""
+        with self._guard("read device counters") as conn:
+            rows = conn.execute("SELECT device_id, counter FROM device_counters").fetchall()
+        return {str(d): int(c) + _COUNTER_BIAS for d, c in rows}
+
+    def latest(self, device_id: str, sensor: str) -> JournalEntry | None:
+        """The newest stored entry for that device's sensor, if any is still kept."""
+        with self._guard(f"read latest {device_id}/{sensor}") as conn:
+            row = conn.execute(
+                "SELECT seq, device_id, sensor, created_at, envelope FROM entries "
+                "WHERE device_id = ? AND sensor = ? ORDER BY seq DESC LIMIT 1",
+                (device_id, sensor),
+            ).fetchone()
+        return None if row is None else JournalEntry(*row)
+
+    def stats(self) -> JournalStats:
+        with self._guard("read stats") as conn:
+            row = conn.execute("SELECT created_at FROM entries ORDER BY seq LIMIT 1").fetchone()
+            backlog = {s: self._count_after(conn, acked) for s, acked in self._cursors.items()}
+        return JournalStats(
+            entries=self._entries,
+            bytes=self._bytes,
+            oldest_created_at=None if row is None else float(row[0]),
+            last_seq=self._last_seq,
+            backlog=backlog,
+        )
+
+    # -- internals ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _count_after(conn: sqlite3.Connection, seq: int) -> int:
+        return int(conn.execute("SELECT count(*) FROM entries WHERE seq > ?", (seq,)).fetchone()[0])
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        try:
+            mode = str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            if mode.lower() != "wal":
+                raise JournalError(
+                    f"journal {self._path}: sqlite refused WAL mode (got {mode!r}); put "
+                    "journal.path on a local filesystem"
+                )
+            conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+            conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise self._error("open", exc) from exc
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"journal {self._path} has schema version {version}, newer than this agent's "
+                f"{SCHEMA_VERSION}; run the newer agent or move the file aside"
+            )
+        with self._write("create schema") as c:
+            for statement in _SCHEMA:
+                c.execute(statement)
+            c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            c.executemany(
+                "INSERT OR IGNORE INTO sink_cursors (sink, acked_seq) VALUES (?, 0)",
+                [(s,) for s in self._sinks],
+            )
+
+    def _recover(self, conn: sqlite3.Connection) -> None:
+        with self._guard("recover state") as c:
+            meta = {str(k): int(v) for k, v in c.execute("SELECT key, value FROM meta")}
+            cursors = {
+                str(s): int(a) for s, a in c.execute("SELECT sink, acked_seq FROM sink_cursors")
+            }
+            count, envelope_bytes, max_seq = c.execute(
+                "SELECT count(*), coalesce(sum(length(envelope)), 0), coalesce(max(seq), 0) "
+                "FROM entries"
+            ).fetchone()
+        self._entries = int(count)
+        self._bytes = int(envelope_bytes) + ROW_OVERHEAD_BYTES * self._entries
+        self._last_seq = max(int(max_seq), meta.get(_META_PRUNED_UPTO, 0))
+        self._seq_mark = max(meta.get(_META_SEQ_MARK, 0), self._last_seq)
+        # Everything up to the mark may have been handed out before a crash.
+        self._next_seq = self._seq_mark + 1
+        self._cursors = {s: cursors.get(s, 0) for s in self._sinks}
+
+    def _delivered_upto(self) -> int:
+        """Entries with seq <= this were acknowledged by every sink (all, without sinks)."""
+        return min(self._cursors.values(), default=self._last_seq)
+
+    def _cursor_of(self, sink: str) -> int:
+        self._db()
+        try:
+            return self._cursors[sink]
+        except KeyError:
+            raise JournalError(
+                f"journal {self._path}: unknown sink {sink!r}; configured sinks are "
+                f"{', '.join(self._sinks) or '(none)'}"
+            ) from None
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise JournalError(f"journal {self._path} is not open; call open() first")
+        return self._conn
+
+    @contextmanager
+    def _guard(self, action: str) -> Iterator[sqlite3.Connection]:
+        """Turn sqlite errors into JournalError, rolling back whatever was left open."""
+        conn = self._db()
+        try:
+            yield conn
+        except sqlite3.Error as exc:
+            self._rollback(conn)
+            raise self._error(action, exc) from exc
+        except BaseException:
+            self._rollback(conn)
+            raise
+
+    @contextmanager
+    def _write(self, action: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed if the block succeeds, rolled back otherwise."""
+        conn = self._db()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback(conn)
+            raise self._error(action, exc) from exc
+        except BaseException:
+            self._rollback(conn)
+            raise
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            try:
+                conn.rollback()
+            except sqlite3.Error as exc:
+                self._log.error("event=journal_rollback_failed path=%s error=%s", self._path, exc)
+
+    def _error(self, action: str, exc: sqlite3.Error) -> JournalError:
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        text = str(exc)
+        if name == "SQLITE_FULL" or "is full" in text:
+            hint = (
+                "the disk holding it is full: free space there or lower journal.max_bytes; "
+                "the journal works again once there is room"
+            )
+        elif name.startswith("SQLITE_READONLY") or "readonly" in text:
+            hint = (
+                "it is read-only: the agent needs write access to the file and to its "
+                "directory, where sqlite keeps the -wal and -shm files"
+            )
+        elif name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+            hint = (
+                "the file is damaged or is not a journal: move it aside and restart; "
+                "undelivered observations in it will not be sent"
+            )
+        elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            hint = "another process holds it locked: run one agent per journal file"
+        else:
+            hint = "check the file and its disk"
+        return JournalError(f"journal {self._path}: {action} failed: {text}; {hint}")

@@ -1,0 +1,81 @@
+"""Structured logging: one line per event, key=value, suitable for stdout and journald.
+
+Call `event(log, "bridge_connected", host=..., port=...)`; never pass secrets as fields.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:/@+#%,[]")
+
+
+def format_value(value: Any) -> str:
+    """Render a value for key=value output, quoting only when needed."""
+    text = str(value)
+    if text and all(c in _PLAIN for c in text):
+        return text
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def kv(**fields: Any) -> str:
+    return " ".join(f"{k}={format_value(v)}" for k, v in fields.items() if v is not None)
+
+
+def event(log: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log one structured event line: event=<name> k=v ..."""
+    if log.isEnabledFor(level):
+        log.log(level, "event=%s%s%s", name, " " if fields else "", kv(**fields))
+
+
+class KeyValueFormatter(logging.Formatter):
+    """ts=... level=... logger=... <message> — messages from `event` are already key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        msg = record.getMessage()
+        if not msg.startswith("event="):
+            msg = "msg=" + format_value(msg)
+        line = (
+            f"ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} "
+            f"logger={record.name} {msg}"
+        )
+        if record.exc_info:
+            line += " exc=" + format_value(self.formatException(record.exc_info))
+        return line
+
+
+def setup_logging(level: str = "info", stream: Any = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class RateLimitedLog:
+    """Logs the first event per key at once, then at most one line per `interval` seconds
+    carrying how many were suppressed in between (so a hostile device cannot flood the log)."""
+
+    def __init__(self, log: logging.Logger, interval: float = 60.0) -> None:
+        self._log = log
+        self._interval = interval
+        self._state: dict[tuple[str, ...], tuple[float, int]] = {}
+
+    def event(
+        self, key: tuple[str, ...], name: str, level: int = logging.WARNING, **fields: Any
+    ) -> bool:
+        now = time.monotonic()
+        last, suppressed = self._state.get(key, (-1e18, 0))
+        if now - last < self._interval:
+            self._state[key] = (last, suppressed + 1)
+            return False
+        if len(self._state) > 10_000:  # bound memory under a flood of distinct device ids
+            self._state.clear()
+        self._state[key] = (now, 0)
+        event(self._log, name, level, **fields, suppressed=suppressed or None)
+        return True

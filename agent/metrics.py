@@ -1,0 +1,43 @@
+"""In-process counters and gauges the agent keeps about itself (read by status and health)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+
+
+class Metrics:
+    """Monotonic counters keyed by name and sorted label pairs, plus callable gauges."""
+
+    def __init__(self) -> None:
+        self._counters: defaultdict[tuple[str, tuple[tuple[str, str], ...]], int] = defaultdict(int)
+        self._gauges: dict[str, Callable[[], float]] = {}
+
+    def inc(self, name: str, amount: int = 1, **labels: str) -> None:
+        self._counters[(name, tuple(sorted(labels.items())))] += amount
+
+    def get(self, name: str, **labels: str) -> int:
+        """The counter's value; with no labels given, the sum over all label sets."""
+        if labels:
+            return self._counters.get((name, tuple(sorted(labels.items()))), 0)
+        return sum(v for (n, _), v in self._counters.items() if n == name)
+
+    def by_label(self, name: str, label: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for (n, labels), v in self._counters.items():
+            if n == name:
+                key = dict(labels).get(label, "")
+                out[key] = out.get(key, 0) + v
+        return out
+
+    def gauge(self, name: str, fn: Callable[[], float]) -> None:
+        self._gauges[name] = fn
+
+    def snapshot(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for (name, labels), v in self._counters.items():
+            suffix = ",".join(f"{k}={val}" for k, val in labels)
+            out[f"{name}{{{suffix}}}" if suffix else name] = v
+        for name, fn in self._gauges.items():
+            out[name] = fn()
+        return out

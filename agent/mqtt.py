@@ -1,0 +1,287 @@
+"""paho-mqtt driven by the asyncio event loop: socket callbacks instead of paho's own thread.
+
+`MqttConnection` owns one paho Client, connects in a worker thread (DNS, TCP and TLS may
+block), then reads and writes from the event loop. It reconnects with exponential backoff and
+full jitter until stopped, and calls `on_connected` after every (re)connection so that users
+re-subscribe and re-announce themselves there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.config import BrokerEndpoint
+from agent.errors import AgentError
+from agent.logs import event
+
+
+class MqttError(AgentError):
+    """An MQTT operation failed (bad credentials file, refused connection...)."""
+
+
+def read_secret_file(path: Any) -> str:
+    """The first line of a secret file (password files are secrets: 0600 like keys)."""
+    from agent.secrets import check_secret_mode
+
+    check_secret_mode(path)
+    return str(open(path, encoding="utf-8").readline().rstrip("\r\n"))
+
+
+class MqttConnection:
+    """One broker connection. Call `await run()` in a task; `stop()` ends it."""
+
+    def __init__(
+        self,
+        endpoint: BrokerEndpoint,
+        *,
+        client_id: str | None = None,
+        clean_start: bool,
+        name: str,
+        manual_ack: bool = False,
+        will: tuple[str, bytes] | None = None,
+        max_inflight: int = 20,
+        session_expiry: int = 7 * 86400,
+        logger: logging.Logger | None = None,
+        backoff: tuple[float, float] = (0.25, 30.0),
+    ) -> None:
+        self.endpoint = endpoint
+        self.name = name
+        self.log = logger or logging.getLogger(f"agent.mqtt.{name}")
+        self._clean_start = clean_start
+        self._session_expiry = session_expiry
+        self._backoff = backoff
+        v5 = endpoint.protocol == 5
+        protocol = MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311
+        client_id = (
+            client_id or endpoint.client_id or f"edgence-{name}-{random.getrandbits(32):08x}"
+        )
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=None if v5 else clean_start,
+            protocol=protocol,
+            reconnect_on_failure=False,
+            manual_ack=manual_ack,
+        )
+        self.client.connect_timeout = 5.0
+        self.client.max_inflight_messages_set(max_inflight)
+        self.client.max_queued_messages_set(0)
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=1, retain=True)
+        if endpoint.username is not None:
+            password = read_secret_file(endpoint.password_file) if endpoint.password_file else None
+            self.client.username_pw_set(endpoint.username, password)
+        if endpoint.tls:
+            self.client.tls_set(
+                ca_certs=str(endpoint.ca_file) if endpoint.ca_file else None,
+                certfile=str(endpoint.cert_file) if endpoint.cert_file else None,
+                keyfile=str(endpoint.key_file) if endpoint.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        self.connected = asyncio.Event()
+        self.on_connected: Callable[[bool], None] = lambda session_present: None
+        self.on_disconnected: Callable[[], None] = lambda: None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._stopping = False
+        self._established = False
+        self._paused = False
+        self._lost = asyncio.Event()
+        self._sock: socket.socket | None = None
+        c = self.client
+        c.on_socket_open = self._on_socket_open
+        c.on_socket_close = self._on_socket_close
+        c.on_socket_register_write = self._on_register_write
+        c.on_socket_unregister_write = self._on_unregister_write
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+
+    # -- socket plumbing: paho tells us about its socket, the loop watches it ---------------
+    def _in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        assert self._loop is not None
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._sock = sock
+        self._in_loop(self._add_reader, sock)
+
+    def _add_reader(self, sock: Any) -> None:
+        assert self._loop is not None
+        if sock.fileno() >= 0 and not self._paused:
+            self._loop.add_reader(sock, self._read)
+
+    def _read(self) -> None:
+        self.client.loop_read()
+
+    def _write(self) -> None:
+        self.client.loop_write()
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._remove_fd, sock.fileno())
+
+    def _remove_fd(self, fd: int) -> None:
+        assert self._loop is not None
+        if fd >= 0:
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
+
+    def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._add_writer, sock)
+
+    def _add_writer(self, sock: Any) -> None:
+        assert self._loop is not None
+        if sock.fileno() >= 0:
+            self._loop.add_writer(sock, self._write)
+
+    def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._remove_writer, sock)
+
+    def _remove_writer(self, sock: Any) -> None:
+        assert self._loop is not None
+        if sock.fileno() >= 0:
+            self._loop.remove_writer(sock)
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket (backpressure: the broker holds what we have not read)."""
+        self._paused = True
+        if self._sock is not None and self._loop is not None and self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock)
+
+    def resume_reading(self) -> None:
+        self._paused = False
+        if self._sock is not None and self._loop is not None and self._sock.fileno() >= 0:
+            self._loop.add_reader(self._sock, self._read)
+
+    # -- protocol events -----------------------------------------------------------------
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
+    ) -> None:
+        if rc.is_failure:
+            event(
+                self.log,
+                "mqtt_refused",
+                logging.WARNING,
+                link=self.name,
+                broker=self.endpoint.url,
+                reason=str(rc),
+            )
+            self._lost.set()
+            return
+        event(
+            self.log,
+            "mqtt_connected",
+            link=self.name,
+            broker=self.endpoint.url,
+            session_present=bool(flags.session_present),
+        )
+        self._established = True
+        self.connected.set()
+        self.on_connected(bool(flags.session_present))
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
+    ) -> None:
+        was = self.connected.is_set()
+        self.connected.clear()
+        self._lost.set()
+        if was and not self._stopping:
+            event(
+                self.log,
+                "mqtt_disconnected",
+                logging.WARNING,
+                link=self.name,
+                broker=self.endpoint.url,
+                reason=str(rc),
+            )
+            self.on_disconnected()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _connect_blocking(self) -> None:
+        ep = self.endpoint
+        if ep.protocol == 5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0 if self._clean_start else self._session_expiry
+            self.client.connect(
+                ep.host, ep.port, ep.keepalive, clean_start=self._clean_start, properties=props
+            )
+        else:
+            self.client.connect(ep.host, ep.port, ep.keepalive)
+
+    async def run(self) -> None:
+        """Connect, keep connected, reconnect with backoff and jitter; returns after stop()."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        delay = self._backoff[0]
+        misc = asyncio.create_task(self._misc())
+        try:
+            while not self._stopping:
+                self._lost.clear()
+                try:
+                    await self._loop.run_in_executor(None, self._connect_blocking)
+                except (OSError, ssl.SSLError, ValueError) as exc:
+                    if self._stopping:
+                        break
+                    wait = random.uniform(0, delay)  # full jitter: fleets don't reconnect in step
+                    event(
+                        self.log,
+                        "mqtt_connect_failed",
+                        logging.WARNING,
+                        link=self.name,
+                        broker=self.endpoint.url,
+                        error=str(exc)[:120],
+                        retry_in=f"{wait:.2f}s",
+                    )
+                    await asyncio.sleep(wait)
+                    delay = min(delay * 2, self._backoff[1])
+                    continue
+                await self._lost.wait()
+                self.connected.clear()
+                if self._established:
+                    delay = self._backoff[0]  # a session that came up resets the backoff
+                    self._established = False
+                else:
+                    delay = min(delay * 2, self._backoff[1])
+                if not self._stopping:
+                    await asyncio.sleep(random.uniform(0, delay))
+        finally:
+            misc.cancel()
+
+    async def _misc(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self._sock is not None:
+                rc = self.client.loop_misc()  # keepalive pings, timeouts
+                if rc == paho.MQTT_ERR_NO_CONN and not self._lost.is_set():
+                    self._lost.set()
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Disconnect cleanly, waiting up to `grace` seconds for the DISCONNECT to go out."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self.connected.is_set():
+            self._lost.clear()
+            self.client.disconnect()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), grace)
+        self._lost.set()
+        if self._sock is not None and self._loop is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._remove_fd(self._sock.fileno())

@@ -1,0 +1,220 @@
+"""Reading -> device check -> sign (EIP-712) -> journal -> sinks, with a bounded queue.
+
+Sources `offer` Arrivals; one worker takes them in batches, checks the device and its counter,
+signs and journals the batch in the journal thread, then acknowledges the sources (only now is a
+reading *accepted*) and wakes the sinks. A journal I/O error holds the batch and retries: nothing
+accepted is dropped and nothing is signed twice for the sinks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent.attest.observation import ObservationSigner
+from agent.devices.codecs.frame import DeviceFrame
+from agent.errors import JournalError, JournalFull, RejectedReading
+from agent.journal import Journal
+from agent.logs import RateLimitedLog
+from agent.metrics import Metrics
+from agent.model import AuthMethod, Observation, Reading, Transport
+
+
+@dataclass(slots=True)
+class Arrival:
+    """A parsed frame as a source received it; `ack` tells the source it may forget it."""
+
+    frame: DeviceFrame
+    device_id: str
+    transport: Transport
+    source: str
+    received_at: float = field(default_factory=time.time)
+    ack: Callable[[], None] | None = None
+
+
+class DeviceGate(Protocol):
+    """Decides whether a frame comes from a device the gateway vouches for."""
+
+    def check(self, arrival: Arrival) -> AuthMethod:
+        """Return how the device was authenticated, or raise RejectedReading."""
+        ...
+
+
+class AllowlistGate:
+    """Accepts the device ids listed in the config (the rule before enrollment exists)."""
+
+    def __init__(self, allowed: Sequence[str]) -> None:
+        self.allowed = frozenset(allowed)
+
+    def check(self, arrival: Arrival) -> AuthMethod:
+        if arrival.device_id not in self.allowed:
+            raise RejectedReading(
+                "unknown_device",
+                f"device {arrival.device_id!r} is not in sources.mqtt.allowed_devices",
+            )
+        return AuthMethod.ALLOWLIST
+
+
+class Pipeline:
+    """The single path from arrivals to journaled, signed observations."""
+
+    def __init__(
+        self,
+        *,
+        signer: ObservationSigner,
+        journal: Journal,
+        executor: ThreadPoolExecutor,
+        gate: DeviceGate,
+        metrics: Metrics,
+        queue_size: int = 20_000,
+        batch_max: int = 256,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.signer = signer
+        self.journal = journal
+        self.executor = executor
+        self.gate = gate
+        self.metrics = metrics
+        self.queue_size = queue_size
+        self.batch_max = batch_max
+        self.log = logger or logging.getLogger("agent.pipeline")
+        self._rl = RateLimitedLog(self.log)
+        self._queue: asyncio.Queue[Arrival] = asyncio.Queue()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._last_counter: dict[str, int] = {}
+        self._sinks: list[Callable[[], None]] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+        metrics.gauge("pipeline_queue", lambda: float(self._queue.qsize()))
+
+    def add_sink(self, wake: Callable[[], None]) -> None:
+        """`wake` is called (on the loop) after every committed batch."""
+        self._sinks.append(wake)
+
+    async def load_state(self) -> None:
+        """Last journaled counter per device, so replays are refused across restarts."""
+        loop = asyncio.get_running_loop()
+        self._last_counter = await loop.run_in_executor(self.executor, self.journal.last_counters)
+
+    # -- intake --------------------------------------------------------------------------
+    def offer(self, arrival: Arrival) -> bool:
+        """Queue an arrival. Returns False when the queue is past its bound: the source must
+        pause and `await wait_for_space()` (it keeps what it already read; nothing is lost)."""
+        self._queue.put_nowait(arrival)
+        self._idle.clear()
+        if self._queue.qsize() >= self.queue_size:
+            self._space.clear()
+            return False
+        return True
+
+    async def wait_for_space(self) -> None:
+        await self._space.wait()
+
+    def reject(self, source: str, device: str, reason: str, detail: str) -> None:
+        """Count and (rate-limited) log a frame a source could not even parse."""
+        self.metrics.inc("frames_rejected", reason=reason, source=source)
+        self._rl.event(
+            (device, reason),
+            "frame_rejected",
+            source=source,
+            device=device,
+            reason=reason,
+            detail=detail,
+        )
+
+    # -- worker --------------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self.batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._process(batch)
+            if self._queue.qsize() <= self.queue_size // 2:
+                self._space.set()
+            if self._queue.empty():
+                self._idle.set()
+
+    async def drain(self, grace: float) -> bool:
+        """Wait up to `grace` seconds until everything queued has been processed (shutdown)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+            return True
+        except TimeoutError:
+            return False
+
+    async def _process(self, batch: list[Arrival]) -> None:
+        readings: list[Reading] = []
+        updates: dict[str, int] = {}
+        now = int(time.time())
+        for arr in batch:
+            try:
+                auth = self.gate.check(arr)
+                last = updates.get(arr.device_id, self._last_counter.get(arr.device_id, -1))
+                if arr.frame.counter <= last:
+                    raise RejectedReading(
+                        "replay",
+                        f"counter {arr.frame.counter} is not above the last accepted {last}",
+                    )
+                updates[arr.device_id] = arr.frame.counter
+                readings.extend(arr.frame.readings(arr.device_id, arr.transport, auth, now))
+            except (RejectedReading, ValueError) as exc:
+                reason = exc.reason if isinstance(exc, RejectedReading) else "bad_value"
+                self.reject(arr.source, arr.device_id, reason, str(exc))
+        if readings:
+            await self._commit(readings)
+            self._last_counter.update(updates)
+        for arr in batch:
+            if arr.ack is not None:
+                arr.ack()
+        if readings:
+            for wake in self._sinks:
+                wake()
+
+    async def _commit(self, readings: list[Reading]) -> list[Observation]:
+        loop = asyncio.get_running_loop()
+        delay = 0.1
+        while True:
+            try:
+                obs = await loop.run_in_executor(self.executor, self._sign_and_append, readings)
+            except JournalFull as exc:
+                # Policy reject-new: these readings are refused, deliberately and visibly.
+                for r in readings:
+                    self.metrics.inc("frames_rejected", reason="journal_full", source=r.transport)
+                self._rl.event(
+                    ("journal", "full"),
+                    "journal_full",
+                    logging.ERROR,
+                    refused=len(readings),
+                    detail=str(exc),
+                )
+                return []
+            except JournalError as exc:
+                self.metrics.inc("journal_errors")
+                self._rl.event(
+                    ("journal", "error"),
+                    "journal_error",
+                    logging.ERROR,
+                    held=len(readings),
+                    retry_in=f"{delay:.1f}s",
+                    detail=str(exc),
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.metrics.inc("observations_signed", len(obs))
+            return obs
+
+    def _sign_and_append(self, readings: list[Reading]) -> list[Observation]:
+        """Runs in the journal thread: sequences are persisted before anything is signed."""
+        seqs = self.journal.reserve_sequences(len(readings))
+        sign = self.signer.sign
+        obs = [sign(r, s) for r, s in zip(readings, seqs, strict=True)]
+        self.journal.append(obs)
+        return obs

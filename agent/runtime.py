@@ -1,0 +1,225 @@
+"""Starts and stops the agent's components, restarts a failed one with backoff, handles signals.
+
+Shutdown order keeps the no-loss promise: sources stop reading, the pipeline drains into the
+journal, sources acknowledge and disconnect, the bridge gets a moment for in-flight PUBACKs and
+persists its cursor, the journal closes. Everything not acknowledged upstream stays journaled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from agent.attest.keys import GatewayKey, load_key_file
+from agent.attest.observation import ObservationSigner
+from agent.bridge import Bridge
+from agent.config import AgentConfig
+from agent.devices.mqtt import MqttSource
+from agent.errors import AgentError
+from agent.journal import Journal
+from agent.logs import event
+from agent.metrics import Metrics
+from agent.model import Eip712Domain
+from agent.pipeline import AllowlistGate, Pipeline
+from agent.secrets import check_secret_mode
+
+log = logging.getLogger("agent.runtime")
+
+
+def load_gateway_key(cfg: AgentConfig) -> GatewayKey:
+    """The gateway key, refusing loose permissions; the passphrase comes from
+    gateway.passphrase_file (also 0600) or the EDGENCE_KEY_PASSPHRASE environment variable."""
+    passphrase = os.environ.get("EDGENCE_KEY_PASSPHRASE")
+    pf = cfg.gateway.passphrase_file
+    if pf is not None:
+        check_secret_mode(pf)
+        passphrase = pf.read_text(encoding="utf-8").rstrip("\r\n")
+    return load_key_file(cfg.gateway.key_file, passphrase)
+
+
+def domain_of(cfg: AgentConfig) -> Eip712Domain:
+    g = cfg.gateway
+    return Eip712Domain(g.domain_name, g.domain_version, g.chain_id, g.verifying_contract)
+
+
+async def supervise(
+    name: str, factory: Callable[[], Awaitable[None]], stopping: asyncio.Event, metrics: Metrics
+) -> None:
+    """Run a component; if it fails, log one line and restart it with backoff."""
+    delay = 0.5
+    while not stopping.is_set():
+        started = time.monotonic()
+        try:
+            await factory()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if stopping.is_set():
+                return
+            metrics.inc("component_restarts", component=name)
+            if time.monotonic() - started > 60:
+                delay = 0.5
+            log.error(
+                "event=component_failed component=%s error=%r restart_in=%.1fs",
+                name,
+                str(exc)[:200],
+                delay,
+                exc_info=exc,
+            )
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 30.0)
+
+
+class Agent:
+    """The whole agent, built from an AgentConfig. `await agent.run(stop_event)`."""
+
+    def __init__(self, cfg: AgentConfig, key: GatewayKey | None = None) -> None:
+        self.cfg = cfg
+        self.key = key if key is not None else load_gateway_key(cfg)
+        self.metrics = Metrics()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="journal")
+        self.journal = Journal(
+            cfg.journal.path,
+            sinks=["bridge"],
+            synchronous=cfg.journal.synchronous,
+            max_bytes=cfg.journal.max_bytes,
+            max_age_s=cfg.journal.max_age_s,
+            overflow=cfg.journal.overflow,
+            logger=logging.getLogger("agent.journal"),
+        )
+        self.signer = ObservationSigner(self.key, domain_of(cfg))
+        self.pipeline = Pipeline(
+            signer=self.signer,
+            journal=self.journal,
+            executor=self.executor,
+            gate=AllowlistGate(cfg.mqtt.allowed_devices),
+            metrics=self.metrics,
+            queue_size=cfg.pipeline.queue_size,
+            batch_max=cfg.pipeline.batch_max,
+        )
+        self.bridge: Bridge | None = None
+        if cfg.bridge.enabled:
+            self.bridge = Bridge(
+                cfg.bridge,
+                journal=self.journal,
+                executor=self.executor,
+                gateway=self.key.address,
+                metrics=self.metrics,
+            )
+            self.pipeline.add_sink(self.bridge.wake)
+        self.mqtt: MqttSource | None = None
+        if cfg.mqtt.enabled:
+            self.mqtt = MqttSource(
+                cfg.mqtt,
+                pipeline=self.pipeline,
+                metrics=self.metrics,
+                client_id=f"edgence-{self.key.address[2:14]}-devices",
+            )
+        self.ready = asyncio.Event()
+
+    async def _in_journal_thread(self, fn: Callable[[], object]) -> object:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    async def _maintain_journal(self) -> None:
+        while True:
+            await asyncio.sleep(10.0)
+            await self._in_journal_thread(self.journal.enforce_bounds)
+
+    async def _announce_ready(self, started: float) -> None:
+        if self.mqtt is not None:
+            await self.mqtt.ready.wait()
+        self.ready.set()
+        event(
+            log,
+            "ready",
+            gateway=self.key.address,
+            ready_ms=int((time.monotonic() - started) * 1000),
+            sources="mqtt" if self.mqtt else "none",
+            upstream=self.cfg.bridge.broker.url if self.bridge else "disabled",
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        started = time.monotonic()
+        data_dir = self.cfg.gateway.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        Path(self.cfg.journal.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            await self._in_journal_thread(self.journal.open)
+        except Exception:
+            self.executor.shutdown(wait=False)
+            raise
+        await self.pipeline.load_state()
+        event(
+            log,
+            "starting",
+            gateway=self.key.address,
+            chain_id=self.cfg.gateway.chain_id,
+            journal=str(self.cfg.journal.path),
+        )
+        stopping = asyncio.Event()
+        m = self.metrics
+        tasks = [
+            asyncio.create_task(supervise("pipeline", self.pipeline.run, stopping, m)),
+            asyncio.create_task(self._maintain_journal()),
+        ]
+        if self.bridge is not None:
+            tasks.append(asyncio.create_task(supervise("bridge", self.bridge.run, stopping, m)))
+        if self.mqtt is not None:
+            tasks.append(asyncio.create_task(supervise("mqtt", self.mqtt.run, stopping, m)))
+        tasks.append(asyncio.create_task(self._announce_ready(started)))
+        try:
+            await stop.wait()
+        finally:
+            stopping.set()
+            await self._shutdown(tasks)
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        t0 = time.monotonic()
+        if self.mqtt is not None:
+            self.mqtt.conn.pause_reading()
+        drained = await self.pipeline.drain(grace=0.8)
+        if self.mqtt is not None:
+            await self.mqtt.stop()
+        if self.bridge is not None:
+            await self.bridge.stop(grace=0.6)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._in_journal_thread(self.journal.close)
+        self.executor.shutdown(wait=True)
+        event(
+            log,
+            "stopped",
+            drained=drained,
+            shutdown_ms=int((time.monotonic() - t0) * 1000),
+            signed=m_get(self.metrics, "observations_signed"),
+            delivered=m_get(self.metrics, "observations_delivered"),
+        )
+
+
+def m_get(metrics: Metrics, name: str) -> int:
+    return metrics.get(name)
+
+
+async def run_until_signalled(agent: Agent) -> None:
+    """Run the agent until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await agent.run(stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+__all__ = ["Agent", "AgentError", "load_gateway_key", "run_until_signalled"]

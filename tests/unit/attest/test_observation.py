@@ -1,0 +1,357 @@
+"""Signing readings into envelopes and verifying envelopes: every tampering is caught."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_utils.crypto import keccak as eth_keccak
+
+from agent.attest.eip712 import OBSERVATION_TYPES, domain_separator, observation_digest
+from agent.attest.keys import SECP256K1_HALF_N, SECP256K1_N, GatewayKey
+from agent.attest.observation import ObservationSigner, verify_envelope
+from agent.errors import EnvelopeError
+from agent.model import AuthMethod, Eip712Domain, Observation, Reading, Transport
+
+DOMAIN = Eip712Domain(
+    name="Edgence",
+    version="1",
+    chain_id=31337,
+    verifying_contract="0x5FbDB2315678afecb367f032d93F642f64180aa3",
+)
+READING = Reading(
+    device_id="sim-1",
+    sensor="temp",
+    value=2137,
+    exponent=-2,
+    unit="Cel",
+    timestamp=1_700_000_000,
+    counter=41,
+    transport=Transport.MQTT,
+    auth=AuthMethod.ALLOWLIST,
+)
+OTHER_ADDRESS = "0x" + "11" * 20
+
+Envelope = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def key() -> GatewayKey:
+    return GatewayKey.generate()
+
+
+@pytest.fixture(scope="module")
+def signer(key: GatewayKey) -> ObservationSigner:
+    return ObservationSigner(key, DOMAIN)
+
+
+@pytest.fixture
+def observation(signer: ObservationSigner) -> Observation:
+    return signer.sign(READING, 7)
+
+
+@pytest.fixture
+def envelope(observation: Observation) -> Envelope:
+    data: Envelope = json.loads(observation.envelope)
+    return data
+
+
+def _refresh_digest(env: Envelope) -> None:
+    """Make the digest field honest for a tampered message, so only the signature can fail."""
+    digest = observation_digest(
+        domain_separator(
+            Eip712Domain(
+                name=env["domain"]["name"],
+                version=env["domain"]["version"],
+                chain_id=env["domain"]["chainId"],
+                verifying_contract=env["domain"]["verifyingContract"],
+            )
+        ),
+        verify_reading(env),
+        env["message"]["gatewaySequence"],
+    )
+    env["digest"] = "0x" + digest.hex()
+
+
+def verify_reading(env: Envelope) -> Reading:
+    m, r = env["message"], env["reading"]
+    return Reading(
+        device_id=bytes.fromhex(m["deviceId"][2:]).rstrip(b"\0").decode(),
+        sensor=bytes.fromhex(m["sensor"][2:]).rstrip(b"\0").decode(),
+        value=int(m["value"]),
+        exponent=m["exponent"],
+        unit=bytes.fromhex(m["unit"][2:]).rstrip(b"\0").decode(),
+        timestamp=m["timestamp"],
+        counter=m["deviceCounter"],
+        transport=Transport(r["transport"]),
+        auth=AuthMethod(r["auth"]),
+    )
+
+
+def test_signed_envelope_verifies_to_the_gateway_key(
+    key: GatewayKey, observation: Observation
+) -> None:
+    verified = verify_envelope(observation.envelope)
+    assert verified.signer == key.address == observation.gateway
+    assert verified.reading == READING
+    assert verified.gateway_sequence == 7
+    assert verified.domain == DOMAIN
+    assert verified.digest == observation.digest
+    assert verified.signature == observation.signature
+
+
+def test_envelope_is_compact_json_in_the_documented_order(observation: Observation) -> None:
+    text = observation.envelope.decode()
+    assert " " not in text
+    env = json.loads(text)
+    assert list(env) == ["v", "gateway", "domain", "message", "reading", "digest", "signature"]
+    assert list(env["message"]) == [
+        "deviceId",
+        "sensor",
+        "value",
+        "exponent",
+        "unit",
+        "timestamp",
+        "deviceCounter",
+        "gatewaySequence",
+    ]
+    assert env["message"]["value"] == "2137"
+    assert env["message"]["deviceId"] == "0x" + b"sim-1".ljust(32, b"\0").hex()
+    assert env["reading"] == {
+        "device": "sim-1",
+        "sensor": "temp",
+        "value": "21.37",
+        "unit": "Cel",
+        "transport": "mqtt",
+        "auth": "allowlist",
+    }
+
+
+def test_envelope_verifies_with_eth_account_alone(key: GatewayKey, envelope: Envelope) -> None:
+    message = {**envelope["message"], "value": int(envelope["message"]["value"])}
+    signable = encode_typed_data(
+        full_message={
+            "types": OBSERVATION_TYPES,
+            "primaryType": "Observation",
+            "domain": envelope["domain"],
+            "message": message,
+        }
+    )
+    digest = eth_keccak(b"\x19" + signable.version + signable.header + signable.body)
+    assert "0x" + digest.hex() == envelope["digest"]
+    signature = bytes.fromhex(envelope["signature"][2:])
+    assert Account._recover_hash(digest, signature=signature) == key.checksum_address
+
+
+def test_verify_accepts_bytes_str_and_parsed_mapping(
+    observation: Observation, envelope: Envelope
+) -> None:
+    from_bytes = verify_envelope(observation.envelope)
+    assert verify_envelope(observation.envelope.decode()) == from_bytes
+    assert verify_envelope(envelope) == from_bytes
+
+
+MESSAGE_TAMPERING: dict[str, Callable[[Envelope], None]] = {
+    "deviceId": lambda e: e["message"].update(deviceId="0x" + b"sim-2".ljust(32, b"\0").hex()),
+    "sensor": lambda e: e["message"].update(sensor="0x" + b"hum".ljust(32, b"\0").hex()),
+    "value": lambda e: e["message"].update(value="2138"),
+    "exponent": lambda e: e["message"].update(exponent=-1),
+    "unit": lambda e: e["message"].update(unit="0x" + b"K".ljust(32, b"\0").hex()),
+    "timestamp": lambda e: e["message"].update(timestamp=1_700_000_001),
+    "deviceCounter": lambda e: e["message"].update(deviceCounter=42),
+    "gatewaySequence": lambda e: e["message"].update(gatewaySequence=8),
+}
+
+
+@pytest.mark.parametrize("field", list(MESSAGE_TAMPERING))
+def test_tampered_message_field_is_detected(envelope: Envelope, field: str) -> None:
+    MESSAGE_TAMPERING[field](envelope)
+    with pytest.raises(EnvelopeError, match=r"disagrees|digest mismatch"):
+        verify_envelope(envelope)
+
+
+@pytest.mark.parametrize("field", list(MESSAGE_TAMPERING))
+def test_tampered_message_with_consistent_digest_fails_on_the_signature(
+    envelope: Envelope, field: str
+) -> None:
+    MESSAGE_TAMPERING[field](envelope)
+    tampered = verify_reading(envelope)
+    envelope["reading"].update(
+        device=tampered.device_id,
+        sensor=tampered.sensor,
+        unit=tampered.unit,
+        value=tampered.decimal,
+    )
+    _refresh_digest(envelope)
+    with pytest.raises(EnvelopeError, match="does not recover to gateway"):
+        verify_envelope(envelope)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("name", "Evil"),
+        ("version", "2"),
+        ("chainId", 1),
+        ("verifyingContract", OTHER_ADDRESS),
+    ],
+)
+def test_tampered_domain_is_detected(envelope: Envelope, field: str, value: object) -> None:
+    envelope["domain"][field] = value
+    with pytest.raises(EnvelopeError, match="digest mismatch"):
+        verify_envelope(envelope)
+
+
+def test_claimed_gateway_other_than_the_signer_is_detected(envelope: Envelope) -> None:
+    envelope["gateway"] = OTHER_ADDRESS
+    with pytest.raises(EnvelopeError, match=f"does not recover to gateway {OTHER_ADDRESS}"):
+        verify_envelope(envelope)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("device", "sim-2"), ("sensor", "hum"), ("value", "21.38"), ("unit", "K")],
+)
+def test_reading_block_disagreeing_with_the_signed_message_is_detected(
+    envelope: Envelope, field: str, value: str
+) -> None:
+    envelope["reading"][field] = value
+    with pytest.raises(EnvelopeError, match=f"reading.{field} .* disagrees"):
+        verify_envelope(envelope)
+
+
+def test_reading_value_must_be_the_exact_decimal_text(envelope: Envelope) -> None:
+    envelope["reading"]["value"] = "21.370"
+    with pytest.raises(EnvelopeError, match="disagrees"):
+        verify_envelope(envelope)
+
+
+def test_unknown_transport_in_reading_block_is_refused(envelope: Envelope) -> None:
+    envelope["reading"]["transport"] = "carrier-pigeon"
+    with pytest.raises(EnvelopeError, match="bad reading block"):
+        verify_envelope(envelope)
+
+
+def _flip_byte(signature_hex: str, index: int) -> str:
+    raw = bytearray.fromhex(signature_hex[2:])
+    raw[index] ^= 0x01
+    return "0x" + raw.hex()
+
+
+@pytest.mark.parametrize("index", [0, 31, 32, 63])
+def test_tampered_signature_is_detected(envelope: Envelope, index: int) -> None:
+    envelope["signature"] = _flip_byte(envelope["signature"], index)
+    with pytest.raises(EnvelopeError, match="signature"):
+        verify_envelope(envelope)
+
+
+def test_flipped_recovery_id_recovers_someone_else(envelope: Envelope) -> None:
+    raw = bytearray.fromhex(envelope["signature"][2:])
+    raw[64] = 55 - raw[64]
+    envelope["signature"] = "0x" + raw.hex()
+    with pytest.raises(EnvelopeError, match="does not recover to gateway"):
+        verify_envelope(envelope)
+
+
+def test_high_s_twin_signature_is_refused(envelope: Envelope) -> None:
+    raw = bytes.fromhex(envelope["signature"][2:])
+    s = int.from_bytes(raw[32:64])
+    twin = raw[:32] + (SECP256K1_N - s).to_bytes(32) + bytes((55 - raw[64],))
+    envelope["signature"] = "0x" + twin.hex()
+    with pytest.raises(EnvelopeError, match="high"):
+        verify_envelope(envelope)
+
+
+def test_digest_field_that_disagrees_is_reported(envelope: Envelope) -> None:
+    envelope["digest"] = "0x" + "00" * 32
+    with pytest.raises(EnvelopeError, match="digest mismatch"):
+        verify_envelope(envelope)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda e: e["message"].pop("value"), "missing field message.value"),
+        (lambda e: e.pop("domain"), "missing field domain.name"),
+        (lambda e: e.pop("signature"), "missing field signature"),
+        (lambda e: e.update(v=2), "unsupported envelope version 2"),
+        (lambda e: e["message"].update(value=2137), "message.value must be a string"),
+        (lambda e: e["message"].update(value="02137"), "canonical decimal"),
+        (lambda e: e["message"].update(exponent=-129), "message.exponent = -129 is out of range"),
+        (lambda e: e["message"].update(timestamp=-1), "message.timestamp = -1 is out of range"),
+        (lambda e: e["message"].update(gatewaySequence=True), "must be an integer"),
+        (lambda e: e["message"].update(deviceId="0x" + "ff" * 32), "not a device id label"),
+        (lambda e: e["message"].update(sensor="0x" + "00" * 32), "not a sensor label"),
+        (lambda e: e["domain"].update(chainId=0), "domain.chainId = 0 is out of range"),
+        (lambda e: e.update(gateway="0x1234"), "field gateway is malformed"),
+        (lambda e: e.update(signature="0x" + "ab" * 64), "field signature is malformed"),
+        (lambda e: e.update(message=[]), "field message must be an object"),
+    ],
+)
+def test_malformed_envelopes_give_a_one_line_reason(
+    envelope: Envelope, mutate: Callable[[Envelope], object], reason: str
+) -> None:
+    mutate(envelope)
+    with pytest.raises(EnvelopeError, match=reason) as caught:
+        verify_envelope(envelope)
+    assert "\n" not in str(caught.value)
+
+
+def test_labels_with_bytes_after_the_padding_are_refused(envelope: Envelope) -> None:
+    # "sim-1\0...\0x" would decode to a different label than the one signed.
+    raw = bytearray(b"sim-1".ljust(32, b"\0"))
+    raw[31] = ord("x")
+    envelope["message"]["deviceId"] = "0x" + raw.hex()
+    with pytest.raises(EnvelopeError, match="not a device id label"):
+        verify_envelope(envelope)
+
+
+def test_non_json_and_duplicate_keys_are_refused(observation: Observation) -> None:
+    with pytest.raises(EnvelopeError, match="not valid JSON"):
+        verify_envelope(b"\xff{")
+    with pytest.raises(EnvelopeError, match="must be a JSON object"):
+        verify_envelope("[1]")
+    doubled = observation.envelope.replace(b'"v":1,', b'"v":1,"v":1,', 1)
+    with pytest.raises(EnvelopeError, match="duplicate key 'v'"):
+        verify_envelope(doubled)
+
+
+def test_signatures_are_canonical_over_many_readings(signer: ObservationSigner) -> None:
+    seen_v = set()
+    for sequence in range(500):
+        obs = signer.sign(READING, sequence)
+        v = obs.signature[64]
+        s = int.from_bytes(obs.signature[32:64])
+        assert v in (27, 28)
+        assert 0 < s <= SECP256K1_HALF_N
+        seen_v.add(v)
+    assert seen_v == {27, 28}
+
+
+def test_signer_rejects_gateway_sequence_outside_uint64(signer: ObservationSigner) -> None:
+    with pytest.raises(ValueError, match="gateway sequence"):
+        signer.sign(READING, 2**64)
+
+
+@pytest.mark.parametrize("unit", ["m/s", "[ppm]", '"', "\\", "%RH"])
+def test_units_with_json_special_characters_round_trip(
+    signer: ObservationSigner, unit: str
+) -> None:
+    reading = Reading(
+        device_id="sim-1",
+        sensor="s",
+        value=-5,
+        exponent=3,
+        unit=unit,
+        timestamp=0,
+        counter=0,
+        transport=Transport.BLE,
+        auth=AuthMethod.BTHOME,
+    )
+    verified = verify_envelope(signer.sign(reading, 0).envelope)
+    assert verified.reading == reading
+    assert json.loads(signer.sign(reading, 0).envelope)["reading"]["value"] == "-5000"
