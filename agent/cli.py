@@ -30,6 +30,20 @@ def example_config() -> str:
     return resources.files("agent").joinpath("resources/agent.example.toml").read_text("utf-8")
 
 
+def _existing_key_address(path: Path, passphrase: str | None) -> str:
+    """The address of a key file that init keeps (it never replaces a key)."""
+    from agent.attest.keys import load_key_file, to_checksum_address
+
+    text = path.read_text(encoding="utf-8", errors="replace").strip()
+    if text.startswith("{") and passphrase is None:
+        # An encrypted keystore names its address; no need to ask for the passphrase.
+        try:
+            return to_checksum_address("0x" + str(json.loads(text)["address"]).removeprefix("0x"))
+        except (ValueError, KeyError, TypeError):
+            raise AgentError(f"{path} is not a readable keystore") from None
+    return load_key_file(path, passphrase).checksum_address
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from agent.attest.keys import GatewayKey, write_key_file
 
@@ -49,20 +63,31 @@ def cmd_init(args: argparse.Namespace) -> int:
         passphrase = getpass.getpass("passphrase for the gateway key: ")
         if passphrase != getpass.getpass("repeat the passphrase: "):
             raise AgentError("the passphrases differ; nothing was written")
-    key = GatewayKey.generate()
-    write_key_file(key_path, key, passphrase)
+    if key_path.exists():
+        address = _existing_key_address(key_path, passphrase)
+        kept = True
+    else:
+        key = GatewayKey.generate()
+        write_key_file(key_path, key, passphrase)
+        address, kept = key.checksum_address, False
     text = example_config()
     text = text.replace("chain_id = 31337", f"chain_id = {args.chain_id}")
     if args.local_broker:
         text = text.replace('url = "mqtt://127.0.0.1:1883"', f'url = "{args.local_broker}"')
     if args.upstream:
         text = text.replace('url = "mqtt://127.0.0.1:1884"', f'url = "{args.upstream}"')
-    header = f"# Gateway address (masternode signing key): {key.checksum_address}\n"
+    if passphrase is not None and args.passphrase_file:
+        text = text.replace(
+            '# passphrase_file = "gateway.pass"',
+            f'passphrase_file = "{Path(args.passphrase_file).resolve()}"',
+        )
+    header = f"# Gateway address (masternode signing key): {address}\n"
     cfg_path.write_text(header + text, encoding="utf-8")
     (d / "data").mkdir(exist_ok=True, mode=0o700)
-    print(f"gateway key   {key_path} (mode 0600{', encrypted' if passphrase else ''})")
+    state = "kept, existing" if kept else f"new, mode 0600{', encrypted' if passphrase else ''}"
+    print(f"gateway key   {key_path} ({state})")
     print(f"config        {cfg_path}")
-    print(f"address       {key.checksum_address}")
+    print(f"address       {address}")
     print(f"next: edit the config, then `edgence-agent run --config {cfg_path}`")
     return 0
 
@@ -94,9 +119,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     text = data.strip()
     if not text:
         raise AgentError("no envelope given")
-    # One envelope (possibly pretty-printed), or JSON lines.
+    # One envelope (possibly pretty-printed), or JSON lines. Each is handed over as text so
+    # that the verifier sees it exactly (duplicate keys included).
     try:
-        docs = [json.loads(text)]
+        json.loads(text)
+        docs = [text]
     except json.JSONDecodeError:
         docs = [line for line in text.splitlines() if line.strip()]
     bad = 0

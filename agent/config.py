@@ -19,7 +19,7 @@ from agent.model import NAME_RE
 
 T = TypeVar("T")
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
+_SIZE_RE = re.compile(r"^\s*([0-9]+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*\Z")
 _SIZE_UNITS = {
     None: 1,
     "B": 1,
@@ -30,7 +30,7 @@ _SIZE_UNITS = {
     "MB": 10**6,
     "GB": 10**9,
 }
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*\Z")
 _DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -216,15 +216,18 @@ def _kind_name(kind: type) -> str:
 def parse_broker_url(sec: _Section, k: str, default: str | None) -> tuple[str, int, bool]:
     url = sec.get(k, str, default, required=default is None)
     parts = urlsplit(url)
+    if "@" in parts.netloc:
+        # Checked first, and the URL is not echoed: it may hold a password.
+        raise sec.err(k, "must not carry credentials; use username and password_file")
     if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
         raise sec.err(k, f"must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]; got {url!r}")
-    if parts.username or parts.password:
-        raise sec.err(k, "must not carry credentials; use username and password_file")
     tls = parts.scheme in ("mqtts", "ssl")
     try:
-        port = parts.port or (8883 if tls else 1883)
+        port = parts.port if parts.port is not None else (8883 if tls else 1883)
     except ValueError:
         raise sec.err(k, f"has an invalid port in {url!r}") from None
+    if not 1 <= port <= 65535:
+        raise sec.err(k, f"port must be 1-65535; got {port}")
     return unquote(parts.hostname), port, tls
 
 
@@ -307,6 +310,8 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
         max_values_per_frame=m.int_range("max_values_per_frame", 16, 1, 256),
         allowed_devices=m.str_list("allowed_devices", ()),
     )
+    if not mqtt.topics:
+        raise m.err("topics", "must list at least one topic filter, e.g. devices/+/up")
     for t in mqtt.topics:
         if "+" not in t.split("/") or t.count("+") != 1 or "#" in t:
             raise m.err(

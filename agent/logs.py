@@ -13,12 +13,23 @@ from typing import Any
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:/@+#%,[]")
 
 
+# Backslash, quote and every control character are escaped so that no value can start a line.
+_ESCAPES = {
+    ord("\\"): "\\\\",
+    ord('"'): '\\"',
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+}
+_ESCAPES.update({c: f"\\x{c:02x}" for c in [*range(32), 127] if c not in _ESCAPES})
+
+
 def format_value(value: Any) -> str:
     """Render a value for key=value output, quoting only when needed."""
     text = str(value)
     if text and all(c in _PLAIN for c in text):
         return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    escaped = text.translate(_ESCAPES)
     return f'"{escaped}"'
 
 

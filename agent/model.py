@@ -14,8 +14,8 @@ INT256_MAX = 2**255 - 1
 UINT64_MAX = 2**64 - 1
 # Short ASCII labels that fit a Solidity bytes32 (left-aligned, zero-padded). Device ids and
 # sensor names become MQTT topic levels, so they exclude "/", "+", "#" and spaces.
-NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,32}$")
-UNIT_RE = re.compile(r"^[!-~]{1,32}$")  # printable ASCII without space: UCUM codes like m/s, [ppm]
+NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,32}\Z")
+UNIT_RE = re.compile(r"^[!-~]{1,32}\Z")  # printable ASCII without space: UCUM codes like m/s, [ppm]
 
 
 class Transport(StrEnum):

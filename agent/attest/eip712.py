@@ -16,14 +16,14 @@ TypeDefs = Mapping[str, Sequence[Mapping[str, str]]]
 """Struct definitions as in eth_signTypedData JSON: {"Mail": [{"name": .., "type": ..}, ..]}."""
 
 _WORD = 2**256
-_IDENT_RE = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*$")
-_ARRAY_SUFFIX_RE = re.compile(r"^(.+)\[(\d*)\]$")
-_INT_TYPE_RE = re.compile(r"^(u?)int(\d{1,3})$")
-_BYTES_N_RE = re.compile(r"^bytes(\d{1,2})$")
-_DEC_RE = re.compile(r"^-?[0-9]+$")
-_HEX_INT_RE = re.compile(r"^-?0[xX][0-9a-fA-F]+$")
-_HEX_BYTES_RE = re.compile(r"^0[xX](?:[0-9a-fA-F]{2})*$")
-_ADDRESS_RE = re.compile(r"^0[xX][0-9a-fA-F]{40}$")
+_IDENT_RE = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*\Z")
+_ARRAY_SUFFIX_RE = re.compile(r"^(.+)\[(\d*)\]\Z")
+_INT_TYPE_RE = re.compile(r"^(u?)int(\d{1,3})\Z")
+_BYTES_N_RE = re.compile(r"^bytes(\d{1,2})\Z")
+_DEC_RE = re.compile(r"^-?[0-9]+\Z")
+_HEX_INT_RE = re.compile(r"^-?0[xX][0-9a-fA-F]+\Z")
+_HEX_BYTES_RE = re.compile(r"^0[xX](?:[0-9a-fA-F]{2})*\Z")
+_ADDRESS_RE = re.compile(r"^0[xX][0-9a-fA-F]{40}\Z")
 
 
 def keccak256(data: bytes) -> bytes:

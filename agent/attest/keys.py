@@ -9,12 +9,26 @@ import json
 import os
 import re
 import stat
+import sys
+from types import ModuleType
 
 import coincurve
-from eth_keyfile.keyfile import create_keyfile_json, decode_keyfile_json
 
 from agent.attest.eip712 import keccak256
 from agent.errors import EnvelopeError, KeyFileError
+
+
+def _keyfile() -> ModuleType:
+    """eth_keyfile, imported only when a keystore is read or written. Its dependency py_ecc
+    raises the interpreter's recursion limit to 100000 on import, which lets deeply nested
+    input overflow the C stack (a segfault instead of a RecursionError): restore the limit."""
+    limit = sys.getrecursionlimit()
+    try:
+        import eth_keyfile.keyfile as keyfile
+    finally:
+        sys.setrecursionlimit(limit)
+    return keyfile
+
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 SECP256K1_HALF_N = SECP256K1_N // 2
@@ -22,8 +36,8 @@ SECP256K1_HALF_N = SECP256K1_N // 2
 SCRYPT_N = 262144
 PASSPHRASE_HINT = "pass --passphrase-file FILE or set EDGENCE_KEY_PASSPHRASE"
 
-_ADDRESS_RE = re.compile(r"^0[xX][0-9a-fA-F]{40}$")
-_PLAIN_KEY_RE = re.compile(r"^(?:0[xX])?[0-9a-fA-F]{64}$")
+_ADDRESS_RE = re.compile(r"^0[xX][0-9a-fA-F]{40}\Z")
+_PLAIN_KEY_RE = re.compile(r"^(?:0[xX])?[0-9a-fA-F]{64}\Z")
 _MAX_KEY_FILE_BYTES = 64 * 1024
 
 
@@ -150,7 +164,7 @@ def write_key_file(
     else:
         if not passphrase:
             raise KeyFileError(f"refusing to encrypt key file {path} with an empty passphrase")
-        keystore = create_keyfile_json(
+        keystore = _keyfile().create_keyfile_json(
             secret, passphrase.encode("utf-8"), version=3, kdf="scrypt", iterations=scrypt_n
         )
         content = (json.dumps(keystore, indent=2) + "\n").encode("ascii")
@@ -243,7 +257,7 @@ def _decrypt_keystore(path: str | os.PathLike[str], text: str, passphrase: str |
     if passphrase is None:
         raise KeyFileError(f"key file {path} is encrypted; {PASSPHRASE_HINT}")
     try:
-        secret = bytes(decode_keyfile_json(keystore, passphrase.encode("utf-8")))
+        secret = bytes(_keyfile().decode_keyfile_json(keystore, passphrase.encode("utf-8")))
     except ValueError as exc:
         if "MAC mismatch" in str(exc):
             raise KeyFileError(f"key file {path}: wrong passphrase") from None

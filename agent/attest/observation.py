@@ -46,10 +46,10 @@ from agent.model import (
 ENVELOPE_VERSION = 1
 # json.dumps builds a new encoder per call when given separators; reuse one (same output).
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
-_BYTES32_RE = re.compile(r"^0x[0-9a-fA-F]{64}$")
-_SIGNATURE_RE = re.compile(r"^0x[0-9a-fA-F]{130}$")
-_ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
-_DECIMAL_INT_RE = re.compile(r"^-?(?:0|[1-9][0-9]{0,77})$")
+_BYTES32_RE = re.compile(r"^0x[0-9a-fA-F]{64}\Z")
+_SIGNATURE_RE = re.compile(r"^0x[0-9a-fA-F]{130}\Z")
+_ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}\Z")
+_DECIMAL_INT_RE = re.compile(r"^-?(?:0|[1-9][0-9]{0,77})\Z")
 # Labels repeat (a few devices x sensors); bound the cache so odd input cannot grow it forever.
 _LABEL_CACHE_MAX = 4096
 

@@ -49,8 +49,8 @@ class MqttSource:
         self.conn.client.on_message = self._on_message
         self.conn.client.on_subscribe = self._on_subscribe
         self.conn.on_connected = self._on_connected
-        # (filter levels, index of the '+' that names the device)
-        self._filters = [(t, t.split("/").index("+")) for t in cfg.topics]
+        # (filter levels, index of the '+' that names the device); no '#' (config forbids it)
+        self._filters = [(t.split("/"), t.split("/").index("+")) for t in cfg.topics]
         self._resume: asyncio.Task[None] | None = None
 
     def _on_connected(self, session_present: bool) -> None:
@@ -63,9 +63,12 @@ class MqttSource:
         self.ready.set()
 
     def _device_of(self, topic: str) -> str | None:
+        levels = topic.split("/")
         for filt, idx in self._filters:
-            if paho.topic_matches_sub(filt, topic):
-                return topic.split("/")[idx]
+            if len(levels) == len(filt) and all(
+                f == "+" or f == lv for f, lv in zip(filt, levels, strict=True)
+            ):
+                return levels[idx]
         return None
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:

@@ -7,6 +7,7 @@ are refused. Every failure is a FrameError whose `reason` is a short, stable cou
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -73,6 +74,38 @@ def _reject_constant(name: str) -> Any:
     raise FrameError("not_finite", f"{name} is not a finite number")
 
 
+# One decoder for every frame: json.loads(...) with hooks would build a new one per call.
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+# Plain ASCII decimal text only (Decimal() alone also takes "1_000", " 12 ", Arabic digits).
+_DECIMAL_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?\Z")
+_MAC_TEXT = re.compile(r"[0-9a-fA-F]{64}\Z")
+# A valid frame nests 3 deep ({"r":[{...}]}); anything past this is refused before parsing,
+# so hostile nesting cannot exhaust the parser's stack.
+MAX_DEPTH = 8
+
+
+def _nesting_depth(text: str) -> int:
+    """Deepest [ / { nesting outside of strings."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def _uint64(obj: dict[str, Any], key: str, where: str) -> int:
     v = obj[key]
     if type(v) is not int:
@@ -94,6 +127,10 @@ def _exact_value(raw: Any, exponent: Any, where: str) -> tuple[int, int]:
         if isinstance(raw, str):
             if len(raw) > 100:
                 raise FrameError("out_of_range", f"{where}v has more than 100 characters")
+            if raw.lstrip("+-").lower() in ("nan", "snan", "inf", "infinity"):
+                raise FrameError("not_finite", f"{where}v is not a finite number")
+            if not _DECIMAL_TEXT.match(raw):
+                raise FrameError("bad_type", f"{where}v {raw[:40]!r} is not a decimal number")
             try:
                 raw = Decimal(raw)
             except InvalidOperation:
@@ -136,8 +173,11 @@ def parse_frame(
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise FrameError("not_utf8", "payload is not UTF-8 text") from None
+    # Only frames with many brackets can be deep; the scan costs nothing for ordinary ones.
+    if text.count("[") + text.count("{") > MAX_DEPTH and _nesting_depth(text) > MAX_DEPTH:
+        raise FrameError("not_json", f"JSON nested deeper than {MAX_DEPTH} levels")
     try:
-        obj = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+        obj = _DECODER.decode(text)
     except FrameError:
         raise
     except (ValueError, RecursionError) as exc:
@@ -158,12 +198,9 @@ def parse_frame(
     mac: bytes | None = None
     if "mac" in obj:
         m = obj["mac"]
-        if not isinstance(m, str) or len(m) != 64:
+        if not isinstance(m, str) or not _MAC_TEXT.match(m):
             raise FrameError("bad_type", "mac must be 64 hex characters")
-        try:
-            mac = bytes.fromhex(m)
-        except ValueError:
-            raise FrameError("bad_type", "mac must be 64 hex characters") from None
+        mac = bytes.fromhex(m)
     entries = obj["r"]
     if not isinstance(entries, list) or not entries:
         raise FrameError("bad_type", "r must be a non-empty list of readings")
