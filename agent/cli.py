@@ -8,11 +8,15 @@ import getpass
 import json
 import os
 import sys
+from collections.abc import Coroutine
 from importlib import resources
 from pathlib import Path
+from typing import Any, TypeVar
 
 from agent import __version__
 from agent.errors import AgentError, EnvelopeError
+
+T = TypeVar("T")
 
 
 def default_config_dir() -> Path:
@@ -42,6 +46,16 @@ def _existing_key_address(path: Path, passphrase: str | None) -> str:
         except (ValueError, KeyError, TypeError):
             raise AgentError(f"{path} is not a readable keystore") from None
     return load_key_file(path, passphrase).checksum_address
+
+
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, on uvloop when it is installed (the `fast` extra): a faster event loop for
+    the per-packet socket callbacks; the agent behaves the same on either."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -100,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     setup_logging(args.log_level or cfg.log.level)
     agent = Agent(cfg)
-    asyncio.run(run_until_signalled(agent))
+    run_event_loop(run_until_signalled(agent))
     return 0
 
 
@@ -109,7 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from agent.logs import setup_logging
 
     setup_logging("warning", sys.stderr)
-    return asyncio.run(run_demo(args.duration, args.rate, keep=args.keep))
+    return run_event_loop(run_demo(args.duration, args.rate, keep=args.keep))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -47,7 +47,7 @@ class LocalMosquitto:
         name: str = "broker",
         port: int | None = None,
         max_queued_messages: int = 0,
-        max_inflight_messages: int = 100,
+        max_inflight_messages: int = 1000,
         persistence: bool = False,
         extra: str = "",
     ) -> None:

@@ -52,6 +52,9 @@ class MqttSource:
         # (filter levels, index of the '+' that names the device); no '#' (config forbids it)
         self._filters = [(t.split("/"), t.split("/").index("+")) for t in cfg.topics]
         self._resume: asyncio.Task[None] | None = None
+        self._device_cache: dict[str, str | None] = {}
+        self.received = 0
+        metrics.gauge("frames_received_mqtt", lambda: float(self.received))
 
     def _on_connected(self, session_present: bool) -> None:
         # Re-subscribe on every connection: a broker that lost our session forgot them.
@@ -63,6 +66,16 @@ class MqttSource:
         self.ready.set()
 
     def _device_of(self, topic: str) -> str | None:
+        try:
+            return self._device_cache[topic]
+        except KeyError:
+            pass
+        device = self._match_device(topic)
+        if len(self._device_cache) < 100_000:  # bounded: topics come from outside
+            self._device_cache[topic] = device
+        return device
+
+    def _match_device(self, topic: str) -> str | None:
         levels = topic.split("/")
         for filt, idx in self._filters:
             if len(levels) == len(filt) and all(
@@ -72,7 +85,7 @@ class MqttSource:
         return None
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        self.metrics.inc("frames_received", source="mqtt")
+        self.received += 1
         mid, qos = msg.mid, msg.qos
 
         def ack() -> None:
