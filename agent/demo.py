@@ -149,7 +149,11 @@ async def run_demo(
             i += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0 / rate)
-        await asyncio.sleep(0.5)  # let the last observations arrive
+        # Let the last observations arrive upstream (bounded: the demo must stop promptly).
+        for _ in range(60):
+            if seen["ok"] >= agent.metrics.get("observations_signed"):
+                break
+            await asyncio.sleep(0.05)
     finally:
         stop.set()
         await publisher.stop()

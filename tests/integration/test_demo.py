@@ -1,0 +1,32 @@
+"""`edgence-agent demo` — the README's main command — runs end to end with real Mosquitto."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_shows_verified_observations_arriving_upstream_and_cleans_up() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "demo", "--duration", "3", "--rate", "10"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [ln for ln in out.stdout.splitlines() if "✓ signed by" in ln]
+    assert len(lines) >= 10, out.stdout[-2000:]
+    assert {"temperature", "humidity", "pressure"} <= {ln.split()[4] for ln in lines}
+    summary = re.search(
+        r"signed (\d+), delivered upstream (\d+), verified by the viewer (\d+), "
+        r"failed verification (\d+)",
+        out.stdout,
+    )
+    assert summary is not None, out.stdout[-1000:]
+    signed, delivered, verified, failed = map(int, summary.groups())
+    assert signed == delivered == verified and failed == 0 and signed >= 10
+    workdir = re.search(r"work dir (\S+)\)", out.stdout)
+    assert workdir is not None
+    assert not Path(workdir.group(1)).exists()
