@@ -121,6 +121,7 @@ class MqttSource:
             return
         arrival = Arrival(frame, device, Transport.MQTT, "mqtt", ack=ack)
         if not self.pipeline.offer(arrival) and self._resume is None:
+            self.metrics.inc("source_paused", source="mqtt")
             self.conn.pause_reading()
             self._resume = asyncio.get_running_loop().create_task(self._resume_when_space())
 

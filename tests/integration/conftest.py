@@ -5,6 +5,7 @@ and the agent itself, in process or as a real `edgence-agent run` subprocess."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -56,6 +57,9 @@ async def async_wait_until(pred: Callable[[], bool], limit: float, what: str) ->
     raise AssertionError(f"timed out after {limit}s waiting for {what}")
 
 
+_collector_ids = itertools.count()
+
+
 class Collector:
     """Subscribes upstream (its own paho thread) and keeps every message in arrival order."""
 
@@ -65,7 +69,8 @@ class Collector:
         self._subscribed = threading.Event()
         c = paho.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"collector-{port}-{os.getpid()}",
+            # Unique per collector: two clients with one id would take each other's session.
+            client_id=f"collector-{port}-{os.getpid()}-{next(_collector_ids)}",
             clean_session=False,
         )
         c.max_inflight_messages_set(0)

@@ -117,11 +117,15 @@ def test_sigkill_mid_stream_then_restart_delivers_everything_and_reuses_no_seque
     config, key = write_agent_dir(tmp_path / "gw", agent_config_dict(local_broker, upstream_broker))
     proc: AgentProcess = agent_process(config)
     proc.start()
+    status = Collector(upstream_broker.port, f"edgence/{key.address}/status")
     pub = Publisher(device, rate=1000)
     pub.start()
     wait_until(lambda: len(collector.raw_observations()) > 300, 20, "stream flowing")
     proc.kill()  # SIGKILL: no shutdown code runs
     killed_at = len(collector.raw_observations())
+    # The broker publishes the agent's last will: consumers learn the gateway went away.
+    wait_until(lambda: b'"offline"' in status.messages[-1][1], 10, "last will")
+    status.close()
     time.sleep(0.5)
     proc.start()
     time.sleep(0.5)
