@@ -234,15 +234,26 @@ def parse_broker_url(sec: _Section, k: str, default: str | None) -> tuple[str, i
 def _broker(sec: _Section, default_url: str | None) -> BrokerEndpoint:
     host, port, tls = parse_broker_url(sec, "url", default_url)
     proto = sec.choice("protocol", "3.1.1", ("3.1.1", "5"))
+    tls = sec.get("tls", bool, tls)
+    tls_files = {k: sec.path(k) for k in ("ca_file", "cert_file", "key_file")}
+    for k, v in tls_files.items():
+        if v is not None and not tls:
+            raise sec.err(k, "is only used with TLS: make the url mqtts://HOST[:PORT]")
+    if (tls_files["cert_file"] is None) != (tls_files["key_file"] is None):
+        raise sec.err("cert_file", "and key_file go together (a client certificate and its key)")
+    username = sec.get("username", str)
+    password_file = sec.path("password_file")
+    if password_file is not None and username is None:
+        raise sec.err("password_file", "needs a username (MQTT sends no password without one)")
     return BrokerEndpoint(
         host=host,
         port=port,
-        tls=sec.get("tls", bool, tls),
-        ca_file=sec.path("ca_file"),
-        cert_file=sec.path("cert_file"),
-        key_file=sec.path("key_file"),
-        username=sec.get("username", str),
-        password_file=sec.path("password_file"),
+        tls=tls,
+        ca_file=tls_files["ca_file"],
+        cert_file=tls_files["cert_file"],
+        key_file=tls_files["key_file"],
+        username=username,
+        password_file=password_file,
         client_id=sec.get("client_id", str),
         keepalive=sec.int_range("keepalive", 30, 5, 3600),
         protocol=5 if proto == "5" else 4,

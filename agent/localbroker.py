@@ -5,6 +5,7 @@ on the same port (to cut the link) and says clearly when Mosquitto is not instal
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -68,6 +69,9 @@ class LocalMosquitto:
             f"persistence_location {self.workdir}/",
             f"persistence_file {name}.db",
             "log_dest stderr",
+            # As root, Mosquitto drops to the `mosquitto` user before reading its files, and that
+            # user cannot enter a private temporary directory: stay root for this private broker.
+            "user root" if os.geteuid() == 0 else "",
             "log_type error",
             "log_type warning",
             "log_type notice",

@@ -27,6 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.config import BrokerEndpoint
 from agent.errors import AgentError
 from agent.logs import event
+from agent.secrets import check_secret_mode
 
 
 class MqttError(AgentError):
@@ -35,8 +36,6 @@ class MqttError(AgentError):
 
 def read_secret_file(path: Any) -> str:
     """The first line of a secret file (password files are secrets: 0600 like keys)."""
-    from agent.secrets import check_secret_mode
-
     check_secret_mode(path)
     return str(open(path, encoding="utf-8").readline().rstrip("\r\n"))
 
@@ -116,6 +115,8 @@ class MqttConnection:
             password = read_secret_file(endpoint.password_file) if endpoint.password_file else None
             self.client.username_pw_set(endpoint.username, password)
         if endpoint.tls:
+            if endpoint.key_file is not None:
+                check_secret_mode(endpoint.key_file)
             self.client.tls_set(
                 ca_certs=str(endpoint.ca_file) if endpoint.ca_file else None,
                 certfile=str(endpoint.cert_file) if endpoint.cert_file else None,
@@ -129,6 +130,7 @@ class MqttConnection:
         self._loop_thread: int | None = None
         self._stopping = False
         self._established = False
+        self._attempt_reported = False
         self._paused = False
         self._lost = asyncio.Event()
         self._sock: socket.socket | None = None
@@ -222,8 +224,10 @@ class MqttConnection:
                 broker=self.endpoint.url,
                 reason=str(rc),
             )
+            self._attempt_reported = True
             self._lost.set()
             return
+        self._attempt_reported = True
         event(
             self.log,
             "mqtt_connected",
@@ -241,6 +245,18 @@ class MqttConnection:
         was = self.connected.is_set()
         self.connected.clear()
         self._lost.set()
+        if not was and not self._stopping and not self._attempt_reported:
+            # Closed before any CONNACK (e.g. a TLS broker that wants a client certificate):
+            # without this line the only explanation would be in the broker's log.
+            self._attempt_reported = True
+            event(
+                self.log,
+                "mqtt_connect_failed",
+                logging.WARNING,
+                link=self.name,
+                broker=self.endpoint.url,
+                error=f"connection closed before CONNACK ({rc})",
+            )
         if was and not self._stopping:
             event(
                 self.log,
@@ -273,6 +289,7 @@ class MqttConnection:
         try:
             while not self._stopping:
                 self._lost.clear()
+                self._attempt_reported = False
                 try:
                     await self._loop.run_in_executor(None, self._connect_blocking)
                 except (OSError, ssl.SSLError, ValueError) as exc:
@@ -285,7 +302,7 @@ class MqttConnection:
                         logging.WARNING,
                         link=self.name,
                         broker=self.endpoint.url,
-                        error=str(exc)[:120],
+                        error=str(exc)[:300],
                         retry_in=f"{wait:.2f}s",
                     )
                     await asyncio.sleep(wait)

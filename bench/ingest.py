@@ -133,6 +133,7 @@ class Result:
     p99_ms: float
     rss_mb: float | None = None
     ready_s: float | None = None
+    stop_s: float | None = None
 
 
 def _key_of(payload: bytes, kind: str) -> tuple[str, int]:
@@ -221,7 +222,7 @@ def measure(kind: str, n: int, rate: float | None, workdir: Path, sync: str = "n
         LocalMosquitto(workdir / kind, name="upstream", max_inflight_messages=INFLIGHT) as upstream,
     ):
         proc: Any = None
-        rss = ready_s = None
+        rss = ready_s = stop_s = None
         if kind == "relay":
             a, b = ctx.Pipe()
             proc = ctx.Process(target=relay, args=(local.port, upstream.port, b), daemon=True)
@@ -249,8 +250,10 @@ def measure(kind: str, n: int, rate: float | None, workdir: Path, sync: str = "n
             col.join(5)
         if kind == "agent":
             rss = peak_rss_mb(proc.pid)
+            t_stop = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             proc.wait(10)
+            stop_s = time.monotonic() - t_stop
         else:
             proc.terminate()
     if rate is None:
@@ -265,6 +268,7 @@ def measure(kind: str, n: int, rate: float | None, workdir: Path, sync: str = "n
             float("nan"),
             rss,
             ready_s,
+            stop_s,
         )
     # Each frame's value field is its index i: map receive to send time exactly.
     lat = []
@@ -283,6 +287,7 @@ def measure(kind: str, n: int, rate: float | None, workdir: Path, sync: str = "n
         lat[int(0.99 * (len(lat) - 1))] if lat else float("nan"),
         rss,
         ready_s,
+        stop_s,
     )
 
 
@@ -357,8 +362,8 @@ def main() -> int:
     }
     table = [
         "| path | offered | received | throughput /s (median) | runs /s | ratio to relay "
-        "| p50 ms | p99 ms | agent peak RSS MB | agent ready s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| p50 ms | p99 ms | agent peak RSS MB | agent ready s | agent stop s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (label, offered), rs in runs.items():
         r, all_tp = _median_result(rs)
@@ -366,10 +371,11 @@ def main() -> int:
         lat = "| - | - " if offered == "max" else f"| {r.p50_ms:.2f} | {r.p99_ms:.2f} "
         rss = "" if r.rss_mb is None else f"{max(x.rss_mb or 0 for x in rs):.0f}"
         ready = "" if r.ready_s is None else f"{statistics.median(x.ready_s or 0 for x in rs):.2f}"
+        stop = "" if r.stop_s is None else f"{max(x.stop_s or 0 for x in rs):.2f}"
         table.append(
             f"| {names[label]} | {offered} | {r.received}/{r.n} | {r.throughput:,.0f} | "
             f"{', '.join(f'{t:,.0f}' for t in all_tp)} | {r.throughput / base.throughput:.2f} "
-            f"{lat}| {rss} | {ready} |"
+            f"{lat}| {rss} | {ready} | {stop} |"
         )
     text = "\n".join(table)
     print(text)
@@ -382,7 +388,9 @@ def main() -> int:
             "`mosquitto_pub -l` (one per device) and `mosquitto_sub`, so that the load generator "
             "does not take the CPU from the system under test; relay and agent runs are "
             "interleaved and the median is shown. Agent ready = process spawn to its "
-            "`event=ready` log line; RSS = VmHWM (peak). Everything shares the 2 cores.\n"
+            "`event=ready` log line; agent stop = SIGTERM right after the last reading arrived "
+            "upstream to process exit (worst run); RSS = VmHWM (peak). Everything shares the "
+            "2 cores.\n"
         )
         write_section(
             "ingest",

@@ -96,6 +96,15 @@ async def test_upstream_outage_of_10s_loses_nothing_and_keeps_order(
     assert running.agent.metrics.get("frames_rejected") == 0
 
 
+def wait_for_all_readings(collector: Collector, sent: int) -> None:
+    def counters() -> int:
+        return len(
+            {json.loads(p)["message"]["deviceCounter"] for _, p in collector.raw_observations()}
+        )
+
+    wait_until(lambda: counters() >= sent, 30, f"all {sent} readings upstream")
+
+
 def journal_entries(data_dir: Path) -> list[tuple[int, bytes]]:
     j = Journal(data_dir / "journal.sqlite", sinks=["bridge"])
     j.open()
@@ -130,16 +139,7 @@ def test_sigkill_mid_stream_then_restart_delivers_everything_and_reuses_no_seque
     proc.start()
     time.sleep(0.5)
     sent = pub.stop()
-    wait_until(
-        lambda: (
-            len(
-                {json.loads(p)["message"]["deviceCounter"] for _, p in collector.raw_observations()}
-            )
-            >= sent
-        ),
-        30,
-        f"all {sent} readings upstream",
-    )
+    wait_for_all_readings(collector, sent)
     proc.signal(signal.SIGTERM)
     assert proc.wait(10) == 0
     obs = dedupe_by_sequence(collector.raw_observations())
@@ -178,15 +178,6 @@ def test_sigterm_stops_cleanly_and_loses_nothing_accepted(
     assert "event=stopped" in log
     proc.start()
     sent = pub.stop()
-    wait_until(
-        lambda: (
-            len(
-                {json.loads(p)["message"]["deviceCounter"] for _, p in collector.raw_observations()}
-            )
-            >= sent
-        ),
-        30,
-        f"all {sent} readings upstream",
-    )
+    wait_for_all_readings(collector, sent)
     obs = dedupe_by_sequence(collector.raw_observations())
     assert sorted(o["message"]["deviceCounter"] for o in obs) == list(range(1, sent + 1))
