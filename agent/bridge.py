@@ -77,7 +77,8 @@ class Bridge:
         self._more = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
-        self._pending: dict[int, int] = {}  # paho mid -> gateway sequence
+        # paho mid -> (gateway sequence, topic, payload); the payload is kept for a republish
+        self._pending: dict[int, tuple[int, str, bytes]] = {}
         self._order: deque[int] = deque()  # sequences handed to paho, in order
         self._acked: set[int] = set()
         self._sent = 0
@@ -103,16 +104,27 @@ class Bridge:
     def _on_publish(
         self, client: paho.Client, userdata: Any, mid: int, rc: ReasonCode, props: Any
     ) -> None:
-        seq = self._pending.pop(mid, None)
-        if seq is None:
+        item = self._pending.pop(mid, None)
+        if item is None:
             return  # a status message
+        seq, topic, payload = item
         if rc.is_failure:
-            # MQTT 5 broker refused it (e.g. ACL): it stays in the journal for a later retry
-            # only if we stop here, so we count it and say which sequence it was.
+            # An MQTT 5 broker refused it (not authorised, quota exceeded...). It is not
+            # delivered: publish it again after a pause, keeping its place in the window, so
+            # that the cursor never moves past it and a misconfiguration shows as a backlog.
             self.metrics.inc("bridge_refused")
             self._rl.event(
-                ("bridge", "refused"), "bridge_refused", logging.ERROR, seq=seq, reason=str(rc)
+                ("bridge", "refused"),
+                "bridge_refused",
+                logging.ERROR,
+                seq=seq,
+                topic=topic,
+                reason=str(rc),
+                retry_in="2s",
             )
+            self._pending[-seq] = item  # placeholder: still occupies the window
+            asyncio.get_running_loop().call_later(2.0, self._republish, seq, topic, payload)
+            return
         self.metrics.inc("observations_delivered")
         self._acked.add(seq)
         while self._order and self._order[0] in self._acked:
@@ -125,6 +137,12 @@ class Bridge:
         if self._flush_handle is None:
             loop = asyncio.get_running_loop()
             self._flush_handle = loop.call_later(0.05, self._schedule_flush)
+
+    def _republish(self, seq: int, topic: str, payload: bytes) -> None:
+        if self._pending.pop(-seq, None) is None:
+            return  # the bridge restarted meanwhile; the journal replays it
+        info = self.conn.client.publish(topic, payload, qos=1)
+        self._pending[info.mid] = (seq, topic, payload)
 
     def _schedule_flush(self) -> None:
         self._flush_handle = None
@@ -141,6 +159,12 @@ class Bridge:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        # A restart after a failure starts again from the persisted cursor: what paho still
+        # holds may go out twice, as identical copies of the same sequences.
+        self._pending.clear()
+        self._order.clear()
+        self._acked.clear()
+        self._room.set()
         self._sent = self.watermark = self._persisted = await loop.run_in_executor(
             self.executor, self.journal.cursor, SINK
         )
@@ -169,8 +193,9 @@ class Bridge:
                 await self._more.wait()
                 continue
             for e in entries:
-                info = publish(f"{prefix}{e.device_id}/{e.sensor}", e.envelope, qos=1)
-                self._pending[info.mid] = e.seq
+                topic = f"{prefix}{e.device_id}/{e.sensor}"
+                info = publish(topic, e.envelope, qos=1)
+                self._pending[info.mid] = (e.seq, topic, e.envelope)
                 self._order.append(e.seq)
                 self._sent = e.seq
 

@@ -200,13 +200,9 @@ class Agent:
             "stopped",
             drained=drained,
             shutdown_ms=int((time.monotonic() - t0) * 1000),
-            signed=m_get(self.metrics, "observations_signed"),
-            delivered=m_get(self.metrics, "observations_delivered"),
+            signed=self.metrics.get("observations_signed"),
+            delivered=self.metrics.get("observations_delivered"),
         )
-
-
-def m_get(metrics: Metrics, name: str) -> int:
-    return metrics.get(name)
 
 
 async def run_until_signalled(agent: Agent) -> None:
