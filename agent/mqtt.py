@@ -212,29 +212,19 @@ class MqttConnection:
                 self._loop.call_soon(self._read)
 
     # -- protocol events -----------------------------------------------------------------
+    def _report(self, name: str, level: int = logging.INFO, **fields: Any) -> None:
+        event(self.log, name, level, link=self.name, broker=self.endpoint.url, **fields)
+
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
     ) -> None:
         if rc.is_failure:
-            event(
-                self.log,
-                "mqtt_refused",
-                logging.WARNING,
-                link=self.name,
-                broker=self.endpoint.url,
-                reason=str(rc),
-            )
+            self._report("mqtt_refused", logging.WARNING, reason=str(rc))
             self._attempt_reported = True
             self._lost.set()
             return
         self._attempt_reported = True
-        event(
-            self.log,
-            "mqtt_connected",
-            link=self.name,
-            broker=self.endpoint.url,
-            session_present=bool(flags.session_present),
-        )
+        self._report("mqtt_connected", session_present=bool(flags.session_present))
         self._established = True
         self.connected.set()
         self.on_connected(bool(flags.session_present))
@@ -249,23 +239,13 @@ class MqttConnection:
             # Closed before any CONNACK (e.g. a TLS broker that wants a client certificate):
             # without this line the only explanation would be in the broker's log.
             self._attempt_reported = True
-            event(
-                self.log,
+            self._report(
                 "mqtt_connect_failed",
                 logging.WARNING,
-                link=self.name,
-                broker=self.endpoint.url,
                 error=f"connection closed before CONNACK ({rc})",
             )
         if was and not self._stopping:
-            event(
-                self.log,
-                "mqtt_disconnected",
-                logging.WARNING,
-                link=self.name,
-                broker=self.endpoint.url,
-                reason=str(rc),
-            )
+            self._report("mqtt_disconnected", logging.WARNING, reason=str(rc))
             self.on_disconnected()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -296,12 +276,9 @@ class MqttConnection:
                     if self._stopping:
                         break
                     wait = random.uniform(0, delay)  # full jitter: fleets don't reconnect in step
-                    event(
-                        self.log,
+                    self._report(
                         "mqtt_connect_failed",
                         logging.WARNING,
-                        link=self.name,
-                        broker=self.endpoint.url,
                         error=str(exc)[:300],
                         retry_in=f"{wait:.2f}s",
                     )
