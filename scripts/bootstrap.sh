@@ -37,6 +37,15 @@ ensure_debian_packages() {
     fi
 }
 
+fast_extra() {
+    # uvloop ships wheels for amd64 and arm64; elsewhere (32-bit Raspberry Pi OS) it would be
+    # compiled from source, so the agent runs on asyncio's own loop there.
+    case "$(uname -m)" in
+        x86_64|aarch64|arm64) echo "fast" ;;
+        *) echo "" ;;
+    esac
+}
+
 ensure_venv() {
     # $1: extras, e.g. "" or "dev"
     local extras="${1:-}" spec="$ROOT"
