@@ -22,8 +22,8 @@ from agent.attest.observation import ObservationSigner
 from agent.bridge import Bridge
 from agent.config import AgentConfig
 from agent.devices.mqtt import MqttSource
-from agent.errors import AgentError
-from agent.journal import Journal
+from agent.errors import AgentError, JournalError
+from agent.journal import Journal, JournalStats
 from agent.logs import event
 from agent.metrics import Metrics
 from agent.model import Eip712Domain
@@ -128,10 +128,35 @@ class Agent:
     async def _in_journal_thread(self, fn: Callable[[], object]) -> object:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
 
-    async def _maintain_journal(self) -> None:
+    async def _maintain_journal(self, every: float = 10.0, stats_every: int = 6) -> None:
+        """Enforce the journal's bounds every `every` seconds and log one stats line every
+        `stats_every` rounds (the operator's heartbeat in journald)."""
+        rounds = 0
         while True:
-            await asyncio.sleep(10.0)
-            await self._in_journal_thread(self.journal.enforce_bounds)
+            await asyncio.sleep(every)
+            rounds += 1
+            try:
+                await self._in_journal_thread(self.journal.enforce_bounds)
+                if rounds % stats_every == 0:
+                    st = await self._in_journal_thread(self.journal.stats)
+                    self._log_stats(st)
+            except JournalError as exc:  # e.g. a full disk: retried next round
+                event(log, "journal_maintenance_failed", logging.ERROR, error=str(exc))
+
+    def _log_stats(self, st: object) -> None:
+        assert isinstance(st, JournalStats)
+        m = self.metrics
+        event(
+            log,
+            "stats",
+            signed=m.get("observations_signed"),
+            delivered=m.get("observations_delivered"),
+            rejected=m.get("frames_rejected"),
+            journal_entries=st.entries,
+            journal_bytes=st.bytes,
+            backlog=st.backlog.get("bridge", 0),
+            upstream="up" if self.bridge and self.bridge.conn.connected.is_set() else "down",
+        )
 
     async def _announce_ready(self, started: float) -> None:
         if self.mqtt is not None:

@@ -3,8 +3,12 @@ Mosquitto: the agent's main job, end to end, in process."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from typing import Any
+
+import pytest
 
 from agent.attest.keys import GatewayKey, recover_address
 from agent.attest.observation import verify_envelope
@@ -132,3 +136,30 @@ async def test_every_kind_of_malformed_payload_is_counted_and_valid_readings_kee
     values = [o["message"]["value"] for o in collector.observations()]
     assert values == [str(i) for i in range(1, len(bad) + 1)]
     assert not running.task.done()
+
+
+async def test_periodic_stats_line_reports_the_known_workload(
+    local_broker: LocalMosquitto,
+    upstream_broker: LocalMosquitto,
+    collector: Collector,
+    device: Device,
+    start_agent: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    running = await start_agent(agent_config_dict(local_broker, upstream_broker))
+    for n in range(1, 4):
+        device.publish("devices/dev-3/up", encode_frame(n, [("t", n, 0, "Cel"), ("h", n, 0, "%")]))
+    device.publish("devices/dev-3/up", b"not json")
+    await async_wait_until(lambda: len(collector.observations()) == 6, 10, "6 observations")
+    caplog.set_level(logging.INFO, logger="agent.runtime")
+    # The maintenance loop the agent runs every 10 s, here at a faster pace.
+    task = asyncio.create_task(running.agent._maintain_journal(every=0.05, stats_every=1))
+    try:
+        await async_wait_until(
+            lambda: any("event=stats" in r.getMessage() for r in caplog.records), 5, "stats"
+        )
+    finally:
+        task.cancel()
+    line = next(r.getMessage() for r in caplog.records if "event=stats" in r.getMessage())
+    assert "signed=6 delivered=6 rejected=1 journal_entries=6" in line
+    assert "backlog=0 upstream=up" in line
