@@ -162,18 +162,19 @@ class Pipeline:
                         "replay",
                         f"counter {arr.frame.counter} is not above the last accepted {last}",
                     )
-                updates[arr.device_id] = arr.frame.counter
                 readings.extend(arr.frame.readings(arr.device_id, arr.transport, auth, now))
+                updates[arr.device_id] = arr.frame.counter
             except (RejectedReading, ValueError) as exc:
                 reason = exc.reason if isinstance(exc, RejectedReading) else "bad_value"
                 self.reject(arr.source, arr.device_id, reason, str(exc))
-        if readings:
-            await self._commit(readings)
+        committed = bool(readings) and bool(await self._commit(readings))
+        if committed:
+            # Only counters that reached the journal count: a refused frame may come again.
             self._last_counter.update(updates)
         for arr in batch:
             if arr.ack is not None:
                 arr.ack()
-        if readings:
+        if committed:
             for wake in self._sinks:
                 wake()
 

@@ -1,0 +1,141 @@
+"""The pipeline with a real journal (sqlite in tmp_path) and a real signer: device checks,
+replays, and what a full journal under `reject-new` does to counters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from agent.attest.keys import GatewayKey
+from agent.attest.observation import ObservationSigner, verify_envelope
+from agent.devices.codecs.frame import encode_frame, parse_frame
+from agent.journal import Journal
+from agent.metrics import Metrics
+from agent.model import Eip712Domain, Transport
+from agent.pipeline import AllowlistGate, Arrival, Pipeline
+
+DOMAIN = Eip712Domain("Edgence", "1", 31337, "0x" + "00" * 20)
+
+
+class Harness:
+    def __init__(self, tmp: Path, **journal_opts: object) -> None:
+        self.executor = ThreadPoolExecutor(1)
+        self.journal = Journal(tmp / "j.sqlite", sinks=["bridge"], **journal_opts)  # type: ignore[arg-type]
+        self.journal.open()
+        self.key = GatewayKey.generate()
+        self.metrics = Metrics()
+        self.pipeline = Pipeline(
+            signer=ObservationSigner(self.key, DOMAIN),
+            journal=self.journal,
+            executor=self.executor,
+            gate=AllowlistGate(["dev-1", "dev-2"]),
+            metrics=self.metrics,
+        )
+        self.acked: list[int] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def offer(self, device: str, counter: int, n_values: int = 1) -> None:
+        frame = parse_frame(
+            encode_frame(counter, [(f"s{i}", counter, 0, "Cel") for i in range(n_values)])
+        )
+        self.pipeline.offer(
+            Arrival(frame, device, Transport.MQTT, "mqtt", ack=lambda: self.acked.append(counter))
+        )
+
+    async def settle(self) -> None:
+        assert await self.pipeline.drain(grace=10)
+
+    def journaled(self) -> list[tuple[str, int]]:
+        out = []
+        for e in self.journal.read_after("bridge", 0, 10_000):
+            r = verify_envelope(e.envelope).reading
+            out.append((r.device_id, r.counter))
+        return out
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    h = Harness(tmp_path)
+    await h.pipeline.load_state()
+    h.task = asyncio.create_task(h.pipeline.run())
+    yield h
+    h.task.cancel()
+    h.journal.close()
+    h.executor.shutdown()
+
+
+async def test_frames_are_signed_in_order_and_every_arrival_is_acknowledged(
+    harness: Harness,
+) -> None:
+    for n in range(1, 6):
+        harness.offer("dev-1", n, n_values=2)
+    await harness.settle()
+    assert harness.journaled() == [("dev-1", n) for n in range(1, 6) for _ in range(2)]
+    assert harness.acked == [1, 2, 3, 4, 5]
+    assert harness.metrics.get("observations_signed") == 10
+
+
+async def test_replays_within_and_across_batches_and_unknown_devices_are_refused_and_acked(
+    harness: Harness,
+) -> None:
+    harness.offer("dev-1", 5)
+    harness.offer("dev-1", 5)  # same batch
+    harness.offer("dev-2", 1)
+    harness.offer("stranger", 1)
+    await harness.settle()
+    harness.offer("dev-1", 4)  # a later batch, below the last accepted
+    harness.offer("dev-1", 6)
+    await harness.settle()
+    assert harness.journaled() == [("dev-1", 5), ("dev-2", 1), ("dev-1", 6)]
+    reasons = harness.metrics.by_label("frames_rejected", "reason")
+    assert reasons == {"replay": 2, "unknown_device": 1}
+    assert sorted(harness.acked) == [1, 1, 4, 5, 5, 6]  # refused frames are acked too
+
+
+async def test_counters_survive_a_restart_of_the_pipeline(tmp_path: Path) -> None:
+    first = Harness(tmp_path)
+    await first.pipeline.load_state()
+    task = asyncio.create_task(first.pipeline.run())
+    first.offer("dev-1", 9)
+    await first.settle()
+    task.cancel()
+    first.journal.close()
+    second = Harness(tmp_path)
+    await second.pipeline.load_state()
+    task = asyncio.create_task(second.pipeline.run())
+    second.offer("dev-1", 9)
+    second.offer("dev-1", 10)
+    await second.settle()
+    task.cancel()
+    assert [c for _, c in second.journaled()] == [9, 10]
+    assert second.metrics.by_label("frames_rejected", "reason") == {"replay": 1}
+    second.journal.close()
+
+
+async def test_a_frame_refused_by_a_full_journal_is_accepted_when_it_comes_again(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path, max_bytes=4_000, overflow="reject-new")
+    await h.pipeline.load_state()
+    task = asyncio.create_task(h.pipeline.run())
+    try:
+        n = 0
+        while h.metrics.get("frames_rejected") == 0:
+            n += 1
+            h.offer("dev-1", n)
+            await h.settle()
+        refused = n
+        assert h.metrics.by_label("frames_rejected", "reason") == {"journal_full": 1}
+        assert ("dev-1", refused) not in h.journaled()
+        # The bridge delivers everything; delivered entries make room; the device retries.
+        h.journal.ack("bridge", h.journal.stats().last_seq)
+        h.offer("dev-1", refused)
+        await h.settle()
+        assert ("dev-1", refused) in h.journaled()
+    finally:
+        task.cancel()
+        h.journal.close()
