@@ -134,6 +134,7 @@ class Result:
     rss_mb: float | None = None
     ready_s: float | None = None
     stop_s: float | None = None
+    cpu_us: float = float("nan")
 
 
 def _key_of(payload: bytes, kind: str) -> tuple[str, int]:
@@ -232,6 +233,7 @@ def measure(kind: str, n: int, rate: float | None, workdir: Path, sync: str = "n
         else:
             proc, ready_s = start_agent(workdir / kind, local, upstream, sync)
             topic = "edgence/+/obs/#"
+        cpu_before = cpu_seconds(proc.pid)
         if rate is None:
             t0, stamps = flood_with_c_clients(local, upstream, n, topic, workdir / kind / "c")
         else:
@@ -248,6 +250,7 @@ def measure(kind: str, n: int, rate: float | None, workdir: Path, sync: str = "n
             got: list[tuple[int, bytes]] = cpa.recv()
             pub.join(5)
             col.join(5)
+        cpu_us = (cpu_seconds(proc.pid) - cpu_before) / n * 1e6
         if kind == "agent":
             rss = peak_rss_mb(proc.pid)
             t_stop = time.monotonic()
@@ -269,6 +272,7 @@ def measure(kind: str, n: int, rate: float | None, workdir: Path, sync: str = "n
             rss,
             ready_s,
             stop_s,
+            cpu_us,
         )
     # Each frame's value field is its index i: map receive to send time exactly.
     lat = []
@@ -288,6 +292,7 @@ def measure(kind: str, n: int, rate: float | None, workdir: Path, sync: str = "n
         rss,
         ready_s,
         stop_s,
+        cpu_us,
     )
 
 
@@ -315,6 +320,12 @@ def start_agent(
             raise RuntimeError("agent did not start: " + log.read_text()[-2000:])
         time.sleep(0.005)
     return proc, time.monotonic() - t0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -352,6 +363,7 @@ def main() -> int:
             runs.setdefault((label, r.rate), []).append(r)
             print(
                 f"  {label:<10} {r.rate:>7}: {r.received}/{r.n} in, {r.throughput:8.0f}/s  "
+                f"cpu {r.cpu_us:5.0f} us/msg  "
                 f"p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:7.2f} ms",
                 file=sys.stderr,
             )
@@ -362,12 +374,14 @@ def main() -> int:
     }
     table = [
         "| path | offered | received | throughput /s (median) | runs /s | ratio to relay "
-        "| p50 ms | p99 ms | agent peak RSS MB | agent ready s | agent stop s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU µs per message (median) | p50 ms | p99 ms | agent peak RSS MB | agent ready s "
+        "| agent stop s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (label, offered), rs in runs.items():
         r, all_tp = _median_result(rs)
         base, _ = _median_result(runs[("relay", offered)])
+        cpu = statistics.median(x.cpu_us for x in rs)
         lat = "| - | - " if offered == "max" else f"| {r.p50_ms:.2f} | {r.p99_ms:.2f} "
         rss = "" if r.rss_mb is None else f"{max(x.rss_mb or 0 for x in rs):.0f}"
         ready = "" if r.ready_s is None else f"{statistics.median(x.ready_s or 0 for x in rs):.2f}"
@@ -375,6 +389,7 @@ def main() -> int:
         table.append(
             f"| {names[label]} | {offered} | {r.received}/{r.n} | {r.throughput:,.0f} | "
             f"{', '.join(f'{t:,.0f}' for t in all_tp)} | {r.throughput / base.throughput:.2f} "
+            f"| {cpu:.0f} "
             f"{lat}| {rss} | {ready} | {stop} |"
         )
     text = "\n".join(table)
@@ -388,7 +403,9 @@ def main() -> int:
             "`mosquitto_pub -l` (one per device) and `mosquitto_sub`, so that the load generator "
             "does not take the CPU from the system under test; relay and agent runs are "
             "interleaved and the median is shown. Agent ready = process spawn to its "
-            "`event=ready` log line; agent stop = SIGTERM right after the last reading arrived "
+            "`event=ready` log line; CPU per message = user+system time of the agent or relay "
+            "process (all threads) during the run / N, steadier than throughput on a shared "
+            "machine; agent stop = SIGTERM right after the last reading arrived "
             "upstream to process exit (worst run); RSS = VmHWM (peak). Everything shares the "
             "2 cores.\n"
         )
