@@ -1,8 +1,13 @@
 """Upstream MQTT bridge: delivers journaled observations in order, QoS 1, ack-then-done.
 
-Reads the journal after its acknowledged cursor, keeps at most `inflight` PUBLISHes unacked,
-and advances the journal cursor only over a contiguous run of PUBACKs. A retained birth /
-last-will message on `<prefix>/<gateway>/status` says whether the gateway is online.
+Two ways in, one order out. Catching up (after a start, an outage or an overflow) it reads the
+journal after the last sequence it handed to paho. Once it has read everything, it is *live*:
+the pipeline offers each committed batch together with the journal's previous newest sequence,
+and a batch that follows directly on the bridge's tail is published from memory, without a
+journal read. Any gap sends it back to catching up, so nothing is skipped or reordered.
+At most `inflight` PUBLISHes are unacknowledged; the journal cursor advances only over a
+contiguous run of PUBACKs. A retained birth / last-will message on `<prefix>/<gateway>/status`
+says whether the gateway is online.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from agent.config import BridgeConfig
 from agent.journal import Journal
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
+from agent.model import Observation
 from agent.mqtt import MqttConnection
 
 SINK = "bridge"
@@ -81,13 +87,32 @@ class Bridge:
         self._pending: dict[int, tuple[int, str, bytes]] = {}
         self._order: deque[int] = deque()  # sequences handed to paho, in order
         self._acked: set[int] = set()
-        self._sent = 0
+        self._sent = 0  # last sequence handed to paho
+        self._live = False  # caught up: contiguous offers are published from memory
+        self._fast: deque[tuple[int, str, str, bytes]] = deque()  # (seq, device, sensor, body)
+        self._tail = 0  # last sequence the bridge holds (handed to paho or waiting in _fast)
         self.watermark = 0
         self._persisted = 0
         self._flush_handle: asyncio.TimerHandle | None = None
         self._drained = asyncio.Event()
         metrics.gauge("bridge_inflight", lambda: float(len(self._pending)))
         metrics.gauge("bridge_connected", lambda: float(self.conn.connected.is_set()))
+
+    FAST_MAX = 10_000  # observations held in memory while paho's window is full
+
+    def offer(self, previous: int, observations: list[Observation]) -> None:
+        """A batch the pipeline just journaled; `previous` is the sequence before it."""
+        if self._live and previous == self._tail and len(self._fast) < self.FAST_MAX:
+            for o in observations:
+                r = o.reading
+                self._fast.append((o.gateway_sequence, r.device_id, r.sensor, o.envelope))
+            self._tail = observations[-1].gateway_sequence
+        elif self._live:
+            # A gap (or too much waiting): everything is in the journal, read it from there.
+            self._fast.clear()
+            self._tail = self._sent
+            self._live = False
+        self._more.set()
 
     def wake(self) -> None:
         self._more.set()
@@ -164,10 +189,13 @@ class Bridge:
         self._pending.clear()
         self._order.clear()
         self._acked.clear()
+        self._fast.clear()
+        self._live = False
         self._room.set()
         self._sent = self.watermark = self._persisted = await loop.run_in_executor(
             self.executor, self.journal.cursor, SINK
         )
+        self._tail = self._sent
         conn_task = asyncio.create_task(self.conn.run())
         try:
             await self._pump()
@@ -186,18 +214,32 @@ class Bridge:
                 await self._room.wait()
                 continue
             self._more.clear()
-            entries = await loop.run_in_executor(
-                self.executor, self.journal.read_after, SINK, self._sent, min(room, self.cfg.batch)
-            )
-            if not entries:
+            if self._fast:
+                batch = [self._fast.popleft() for _ in range(min(room, len(self._fast)))]
+            elif self._live:
                 await self._more.wait()
                 continue
-            for e in entries:
-                topic = f"{prefix}{e.device_id}/{e.sensor}"
-                info = publish(topic, e.envelope, qos=1)
-                self._pending[info.mid] = (e.seq, topic, e.envelope)
-                self._order.append(e.seq)
-                self._sent = e.seq
+            else:
+                entries, newest = await loop.run_in_executor(
+                    self.executor,
+                    self.journal.read_tail,
+                    SINK,
+                    self._sent,
+                    min(room, self.cfg.batch),
+                )
+                if not entries:
+                    # Everything appended so far has been read (the read and the newest
+                    # sequence come from the journal thread at one moment): go live.
+                    self._live, self._tail = True, max(self._sent, newest)
+                    continue
+                batch = [(e.seq, e.device_id, e.sensor, e.envelope) for e in entries]
+                self._tail = batch[-1][0]
+            for seq, device, sensor, body in batch:
+                topic = f"{prefix}{device}/{sensor}"
+                info = publish(topic, body, qos=1)
+                self._pending[info.mid] = (seq, topic, body)
+                self._order.append(seq)
+                self._sent = seq
 
     async def stop(self, grace: float = 1.0) -> None:
         """Publish the offline status, give in-flight messages `grace` seconds to be acknowledged,

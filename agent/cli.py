@@ -50,7 +50,10 @@ def _existing_key_address(path: Path, passphrase: str | None) -> str:
 
 def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
     """asyncio.run, on uvloop when it is installed (the `fast` extra): a faster event loop for
-    the per-packet socket callbacks; the agent behaves the same on either."""
+    the per-packet socket callbacks; the agent behaves the same on either.
+    EDGENCE_EVENT_LOOP=asyncio forces asyncio's own loop."""
+    if os.environ.get("EDGENCE_EVENT_LOOP") == "asyncio":
+        return asyncio.run(main)
     try:
         import uvloop
     except ImportError:

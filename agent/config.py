@@ -99,6 +99,7 @@ class JournalConfig:
 class PipelineConfig:
     queue_size: int = 20_000
     batch_max: int = 256
+    linger_s: float = 0.002
 
 
 @dataclass(frozen=True)
@@ -373,6 +374,7 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
     pipeline = PipelineConfig(
         queue_size=p.int_range("queue_size", 20_000, 16, 1_000_000),
         batch_max=p.int_range("batch_max", 256, 1, 4096),
+        linger_s=p.int_range("linger_ms", 2, 0, 100) / 1000,
     )
     p.done()
 

@@ -492,6 +492,16 @@ class Journal:
             ).fetchall()
         return [JournalEntry(*row) for row in rows]
 
+    @property
+    def last_seq(self) -> int:
+        """The sequence of the newest appended entry (0 for none)."""
+        return self._last_seq
+
+    def read_tail(self, sink: str, after_seq: int, limit: int) -> tuple[list[JournalEntry], int]:
+        """read_after plus the newest sequence at the same moment: a reader that got no entry
+        and sees `last_seq == after_seq` has read everything appended so far."""
+        return self.read_after(sink, after_seq, limit), self._last_seq
+
     def cursor(self, sink: str) -> int:
         """The sink's acknowledged watermark (0 before its first ack)."""
         return self._cursor_of(sink)

@@ -63,6 +63,8 @@ class AllowlistGate:
 class Pipeline:
     """The single path from arrivals to journaled, signed observations."""
 
+    LINGER_BELOW = 32  # a queue this short waits `linger` seconds for company
+
     def __init__(
         self,
         *,
@@ -73,6 +75,7 @@ class Pipeline:
         metrics: Metrics,
         queue_size: int = 20_000,
         batch_max: int = 256,
+        linger: float = 0.0,
         logger: logging.Logger | None = None,
     ) -> None:
         self.signer = signer
@@ -82,20 +85,23 @@ class Pipeline:
         self.metrics = metrics
         self.queue_size = queue_size
         self.batch_max = batch_max
+        self.linger = linger
         self.log = logger or logging.getLogger("agent.pipeline")
         self._rl = RateLimitedLog(self.log)
         self._queue: asyncio.Queue[Arrival] = asyncio.Queue()
         self._space = asyncio.Event()
         self._space.set()
         self._last_counter: dict[str, int] = {}
-        self._sinks: list[Callable[[], None]] = []
+        self._sinks: list[Callable[[int, list[Observation]], None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
         metrics.gauge("pipeline_queue", lambda: float(self._queue.qsize()))
 
-    def add_sink(self, wake: Callable[[], None]) -> None:
-        """`wake` is called (on the loop) after every committed batch."""
-        self._sinks.append(wake)
+    def add_sink(self, offer: Callable[[int, list[Observation]], None]) -> None:
+        """`offer(previous_seq, observations)` is called on the loop after every committed batch;
+        `previous_seq` is the journal's newest sequence before the batch, so that a sink can
+        tell whether the batch follows directly on what it already has."""
+        self._sinks.append(offer)
 
     async def load_state(self) -> None:
         """Last journaled counter per device, so replays are refused across restarts."""
@@ -130,11 +136,18 @@ class Pipeline:
 
     # -- worker --------------------------------------------------------------------------
     async def run(self) -> None:
+        last = 0  # size of the previous batch
         while True:
             first = await self._queue.get()
+            if self.linger > 0 and max(last, self._queue.qsize()) < self.LINGER_BELOW:
+                # Group commit: at low rates one commit and one thread hop per reading cost
+                # several times the signing itself; a few ms of waiting gathers a batch.
+                # At high rates batches are large anyway and nothing waits.
+                await asyncio.sleep(self.linger)
             batch = [first]
             while len(batch) < self.batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            last = len(batch)
             await self._process(batch)
             if self._queue.qsize() <= self.queue_size // 2:
                 self._space.set()
@@ -167,18 +180,18 @@ class Pipeline:
             except (RejectedReading, ValueError) as exc:
                 reason = exc.reason if isinstance(exc, RejectedReading) else "bad_value"
                 self.reject(arr.source, arr.device_id, reason, str(exc))
-        committed = bool(readings) and bool(await self._commit(readings))
-        if committed:
+        previous, obs = await self._commit(readings) if readings else (0, [])
+        if obs:
             # Only counters that reached the journal count: a refused frame may come again.
             self._last_counter.update(updates)
         for arr in batch:
             if arr.ack is not None:
                 arr.ack()
-        if committed:
-            for wake in self._sinks:
-                wake()
+        if obs:
+            for offer in self._sinks:
+                offer(previous, obs)
 
-    async def _commit(self, readings: list[Reading]) -> list[Observation]:
+    async def _commit(self, readings: list[Reading]) -> tuple[int, list[Observation]]:
         loop = asyncio.get_running_loop()
         delay = 0.1
         while True:
@@ -195,7 +208,7 @@ class Pipeline:
                     refused=len(readings),
                     detail=str(exc),
                 )
-                return []
+                return 0, []
             except JournalError as exc:
                 self.metrics.inc("journal_errors")
                 self._rl.event(
@@ -209,13 +222,14 @@ class Pipeline:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            self.metrics.inc("observations_signed", len(obs))
+            self.metrics.inc("observations_signed", len(obs[1]))
             return obs
 
-    def _sign_and_append(self, readings: list[Reading]) -> list[Observation]:
+    def _sign_and_append(self, readings: list[Reading]) -> tuple[int, list[Observation]]:
         """Runs in the journal thread: sequences are persisted before anything is signed."""
         seqs = self.journal.reserve_sequences(len(readings))
         sign = self.signer.sign
         obs = [sign(r, s) for r, s in zip(readings, seqs, strict=True)]
+        previous = self.journal.last_seq
         self.journal.append(obs)
-        return obs
+        return previous, obs

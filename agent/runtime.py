@@ -104,6 +104,7 @@ class Agent:
             metrics=self.metrics,
             queue_size=cfg.pipeline.queue_size,
             batch_max=cfg.pipeline.batch_max,
+            linger=cfg.pipeline.linger_s,
         )
         self.bridge: Bridge | None = None
         if cfg.bridge.enabled:
@@ -114,7 +115,7 @@ class Agent:
                 gateway=self.key.address,
                 metrics=self.metrics,
             )
-            self.pipeline.add_sink(self.bridge.wake)
+            self.pipeline.add_sink(self.bridge.offer)
         self.mqtt: MqttSource | None = None
         if cfg.mqtt.enabled:
             self.mqtt = MqttSource(

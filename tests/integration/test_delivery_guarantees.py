@@ -181,3 +181,35 @@ def test_sigterm_stops_cleanly_and_loses_nothing_accepted(
     wait_for_all_readings(collector, sent)
     obs = dedupe_by_sequence(collector.raw_observations())
     assert sorted(o["message"]["deviceCounter"] for o in obs) == list(range(1, sent + 1))
+
+
+async def test_bridge_falls_back_to_the_journal_when_its_memory_queue_overflows(
+    local_broker: LocalMosquitto,
+    upstream_broker: LocalMosquitto,
+    collector: Collector,
+    device: Device,
+    start_agent: Any,
+) -> None:
+    running = await start_agent(agent_config_dict(local_broker, upstream_broker))
+    bridge = running.agent.bridge
+    assert bridge is not None
+    bridge.FAST_MAX = 20  # a small memory queue, to overflow it quickly
+    await asyncio.to_thread(upstream_broker.stop)
+    for n in range(1, 301):
+        await asyncio.to_thread(
+            device.publish, "devices/dev-1/up", encode_frame(n, [("t", n, 0, "Cel")]), False
+        )
+    m = running.agent.metrics
+    await async_wait_until(lambda: m.get("observations_signed") == 300, 15, "all journaled")
+    assert not bridge._live  # overflowed: it will read the journal
+    await asyncio.to_thread(upstream_broker.start)
+    await async_wait_until(
+        lambda: len({o["message"]["deviceCounter"] for o in collector.observations()}) == 300,
+        30,
+        "all 300",
+    )
+    obs = dedupe_by_sequence(collector.raw_observations())
+    assert [o["message"]["deviceCounter"] for o in obs] == list(range(1, 301))
+    # Caught up again: later readings take the in-memory path.
+    device.publish("devices/dev-1/up", encode_frame(301, [("t", 301, 0, "Cel")]))
+    await async_wait_until(lambda: bridge._live and bridge.watermark >= 301, 10, "live again")
