@@ -63,7 +63,7 @@ class AllowlistGate:
 class Pipeline:
     """The single path from arrivals to journaled, signed observations."""
 
-    LINGER_BELOW = 32  # a queue this short waits `linger` seconds for company
+    LINGER_BELOW = 8  # after a batch this small, with a queue this short, wait for company
 
     def __init__(
         self,
