@@ -114,9 +114,6 @@ class Bridge:
             self._live = False
         self._more.set()
 
-    def wake(self) -> None:
-        self._more.set()
-
     @property
     def in_flight(self) -> int:
         return len(self._pending)
