@@ -17,7 +17,8 @@ class ConfigError(AgentError):
         self.file = file
         self.key = key
         self.problem = problem
-        super().__init__(f"{file}: [{key}] {problem}")
+        where = f"{file}: " if key == "-" else f"{file}: [{key}] "  # "-": the file as a whole
+        super().__init__(where + problem)
 
 
 class KeyFileError(AgentError):
