@@ -125,7 +125,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo import run_demo
     from agent.logs import setup_logging
 
-    setup_logging("warning", sys.stderr)
+    setup_logging("error", sys.stderr)  # the demo shows refusals itself
     return run_event_loop(run_demo(args.duration, args.rate, keep=args.keep))
 
 

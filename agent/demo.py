@@ -29,6 +29,8 @@ from agent.mqtt import MqttConnection
 from agent.runtime import Agent
 from agent.simulator import demo_devices
 
+INTRUDER_EVERY = 15  # frames between two attempts to slip something past the gateway
+
 CONFIG_TEMPLATE = """\
 # Throwaway config written by `edgence-agent demo`.
 [gateway]
@@ -122,6 +124,18 @@ async def run_demo(
 
     viewer.on_connected = view_subscribe
     devices = demo_devices()
+    shown_rejections: dict[str, int] = {}
+
+    def show_rejections() -> None:
+        for reason, count in agent.metrics.by_label("frames_rejected", "reason").items():
+            if count > shown_rejections.get(reason, 0):
+                shown_rejections[reason] = count
+                print(
+                    f"  {time.strftime('%H:%M:%S')}  ✗ refused, not signed: {reason} "
+                    f"(total {count})",
+                    file=out,
+                )
+
     last_sensor = {d.device_id: d.sensors[-1][0] for d in devices}
 
     def _last_sensor(device_id: str) -> str:
@@ -147,6 +161,11 @@ async def run_demo(
             sent_at[(dev.device_id, dev.counter)] = time.monotonic()
             publisher.client.publish(f"devices/{dev.device_id}/up", frame, qos=1)
             i += 1
+            if i % INTRUDER_EVERY == 0:
+                # An unknown device and a replayed frame: the gateway must vouch for neither.
+                publisher.client.publish("devices/intruder/up", dev.next_frame(), qos=1)
+                publisher.client.publish(f"devices/{dev.device_id}/up", frame, qos=1)
+            show_rejections()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0 / rate)
         # Let the last observations arrive upstream (bounded: the demo must stop promptly).
@@ -154,6 +173,7 @@ async def run_demo(
             if seen["ok"] >= agent.metrics.get("observations_signed"):
                 break
             await asyncio.sleep(0.05)
+        show_rejections()
     finally:
         stop.set()
         await publisher.stop()

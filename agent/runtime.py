@@ -189,6 +189,10 @@ class Agent:
             gateway=self.key.address,
             chain_id=self.cfg.gateway.chain_id,
             journal=str(self.cfg.journal.path),
+            journal_max_bytes=self.cfg.journal.max_bytes,
+            journal_max_age_s=int(self.cfg.journal.max_age_s),
+            journal_overflow=self.cfg.journal.overflow,
+            journal_synchronous=self.cfg.journal.synchronous,
         )
         stopping = asyncio.Event()
         m = self.metrics
