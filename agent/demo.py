@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -54,17 +55,35 @@ def _endpoint(port: int, client_id: str) -> BrokerEndpoint:
 async def run_demo(
     duration: float | None, rate: float, out: TextIO = sys.stdout, keep: bool = False
 ) -> int:
+    """The demo; its brokers and work dir are cleaned up however it ends."""
     workdir = Path(tempfile.mkdtemp(prefix="edgence-demo-"))
     local = LocalMosquitto(workdir, name="local")
     upstream = LocalMosquitto(workdir, name="upstream")
-    local.start()
-    upstream.start()
+    try:
+        local.start()
+        upstream.start()
+        return await _demo(workdir, local, upstream, duration, rate, out)
+    finally:
+        local.stop()
+        upstream.stop()
+        if keep:
+            print(f"work dir kept: {workdir}", file=out)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _demo(
+    workdir: Path,
+    local: LocalMosquitto,
+    upstream: LocalMosquitto,
+    duration: float | None,
+    rate: float,
+    out: TextIO,
+) -> int:
     key = GatewayKey.generate()
     write_key_file(workdir / "gateway.key", key)
     cfg_path = workdir / "agent.toml"
     cfg_path.write_text(CONFIG_TEMPLATE.format(local=local.url, upstream=upstream.url))
-    import tomllib
-
     cfg = config_from_dict(tomllib.loads(cfg_path.read_text()), str(cfg_path), workdir)
     agent = Agent(cfg, key)
     print(f"edgence-agent demo  (work dir {workdir})", file=out)
@@ -182,8 +201,6 @@ async def run_demo(
         for t in (viewer_task, pub_task):
             t.cancel()
         await asyncio.gather(viewer_task, pub_task, return_exceptions=True)
-        local.stop()
-        upstream.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         m = agent.metrics
@@ -193,8 +210,4 @@ async def run_demo(
             f"failed verification {seen['bad']}, rejected frames {m.get('frames_rejected')}",
             file=out,
         )
-        if keep:
-            print(f"work dir kept: {workdir}", file=out)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     return 0 if seen["bad"] == 0 else 1
