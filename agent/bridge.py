@@ -90,7 +90,7 @@ class Bridge:
         self._sent = 0  # last sequence handed to paho
         self._live = False  # caught up: contiguous offers are published from memory
         self._fast: deque[tuple[int, str, str, bytes]] = deque()  # (seq, device, sensor, body)
-        self._tail = 0  # last sequence the bridge holds (handed to paho or waiting in _fast)
+        self._tail = 0  # while live: last sequence held (handed to paho or waiting in _fast)
         self.watermark = 0
         self._persisted = 0
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -110,7 +110,6 @@ class Bridge:
         elif self._live:
             # A gap (or too much waiting): everything is in the journal, read it from there.
             self._fast.clear()
-            self._tail = self._sent
             self._live = False
         self._more.set()
 
@@ -192,7 +191,6 @@ class Bridge:
         self._sent = self.watermark = self._persisted = await loop.run_in_executor(
             self.executor, self.journal.cursor, SINK
         )
-        self._tail = self._sent
         conn_task = asyncio.create_task(self.conn.run())
         try:
             await self._pump()
@@ -230,7 +228,6 @@ class Bridge:
                     self._live, self._tail = True, max(self._sent, newest)
                     continue
                 batch = [(e.seq, e.device_id, e.sensor, e.envelope) for e in entries]
-                self._tail = batch[-1][0]
             for seq, device, sensor, body in batch:
                 topic = f"{prefix}{device}/{sensor}"
                 info = publish(topic, body, qos=1)

@@ -274,14 +274,14 @@ def load_config(path: Path | str) -> AgentConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(
-            file, "-", "file not found; create one with `edgence-agent init`"
+            file, None, "file not found; create one with `edgence-agent init`"
         ) from None
     except OSError as exc:
-        raise ConfigError(file, "-", f"cannot be read: {exc.strerror}") from None
+        raise ConfigError(file, None, f"cannot be read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(file, "-", f"is not valid TOML: {exc}") from None
+        raise ConfigError(file, None, f"is not valid TOML: {exc}") from None
     except UnicodeDecodeError:
-        raise ConfigError(file, "-", "is not UTF-8 text") from None
+        raise ConfigError(file, None, "is not UTF-8 text") from None
     return config_from_dict(raw, file, path.resolve().parent)
 
 

@@ -15,7 +15,6 @@ import signal
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -23,7 +22,7 @@ import paho.mqtt.client as paho
 
 from agent.attest.keys import GatewayKey, write_key_file
 from agent.attest.observation import verify_envelope
-from agent.config import BrokerEndpoint, config_from_dict
+from agent.config import BrokerEndpoint, load_config
 from agent.errors import EnvelopeError
 from agent.localbroker import LocalMosquitto
 from agent.mqtt import MqttConnection
@@ -84,7 +83,7 @@ async def _demo(
     write_key_file(workdir / "gateway.key", key)
     cfg_path = workdir / "agent.toml"
     cfg_path.write_text(CONFIG_TEMPLATE.format(local=local.url, upstream=upstream.url))
-    cfg = config_from_dict(tomllib.loads(cfg_path.read_text()), str(cfg_path), workdir)
+    cfg = load_config(cfg_path)
     agent = Agent(cfg, key)
     print(f"edgence-agent demo  (work dir {workdir})", file=out)
     print(f"  gateway address  {key.checksum_address}  (throwaway key)", file=out)

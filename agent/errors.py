@@ -13,12 +13,12 @@ class AgentError(Exception):
 class ConfigError(AgentError):
     """A configuration file is missing, unreadable or holds a value that is not allowed."""
 
-    def __init__(self, file: str, key: str, problem: str) -> None:
+    def __init__(self, file: str, key: str | None, problem: str) -> None:
         self.file = file
         self.key = key
         self.problem = problem
-        where = f"{file}: " if key == "-" else f"{file}: [{key}] "  # "-": the file as a whole
-        super().__init__(where + problem)
+        # key None: the problem is the file as a whole (missing, unreadable, not TOML)
+        super().__init__(f"{file}: {problem}" if key is None else f"{file}: [{key}] {problem}")
 
 
 class KeyFileError(AgentError):

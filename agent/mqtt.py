@@ -218,12 +218,11 @@ class MqttConnection:
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
     ) -> None:
+        self._attempt_reported = True
         if rc.is_failure:
             self._report("mqtt_refused", logging.WARNING, reason=str(rc))
-            self._attempt_reported = True
             self._lost.set()
             return
-        self._attempt_reported = True
         self._report("mqtt_connected", session_present=bool(flags.session_present))
         self._established = True
         self.connected.set()

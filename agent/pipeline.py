@@ -196,7 +196,9 @@ class Pipeline:
         delay = 0.1
         while True:
             try:
-                obs = await loop.run_in_executor(self.executor, self._sign_and_append, readings)
+                previous, obs = await loop.run_in_executor(
+                    self.executor, self._sign_and_append, readings
+                )
             except JournalFull as exc:
                 # Policy reject-new: these readings are refused, deliberately and visibly.
                 for r in readings:
@@ -222,8 +224,8 @@ class Pipeline:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            self.metrics.inc("observations_signed", len(obs[1]))
-            return obs
+            self.metrics.inc("observations_signed", len(obs))
+            return previous, obs
 
     def _sign_and_append(self, readings: list[Reading]) -> tuple[int, list[Observation]]:
         """Runs in the journal thread: sequences are persisted before anything is signed."""

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from agent.attest.keys import GatewayKey, load_key_file
 from agent.attest.observation import ObservationSigner
@@ -31,6 +32,7 @@ from agent.pipeline import AllowlistGate, Pipeline
 from agent.secrets import check_secret_mode
 
 log = logging.getLogger("agent.runtime")
+T = TypeVar("T")
 
 
 def load_gateway_key(cfg: AgentConfig) -> GatewayKey:
@@ -126,7 +128,7 @@ class Agent:
             )
         self.ready = asyncio.Event()
 
-    async def _in_journal_thread(self, fn: Callable[[], object]) -> object:
+    async def _in_journal_thread(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
 
     async def _maintain_journal(self, every: float = 10.0, stats_every: int = 6) -> None:
@@ -144,8 +146,7 @@ class Agent:
             except JournalError as exc:  # e.g. a full disk: retried next round
                 event(log, "journal_maintenance_failed", logging.ERROR, error=str(exc))
 
-    def _log_stats(self, st: object) -> None:
-        assert isinstance(st, JournalStats)
+    def _log_stats(self, st: JournalStats) -> None:
         m = self.metrics
         event(
             log,
