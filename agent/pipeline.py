@@ -27,7 +27,11 @@ from agent.model import AuthMethod, Observation, Reading, Transport
 
 @dataclass(slots=True)
 class Arrival:
-    """A parsed frame as a source received it; `ack` tells the source it may forget it."""
+    """A parsed frame as a source received it; `ack` tells the source it may forget it.
+
+    When `ack` runs, `rejected` holds the reason the pipeline refused the frame (None: its
+    readings were signed and journaled), so a source that answers its device (CoAP) can say so.
+    """
 
     frame: DeviceFrame
     device_id: str
@@ -35,6 +39,7 @@ class Arrival:
     source: str
     received_at: float = field(default_factory=time.time)
     ack: Callable[[], None] | None = None
+    rejected: str | None = None
 
 
 class DeviceGate(Protocol):
@@ -179,8 +184,12 @@ class Pipeline:
                 updates[arr.device_id] = arr.frame.counter
             except (RejectedReading, ValueError) as exc:
                 reason = exc.reason if isinstance(exc, RejectedReading) else "bad_value"
+                arr.rejected = reason
                 self.reject(arr.source, arr.device_id, reason, str(exc))
         previous, obs = await self._commit(readings) if readings else (0, [])
+        if readings and not obs:  # the journal refused them (full, policy reject-new)
+            for arr in batch:
+                arr.rejected = arr.rejected or "journal_full"
         if obs:
             # Only counters that reached the journal count: a refused frame may come again.
             self._last_counter.update(updates)
