@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from eth_account import Account
@@ -15,20 +14,7 @@ from agent.chainclient.anvil import DEV_PRIVATE_KEY, LocalAnvil
 from agent.chainclient.build import BuildError, build
 from agent.chainclient.contracts import load_artifact
 from agent.chainclient.tx import Eip1559Tx, contract_address, decode_result, encode_call
-from tests.integration.conftest import wait_until
-
-
-def receipt_of(node: LocalAnvil, tx_hash: str) -> dict[str, Any]:
-    """anvil mines right after accepting a transaction, but not within the same call."""
-    found: list[Any] = []
-
-    def mined() -> bool:
-        found.append(node.rpc("eth_getTransactionReceipt", [tx_hash]))
-        return found[-1] is not None
-
-    wait_until(mined, 10, f"receipt of {tx_hash}")
-    assert isinstance(found[-1], dict)
-    return found[-1]
+from tests.integration.chainclient.conftest import receipt_of
 
 
 def test_build_writes_abi_and_bytecode(contracts_built: Path) -> None:
