@@ -4,7 +4,9 @@ that records every method that reaches the node."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from agent.attest.keys import GatewayKey
 from agent.chainclient.anvil import DEV_PRIVATE_KEY, LocalAnvil
 from agent.chainclient.contracts import Artifact, load_artifact
 from agent.chainclient.tx import Eip1559Tx, SignedTx, contract_address
+from agent.localbroker import free_port
 from tests.integration.conftest import wait_until
 
 
@@ -116,3 +119,45 @@ async def counting_proxy(anvil: LocalAnvil) -> AsyncIterator[CountingProxy]:
     await p.start()
     yield p
     await p.stop()
+
+
+class TcpCut:
+    """A loopback TCP relay in front of a node whose link a test can cut and restore (the
+    node keeps running: blocks mined meanwhile are what the client must catch up on)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            w.close()
+
+    async def _client(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            w.close()
+            return
+        self._writers |= {w, uw}
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
+
+    async def restore(self) -> None:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for w in self._writers:
+            w.transport.abort()
+        self._writers.clear()
