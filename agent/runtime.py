@@ -21,6 +21,10 @@ from typing import TypeVar
 from agent.attest.keys import GatewayKey, load_key_file
 from agent.attest.observation import ObservationSigner
 from agent.bridge import Bridge
+from agent.chainclient.forward import CoapForwarder, Forwarder, ForwardPolicy, MqttForwarder
+from agent.chainclient.rpc import RpcClient
+from agent.chainclient.sender import TxSender
+from agent.chainclient.subscribe import ChainWatcher
 from agent.config import AgentConfig
 from agent.devices.mqtt import MqttSource
 from agent.errors import AgentError, JournalError
@@ -126,7 +130,91 @@ class Agent:
                 metrics=self.metrics,
                 client_id=f"edgence-{self.key.address[2:14]}-devices",
             )
+        self._setup_chain()
         self.ready = asyncio.Event()
+
+    def _setup_chain(self) -> None:
+        """[chain] and [forward]: the full node's client, the agent's own transactions, new
+        heads, and dApp request forwarding (each only when enabled)."""
+        cfg = self.cfg
+        self.rpc: RpcClient | None = None
+        self.tx_sender: TxSender | None = None
+        self.chain_watcher: ChainWatcher | None = None
+        self.forward_mqtt: MqttForwarder | None = None
+        self.forward_coap: CoapForwarder | None = None
+        if not (cfg.chain.enabled or cfg.forward.enabled):
+            return
+        c = cfg.chain
+        self.rpc = RpcClient(c.rpc_url, timeout=c.timeout_s)
+        if c.enabled:
+            self.tx_sender = TxSender(
+                self.rpc,
+                self.key,
+                cfg.gateway.chain_id,
+                c.store or cfg.gateway.data_dir / "chain.sqlite",
+                metrics=self.metrics,
+                confirmations=c.confirmations,
+                poll_interval_s=c.poll_interval_s,
+                stuck_after_s=c.stuck_after_s,
+                fee_bump_percent=c.fee_bump_percent,
+            )
+            self.chain_watcher = ChainWatcher(
+                self.rpc, c.ws_url, poll_interval_s=c.poll_interval_s, metrics=self.metrics
+            )
+        f = cfg.forward
+        if not f.enabled:
+            return
+        forwarder = Forwarder(
+            self.rpc,
+            ForwardPolicy(
+                methods=frozenset(f.methods),
+                max_request_bytes=f.max_request_bytes,
+                max_response_bytes=f.max_response_bytes,
+                max_batch=f.max_batch,
+                max_log_range=f.max_log_range,
+                rate=f.rate,
+                burst=f.burst,
+                timeout_s=f.timeout_s,
+                max_inflight=f.max_inflight,
+            ),
+            self.metrics,
+        )
+        if f.mqtt_enabled and f.mqtt is not None:
+            names = {"prefix": f.topic_prefix, "gateway": self.key.address}
+            self.forward_mqtt = MqttForwarder(
+                forwarder,
+                f.mqtt,
+                request_topic=f"{f.topic_prefix}/{self.key.address}/rpc/req",
+                reply_filters=tuple(t.format(**names) for t in f.reply_topics),
+                client_id=f.mqtt.client_id or f"edgence-{self.key.address[2:14]}-rpc",
+            )
+        if f.coap_enabled:
+            self.forward_coap = CoapForwarder(forwarder, f.coap_host, f.coap_port)
+
+    def _chain_tasks(self, stopping: asyncio.Event) -> list[asyncio.Task[None]]:
+        m = self.metrics
+        parts: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if self.chain_watcher is not None:
+            parts.append(("chain-watch", self.chain_watcher.run))
+        if self.tx_sender is not None:
+            parts.append(("tx-sender", self.tx_sender.run))
+        if self.forward_mqtt is not None:
+            parts.append(("forward-mqtt", self.forward_mqtt.run))
+        if self.forward_coap is not None:
+            parts.append(("forward-coap", self.forward_coap.run))
+        return [asyncio.create_task(supervise(n, fn, stopping, m)) for n, fn in parts]
+
+    async def _stop_chain(self) -> None:
+        if self.forward_mqtt is not None:
+            await self.forward_mqtt.stop()
+        if self.forward_coap is not None:
+            await self.forward_coap.stop()
+
+    async def _close_chain(self) -> None:
+        if self.tx_sender is not None:
+            self.tx_sender.close()
+        if self.rpc is not None:
+            await self.rpc.close()
 
     async def _in_journal_thread(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
@@ -163,6 +251,10 @@ class Agent:
     async def _announce_ready(self, started: float) -> None:
         if self.mqtt is not None:
             await self.mqtt.ready.wait()
+        if self.forward_mqtt is not None:
+            await self.forward_mqtt.ready.wait()
+        if self.forward_coap is not None:
+            await self.forward_coap.ready.wait()
         self.ready.set()
         event(
             log,
@@ -171,6 +263,11 @@ class Agent:
             ready_ms=int((time.monotonic() - started) * 1000),
             sources="mqtt" if self.mqtt else "none",
             upstream=self.cfg.bridge.broker.url if self.bridge else "disabled",
+            chain=self.cfg.chain.rpc_url if self.rpc else "disabled",
+            forward=",".join(
+                n for n, c in (("mqtt", self.forward_mqtt), ("coap", self.forward_coap)) if c
+            )
+            or "disabled",
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -205,6 +302,7 @@ class Agent:
             tasks.append(asyncio.create_task(supervise("bridge", self.bridge.run, stopping, m)))
         if self.mqtt is not None:
             tasks.append(asyncio.create_task(supervise("mqtt", self.mqtt.run, stopping, m)))
+        tasks += self._chain_tasks(stopping)
         tasks.append(asyncio.create_task(self._announce_ready(started)))
         try:
             await stop.wait()
@@ -221,9 +319,11 @@ class Agent:
             await self.mqtt.stop()
         if self.bridge is not None:
             await self.bridge.stop(grace=0.6)
+        await self._stop_chain()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._close_chain()
         await self._in_journal_thread(self.journal.close)
         self.executor.shutdown(wait=True)
         event(

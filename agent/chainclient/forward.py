@@ -29,51 +29,13 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.chainclient.methods import DEFAULT_METHODS, forbidden
 from agent.chainclient.rpc import ResponseTooLarge, RpcClient
 from agent.config import BrokerEndpoint
 from agent.errors import ChainError, NodeUnreachable, RpcTimeout
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
 from agent.mqtt import MqttConnection
-
-# Never forwarded, whatever the configuration says: node administration, debugging and
-# tracing, keys held by the node, mining control, development-node state control.
-FORBIDDEN_PREFIXES = (
-    "admin_",
-    "debug_",
-    "personal_",
-    "miner_",
-    "anvil_",
-    "hardhat_",
-    "evm_",
-    "engine_",
-    "clique_",
-    "eth_sign",  # eth_sign, eth_signTransaction, eth_signTypedData*
-)
-FORBIDDEN_METHODS = frozenset({"eth_sendTransaction", "eth_subscribe", "eth_unsubscribe"})
-
-DEFAULT_METHODS = (
-    "eth_chainId",
-    "net_version",
-    "web3_clientVersion",
-    "eth_syncing",
-    "eth_blockNumber",
-    "eth_getBlockByNumber",
-    "eth_getBlockByHash",
-    "eth_getBalance",
-    "eth_getCode",
-    "eth_getStorageAt",
-    "eth_getTransactionCount",
-    "eth_getTransactionByHash",
-    "eth_getTransactionReceipt",
-    "eth_call",
-    "eth_estimateGas",
-    "eth_getLogs",
-    "eth_gasPrice",
-    "eth_maxPriorityFeePerGas",
-    "eth_feeHistory",
-    "eth_sendRawTransaction",
-)
 
 # JSON-RPC 2.0 and EIP-1474 error codes
 PARSE_ERROR = -32700
@@ -84,10 +46,6 @@ RESOURCE_UNAVAILABLE = -32002
 LIMIT_EXCEEDED = -32005
 
 _BLOCK_TAGS_AT_HEAD = ("latest", "pending", "safe", "finalized")
-
-
-def forbidden(method: str) -> bool:
-    return method in FORBIDDEN_METHODS or method.startswith(FORBIDDEN_PREFIXES)
 
 
 @dataclass(frozen=True)

@@ -478,8 +478,16 @@ class TxSender:
             await asyncio.sleep(self.poll_interval)
 
     async def run(self) -> None:
-        """Watch every unfinished transaction (resumed after a restart) until cancelled."""
+        """Watch every unfinished transaction (resumed after a restart) until cancelled. A node
+        on another chain than gateway.chain_id is an error (the supervisor logs it)."""
         self.open()
+        while True:
+            try:
+                await self.check_chain()
+                break
+            except (NodeUnreachable, RpcTimeout) as exc:
+                event(self.log, "tx_watch_node_down", logging.WARNING, error=str(exc)[:120])
+                await asyncio.sleep(self.poll_interval)
         while True:
             try:
                 if self._next_nonce is None:

@@ -34,10 +34,11 @@ REQ_TOPIC = f"edgence/{GATEWAY}/rpc/req"
 class Dapp:
     """A dApp's MQTT client (its own paho thread, independent of the agent's MQTT code)."""
 
-    def __init__(self, port: int, v5: bool) -> None:
+    def __init__(self, port: int, v5: bool, gateway: str = GATEWAY) -> None:
         self.v5 = v5
         self.name = f"dapp-{uuid.uuid4().hex[:8]}"
-        self.reply_topic = f"edgence/{GATEWAY}/rpc/res/{self.name}"
+        self.req_topic = f"edgence/{gateway}/rpc/req"
+        self.reply_topic = f"edgence/{gateway}/rpc/res/{self.name}"
         self.answers: dict[str, Any] = {}
         self.cv = threading.Condition()
         c = paho.Client(
@@ -72,10 +73,10 @@ class Dapp:
             p.ResponseTopic = self.reply_topic
             p.CorrelationData = corr.encode()
             payload = raw if raw is not None else json.dumps(request).encode()
-            self.client.publish(REQ_TOPIC, payload, qos=1, properties=p)
+            self.client.publish(self.req_topic, payload, qos=1, properties=p)
         else:
             env = {"reply_to": self.reply_topic, "correlation": corr, "request": request}
-            self.client.publish(REQ_TOPIC, json.dumps(env), qos=1)
+            self.client.publish(self.req_topic, json.dumps(env), qos=1)
         return corr
 
     def wait(self, corr: str, timeout: float = 10.0) -> Any:
