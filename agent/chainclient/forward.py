@@ -18,8 +18,10 @@ Transports (each a thin shell around `Forwarder.handle`):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -153,8 +155,8 @@ class Forwarder:
         except Refusal as r:
             self._refused(client, transport, r)
             answer = r.error(None)
-        if answer is None:
-            return None
+        if answer is None or isinstance(answer, bytes):
+            return answer
         return json.dumps(answer, separators=(",", ":")).encode()
 
     async def _handle(self, client: str, payload: bytes, transport: str) -> Any:
@@ -188,6 +190,16 @@ class Forwarder:
                 f"rate limit of {p.rate:g} requests/s (burst {p.burst}) exceeded; slow down",
                 retry_after_ms=int(wait * 1000) + 1,
             )
+        if not is_batch and isinstance(body, dict) and "id" in body:
+            # The common case, a single request: the node's answer (with the client's own id,
+            # which the node echoes) goes back byte for byte, without being parsed again.
+            try:
+                await self._check(body)
+            except Refusal as r:
+                self._refused(client, transport, r)
+                return r.error(body.get("id"))
+            self.metrics.inc("forward_requests", transport=transport)
+            return await self._forward_one(client, transport, body)
         answers: list[dict[str, Any] | None] = [None] * len(items)
         to_node: list[tuple[int, dict[str, Any]]] = []
         for i, item in enumerate(items):
@@ -285,6 +297,29 @@ class Forwarder:
             self._down_until = time.monotonic() + self._down_hold
             return Refusal(RESOURCE_UNAVAILABLE, "node_unreachable", "the full node is down")
         return Refusal(RESOURCE_UNAVAILABLE, "node_error", "the full node gave no usable answer")
+
+    async def _forward_one(
+        self, client: str, transport: str, item: dict[str, Any]
+    ) -> bytes | dict[str, Any]:
+        if time.monotonic() < self._down_until:
+            r = Refusal(RESOURCE_UNAVAILABLE, "node_unreachable", "the full node is down")
+            self._refused(client, transport, r)
+            return r.error(item.get("id"))
+        # Sent as parsed (never the client's bytes: a duplicate "method" key must not mean one
+        # thing to the allowlist and another to the node).
+        body = json.dumps(item, separators=(",", ":")).encode()
+        try:
+            raw = await self.rpc.post(
+                body,
+                max_response_bytes=self.policy.max_response_bytes,
+                deadline=self.policy.timeout_s,
+            )
+        except ChainError as exc:
+            r = self._node_refusal(exc)
+            self._refused(client, transport, r)
+            return r.error(item.get("id"))
+        self._down_until = 0.0
+        return raw
 
     async def _forward(
         self, client: str, transport: str, items: list[dict[str, Any]]
@@ -401,6 +436,12 @@ class MqttForwarder:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _subscribe(self, session_present: bool) -> None:
+        # Request/response is ping-pong of small packets: without TCP_NODELAY, Nagle's
+        # algorithm meets the peer's delayed ACK and each answer can wait ~40 ms.
+        sock = self.conn.client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.conn.client.subscribe(self.request_topic, 1)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
@@ -408,11 +449,16 @@ class MqttForwarder:
         reply_to = getattr(props, "ResponseTopic", None) if props is not None else None
         corr = getattr(props, "CorrelationData", None) if props is not None else None
         payload = bytes(msg.payload)
-        t = asyncio.get_running_loop().create_task(self._serve(payload, reply_to, corr))
+        t = asyncio.get_running_loop().create_task(
+            self._serve(payload, reply_to, corr, min(msg.qos, 1))
+        )
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, payload: bytes, reply_to: str | None, corr: bytes | None) -> None:
+    async def _serve(
+        self, payload: bytes, reply_to: str | None, corr: bytes | None, qos: int = 1
+    ) -> None:
+        """Answer one request; the answer is published with the request's QoS (0 or 1)."""
         v311 = reply_to is None
         correlation: Any = None
         if v311:
@@ -455,13 +501,13 @@ class MqttForwarder:
                 + answer
                 + b"}"
             )
-            self.conn.client.publish(reply_to, out, qos=1)
+            self.conn.client.publish(reply_to, out, qos=qos)
         else:
             p = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             if corr is not None:
                 p.CorrelationData = corr
             p.ContentType = "application/json"
-            self.conn.client.publish(reply_to, answer, qos=1, properties=p)
+            self.conn.client.publish(reply_to, answer, qos=qos, properties=p)
 
     async def run(self) -> None:
         await self.conn.run()
