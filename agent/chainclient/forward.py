@@ -118,6 +118,87 @@ class _Head:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+class Coalescer:
+    """Single requests that arrive while `parallel` posts to the node are already under way
+    wait and then go together, as one JSON-RPC batch: one HTTP round trip, and one pair of
+    system calls, for many. A request alone goes alone, and its answer passes through as the
+    node wrote it. (The price: within one batch, a slow call delays the others' answers.)"""
+
+    def __init__(self, rpc: RpcClient, policy: ForwardPolicy, parallel: int = 2) -> None:
+        self.rpc = rpc
+        self.policy = policy
+        self.parallel = parallel
+        self.max_batch = 32
+        self._queue: list[tuple[dict[str, Any], asyncio.Future[bytes]]] = []
+        self._running = 0
+        self.batches = 0
+
+    async def call(self, item: dict[str, Any]) -> bytes:
+        """The node's answer to one request (raw JSON), or ChainError."""
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, fut))
+        if self._running < self.parallel:
+            self._running += 1
+            asyncio.get_running_loop().create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+                try:
+                    await self._send([x for x in batch if not x[1].done()])
+                except ChainError as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+        finally:
+            self._running -= 1
+
+    async def _send(self, batch: list[tuple[dict[str, Any], asyncio.Future[bytes]]]) -> None:
+        if not batch:
+            return
+        limit = self.policy.max_response_bytes
+        if len(batch) == 1:
+            item, fut = batch[0]
+            body = json.dumps(item, separators=(",", ":")).encode()
+            raw = await self.rpc.post(
+                body, max_response_bytes=limit, deadline=self.policy.timeout_s
+            )
+            if not fut.done():
+                fut.set_result(raw)
+            return
+        self.batches += 1
+        sent = [{**item, "id": k} for k, (item, _) in enumerate(batch)]
+        raw = await self.rpc.post(
+            json.dumps(sent, separators=(",", ":")).encode(),
+            max_response_bytes=limit * len(batch),
+            deadline=self.policy.timeout_s,
+        )
+        try:
+            got = json.loads(raw)
+        except ValueError:
+            raise ChainError("the node's batch answer is not JSON") from None
+        by_id = {}
+        if isinstance(got, list):
+            by_id = {
+                a.get("id"): a for a in got if isinstance(a, dict) and type(a.get("id")) is int
+            }
+        for k, (item, fut) in enumerate(batch):
+            if fut.done():
+                continue
+            a = by_id.get(k)
+            if a is None:
+                fut.set_exception(ChainError("the node's batch answer lacks a request"))
+                continue
+            out = json.dumps({**a, "id": item.get("id")}, separators=(",", ":")).encode()
+            if len(out) > limit:
+                fut.set_exception(ResponseTooLarge(limit))
+            else:
+                fut.set_result(out)
+
+
 class Forwarder:
     """Checks a dApp's JSON-RPC payload against the policy and passes what is allowed on."""
 
@@ -140,6 +221,7 @@ class Forwarder:
         self._down_until = 0.0
         self._down_hold = down_hold_s
         self.inflight = 0
+        self.coalescer = Coalescer(rpc, policy)
 
     # -- entry point -------------------------------------------------------------------------
     async def handle(self, client: str, payload: bytes, transport: str) -> bytes | None:
@@ -307,13 +389,8 @@ class Forwarder:
             return r.error(item.get("id"))
         # Sent as parsed (never the client's bytes: a duplicate "method" key must not mean one
         # thing to the allowlist and another to the node).
-        body = json.dumps(item, separators=(",", ":")).encode()
         try:
-            raw = await self.rpc.post(
-                body,
-                max_response_bytes=self.policy.max_response_bytes,
-                deadline=self.policy.timeout_s,
-            )
+            raw = await self.coalescer.call(item)
         except ChainError as exc:
             r = self._node_refusal(exc)
             self._refused(client, transport, r)
