@@ -306,6 +306,7 @@ def start_agent(
         f'[gateway]\nkey_file = "gateway.key"\n[sources.mqtt]\nurl = "{local.url}"\n'
         f'allowed_devices = [{devices}]\n[bridge]\nurl = "{upstream.url}"\n'
         f'[journal]\nsynchronous = "{sync}"\n[log]\nlevel = "info"\n'
+        "[enrollment]\nrate = 100000\nburst = 1000000\n"
         + os.environ.get("BENCH_AGENT_EXTRA_TOML", "").replace("\\n", "\n")
     )
     log = d / "agent.log"
