@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from pathlib import Path
 
 from agent.devices.auth import canonical_bytes, frame_mac, mac_matches
 from agent.devices.codecs.frame import encode_frame, parse_frame
@@ -65,3 +66,14 @@ def test_a_signed_frame_verifies_and_every_change_breaks_it() -> None:
 
 def test_a_frame_without_mac_does_not_verify() -> None:
     assert not mac_matches(KEY, "dev-1", parse_frame(encode_frame(1, [("t", 1, 0, "Cel")])))
+
+
+def test_the_documented_example_mac() -> None:
+    """The worked example of docs/device-frame.md, "Authentication"."""
+    frame = parse_frame(
+        b'{"v":1,"n":42,"ts":1764000000,"r":[{"s":"temperature","v":2137,"e":-2,"u":"Cel"}]}'
+    )
+    doc = (Path(__file__).parents[3] / "docs" / "device-frame.md").read_text()
+    mac = frame_mac(KEY, "dev-1", frame).hex()
+    assert mac == hmac_from_sha256(KEY, canonical_bytes("dev-1", frame)).hex()
+    assert f"`mac` = `{mac}`" in doc
