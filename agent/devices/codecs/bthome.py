@@ -1,4 +1,4 @@
-"""BTHome v2 (service data of UUID 0xFCD2): parse plain and AES-CCM encrypted adverts, and build them.
+"""BTHome v2 (service data of UUID 0xFCD2): parse plain and AES-CCM encrypted adverts; build them.
 
 Pure: no I/O. Values stay exact (raw integer times a decimal factor, never a float). Every
 failure is a FrameError whose `reason` is a short, stable counter label.
