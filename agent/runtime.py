@@ -22,13 +22,20 @@ from agent.attest.keys import GatewayKey, load_key_file
 from agent.attest.observation import ObservationSigner
 from agent.bridge import Bridge
 from agent.config import AgentConfig
+from agent.devices.ble import (
+    BleBackend,
+    BleDeviceDirectory,
+    BleGate,
+    BleSource,
+    ConfiguredBleDevices,
+)
 from agent.devices.mqtt import MqttSource
 from agent.errors import AgentError, JournalError
 from agent.journal import Journal, JournalStats
 from agent.logs import event
 from agent.metrics import Metrics
-from agent.model import Eip712Domain
-from agent.pipeline import AllowlistGate, Pipeline
+from agent.model import Eip712Domain, Transport
+from agent.pipeline import AllowlistGate, DeviceGate, Pipeline, TransportGate
 from agent.secrets import check_secret_mode
 
 log = logging.getLogger("agent.runtime")
@@ -83,7 +90,14 @@ async def supervise(
 class Agent:
     """The whole agent, built from an AgentConfig. `await agent.run(stop_event)`."""
 
-    def __init__(self, cfg: AgentConfig, key: GatewayKey | None = None) -> None:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        key: GatewayKey | None = None,
+        *,
+        ble_backend: BleBackend | None = None,
+        ble_devices: BleDeviceDirectory | None = None,
+    ) -> None:
         self.cfg = cfg
         self.key = key if key is not None else load_gateway_key(cfg)
         self.metrics = Metrics()
@@ -98,11 +112,15 @@ class Agent:
             logger=logging.getLogger("agent.journal"),
         )
         self.signer = ObservationSigner(self.key, domain_of(cfg))
+        gate: DeviceGate = AllowlistGate(cfg.mqtt.allowed_devices)
+        if cfg.ble.enabled:
+            ble_devices = ble_devices or ConfiguredBleDevices(cfg.ble.devices)
+            gate = TransportGate({Transport.BLE: BleGate(ble_devices)}, gate)
         self.pipeline = Pipeline(
             signer=self.signer,
             journal=self.journal,
             executor=self.executor,
-            gate=AllowlistGate(cfg.mqtt.allowed_devices),
+            gate=gate,
             metrics=self.metrics,
             queue_size=cfg.pipeline.queue_size,
             batch_max=cfg.pipeline.batch_max,
@@ -125,6 +143,16 @@ class Agent:
                 pipeline=self.pipeline,
                 metrics=self.metrics,
                 client_id=f"edgence-{self.key.address[2:14]}-devices",
+            )
+        self.ble: BleSource | None = None
+        if cfg.ble.enabled:
+            assert ble_devices is not None
+            self.ble = BleSource(
+                cfg.ble,
+                pipeline=self.pipeline,
+                metrics=self.metrics,
+                directory=ble_devices,
+                backend=ble_backend,
             )
         self.ready = asyncio.Event()
 
@@ -163,13 +191,16 @@ class Agent:
     async def _announce_ready(self, started: float) -> None:
         if self.mqtt is not None:
             await self.mqtt.ready.wait()
+        if self.ble is not None:
+            await self.ble.ready.wait()
         self.ready.set()
         event(
             log,
             "ready",
             gateway=self.key.address,
             ready_ms=int((time.monotonic() - started) * 1000),
-            sources="mqtt" if self.mqtt else "none",
+            sources=",".join(s for s, on in (("mqtt", self.mqtt), ("ble", self.ble)) if on)
+            or "none",
             upstream=self.cfg.bridge.broker.url if self.bridge else "disabled",
         )
 
@@ -205,6 +236,8 @@ class Agent:
             tasks.append(asyncio.create_task(supervise("bridge", self.bridge.run, stopping, m)))
         if self.mqtt is not None:
             tasks.append(asyncio.create_task(supervise("mqtt", self.mqtt.run, stopping, m)))
+        if self.ble is not None:
+            tasks.append(asyncio.create_task(supervise("ble", self.ble.run, stopping, m)))
         tasks.append(asyncio.create_task(self._announce_ready(started)))
         try:
             await stop.wait()
@@ -216,6 +249,8 @@ class Agent:
         t0 = time.monotonic()
         if self.mqtt is not None:
             self.mqtt.conn.pause_reading()
+        if self.ble is not None:
+            await self.ble.stop()
         drained = await self.pipeline.drain(grace=0.8)
         if self.mqtt is not None:
             await self.mqtt.stop()
