@@ -48,13 +48,15 @@ class VirtualRadio:
     """Bumble controllers on one LocalLink, and bleak backend classes bound to it."""
 
     def __init__(self) -> None:
-        self.link = LocalLink()
+        self.link = LocalLink()  # type: ignore[no-untyped-call]
         self.adapters: dict[str, Device] = {}
+        self.controllers: dict[str, Controller] = {}
         self.scanner_starts = 0
         self._wedged: set[int] = set()  # ids of scanner backends that stopped hearing
 
     def _device(self, name: str, address: str) -> Device:
         controller = Controller(name, link=self.link, public_address=address)
+        self._last_controller = controller
         device = Device(address=Address(address), host=Host(controller, AsyncPipeSink(controller)))
         # Peripherals advertise on a static random address equal to their configured MAC.
         device.random_address = Address(address)
@@ -64,6 +66,7 @@ class VirtualRadio:
         device = self._device(name, address)
         await device.power_on()
         self.adapters[name] = device
+        self.controllers[name] = self._last_controller
         return device
 
     def adapter(self, name: str | None) -> Device:
@@ -175,11 +178,15 @@ class BumbleClient(BaseBleakClient):
         try:
             connection = await device.connect(Address(self.address), timeout=self._timeout)
         except Exception as exc:  # Bumble's timeout / connection errors, as BlueZ's would be
+            # Bumble's virtual controller acknowledges LE Create Connection Cancel but keeps the
+            # attempt pending (a real controller ends it), which would refuse every later
+            # attempt; end it here as a real controller would.
+            self.radio.controllers[self._adapter_name or "hci0"].pending_le_connection = None
             raise BleakDeviceNotFoundError(self.address, f"cannot connect: {exc!r}") from exc
         self._connection = connection
         connection.on(connection.EVENT_DISCONNECTION, self._on_disconnection)
         peer = Peer(connection)
-        await peer.discover_all()
+        await peer.discover_all()  # type: ignore[no-untyped-call]
         self._peer = peer
         self.services = self._collect(peer)
 
@@ -195,9 +202,13 @@ class BumbleClient(BaseBleakClient):
             service = BleakGATTService(s, s.handle, uuid_str(s.uuid))
             services.add_service(service)
             for c in s.characteristics:
-                props = [p.name.lower() for p in Characteristic.Properties if p in c.properties]  # type: ignore[union-attr]
+                props: list[Any] = [
+                    str(p.name).lower().replace("_", "-")
+                    for p in Characteristic.Properties
+                    if p in c.properties
+                ]
                 char = BleakGATTCharacteristic(
-                    c, c.handle, uuid_str(c.uuid), props, lambda: 20, service  # type: ignore[arg-type]
+                    c, c.handle, uuid_str(c.uuid), props, lambda: 20, service
                 )
                 services.add_characteristic(char)
         return services
@@ -219,12 +230,16 @@ class BumbleClient(BaseBleakClient):
         if self._peer is not None:
             await self._peer.unsubscribe(characteristic.obj)
 
-    async def read_gatt_char(self, characteristic: BleakGATTCharacteristic, **kwargs: Any) -> bytearray:
+    async def read_gatt_char(
+        self, characteristic: BleakGATTCharacteristic, **kwargs: Any
+    ) -> bytearray:
         if self._peer is None:
             raise BleakError("not connected")
         return bytearray(await self._peer.read_value(characteristic.obj))
 
-    async def write_gatt_char(self, characteristic: BleakGATTCharacteristic, data: Any, response: bool) -> None:
+    async def write_gatt_char(
+        self, characteristic: BleakGATTCharacteristic, data: Any, response: bool
+    ) -> None:
         if self._peer is None:
             raise BleakError("not connected")
         await self._peer.write_value(characteristic.obj, bytes(data), response)
@@ -235,7 +250,9 @@ class BumbleClient(BaseBleakClient):
     async def unpair(self) -> None:
         raise NotImplementedError("the agent does not pair over GATT")
 
-    async def read_gatt_descriptor(self, descriptor: BleakGATTDescriptor, **kwargs: Any) -> bytearray:
+    async def read_gatt_descriptor(
+        self, descriptor: BleakGATTDescriptor, **kwargs: Any
+    ) -> bytearray:
         raise NotImplementedError("the agent reads no descriptors")
 
     async def write_gatt_descriptor(self, descriptor: BleakGATTDescriptor, data: Any) -> None:
