@@ -130,7 +130,9 @@ async def latency(n: int, work: Path) -> dict[str, list[float]]:
                 adv = encode_bthome(OBJECTS[1:3], mac=mac_bytes(MAC), bindkey=KEY, counter=i)
                 t0 = time.monotonic()
                 await sensor.advertise(adv, interval_ms=1000.0)
-                while len(collector.messages) < i:
+                while True:  # the collector is a paho thread: poll its list
+                    if len(collector.messages) >= i:
+                        break
                     await asyncio.sleep(0.0005)
                 t_up = time.monotonic()
                 agent_ms.append((t_up - t0) * 1000)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from Crypto.Cipher import AES
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 from agent.errors import FrameError
 
@@ -213,6 +214,21 @@ def _nonce(mac: bytes, device_info: int, counter: bytes) -> bytes:
     return mac + _UUID_LE + bytes((device_info,)) + counter
 
 
+_CIPHERS: dict[bytes, AESCCM] = {}
+
+
+def _ccm(bindkey: bytes) -> AESCCM:
+    """AES-CCM with a 4-byte MIC, one per bindkey (setting up the key costs more than an advert)."""
+    cipher = _CIPHERS.get(bindkey)
+    if cipher is None:
+        if len(bindkey) != 16:
+            raise ValueError("a BTHome bindkey is 16 bytes")
+        if len(_CIPHERS) >= 4096:  # bounded: one entry per device key
+            _CIPHERS.clear()
+        cipher = _CIPHERS[bindkey] = AESCCM(bindkey, tag_length=MIC_LEN)
+    return cipher
+
+
 def parse_bthome(
     service_data: bytes, *, mac: bytes | None = None, bindkey: bytes | None = None
 ) -> BTHomePacket:
@@ -245,10 +261,11 @@ def parse_bthome(
         if len(body) < 1 + COUNTER_LEN + MIC_LEN:
             raise FrameError("short_payload", f"{len(body)} encrypted bytes; at least 9 are needed")
         ctr = body[-8:-4]
-        cipher = AES.new(bindkey, AES.MODE_CCM, nonce=_nonce(nonce_mac, info, ctr), mac_len=MIC_LEN)
         try:
-            objects = cipher.decrypt_and_verify(body[:-8], body[-4:])
-        except ValueError:
+            objects = _ccm(bindkey).decrypt(
+                _nonce(nonce_mac, info, ctr), body[:-8] + body[-4:], None
+            )
+        except InvalidTag:
             raise FrameError(
                 "bad_mic", "BTHome MIC does not verify (wrong bindkey, or forged/corrupt advert)"
             ) from None
@@ -387,9 +404,8 @@ def encode_bthome(
         info |= FLAG_ENCRYPTED
         head = bytes((info,))
         ctr = counter.to_bytes(COUNTER_LEN, "little")
-        cipher = AES.new(bindkey, AES.MODE_CCM, nonce=_nonce(mac, info, ctr), mac_len=MIC_LEN)
-        ciphertext, mic = cipher.encrypt_and_digest(plain)
-        body = ciphertext + ctr + mic
+        sealed = _ccm(bindkey).encrypt(_nonce(mac, info, ctr), plain, None)
+        body = sealed[:-MIC_LEN] + ctr + sealed[-MIC_LEN:]
     else:
         body = plain
     if include_mac:
