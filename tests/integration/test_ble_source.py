@@ -303,3 +303,65 @@ async def test_missing_bluez_gives_one_clear_error_and_the_agent_keeps_running(
         await source.stop()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_plaintext_without_packet_id_is_taken_once_per_change_with_growing_counters(
+    local_broker: LocalMosquitto,
+    upstream_broker: LocalMosquitto,
+    collector: Collector,
+    start_agent: Any,
+    radio: VirtualRadio,
+) -> None:
+    cfg = ble_config(local_broker, upstream_broker, {"ht-plain": {"mac": PLAIN_MAC}})
+    running = await start_agent(cfg, ble_backend=radio.backend())
+    sensor = BTHomeSensor(radio, PLAIN_MAC)
+    await sensor.power_on()
+    same = encode_bthome([(0x02, 2000)])
+    await sensor.advertise(same)
+    await async_wait_until(lambda: len(readings(collector, "ht-plain")) == 1, 10, "first")
+    m = running.agent.metrics
+    await async_wait_until(lambda: m.get("ble_duplicates") > 10, 10, "repeats heard")
+    await sensor.advertise(encode_bthome([(0x02, 2001)]))
+    await async_wait_until(lambda: len(readings(collector, "ht-plain")) == 2, 10, "change")
+    await running.stop()
+
+    # After a restart the same payload is new to the source; its counter still grows.
+    running = await start_agent(cfg, key=running.agent.key, ble_backend=radio.backend())
+    await async_wait_until(lambda: len(readings(collector, "ht-plain")) == 3, 10, "after restart")
+    got = readings(collector, "ht-plain")
+    assert [r.value for r in got] == [2000, 2001, 2001]
+    assert got[0].counter < got[1].counter < got[2].counter
+    assert running.agent.metrics.get("frames_rejected") == 0
+
+
+async def test_gatt_connections_are_capped_and_a_freed_slot_goes_to_the_next_device(
+    local_broker: LocalMosquitto,
+    upstream_broker: LocalMosquitto,
+    collector: Collector,
+    start_agent: Any,
+    radio: VirtualRadio,
+) -> None:
+    macs = {"gatt-a": "11:22:33:44:55:01", "gatt-b": "11:22:33:44:55:02"}
+    devices = {
+        d: {"mac": mac, "mode": "gatt", "characteristic": FRAME_CHARACTERISTIC}
+        for d, mac in macs.items()
+    }
+    cfg = ble_config(
+        local_broker, upstream_broker, devices, max_connections=1, connect_timeout="0.5s"
+    )
+    peripherals = {d: FramePeripheral(radio, mac) for d, mac in macs.items()}
+    for p in peripherals.values():
+        await p.appear()
+    running = await start_agent(cfg, ble_backend=radio.backend())
+    source = running.agent.ble
+    assert source is not None
+    await async_wait_until(lambda: len(source.connected) == 1, 15, "one connection")
+    first = next(iter(source.connected))
+    second = next(d for d in macs if d != first)
+    await async_wait_until(peripherals[first].subscribed.is_set, 10, "first subscribed")
+    assert not peripherals[second].subscribed.is_set()  # its slot is taken
+    await peripherals[first].disappear()
+    await async_wait_until(peripherals[second].subscribed.is_set, 20, "second subscribed")
+    assert source.connected == {second}
+    await peripherals[second].send(encode_frame(1, [("temperature", 1, 0, "Cel")]))
+    await async_wait_until(lambda: len(readings(collector, second)) == 1, 10, "frame")
