@@ -224,11 +224,14 @@ class BleSource:
         while not self._stopping:
             try:
                 await self._start_scanner()
-            except BleUnavailable as exc:
-                self.metrics.inc("ble_unavailable")
-                self._rl.event(
-                    ("ble", "unavailable"), "ble_unavailable", logging.ERROR, error=str(exc)
-                )
+            except Exception as exc:  # the GATT sessions carry on meanwhile
+                if isinstance(exc, BleUnavailable):
+                    self.metrics.inc("ble_unavailable")
+                    key, name = ("ble", "unavailable"), "ble_unavailable"
+                else:
+                    self.metrics.inc("ble_scanner_failures")
+                    key, name = ("ble", "scanner"), "ble_scanner_failed"
+                self._rl.event(key, name, logging.ERROR, error=str(exc)[:400], retry_s=delay)
                 self.ready.set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
@@ -350,6 +353,8 @@ class BleSource:
         try:
             pkt = parse_bthome(data, mac=mac, bindkey=dev.bindkey)
         except FrameError as exc:
+            if encrypted:
+                state.last_raw = data  # its repeats are not decrypted and counted again
             self.pipeline.reject("ble", dev.device_id, exc.reason, exc.detail)
             return
         if pkt.unknown_object_id is not None:
