@@ -52,6 +52,8 @@ class VirtualRadio:
         self.adapters: dict[str, Device] = {}
         self.controllers: dict[str, Controller] = {}
         self.scanner_starts = 0
+        # False: like BlueZ without its experimental advertisement monitor, passive is refused.
+        self.passive_supported = True
         self._wedged: set[int] = set()  # ids of scanner backends that stopped hearing
 
     def _device(self, name: str, address: str) -> Device:
@@ -114,6 +116,8 @@ class BumbleScanner(BaseBleakScanner):
 
     async def start(self) -> None:
         device = self.radio.adapter(self._adapter_name)
+        if not self._active and not self.radio.passive_supported:
+            raise BleakError("passive scanning is not supported by this adapter")
         self.seen_devices = {}
         device.on(device.EVENT_ADVERTISEMENT, self._on_advertisement)
         await device.start_scanning(active=self._active, filter_duplicates=False)

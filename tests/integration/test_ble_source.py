@@ -365,3 +365,26 @@ async def test_gatt_connections_are_capped_and_a_freed_slot_goes_to_the_next_dev
     assert source.connected == {second}
     await peripherals[second].send(encode_frame(1, [("temperature", 1, 0, "Cel")]))
     await async_wait_until(lambda: len(readings(collector, second)) == 1, 10, "frame")
+
+
+async def test_scanning_is_passive_where_supported_and_falls_back_to_active(
+    local_broker: LocalMosquitto,
+    upstream_broker: LocalMosquitto,
+    collector: Collector,
+    start_agent: Any,
+    radio: VirtualRadio,
+) -> None:
+    cfg = ble_config(local_broker, upstream_broker, {"ht-plain": {"mac": PLAIN_MAC}})
+    running = await start_agent(cfg, ble_backend=radio.backend(), name="passive")
+    source = running.agent.ble
+    assert source is not None and source.scanning_mode == "passive"
+    await running.stop()
+
+    radio.passive_supported = False
+    running = await start_agent(cfg, ble_backend=radio.backend(), name="active")
+    source = running.agent.ble
+    assert source is not None and source.scanning_mode == "active"
+    sensor = BTHomeSensor(radio, PLAIN_MAC)
+    await sensor.power_on()
+    await sensor.advertise(encode_bthome([(0x00, 1), (0x02, 100)]))
+    await async_wait_until(lambda: len(readings(collector, "ht-plain")) == 1, 10, "reading")
