@@ -44,6 +44,10 @@ allowed_devices = ["sim-1", "sim-2"]
 
 [bridge]
 url = "{upstream}"
+
+[metrics]
+# Any free port: the demo must not collide with an installed agent on 127.0.0.1:9464.
+listen = "127.0.0.1:0"
 """
 
 

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
@@ -37,6 +36,9 @@ log = logging.getLogger("agent.telemetry")
 
 PREFIX = "edgence_"
 HEALTH_VERSION = 1
+# generate_latest writes the classic text format (names escaped to underscores); say so
+# explicitly, which every Prometheus version reads (newer clients default to "version=1.0.0").
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # HELP texts of the counters and gauges the agent keeps; a name missing here (a component added
 # later) is still exported, with a generic help text. docs/operations.md lists them all.
@@ -298,7 +300,7 @@ class Telemetry:
             return "405 Method Not Allowed", "text/plain", b"GET /metrics or /health\n"
         path = parts[1].split(b"?", 1)[0]
         if path == b"/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, await self.metrics_text()
+            return "200 OK", CONTENT_TYPE, await self.metrics_text()
         if path == b"/health":
             body = json.dumps(await self.health(), indent=1).encode() + b"\n"
             return "200 OK", "application/json", body

@@ -143,6 +143,8 @@ def agent_config_dict(
         "sources": {"mqtt": {"url": local.url, "allowed_devices": ["dev-1", "dev-2", "dev-3"]}},
         "bridge": {"url": upstream.url},
         "log": {"level": "info"},
+        # A free port per agent: several run at once here (tests, other work on the machine).
+        "metrics": {"listen": "127.0.0.1:0"},
     }
     for section, values in over.items():
         cfg.setdefault(section, {}).update(values)
