@@ -309,11 +309,17 @@ def check_chain(raw: dict[str, Any], cfg: AgentConfig | None, opts: DoctorOption
     url = _chain_url(raw, opts.chain_url)
     if url is None:
         return Check("chain", "skip", "no full node configured ([chain] url)")
-    chain = raw.get("chain") if isinstance(raw.get("chain"), dict) else {}
-    expected = chain.get("chain_id") if isinstance(chain, dict) else None
+    # The id the node must have: [chain] chain_id if the chain client's section names one,
+    # else gateway.chain_id (the EIP-712 domain every observation is signed under). Read from
+    # the file itself too, so that it is checked even when the config does not load.
+    chain, gw = raw.get("chain"), raw.get("gateway")
+    expected: Any = chain.get("chain_id") if isinstance(chain, dict) else None
     key = "chain.chain_id"
-    if not isinstance(expected, int) and cfg is not None:
-        expected, key = cfg.gateway.chain_id, "gateway.chain_id"
+    if not isinstance(expected, int):
+        key = "gateway.chain_id"
+        expected = gw.get("chain_id") if isinstance(gw, dict) else None
+        if not isinstance(expected, int):
+            expected = cfg.gateway.chain_id if cfg is not None else 31337
     try:
         chain_id = int(str(json_rpc(url, "eth_chainId", opts.timeout)), 16)
         height = int(str(json_rpc(url, "eth_blockNumber", opts.timeout)), 16)
@@ -325,7 +331,7 @@ def check_chain(raw: dict[str, Any], cfg: AgentConfig | None, opts: DoctorOption
             f"full node at {url} does not answer JSON-RPC: {reason}",
             "start the full node (or fix its url in [chain]); it must serve HTTP JSON-RPC",
         )
-    if isinstance(expected, int) and chain_id != expected:
+    if chain_id != expected:
         return Check(
             "chain",
             "fail",

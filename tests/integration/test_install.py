@@ -81,7 +81,9 @@ def test_tree_has_venv_config_key_data_unit_and_command(installed: tuple[Path, s
     )
     assert str(dest) not in (venv / "pyvenv.cfg").read_text()
     assert not (dest / "opt" / "edgence-agent.new").exists()
-    assert os.readlink(dest / "usr/local/bin/edgence-agent") == "/opt/edgence-agent/bin/edgence-agent"
+    assert (
+        os.readlink(dest / "usr/local/bin/edgence-agent") == "/opt/edgence-agent/bin/edgence-agent"
+    )
     assert (venv / "share" / "doc" / "operations.md").is_file()
     assert (dest / "etc/mosquitto/conf.d/edgence-local.conf").read_bytes() == (
         ROOT / "configs/mosquitto/local.conf"

@@ -33,7 +33,9 @@ def test_agent_process_notifies_ready_watchdog_and_stopping(
         monkeypatch.setenv("NOTIFY_SOCKET", path)
         monkeypatch.setenv("WATCHDOG_USEC", "200000")  # ping every 0.1 s
         monkeypatch.delenv("WATCHDOG_PID", raising=False)
-        config, _ = write_agent_dir(tmp_path / "gw", agent_config_dict(local_broker, upstream_broker))
+        config, _ = write_agent_dir(
+            tmp_path / "gw", agent_config_dict(local_broker, upstream_broker)
+        )
         proc = agent_process(config)
         proc.start()
         seen: list[str] = []

@@ -121,8 +121,13 @@ async def test_metrics_health_and_health_topic_match_a_known_workload(
     assert h["readings"]["signed"] == N
     assert h["rejected"] == {"not_json": 1, "replay": REPLAYS, "unknown_device": UNKNOWN}
     assert h["sources"]["mqtt"]["devices"] == 1 and h["sources"]["mqtt"]["connected"] is True
-    assert h["journal"] == {"entries": N, "bytes": h["journal"]["bytes"], "backlog": 0,
-                            "last_seq": N, "errors": 0}
+    assert h["journal"] == {
+        "entries": N,
+        "bytes": h["journal"]["bytes"],
+        "backlog": 0,
+        "last_seq": N,
+        "errors": 0,
+    }
     assert h["upstream"]["connected"] is True and h["upstream"]["delivered"] == N
 
     # The health topic upstream carries the same document, retained.

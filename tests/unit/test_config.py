@@ -307,7 +307,9 @@ def test_unknown_key_in_a_section_is_refused_listing_the_allowed_keys(
     assert allowed in message.split("allowed here:")[1]
 
 
-@pytest.mark.parametrize("text", [MINIMAL + "[telemetry]\nport = 9000\n", "debug = true\n" + MINIMAL])
+@pytest.mark.parametrize(
+    "text", [MINIMAL + "[telemetry]\nport = 9000\n", "debug = true\n" + MINIMAL]
+)
 def test_unknown_top_level_entry_is_refused_listing_the_known_tables(
     tmp_path: Path, text: str
 ) -> None:
