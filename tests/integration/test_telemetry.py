@@ -146,7 +146,7 @@ async def test_metrics_health_and_health_topic_match_a_known_workload(
     late = Collector(upstream_broker.port, f"edgence/{key.address}/health")
     try:
         await async_wait_until(lambda: bool(late.messages), 10, "the retained health message")
-        topic, payload, retained = late.messages[0]
+        _, payload, retained = late.messages[0]
         assert retained and json.loads(payload)["gateway"] == key.address
     finally:
         late.close()
