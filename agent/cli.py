@@ -101,12 +101,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         )
     header = f"# Gateway address (masternode signing key): {address}\n"
     cfg_path.write_text(header + text, encoding="utf-8")
-    if args.data_dir is not None:
-        data_dir = Path(args.data_dir)
-        text = text.replace('data_dir = "data"', f'data_dir = "{data_dir}"')
-    else:
-        data_dir = d / "data"
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (d / "data").mkdir(exist_ok=True, mode=0o700)
     state = "kept, existing" if kept else f"new, mode 0600{', encrypted' if passphrase else ''}"
     print(f"gateway key   {key_path} ({state})")
     print(f"config        {cfg_path}")
@@ -229,9 +224,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--local-broker", help="mqtt://HOST:PORT of the sensors' broker")
     s.add_argument("--upstream", help="mqtt[s]://HOST:PORT of the upstream broker")
     s.add_argument("--force", action="store_true", help="rewrite an existing agent.toml")
-    s.add_argument(
-        "--data-dir", type=Path, help="where the journal lives (default: data/ beside the config)"
-    )
     s.set_defaults(fn=cmd_init)
 
     s = sub.add_parser("run", help="run the agent until SIGINT/SIGTERM")
