@@ -85,6 +85,8 @@ def test_tree_has_venv_config_key_data_unit_and_command(installed: tuple[Path, s
         os.readlink(dest / "usr/local/bin/edgence-agent") == "/opt/edgence-agent/bin/edgence-agent"
     )
     assert (venv / "share" / "doc" / "operations.md").is_file()
+    for name in ("edgence-agent.service", "local.conf", "agent.example.toml", "uninstall"):
+        assert (venv / "share" / "edgence-agent" / name).is_file(), name
     assert (dest / "etc/mosquitto/conf.d/edgence-local.conf").read_bytes() == (
         ROOT / "configs/mosquitto/local.conf"
     ).read_bytes()
