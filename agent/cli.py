@@ -136,13 +136,21 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _status_url(args: argparse.Namespace) -> str:
+    """--url, else metrics.listen of --config, else of the default config when it is readable
+    (/etc/edgence-agent is not, for a normal user), else the default address."""
+    from agent.config import MetricsConfig, load_config
+    from agent.errors import ConfigError
+
     if args.url:
         return str(args.url)
-    from agent.config import load_config
-
-    cfg = load_config(args.config)
+    try:
+        cfg = load_config(args.config or default_config())
+    except ConfigError:
+        if args.config is not None:
+            raise
+        return MetricsConfig().url
     if not cfg.metrics.enabled:
-        raise AgentError(f"{args.config}: [metrics.enabled] is false; status reads that endpoint")
+        raise AgentError(f"{cfg.path}: [metrics.enabled] is false; status reads that endpoint")
     return cfg.metrics.url
 
 
@@ -249,7 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_doctor)
 
     s = sub.add_parser("status", help="the running agent's health (live on a terminal)")
-    s.add_argument("--config", type=Path, default=default_config(), help=config_help)
+    s.add_argument(
+        "--config",
+        type=Path,
+        help=f"config naming metrics.listen (default: {default_config()} if readable, "
+        "else http://127.0.0.1:9464)",
+    )
     s.add_argument("--url", help="the agent's metrics base URL (default: from the config)")
     s.add_argument("--json", action="store_true", help="print the health document as JSON")
     s.add_argument("--once", action="store_true", help="print once even on a terminal")

@@ -7,11 +7,14 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from agent.devices.codecs.frame import encode_frame
 from agent.localbroker import LocalMosquitto, free_port
@@ -127,3 +130,33 @@ def test_status_without_a_running_agent_says_so(tmp_path: Path) -> None:
     out = status("--url", f"http://127.0.0.1:{free_port()}")
     assert out.returncode == 2
     assert "the agent is not answering at" in out.stderr and "systemctl status" in out.stderr
+
+
+def test_status_with_a_config_that_disables_metrics_says_so(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('[gateway]\nkey_file = "k"\n[metrics]\nenabled = false\n')
+    out = status("--config", str(config), "--json")
+    assert out.returncode == 2
+    assert "[metrics.enabled] is false" in out.stderr
+
+
+def test_status_without_a_readable_config_asks_the_default_address(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGENCE_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "empty")  # no default config for a normal user
+    env["EDGENCE_CONFIG"] = str(tmp_path / "unreadable" / "agent.toml")
+    # Hold the default port without listening: a connection there is refused for certain.
+    with socket.socket() as holder:
+        try:
+            holder.bind(("127.0.0.1", 9464))
+        except OSError:
+            pytest.skip("127.0.0.1:9464 is in use by another process on this machine")
+        out = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "status", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+            check=False,
+        )
+    assert out.returncode == 2
+    assert "not answering at http://127.0.0.1:9464/health" in out.stderr
