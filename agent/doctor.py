@@ -65,8 +65,8 @@ class DoctorOptions:
     check_agent: bool = True
 
 
-def _mib(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB"
+def _size_text(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _raw_toml(path: Path) -> dict[str, Any]:
@@ -193,8 +193,8 @@ def check_journal_disk(cfg: AgentConfig) -> Check:
     room = max(0, cfg.journal.max_bytes - used)
     need = room + DISK_RESERVE
     detail = (
-        f"{_mib(free)} free on the disk of {where}; the journal uses {_mib(used)} "
-        f"and may grow to journal.max_bytes = {_mib(cfg.journal.max_bytes)}"
+        f"{_size_text(free)} free on the disk of {where}; the journal uses {_size_text(used)} "
+        f"and may grow to journal.max_bytes = {_size_text(cfg.journal.max_bytes)}"
     )
     if free < need:
         cap = max(0, used + free - DISK_RESERVE)
@@ -202,7 +202,7 @@ def check_journal_disk(cfg: AgentConfig) -> Check:
             "disk",
             "fail",
             detail,
-            f"free space on that disk, or set journal.max_bytes below {_mib(cap)} "
+            f"free space on that disk, or set journal.max_bytes below {_size_text(cap)} "
             "(when the disk fills the agent holds readings, it does not lose them)",
         )
     return Check("disk", "ok", detail)
