@@ -270,11 +270,15 @@ class Telemetry:
 
     async def _publish_health_forever(self) -> None:
         bridge = self.agent.bridge
+        if bridge is None:  # no upstream: the endpoint alone
+            await asyncio.Event().wait()
+            return
         while True:
-            if bridge is not None and bridge.conn.connected.is_set():
-                payload = json.dumps(await self.health(), separators=(",", ":")).encode()
-                if bridge.publish_retained("health", payload):
-                    self.health_published += 1
+            # The first message goes out as soon as the link is up, then every interval.
+            await bridge.conn.connected.wait()
+            payload = json.dumps(await self.health(), separators=(",", ":")).encode()
+            if bridge.publish_retained("health", payload):
+                self.health_published += 1
             await asyncio.sleep(self.cfg.health_interval_s)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

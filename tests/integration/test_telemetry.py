@@ -163,3 +163,19 @@ async def test_metrics_can_be_turned_off(
     cfg = agent_config_dict(local_broker, upstream_broker, metrics={"enabled": False})
     running = await start_agent(cfg)
     assert running.agent.telemetry is None
+
+
+async def test_first_health_message_goes_out_when_the_link_comes_up_not_an_interval_later(
+    local_broker: LocalMosquitto,
+    upstream_broker: LocalMosquitto,
+    collector: Collector,
+    start_agent: Any,
+) -> None:
+    key = GatewayKey.generate()
+    cfg = agent_config_dict(local_broker, upstream_broker, metrics={"health_interval": "1h"})
+    await start_agent(cfg, key)
+    await async_wait_until(
+        lambda: bool(health_messages(collector, key.address)), 10, "a health message"
+    )
+    first = health_messages(collector, key.address)[0]
+    assert first["gateway"] == key.address and first["upstream"]["connected"] is True
