@@ -103,6 +103,28 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class BrokerAuthConfig:
+    """Per-device broker credentials that `pair` manages (Mosquitto password file + ACL)."""
+
+    password_file: Path | None = None
+    acl_file: Path | None = None
+    pid_file: Path | None = None  # the broker is sent SIGHUP to reload them
+    agent_username: str | None = None  # gets read access to every device topic
+    device_topic: str = "devices/{id}/up"
+
+
+@dataclass(frozen=True)
+class EnrollmentConfig:
+    enabled: bool
+    registry_dir: Path
+    rate: float = 10.0
+    burst: float = 20.0
+    join_window_s: float = 120.0
+    advertise_host: str | None = None
+    broker_auth: BrokerAuthConfig = field(default_factory=BrokerAuthConfig)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -132,6 +154,7 @@ class AgentConfig:
     journal: JournalConfig
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    enrollment: EnrollmentConfig | None = None
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
@@ -395,6 +418,41 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
     )
     p.done()
 
+    e = section("enrollment")
+    ma = e.sub("mosquitto")
+    broker_auth = BrokerAuthConfig(
+        password_file=ma.path("password_file"),
+        acl_file=ma.path("acl_file"),
+        pid_file=ma.path("pid_file"),
+        agent_username=ma.get("agent_username", str),
+        device_topic=_checked(
+            ma,
+            "device_topic",
+            lambda v: v.count("{id}") == 1 and not set(v) & set("+#"),
+            "a topic with one {id} and no wildcards, e.g. devices/{id}/up",
+            ma.get("device_topic", str, "devices/{id}/up"),
+        ),
+    )
+    if (broker_auth.password_file is None) != (broker_auth.acl_file is None):
+        raise ma.err("acl_file", "password_file and acl_file go together: set both or neither")
+    ma.done()
+    window = e.duration("join_window", 120.0)
+    if not 1 <= window <= 254:
+        raise e.err("join_window", f"must be 1s to 254s (a short window); got {window:g}s")
+    rate = e.get("rate", float, 10.0)
+    if not 0 < rate <= 100_000:
+        raise e.err("rate", f"frames per second per device, above 0 and at most 100000; got {rate}")
+    enrollment = EnrollmentConfig(
+        enabled=e.get("enabled", bool, True),
+        registry_dir=cast(Path, e.path("registry_dir", str(data_dir / "devices"))),
+        rate=rate,
+        burst=float(e.int_range("burst", 20, 1, 1_000_000)),
+        join_window_s=window,
+        advertise_host=e.get("advertise_host", str),
+        broker_auth=broker_auth,
+    )
+    e.done()
+
     lg = section("log")
     log = LogConfig(
         level=cast(
@@ -408,7 +466,9 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
     metrics = _metrics(mt)
     mt.done()
     root.done()
-    return AgentConfig(Path(file), gateway, mqtt, bridge, journal, pipeline, log, metrics)
+    return AgentConfig(
+        Path(file), gateway, mqtt, bridge, journal, pipeline, log, enrollment, metrics
+    )
 
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")

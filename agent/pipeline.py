@@ -40,6 +40,8 @@ class Arrival:
     received_at: float = field(default_factory=time.time)
     ack: Callable[[], None] | None = None
     rejected: str | None = None
+    # Set by a source that authenticated the frame itself (BLE: BTHome AES-CCM with the bindkey).
+    verified_by: AuthMethod | None = None
 
 
 class DeviceGate(Protocol):

@@ -22,13 +22,15 @@ from agent.attest.keys import GatewayKey, load_key_file
 from agent.attest.observation import ObservationSigner
 from agent.bridge import Bridge
 from agent.config import AgentConfig
+from agent.devices.gate import EnrollmentGate
 from agent.devices.mqtt import MqttSource
+from agent.devices.registry import DeviceRegistry
 from agent.errors import AgentError, JournalError
 from agent.journal import Journal, JournalStats
 from agent.logs import event
 from agent.metrics import Metrics
 from agent.model import Eip712Domain
-from agent.pipeline import AllowlistGate, Pipeline
+from agent.pipeline import Pipeline
 from agent.sdnotify import Watchdog, notify, watchdog_interval
 from agent.secrets import check_secret_mode
 
@@ -102,11 +104,22 @@ class Agent:
             logger=logging.getLogger("agent.journal"),
         )
         self.signer = ObservationSigner(self.key, domain_of(cfg))
+        enr = cfg.enrollment
+        self.registry = (
+            DeviceRegistry(enr.registry_dir) if enr is not None and enr.enabled else None
+        )
+        self.gate = EnrollmentGate(
+            self.registry,
+            allowlist=cfg.mqtt.allowed_devices,
+            rate=enr.rate if enr is not None else 10.0,
+            burst=enr.burst if enr is not None else 20.0,
+            metrics=self.metrics,
+        )
         self.pipeline = Pipeline(
             signer=self.signer,
             journal=self.journal,
             executor=self.executor,
-            gate=AllowlistGate(cfg.mqtt.allowed_devices),
+            gate=self.gate,
             metrics=self.metrics,
             queue_size=cfg.pipeline.queue_size,
             batch_max=cfg.pipeline.batch_max,
@@ -200,6 +213,7 @@ class Agent:
             self.executor.shutdown(wait=False)
             raise
         await self.pipeline.load_state()
+        await asyncio.get_running_loop().run_in_executor(None, self.gate.load)
         event(
             log,
             "starting",
@@ -216,6 +230,7 @@ class Agent:
         tasks = [
             asyncio.create_task(supervise("pipeline", self.pipeline.run, stopping, m)),
             asyncio.create_task(self._maintain_journal()),
+            asyncio.create_task(supervise("registry", self.gate.run, stopping, m)),
         ]
         if self.bridge is not None:
             tasks.append(asyncio.create_task(supervise("bridge", self.bridge.run, stopping, m)))
@@ -247,6 +262,10 @@ class Agent:
             await self.mqtt.stop()
         if self.bridge is not None:
             await self.bridge.stop(grace=0.6)
+        try:
+            await self.gate.flush_activations()
+        except AgentError as exc:
+            event(log, "registry_error", logging.ERROR, error=str(exc))
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
