@@ -131,6 +131,9 @@ def check_key(cfg: AgentConfig) -> Check:
 
 
 def _secret_files(cfg: AgentConfig) -> Iterator[tuple[str, Path]]:
+    enr = cfg.enrollment
+    if enr is not None and enr.enabled and (enr.registry_dir / "keys.json").exists():
+        yield "enrollment.registry_dir", enr.registry_dir / "keys.json"
     for name, ep in (("sources.mqtt", cfg.mqtt.broker), ("bridge", cfg.bridge.broker)):
         if ep.password_file is not None:
             yield f"{name}.password_file", ep.password_file
@@ -141,7 +144,7 @@ def _secret_files(cfg: AgentConfig) -> Iterator[tuple[str, Path]]:
 def check_secrets(cfg: AgentConfig) -> Check:
     files = list(_secret_files(cfg))
     if not files:
-        return Check("secrets", "skip", "no broker password or TLS key files configured")
+        return Check("secrets", "skip", "no device keys, broker passwords or TLS keys configured")
     for key, path in files:
         try:
             check_secret_mode(path)

@@ -71,6 +71,13 @@ def render(h: dict[str, Any], color: bool = False) -> str:
         )
     if not h["sources"]:
         lines.append(f"{'source':<10} none enabled")
+    d = h.get("devices", {})
+    if d:
+        enrolled = d.get("enrolled")
+        lines.append(
+            f"{'devices':<10} heard {d['heard']}"
+            + (f"  enrolled {enrolled}" if enrolled is not None else "")
+        )
     r = h["readings"]
     lines.append(f"{'readings':<10} signed {r['signed']}  {r['per_s']:.1f}/s  queued {r['queued']}")
     rej = h["rejected"]

@@ -50,6 +50,8 @@ COUNTER_HELP = {
     "bridge_refused": "observations an MQTT 5 upstream broker refused (republished later)",
     "component_restarts": "components restarted by the supervisor after a failure",
     "source_paused": "times a source paused reading because the pipeline queue was full",
+    "devices_activated": "enrolled devices whose first authenticated frame arrived",
+    "registry_errors": "device registry reads or writes that failed",
 }
 GAUGE_HELP = {
     "pipeline_queue": "readings waiting to be signed",
@@ -57,6 +59,7 @@ GAUGE_HELP = {
     "bridge_connected": "1 when the upstream link is up",
     "frames_received_mqtt": "MQTT messages received from the local broker since start",
     "chain_height": "latest block height seen from the full node",
+    "devices_enrolled": "devices in the registry (enrolled with `edgence-agent pair`)",
 }
 
 
@@ -112,6 +115,7 @@ def build_health(agent: Agent, stats: JournalStats, per_second: float) -> dict[s
         sources.setdefault(source, {"devices": count})
     bridge = agent.bridge
     height = gauges.get("chain_height")
+    enrolled = gauges.get("devices_enrolled")
     return {
         "v": HEALTH_VERSION,
         "gateway": agent.key.address,
@@ -120,6 +124,10 @@ def build_health(agent: Agent, stats: JournalStats, per_second: float) -> dict[s
         "uptime_s": round(time.monotonic() - agent.started_at, 1),
         "ready": agent.ready.is_set(),
         "sources": sources,
+        "devices": {
+            "heard": len(agent.pipeline.device_sources),
+            "enrolled": None if enrolled is None else int(enrolled),
+        },
         "readings": {
             "signed": m.get("observations_signed"),
             "per_s": round(per_second, 2),

@@ -339,3 +339,18 @@ def test_agent_not_running_is_a_warning_not_a_failure(gateway: Callable[..., Pat
     agent = next(c for c in checks if c.name == "agent")
     assert agent.status == "warn" and "not answering" in agent.detail
     assert agent.fix is not None and "systemctl status edgence-agent" in agent.fix
+
+
+def test_device_keys_readable_by_others_fail_the_secrets_check(
+    gateway: Callable[..., Path],
+) -> None:
+    config = gateway()
+    keys = config.parent / "data" / "devices" / "keys.json"
+    keys.parent.mkdir(parents=True)
+    keys.write_text("{}")
+    keys.chmod(0o600)
+    assert doctor(config)["secrets"].status == "ok"
+    keys.chmod(0o644)
+    c = doctor(config)["secrets"]
+    assert c.status == "fail" and "[enrollment.registry_dir]" in c.detail
+    assert c.fix == f"chmod 600 {keys}"

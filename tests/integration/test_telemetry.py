@@ -121,6 +121,7 @@ async def test_metrics_health_and_health_topic_match_a_known_workload(
     assert h["readings"]["signed"] == N
     assert h["rejected"] == {"not_json": 1, "replay": REPLAYS, "unknown_device": UNKNOWN}
     assert h["sources"]["mqtt"]["devices"] == 1 and h["sources"]["mqtt"]["connected"] is True
+    assert h["devices"] == {"heard": 1, "enrolled": 0}  # dev-1 is allowlisted, not enrolled
     assert h["journal"] == {
         "entries": N,
         "bytes": h["journal"]["bytes"],
