@@ -168,6 +168,16 @@ def check_data_dir(cfg: AgentConfig) -> Check:
         return Check(
             "data", "fail", f"{d} is not writable by uid {os.geteuid()}", f"chown <agent user>: {d}"
         )
+    stray = _foreign_owned(d)
+    if stray is not None:
+        # Typically `sudo edgence-agent pair` or a by-hand run as root: the service user can
+        # then no longer write (or even read) the journal or the device registry.
+        return Check(
+            "data",
+            "fail",
+            f"{stray} is owned by {_owner(stray)}, not by {_owner(d)} who owns {d}",
+            f"chown -R {_owner(d)}: {d}",
+        )
     mode = stat.S_IMODE(d.stat().st_mode)
     if mode & 0o077:
         return Check(
@@ -177,6 +187,26 @@ def check_data_dir(cfg: AgentConfig) -> Check:
             f"chmod 700 {d}",
         )
     return Check("data", "ok", f"{d} mode {mode:04o} owner {_owner(d)}")
+
+
+def _foreign_owned(d: Path, depth: int = 2) -> Path | None:
+    """A file or directory under `d` (at most `depth` levels down) owned by another user."""
+    uid = d.stat().st_uid
+    level = [d]
+    for _ in range(depth):
+        nxt = []
+        for parent in level:
+            try:
+                children = sorted(parent.iterdir())
+            except OSError:
+                continue
+            for child in children:
+                if child.lstat().st_uid != uid:
+                    return child
+                if child.is_dir() and not child.is_symlink():
+                    nxt.append(child)
+        level = nxt
+    return None
 
 
 def _existing_parent(p: Path) -> Path:

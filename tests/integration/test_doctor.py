@@ -354,3 +354,20 @@ def test_device_keys_readable_by_others_fail_the_secrets_check(
     c = doctor(config)["secrets"]
     assert c.status == "fail" and "[enrollment.registry_dir]" in c.detail
     assert c.fix == f"chmod 600 {keys}"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_data_file_owned_by_another_user_fails_with_chown(gateway: Callable[..., Path]) -> None:
+    """What `sudo edgence-agent pair` or a run as root leaves for a service running as
+    `edgence`: the data directory's owner can no longer write its own registry."""
+    config = gateway()
+    data = config.parent / "data"
+    registry = data / "devices"
+    registry.mkdir()
+    os.chown(data, 4321, 4321)
+    os.chown(registry, 4321, 4321)
+    assert doctor(config)["data"].status == "ok"
+    (registry / "registry.json").write_text("{}")  # created by root
+    c = doctor(config)["data"]
+    assert c.status == "fail" and "registry.json is owned by root" in c.detail
+    assert c.fix == f"chown -R 4321: {data}"
