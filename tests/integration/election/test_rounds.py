@@ -51,10 +51,12 @@ async def start_election(
     broker: LocalMosquitto,
     start_agent: Callable[..., Any],
     mode: str,
+    count: int = AGENTS,
+    before_start: Callable[[str, RoundSchedule], None] | None = None,
 ) -> tuple[list[RunningAgent], list[GatewayKey], dict[str, Any], RoundSchedule, str]:
     start = head(node) + 40  # room for deployment and registrations before round 0
     board = await asyncio.to_thread(deploy_board, node, mode, start, LENGTH, WINDOW)
-    keys = [GatewayKey.generate() for _ in range(AGENTS)]
+    keys = [GatewayKey.generate() for _ in range(count)]
     for key in keys:
         fund(node, key)
     cfg = election_config(
@@ -68,12 +70,13 @@ async def start_election(
         confirmations=CONFIRMATIONS,
     )
     sched = RoundSchedule(start, LENGTH, WINDOW, CONFIRMATIONS)
-    running: list[int] = [AGENTS]
+    if before_start is not None:
+        await asyncio.to_thread(before_start, board, sched)
 
     def expect(h: int) -> int:
         # The agents submit once the boundary block has its confirmations.
         r = sched.round_at(h)
-        return running[0] if r is not None and h == sched.boundary(r) + CONFIRMATIONS - 1 else 0
+        return count if r is not None and h == sched.boundary(r) + CONFIRMATIONS - 1 else 0
 
     miner.expect = expect
     agents = [await start_agent(cfg, key, name=f"gw{i}") for i, key in enumerate(keys)]
