@@ -5,6 +5,7 @@ take the top k, and give the result as canonical JSON that every honest agent pu
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -122,7 +123,7 @@ def tally_paper(
     subs = [
         SelectionSubmission(
             s.node,
-            ctx.round if ctx.boundary < s.block_number <= ctx.cutoff else None,
+            ctx.round if ctx.boundary < s.block_number <= ctx.cutoff else -1,  # wrong-round
             s.definite_hash,
             s.payload,
         )
@@ -154,11 +155,13 @@ def tally_vrf(
     seed block, double submitters, shared keys and bad proofs are left out."""
     candidates: list[VrfCandidate] = []
     excluded: list[tuple[str, str]] = []
+    per_node = Counter(s.node for s in submissions)
     for s in submissions:
         node_keys = keys.get(s.node)
         if node_keys is None:
             excluded.append((_addr(s.node), "unregistered"))
-        elif not ctx.boundary < s.block_number <= ctx.cutoff:
+        elif per_node[s.node] == 1 and not ctx.boundary < s.block_number <= ctx.cutoff:
+            # (several submissions: all of them go to the scoring, which drops them all)
             excluded.append((_addr(s.node), "outside-window"))
         else:
             candidates.append(
