@@ -33,7 +33,7 @@ ROUND = 1
 DEFINITE = hashlib.sha256(b"bench definite").digest()
 ALPHA = vrf_alpha(CHAIN, ROUND, hashlib.sha256(b"bench seed").digest())
 SEATS = 21
-NAIVE_FULL_LIMIT = 2_000  # above this the naive merge is estimated from a sample of rows
+NAIVE_FULL_LIMIT = 10_000  # above this the naive merge is estimated from a sample of rows
 NAIVE_SAMPLE_ROWS = 400
 
 T = TypeVar("T")

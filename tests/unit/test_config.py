@@ -315,7 +315,10 @@ def test_unknown_top_level_entry_is_refused_listing_the_known_tables(
     assert str(path) in message
     key = "metrics" if "[metrics]" in text else "debug"
     assert f"[{key}] is not a known key" in message
-    assert "allowed here: bridge, gateway, journal, log, pipeline, sources" in message
+    assert (
+        "allowed here: bridge, chain, election, forward, gateway, journal, log, pipeline, sources"
+        in message
+    )
 
 
 @pytest.mark.parametrize("url", ["http://h", "ws://h:80", "h:1883", "mqtt://", "mqtt:///x"])
