@@ -45,12 +45,21 @@ from agent.election.tally import (
     tally_vrf,
 )
 from agent.election.vrf_mode import PARALLEL_THRESHOLD, vrf_alpha
-from agent.errors import ChainError, ElectionError, NodeUnreachable, RpcTimeout, TransactionError
+from agent.errors import (
+    ChainError,
+    ElectionError,
+    NodeUnreachable,
+    RpcError,
+    RpcTimeout,
+    TransactionError,
+)
 from agent.logs import event
 from agent.metrics import Metrics
 from agent.mqtt import MqttConnection
 
 VRF_SECRET_TAG = b"edgence/election/vrf-secret/v1"
+# Blocks of state a non-archive node keeps (geth: 128): older cutoffs may be unreadable.
+STATE_HORIZON = 128
 SUBMIT_GAS = 300_000  # generous: the round's first submission also fixes the definite hash
 
 _SCHEMA = """
@@ -356,6 +365,23 @@ class ElectionRounds:
                     result = await self.decide(q)
                 except _Retry:
                     break
+                except RpcError as exc:
+                    # E.g. a node that keeps only recent state cannot answer calls at an old
+                    # cutoff: retry while the round is recent, give it up once it is not.
+                    self.metrics.inc("election_decide_failed")
+                    gone = head - sched.cutoff(q) > STATE_HORIZON
+                    event(
+                        self.log,
+                        "election_decide_failed",
+                        logging.ERROR,
+                        round=q,
+                        error=str(exc)[:160],
+                        action="skipped" if gone else "retry",
+                    )
+                    if not gone:
+                        break
+                    self.store.set_next_round(q + 1)
+                    continue
                 self.store.save(result)
                 self.results[q] = result
                 self._report(result)
