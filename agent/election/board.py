@@ -12,6 +12,7 @@ from eth_abi.abi import decode as abi_decode
 from agent.chainclient.contracts import Artifact, load_artifact
 from agent.chainclient.rpc import RpcClient, hex_int
 from agent.chainclient.tx import decode_result, encode_call, event_topic
+from agent.election.definite import keccak256
 from agent.election.tally import BoardSubmission, NodeKeys
 from agent.errors import ChainError, ElectionError, RpcError
 
@@ -150,8 +151,6 @@ class ElectionBoard:
 def vrf_key_digest(chain_id: int, board: str, node: str) -> bytes:
     """What the VRF key signs at registration: keccak256(tag || chainid || board || node), as the
     contract's abi.encodePacked builds it."""
-    from agent.election.definite import keccak256
-
     return keccak256(
         VRF_KEY_TAG
         + chain_id.to_bytes(32, "big")

@@ -326,7 +326,14 @@ class ElectionRounds:
         known = self.sender.store.find_by_data(self.board.address, data)
         tx_id = known[-1] if known else await self.sender.send(self.board.address, data)
         event(self.log, "election_registering", node=self.node, tx=tx_id)
-        await self.sender.wait(tx_id, confirmations=1)
+        try:
+            await self.sender.wait(tx_id, confirmations=1)
+        except TransactionError as exc:
+            raise ElectionError(
+                f"registering {self.node} on the board {self.board.address} failed ({exc}): "
+                "is election.board the ElectionBoard's address, and is this VRF key already "
+                "registered by another node?"
+            ) from exc
         self.metrics.inc("election_registered")
         event(self.log, "election_registered", node=self.node, board=self.board.address)
 
