@@ -315,10 +315,19 @@ def test_unknown_top_level_entry_is_refused_listing_the_known_tables(
     assert str(path) in message
     key = "metrics" if "[metrics]" in text else "debug"
     assert f"[{key}] is not a known key" in message
-    assert (
-        "allowed here: bridge, chain, election, forward, gateway, journal, log, pipeline, sources"
-        in message
-    )
+    allowed = message.split("allowed here:")[1]
+    for table in (
+        "bridge",
+        "chain",
+        "election",
+        "forward",
+        "gateway",
+        "journal",
+        "log",
+        "pipeline",
+        "sources",
+    ):
+        assert table in allowed
 
 
 @pytest.mark.parametrize("url", ["http://h", "ws://h:80", "h:1883", "mqtt://", "mqtt:///x"])
