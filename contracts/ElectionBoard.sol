@@ -48,7 +48,8 @@ contract ElectionBoard {
         uint64 indexed round, address indexed node, bytes32 definiteHash, bytes payload, uint32 count
     );
     event Disqualified(uint64 indexed round, address indexed node);
-    event DefiniteHashUsed(uint64 indexed round, bytes32 definiteHash, uint32 rehashes);
+    /// Indexed by hash too: "was h used before block b" is a log query, no historical state.
+    event DefiniteHashUsed(uint64 indexed round, bytes32 indexed definiteHash, uint32 rehashes);
 
     error NotRegistered(address node);
     error AlreadyRegistered(address node);

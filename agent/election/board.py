@@ -39,6 +39,7 @@ class ElectionBoard:
         self.address = address.lower()
         self.artifact = artifact or load_artifact("ElectionBoard")
         self.submitted_topic = event_topic(self.artifact.event("Submitted"))
+        self.used_topic = event_topic(self.artifact.event("DefiniteHashUsed"))
 
     # -- views ---------------------------------------------------------------------------------
     def _call_params(self, fn: str, args: tuple[Any, ...], block: int | str) -> list[Any]:
@@ -91,10 +92,28 @@ class ElectionBoard:
                 continue  # cannot happen for keys the board accepted; never a candidate then
         return found
 
-    async def used(self, definite_hash: bytes, block: int | str) -> bool:
-        return bool((await self.call("usedDefiniteHash", definite_hash, block=block))[0])
+    async def used_before(self, definite_hash: bytes, from_block: int, to_block: int) -> bool:
+        """Was `definite_hash` recorded as used in blocks [from_block, to_block]? Read from the
+        `DefiniteHashUsed` logs, not from state at an old block: a node that prunes old state,
+        or was restarted from a state dump, still has the logs."""
+        logs = await self.rpc.call(
+            "eth_getLogs",
+            [
+                {
+                    "address": self.address,
+                    "fromBlock": hex(from_block),
+                    "toBlock": hex(to_block),
+                    "topics": [self.used_topic, None, "0x" + definite_hash.hex()],
+                }
+            ],
+        )
+        if not isinstance(logs, list):
+            raise ChainError(f"eth_getLogs answered {type(logs).__name__}, not a list")
+        return any(not log.get("removed") for log in logs)
 
-    async def definite_hash_of(self, round: int, block: int | str) -> bytes:
+    async def definite_hash_of(self, round: int, block: int | str = "latest") -> bytes:
+        """The definite hash the board fixed for `round` (zero while nobody submitted); once
+        set it never changes, so "latest" is as good as any block after it."""
         return bytes((await self.call("definiteHashOf", round, block=block))[0])
 
     async def submission_count(self, round: int, node: str, block: int | str = "latest") -> int:

@@ -58,7 +58,7 @@ from agent.metrics import Metrics
 from agent.mqtt import MqttConnection
 
 VRF_SECRET_TAG = b"edgence/election/vrf-secret/v1"
-# Blocks of state a non-archive node keeps (geth: 128): older cutoffs may be unreadable.
+# A round whose reads keep failing is given up once its cutoff is this many blocks old.
 STATE_HORIZON = 128
 SUBMIT_GAS = 300_000  # generous: the round's first submission also fixes the definite hash
 
@@ -373,8 +373,8 @@ class ElectionRounds:
                 except _Retry:
                     break
                 except RpcError as exc:
-                    # E.g. a node that keeps only recent state cannot answer calls at an old
-                    # cutoff: retry while the round is recent, give it up once it is not.
+                    # The node refuses a read (e.g. logs that far back): retry while the round
+                    # is recent, give it up once it is not.
                     self.metrics.inc("election_decide_failed")
                     gone = head - sched.cutoff(q) > STATE_HORIZON
                     event(
@@ -402,12 +402,13 @@ class ElectionRounds:
 
     async def definite_hash(self, round: int) -> bytes:
         """The paper's definite hash of a round: the boundary block's hash, re-hashed while it
-        is in the board's record of used definite hashes as of the boundary block."""
+        is in the board's record of used definite hashes as of the boundary block (earlier
+        rounds only: the round's own first submission comes after it)."""
         assert self.schedule is not None
         b = self.schedule.boundary(round)
         h = await self._block_hash(b)
         for _ in range(MAX_REHASH):
-            if not await self.board.used(h, b):
+            if not await self.board.used_before(h, self.schedule.start, b):
                 return h
             h = keccak256(h)
         raise ElectionError(f"no unused definite hash for round {round}")
@@ -476,13 +477,16 @@ class ElectionRounds:
         b, c = sched.boundary(round), sched.cutoff(round)
         cutoff_hash = await self._block_hash(c)
         subs = await self.board.submissions(round, b + 1, c)
-        keys = await self.board.nodes(sorted({s.node for s in subs}), c)
+        # Registrations never change and every submitter was registered when it submitted
+        # (the board refuses others), so the latest state gives the keys the cutoff had; no
+        # call at an old block, which a pruning or restarted node may not answer.
+        keys = await self.board.nodes(sorted({s.node for s in subs}), "latest")
         ctx = RoundContext(
             round, self.chain_id, self.board.address, b, c, "0x" + cutoff_hash.hex(), self.cfg.k
         )
         if self.cfg.mode == "paper":
             definite = await self.definite_hash(round)
-            on_board = await self.board.definite_hash_of(round, c)
+            on_board = await self.board.definite_hash_of(round)
             if subs and on_board != definite:
                 self.metrics.inc("election_board_disagrees")
                 event(

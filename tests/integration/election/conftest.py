@@ -19,6 +19,7 @@ from agent.chainclient.contracts import load_artifact
 from agent.chainclient.rpc import hex_int
 from agent.chainclient.tx import Eip1559Tx, SignedTx, contract_address, encode_constructor
 from agent.election.board import ElectionBoard, vrf_key_digest
+from agent.errors import ChainError
 from agent.localbroker import LocalMosquitto
 from tests.integration.conftest import agent_config_dict, wait_until
 
@@ -58,14 +59,17 @@ class Miner:
                 self._run.wait(0.2)
                 continue
             self._idle.clear()
-            want = self.expect(head(self.node))
-            if want:
-                deadline = time.monotonic() + self.patience
-                while pooled(self.node) < want and time.monotonic() < deadline:
-                    if self._stop.wait(0.05):
-                        return
-            if self._run.is_set():
-                self.node.rpc("evm_mine")
+            try:
+                want = self.expect(head(self.node))
+                if want:
+                    deadline = time.monotonic() + self.patience
+                    while pooled(self.node) < want and time.monotonic() < deadline:
+                        if self._stop.wait(0.05):
+                            return
+                if self._run.is_set():
+                    self.node.rpc("evm_mine")
+            except (OSError, ChainError):
+                continue  # the node is restarting: try again on the next tick
 
     def hold(self) -> None:
         self._idle.clear()
