@@ -30,8 +30,10 @@ from agent.devices.mqtt import MqttSource
 from agent.errors import AgentError, JournalError
 from agent.journal import Journal, JournalStats
 from agent.logs import event
+from agent.masternode import HeartbeatTask, OracleSubmitter, RegistryClient
 from agent.metrics import Metrics
 from agent.model import Eip712Domain
+from agent.oracle import CoapOracle, MqttOracle, OracleService
 from agent.pipeline import AllowlistGate, Pipeline
 from agent.secrets import check_secret_mode
 
@@ -131,7 +133,63 @@ class Agent:
                 client_id=f"edgence-{self.key.address[2:14]}-devices",
             )
         self._setup_chain()
+        self._setup_oracle()
         self.ready = asyncio.Event()
+
+    def _setup_oracle(self) -> None:
+        """[oracle] queries over MQTT 5 / CoAP, [oracle.submit] on-chain submission and the
+        [masternode] heartbeat (each only when enabled)."""
+        cfg = self.cfg
+        self.oracle: OracleService | None = None
+        self.oracle_mqtt: MqttOracle | None = None
+        self.oracle_coap: CoapOracle | None = None
+        self.heartbeat: HeartbeatTask | None = None
+        self.submitter: OracleSubmitter | None = None
+        o = cfg.oracle
+        if o.enabled:
+            allowed = frozenset(cfg.mqtt.allowed_devices)
+            self.oracle = OracleService(
+                self.journal,
+                self.executor,
+                contract=cfg.gateway.verifying_contract,
+                known_device=allowed.__contains__,
+                metrics=self.metrics,
+                max_inflight=o.max_inflight,
+            )
+            self.pipeline.add_sink(self.oracle.offer)
+            if o.mqtt_enabled and o.mqtt is not None:
+                names = {"prefix": o.topic_prefix, "gateway": self.key.address}
+                self.oracle_mqtt = MqttOracle(
+                    self.oracle,
+                    o.mqtt,
+                    request_topic=f"{o.topic_prefix}/{self.key.address}/oracle/req",
+                    reply_filters=tuple(t.format(**names) for t in o.reply_topics),
+                    client_id=o.mqtt.client_id or f"edgence-{self.key.address[2:14]}-oracle",
+                )
+            if o.coap_enabled:
+                self.oracle_coap = CoapOracle(self.oracle, o.coap_host, o.coap_port)
+        if self.tx_sender is None:
+            return
+        mn = cfg.masternode
+        if mn.registry is not None and mn.heartbeat:
+            assert self.rpc is not None
+            self.heartbeat = HeartbeatTask(
+                RegistryClient(self.rpc, self.tx_sender, mn.registry),
+                every_blocks=mn.heartbeat_every_blocks,
+                check_interval_s=mn.check_interval_s,
+                metrics=self.metrics,
+            )
+        if o.submit_enabled:
+            self.submitter = OracleSubmitter(
+                self.journal,
+                self.executor,
+                self.tx_sender,
+                contract=cfg.gateway.verifying_contract,
+                sensors=o.submit_sensors,
+                interval_s=o.submit_interval_s,
+                max_batch=o.submit_max_batch,
+                metrics=self.metrics,
+            )
 
     def _setup_chain(self) -> None:
         """[chain] and [forward]: the full node's client, the agent's own transactions, new
@@ -202,6 +260,9 @@ class Agent:
             parts.append(("forward-mqtt", self.forward_mqtt.run))
         if self.forward_coap is not None:
             parts.append(("forward-coap", self.forward_coap.run))
+        for part in (self.oracle_mqtt, self.oracle_coap, self.heartbeat, self.submitter):
+            if part is not None:
+                parts.append((part.name, part.run))
         return [asyncio.create_task(supervise(n, fn, stopping, m)) for n, fn in parts]
 
     async def _stop_chain(self) -> None:
@@ -209,6 +270,10 @@ class Agent:
             await self.forward_mqtt.stop()
         if self.forward_coap is not None:
             await self.forward_coap.stop()
+        if self.oracle_mqtt is not None:
+            await self.oracle_mqtt.stop()
+        if self.oracle_coap is not None:
+            await self.oracle_coap.stop()
 
     async def _close_chain(self) -> None:
         if self.tx_sender is not None:
@@ -255,6 +320,10 @@ class Agent:
             await self.forward_mqtt.ready.wait()
         if self.forward_coap is not None:
             await self.forward_coap.ready.wait()
+        if self.oracle_mqtt is not None:
+            await self.oracle_mqtt.ready.wait()
+        if self.oracle_coap is not None:
+            await self.oracle_coap.ready.wait()
         self.ready.set()
         event(
             log,
@@ -266,6 +335,10 @@ class Agent:
             chain=self.cfg.chain.rpc_url if self.rpc else "disabled",
             forward=",".join(
                 n for n, c in (("mqtt", self.forward_mqtt), ("coap", self.forward_coap)) if c
+            )
+            or "disabled",
+            oracle=",".join(
+                n for n, c in (("mqtt", self.oracle_mqtt), ("coap", self.oracle_coap)) if c
             )
             or "disabled",
         )

@@ -193,3 +193,69 @@ def deployment(anvil: LocalAnvil, contracts_built: Path) -> Iterator[Deployment]
         "ObservationOracle", registry.address, QUORUM, MAX_AGE_S, MAX_FUTURE_S, ROUND_WINDOW_S
     )
     yield Deployment(chain, registry, oracle)
+
+
+class OracleAsker:
+    """A dApp's MQTT 5 client for oracle queries (its own paho thread, independent of the
+    agent's MQTT code): request on .../oracle/req, answer on its own response topic."""
+
+    def __init__(self, port: int, gateway: str) -> None:
+        import threading
+        import uuid
+
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+        self.name = f"dapp-{uuid.uuid4().hex[:8]}"
+        self.req_topic = f"edgence/{gateway}/oracle/req"
+        self.reply_topic = f"edgence/{gateway}/oracle/res/{self.name}"
+        self.answers: dict[bytes, bytes] = {}
+        self.cv = threading.Condition()
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.name, protocol=MQTTProtocolVersion.MQTTv5
+        )
+        subscribed = threading.Event()
+        c.on_message = self._on_message
+        c.on_subscribe = lambda *a: subscribed.set()
+        c.connect("127.0.0.1", port, 30)
+        c.loop_start()
+        c.subscribe(self.reply_topic, 1)
+        assert subscribed.wait(10)
+        self.client = c
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self.cv:
+            self.answers[bytes(msg.properties.CorrelationData)] = bytes(msg.payload)
+            self.cv.notify_all()
+
+    def send(self, payload: bytes, reply_to: str | None = None) -> bytes:
+        import uuid
+
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        corr = uuid.uuid4().bytes
+        p = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        p.ResponseTopic = reply_to or self.reply_topic
+        p.CorrelationData = corr
+        self.client.publish(self.req_topic, payload, qos=1, properties=p).wait_for_publish(10)
+        return corr
+
+    def wait(self, corr: bytes, timeout: float = 10.0) -> bytes:
+        with self.cv:
+            assert self.cv.wait_for(lambda: corr in self.answers, timeout), "no answer"
+            return self.answers.pop(corr)
+
+    async def ask_raw(self, payload: bytes) -> bytes:
+        import asyncio
+
+        corr = self.send(payload)
+        return await asyncio.to_thread(self.wait, corr)
+
+    async def ask(self, **query: Any) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads(await self.ask_raw(json.dumps(query).encode()))
+        return out
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
