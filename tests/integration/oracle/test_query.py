@@ -91,7 +91,7 @@ async def test_mqtt_queries_latest_earlier_and_each_error(
         future = await asker.ask(device="dev-1", sensor="temp", at=int(time.time()) + 60)
         assert verify_envelope(future["observation"]).gateway_sequence == v.gateway_sequence
 
-        errors = {
+        errors: dict[str, list[dict[str, Any]]] = {
             "not_found": [
                 {"device": "dev-1", "sensor": "temp", "sequence": first_seq + 1},  # a hum
                 {"device": "dev-1", "sensor": "temp", "at": 1000},
