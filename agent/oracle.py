@@ -364,7 +364,12 @@ class MqttOracle:
         self.reply_filters = reply_filters
         self.log = logger or logging.getLogger("agent.oracle.mqtt")
         self.conn = MqttConnection(
-            endpoint, client_id=client_id, clean_start=True, name="oracle", logger=self.log
+            endpoint,
+            client_id=client_id,
+            clean_start=True,
+            name="oracle",
+            logger=self.log,
+            nodelay=True,
         )
         self.ready = asyncio.Event()
         self.conn.client.on_message = self._on_message
