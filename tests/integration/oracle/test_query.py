@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -172,3 +173,53 @@ async def test_coap_get_and_observe_stream(
         req.observation.cancel()
     finally:
         await ctx.shutdown()
+
+
+async def test_independent_clients_mosquitto_rr_and_libcoap(
+    local_broker: LocalMosquitto, device: Device, start_agent: Callable[..., Any]
+) -> None:
+    """The commands docs/dapp-developers.md shows: Mosquitto's mosquitto_rr (MQTT 5 request/
+    response) and libcoap's coap-client, neither of them sharing code with the agent."""
+    port = free_port()
+    running, key = await start_oracle_agent(local_broker, start_agent, port)
+    await publish_and_wait(running, device, [frame(1, 1777)])
+    gw = key.address
+
+    def rr() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                "mosquitto_rr",
+                "-V",
+                "5",
+                "-p",
+                str(local_broker.port),
+                "-h",
+                "127.0.0.1",
+                "-t",
+                f"edgence/{gw}/oracle/req",
+                "-e",
+                f"edgence/{gw}/oracle/res/me",
+                "-m",
+                '{"device":"dev-1","sensor":"temp"}',
+                "-W",
+                "10",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+
+    def coap() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["coap-client-notls", "-m", "get", f"coap://127.0.0.1:{port}/oracle/dev-1/temp"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+
+    for run in (rr, coap):
+        out = await asyncio.to_thread(run)
+        assert out.returncode == 0, out.stderr
+        answer = json.loads(out.stdout.strip().splitlines()[-1])
+        v = verify_envelope(answer["observation"])
+        assert v.signer == gw and v.reading.value == 1777
