@@ -191,12 +191,14 @@ async def _masternode(args: argparse.Namespace) -> int:
             if args.action != "status":
                 await sender.check_chain()
             if args.action == "register":
-                vrf_hex = args.vrf_public_key
-                vrf = (
-                    bytes.fromhex(vrf_hex.removeprefix("0x"))
-                    if vrf_hex
-                    else cfg.masternode.vrf_public_key
-                )
+                vrf = cfg.masternode.vrf_public_key
+                if args.vrf_public_key:
+                    try:
+                        vrf = bytes.fromhex(args.vrf_public_key.removeprefix("0x"))
+                    except ValueError:
+                        raise AgentError(
+                            "--vrf-public-key must be hex (0x02.. or 0x03..)"
+                        ) from None
                 if vrf is None:
                     raise AgentError(
                         "no VRF public key: pass --vrf-public-key 0x02.. or set "

@@ -102,6 +102,10 @@ async def test_three_masternodes_reach_quorum_heartbeat_and_withdraw(
         configs.append((cfg, base))
         agents.append(await start_agent(cfg, key, name=f"mn{i}"))
     assert chain.call(registry, "activeCount") == (3,)
+    # A second registration is refused with the contract's reason, and nothing is sent.
+    _, base0 = configs[0]
+    assert await cli("masternode", "register", "--config", str(base0 / "agent.toml")) == 2
+    assert "register: AlreadyRegistered(" in capsys.readouterr().err
 
     # The same sensor as three gateways see it (each has its own topic, its own reading).
     values = [2150, 2090, 2230]
