@@ -18,8 +18,10 @@ Transports (each a thin shell around `Forwarder.handle`):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -116,6 +118,87 @@ class _Head:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+class Coalescer:
+    """Single requests that arrive while `parallel` posts to the node are already under way
+    wait and then go together, as one JSON-RPC batch: one HTTP round trip, and one pair of
+    system calls, for many. A request alone goes alone, and its answer passes through as the
+    node wrote it. (The price: within one batch, a slow call delays the others' answers.)"""
+
+    def __init__(self, rpc: RpcClient, policy: ForwardPolicy, parallel: int = 2) -> None:
+        self.rpc = rpc
+        self.policy = policy
+        self.parallel = parallel
+        self.max_batch = 32
+        self._queue: list[tuple[dict[str, Any], asyncio.Future[bytes]]] = []
+        self._running = 0
+        self.batches = 0
+
+    async def call(self, item: dict[str, Any]) -> bytes:
+        """The node's answer to one request (raw JSON), or ChainError."""
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, fut))
+        if self._running < self.parallel:
+            self._running += 1
+            asyncio.get_running_loop().create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+                try:
+                    await self._send([x for x in batch if not x[1].done()])
+                except ChainError as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+        finally:
+            self._running -= 1
+
+    async def _send(self, batch: list[tuple[dict[str, Any], asyncio.Future[bytes]]]) -> None:
+        if not batch:
+            return
+        limit = self.policy.max_response_bytes
+        if len(batch) == 1:
+            item, fut = batch[0]
+            body = json.dumps(item, separators=(",", ":")).encode()
+            raw = await self.rpc.post(
+                body, max_response_bytes=limit, deadline=self.policy.timeout_s
+            )
+            if not fut.done():
+                fut.set_result(raw)
+            return
+        self.batches += 1
+        sent = [{**item, "id": k} for k, (item, _) in enumerate(batch)]
+        raw = await self.rpc.post(
+            json.dumps(sent, separators=(",", ":")).encode(),
+            max_response_bytes=limit * len(batch),
+            deadline=self.policy.timeout_s,
+        )
+        try:
+            got = json.loads(raw)
+        except ValueError:
+            raise ChainError("the node's batch answer is not JSON") from None
+        by_id = {}
+        if isinstance(got, list):
+            by_id = {
+                a.get("id"): a for a in got if isinstance(a, dict) and type(a.get("id")) is int
+            }
+        for k, (item, fut) in enumerate(batch):
+            if fut.done():
+                continue
+            a = by_id.get(k)
+            if a is None:
+                fut.set_exception(ChainError("the node's batch answer lacks a request"))
+                continue
+            out = json.dumps({**a, "id": item.get("id")}, separators=(",", ":")).encode()
+            if len(out) > limit:
+                fut.set_exception(ResponseTooLarge(limit))
+            else:
+                fut.set_result(out)
+
+
 class Forwarder:
     """Checks a dApp's JSON-RPC payload against the policy and passes what is allowed on."""
 
@@ -138,6 +221,7 @@ class Forwarder:
         self._down_until = 0.0
         self._down_hold = down_hold_s
         self.inflight = 0
+        self.coalescer = Coalescer(rpc, policy)
 
     # -- entry point -------------------------------------------------------------------------
     async def handle(self, client: str, payload: bytes, transport: str) -> bytes | None:
@@ -153,8 +237,8 @@ class Forwarder:
         except Refusal as r:
             self._refused(client, transport, r)
             answer = r.error(None)
-        if answer is None:
-            return None
+        if answer is None or isinstance(answer, bytes):
+            return answer
         return json.dumps(answer, separators=(",", ":")).encode()
 
     async def _handle(self, client: str, payload: bytes, transport: str) -> Any:
@@ -188,6 +272,16 @@ class Forwarder:
                 f"rate limit of {p.rate:g} requests/s (burst {p.burst}) exceeded; slow down",
                 retry_after_ms=int(wait * 1000) + 1,
             )
+        if not is_batch and isinstance(body, dict) and "id" in body:
+            # The common case, a single request: the node's answer (with the client's own id,
+            # which the node echoes) goes back byte for byte, without being parsed again.
+            try:
+                await self._check(body)
+            except Refusal as r:
+                self._refused(client, transport, r)
+                return r.error(body.get("id"))
+            self.metrics.inc("forward_requests", transport=transport)
+            return await self._forward_one(client, transport, body)
         answers: list[dict[str, Any] | None] = [None] * len(items)
         to_node: list[tuple[int, dict[str, Any]]] = []
         for i, item in enumerate(items):
@@ -285,6 +379,24 @@ class Forwarder:
             self._down_until = time.monotonic() + self._down_hold
             return Refusal(RESOURCE_UNAVAILABLE, "node_unreachable", "the full node is down")
         return Refusal(RESOURCE_UNAVAILABLE, "node_error", "the full node gave no usable answer")
+
+    async def _forward_one(
+        self, client: str, transport: str, item: dict[str, Any]
+    ) -> bytes | dict[str, Any]:
+        if time.monotonic() < self._down_until:
+            r = Refusal(RESOURCE_UNAVAILABLE, "node_unreachable", "the full node is down")
+            self._refused(client, transport, r)
+            return r.error(item.get("id"))
+        # Sent as parsed (never the client's bytes: a duplicate "method" key must not mean one
+        # thing to the allowlist and another to the node).
+        try:
+            raw = await self.coalescer.call(item)
+        except ChainError as exc:
+            r = self._node_refusal(exc)
+            self._refused(client, transport, r)
+            return r.error(item.get("id"))
+        self._down_until = 0.0
+        return raw
 
     async def _forward(
         self, client: str, transport: str, items: list[dict[str, Any]]
@@ -401,6 +513,12 @@ class MqttForwarder:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _subscribe(self, session_present: bool) -> None:
+        # Request/response is ping-pong of small packets: without TCP_NODELAY, Nagle's
+        # algorithm meets the peer's delayed ACK and each answer can wait ~40 ms.
+        sock = self.conn.client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.conn.client.subscribe(self.request_topic, 1)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
@@ -408,11 +526,16 @@ class MqttForwarder:
         reply_to = getattr(props, "ResponseTopic", None) if props is not None else None
         corr = getattr(props, "CorrelationData", None) if props is not None else None
         payload = bytes(msg.payload)
-        t = asyncio.get_running_loop().create_task(self._serve(payload, reply_to, corr))
+        t = asyncio.get_running_loop().create_task(
+            self._serve(payload, reply_to, corr, min(msg.qos, 1))
+        )
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, payload: bytes, reply_to: str | None, corr: bytes | None) -> None:
+    async def _serve(
+        self, payload: bytes, reply_to: str | None, corr: bytes | None, qos: int = 1
+    ) -> None:
+        """Answer one request; the answer is published with the request's QoS (0 or 1)."""
         v311 = reply_to is None
         correlation: Any = None
         if v311:
@@ -455,13 +578,13 @@ class MqttForwarder:
                 + answer
                 + b"}"
             )
-            self.conn.client.publish(reply_to, out, qos=1)
+            self.conn.client.publish(reply_to, out, qos=qos)
         else:
             p = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             if corr is not None:
                 p.CorrelationData = corr
             p.ContentType = "application/json"
-            self.conn.client.publish(reply_to, answer, qos=1, properties=p)
+            self.conn.client.publish(reply_to, answer, qos=qos, properties=p)
 
     async def run(self) -> None:
         await self.conn.run()

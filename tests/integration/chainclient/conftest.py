@@ -80,12 +80,14 @@ class CountingProxy:
     def __init__(self, target: str) -> None:
         self.target = target
         self.methods: collections.Counter[str] = collections.Counter()
+        self.posts = 0
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        self.posts += 1
         parsed = json.loads(body)
         for item in parsed if isinstance(parsed, list) else [parsed]:
             self.methods[str(item.get("method"))] += 1

@@ -20,7 +20,7 @@ from agent.localbroker import LocalMosquitto, free_port
 from tests.integration.chainclient.conftest import Deployed
 from tests.integration.chainclient.test_forward import Dapp, rpc
 from tests.integration.chainclient.test_sender import deploy_counter_mined
-from tests.integration.conftest import agent_config_dict
+from tests.integration.conftest import agent_config_dict, async_wait_until
 
 
 def chain_config(
@@ -112,3 +112,60 @@ async def test_nonces_continue_across_an_agent_restart(
     assert hex_int(node.rpc("eth_getTransactionCount", [key.address, "latest"])) == 3
     data = "0x" + encode_call(counter.artifact.function("number")).hex()
     assert hex_int(node.rpc("eth_call", [{"to": counter.address, "data": data}, "latest"])) == 3
+
+
+async def test_anvil_killed_mid_traffic_then_everything_resumes_without_an_agent_restart(
+    local_broker: LocalMosquitto,
+    upstream_broker: LocalMosquitto,
+    anvil: LocalAnvil,
+    start_agent: Callable[..., Any],
+) -> None:
+    key = GatewayKey.generate()
+    running = await start_agent(
+        chain_config(local_broker, upstream_broker, anvil, free_port()), key
+    )
+    watcher = running.agent.chain_watcher
+    heads = watcher.heads()
+    await asyncio.wait_for(watcher.connected.wait(), 10)
+    d = Dapp(local_broker.port, v5=True, gateway=key.address)
+    answers: list[dict[str, Any]] = []
+    stop = asyncio.Event()
+
+    async def traffic() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            answers.append(await d.ask(rpc("eth_blockNumber", rid=i)))  # waits 10 s at most
+
+    try:
+        task = asyncio.create_task(traffic())
+        await async_wait_until(lambda: len(answers) >= 20, 30, "answers before the kill")
+        anvil.kill()
+        k = len(answers)
+        await async_wait_until(
+            lambda: len(answers) >= k + 20 and any("error" in a for a in answers[k:]),
+            30,
+            "answers while the node is down",
+        )
+        await asyncio.to_thread(anvil.start)
+        r = len(answers)
+        await async_wait_until(
+            lambda: any("result" in a for a in answers[r:]), 30, "answers after the restart"
+        )
+        stop.set()
+        await task
+    finally:
+        d.close()
+    # Every request was answered (none hung); while the node was down, with -32002 at once.
+    errors = [a for a in answers if "error" in a]
+    assert errors and all(a["error"]["code"] == -32002 for a in errors)
+    assert {a["error"]["data"]["reason"] for a in errors} == {"node_unreachable"}
+    assert "result" in answers[-1]
+    # Subscriptions resume too: the restarted (fresh) node's new blocks arrive as heads.
+    anvil.rpc("evm_mine")
+    anvil.rpc("evm_mine")
+    while True:
+        h = await asyncio.wait_for(heads.get(), 10)
+        if h.number == 2 and h.hash == anvil.rpc("eth_getBlockByNumber", ["0x2", False])["hash"]:  # type: ignore[index]
+            break
+    assert running.agent.metrics.get("chain_link_lost") >= 1

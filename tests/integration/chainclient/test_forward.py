@@ -343,3 +343,31 @@ async def test_node_down_gives_quick_errors_and_forwarding_resumes(
         await asyncio.sleep(0.05)
     assert answer["result"] == "0x7a69"
     assert (await stack.coap(rpc("eth_blockNumber")))["result"] == "0x0"
+
+
+async def test_concurrent_single_requests_share_one_round_trip_and_keep_their_ids(
+    counting_proxy: CountingProxy, anvil: LocalAnvil
+) -> None:
+    async with RpcClient(counting_proxy.url) as c:
+        fwd = Forwarder(c, ForwardPolicy(), Metrics())
+        who = "0x" + "00" * 20
+        reqs = [
+            rpc("eth_chainId", rid=1),
+            rpc("eth_blockNumber", rid=1),  # the same id from another client
+            {**rpc("eth_getBalance", [who, "latest"]), "id": "a"},
+            rpc("eth_getBalance", ["not-an-address", "latest"], rid=4),  # the node's error
+            rpc("eth_gasPrice", rid=5),
+        ]
+        answers = await asyncio.gather(
+            *(fwd.handle(f"c{i}", json.dumps(r).encode(), "test") for i, r in enumerate(reqs))
+        )
+        # All five went to the node as one batch, in one HTTP request.
+        assert counting_proxy.posts == 1 and fwd.coalescer.batches == 1
+        for req, raw in zip(reqs, answers, strict=True):
+            assert raw is not None
+            got = json.loads(raw)
+            want = await direct(anvil, req)
+            assert got["id"] == req["id"]
+            assert ("error" in got) == ("error" in want)
+            if "result" in want:
+                assert got == want
