@@ -462,6 +462,13 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
     chain = _chain_section(section("chain"), data_dir)
     forward = _forward_section(section("forward"), mqtt.broker.url)
     oracle = _oracle_section(section("oracle"), mqtt.broker.url, chain, forward)
+    if oracle.submit_enabled and int(gateway.verifying_contract, 16) == 0:
+        raise ConfigError(
+            file,
+            "oracle.submit.enabled",
+            "needs gateway.verifying_contract set to the ObservationOracle's address "
+            "(observations are signed for it); it is the zero address",
+        )
     masternode = _masternode_section(section("masternode"))
     root.done()
     return AgentConfig(

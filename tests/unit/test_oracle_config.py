@@ -21,7 +21,8 @@ def test_oracle_and_masternode_defaults(tmp_path: Path) -> None:
 def test_oracle_and_masternode_values_are_read(tmp_path: Path) -> None:
     cfg = load(
         tmp_path,
-        MINIMAL + "[chain]\nenabled = true\n"
+        MINIMAL.replace("[gateway]\n", f'[gateway]\nverifying_contract = "0x{"cd" * 20}"\n')
+        + "[chain]\nenabled = true\n"
         '[oracle]\nenabled = true\n[oracle.coap]\nenabled = true\nbind = "0.0.0.0:5690"\n'
         '[oracle.submit]\nenabled = true\nsensors = ["dev-1/temp", "sim-2/pressure"]\n'
         'interval = "5m"\nmax_batch = 10\n'
@@ -56,6 +57,10 @@ def test_oracle_and_masternode_refusals_name_the_key(tmp_path: Path) -> None:
         ),
         "[forward]\nenabled = true\n[forward.coap]\nenabled = true\n"
         "[oracle.coap]\nenabled = true\n": ("[oracle.coap.bind]", "port of its own"),
+        '[chain]\nenabled = true\n[oracle.submit]\nenabled = true\nsensors = ["d/t"]\n': (
+            "[oracle.submit.enabled]",
+            "gateway.verifying_contract",
+        ),
     }
     for text, (key, words) in cases.items():
         _, message = refusal(tmp_path, MINIMAL + text)
