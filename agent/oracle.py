@@ -457,7 +457,13 @@ class CoapOracle:
             async def add_observation(self, request: aiocoap.Message, serverobs: Any) -> None:
                 path = tuple(request.opt.uri_path)
                 if len(path) != 2 or request.opt.uri_query:
-                    return  # only the latest of a sensor is a stream; the rest answer once
+                    # Only the latest of a sensor is a stream; the rest answer once (accepted
+                    # and deregistered at once: aiocoap then sends one final answer).
+                    serverobs.accept(lambda: None)
+                    serverobs.deregister()
+                    return
+                # A refused query (unknown device...) ends the observation with its error,
+                # and aiocoap calls the cancel then, so no watcher is left behind.
                 cancel = service.watch(path[0], path[1], lambda: serverobs.trigger())
                 serverobs.accept(cancel)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiocoap
+import pytest
 from eth_abi.abi import decode as abi_decode
 
 from agent.attest.keys import GatewayKey
@@ -133,7 +135,10 @@ async def test_mqtt_queries_latest_earlier_and_each_error(
 
 
 async def test_coap_get_and_observe_stream(
-    local_broker: LocalMosquitto, device: Device, start_agent: Callable[..., Any]
+    local_broker: LocalMosquitto,
+    device: Device,
+    start_agent: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     port = free_port()
     running, key = await start_oracle_agent(local_broker, start_agent, port)
@@ -171,6 +176,26 @@ async def test_coap_get_and_observe_stream(
         note = await asyncio.wait_for(notifications.__anext__(), 10)
         assert verify_envelope(json.loads(note.payload)["observation"]).reading.value == 1950
         req.observation.cancel()
+
+        # Observe on a fixed sequence or on an unknown device: one final answer, no stream,
+        # and no watcher left behind for them.
+        once = ctx.request(
+            aiocoap.Message(
+                code=aiocoap.GET, uri=base + f"/dev-1/temp?seq={v.gateway_sequence}", observe=0
+            )
+        )
+        resp = await asyncio.wait_for(once.response, 10)
+        assert resp.code == aiocoap.CONTENT and resp.opt.observe is None
+        gone = ctx.request(aiocoap.Message(code=aiocoap.GET, uri=base + "/nope/x", observe=0))
+        resp = await asyncio.wait_for(gone.response, 10)
+        assert resp.code == aiocoap.NOT_FOUND and resp.opt.observe is None
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert not errors, [r.getMessage() for r in errors]
+        service = running.agent.oracle
+        assert service is not None
+        await async_wait_until(
+            lambda: ("nope", "x") not in service._watchers, 10, "the refused watcher released"
+        )
     finally:
         await ctx.shutdown()
 
