@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import shutil
 import signal
 import sys
@@ -26,11 +27,13 @@ from agent.attest.keys import GatewayKey, write_key_file
 from agent.attest.observation import verify_envelope
 from agent.chainclient.anvil import LocalAnvil
 from agent.config import BrokerEndpoint, load_config
+from agent.devices.registry import DeviceRegistry
 from agent.errors import ChainError, EnvelopeError
 from agent.localbroker import LocalMosquitto
+from agent.model import Transport
 from agent.mqtt import MqttConnection
 from agent.runtime import Agent
-from agent.simulator import demo_devices
+from agent.simulator import SimulatedDevice, demo_devices
 
 INTRUDER_EVERY = 15  # frames between two attempts to slip something past the gateway
 
@@ -43,10 +46,13 @@ chain_id = 31337
 
 [sources.mqtt]
 url = "{local}"
-allowed_devices = ["sim-1", "sim-2"]
 
 [bridge]
 url = "{upstream}"
+
+[metrics]
+# Any free port: the demo must not collide with an installed agent on 127.0.0.1:9464.
+listen = "127.0.0.1:0"
 """
 
 CHAIN_TEMPLATE = """
@@ -110,6 +116,14 @@ async def _demo(
         text += CHAIN_TEMPLATE.format(rpc=node.url, ws=node.ws_url)
     cfg_path.write_text(text)
     cfg = load_config(cfg_path)
+    devices = demo_devices()
+    # The simulated sensors are enrolled as `edgence-agent pair` would leave them: active,
+    # each with its own key; every frame they send carries its HMAC.
+    assert cfg.enrollment is not None
+    registry = DeviceRegistry(cfg.enrollment.registry_dir)
+    for d in devices:
+        d.key = secrets.token_bytes(32)
+    registry.enroll_active((d.device_id, Transport.MQTT, d.key) for d in devices if d.key)
     agent = Agent(cfg, key)
     print(f"edgence-agent demo  (work dir {workdir})", file=out)
     print(f"  gateway address  {key.checksum_address}  (throwaway key)", file=out)
@@ -173,7 +187,6 @@ async def _demo(
         viewer.client.subscribe(f"edgence/{key.address}/obs/#", 1)
 
     viewer.on_connected = view_subscribe
-    devices = demo_devices()
     shown_rejections: dict[str, int] = {}
 
     def show_rejections() -> None:
@@ -214,9 +227,14 @@ async def _demo(
             publisher.client.publish(f"devices/{dev.device_id}/up", frame, qos=1)
             i += 1
             if i % INTRUDER_EVERY == 0:
-                # An unknown device and a replayed frame: the gateway must vouch for neither.
+                # An unknown device, a replayed frame and a forged one (right device, wrong
+                # key): the gateway must vouch for none of them.
                 publisher.client.publish("devices/intruder/up", dev.next_frame(), qos=1)
                 publisher.client.publish(f"devices/{dev.device_id}/up", frame, qos=1)
+                forger = SimulatedDevice(
+                    dev.device_id, list(dev.sensors), dev.counter + 1, key=bytes(32)
+                )
+                publisher.client.publish(f"devices/{dev.device_id}/up", forger.next_frame(), qos=1)
             show_rejections()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0 / rate)

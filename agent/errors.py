@@ -86,3 +86,8 @@ class RpcError(ChainError):
 
 class TransactionError(ChainError):
     """One of the agent's own transactions failed (reverted, could not be sent or replaced)."""
+
+
+class BleUnavailable(AgentError):
+    """The Bluetooth stack (BlueZ over D-Bus, or the adapter) cannot be used; the message says
+    what to install or start."""

@@ -40,6 +40,8 @@ class Arrival:
     received_at: float = field(default_factory=time.time)
     ack: Callable[[], None] | None = None
     rejected: str | None = None
+    # Set by a source that authenticated the frame itself (a BTHome advert's AES-CCM MIC).
+    verified: AuthMethod | None = None
 
 
 class DeviceGate(Protocol):
@@ -63,6 +65,18 @@ class AllowlistGate:
                 f"device {arrival.device_id!r} is not in sources.mqtt.allowed_devices",
             )
         return AuthMethod.ALLOWLIST
+
+
+class TransportGate:
+    """Asks the gate of the arrival's transport (BLE devices are known to the BLE source's
+    device directory), and `default` for every other transport."""
+
+    def __init__(self, gates: dict[Transport, DeviceGate], default: DeviceGate) -> None:
+        self.gates = gates
+        self.default = default
+
+    def check(self, arrival: Arrival) -> AuthMethod:
+        return self.gates.get(arrival.transport, self.default).check(arrival)
 
 
 class Pipeline:
@@ -97,6 +111,8 @@ class Pipeline:
         self._space = asyncio.Event()
         self._space.set()
         self._last_counter: dict[str, int] = {}
+        # device id -> the source it was last accepted from (since start; for status/health)
+        self.device_sources: dict[str, str] = {}
         self._sinks: list[Callable[[int, list[Observation]], None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
@@ -112,6 +128,10 @@ class Pipeline:
         """Last journaled counter per device, so replays are refused across restarts."""
         loop = asyncio.get_running_loop()
         self._last_counter = await loop.run_in_executor(self.executor, self.journal.last_counters)
+
+    def last_counter(self, device_id: str) -> int | None:
+        """The last counter journaled for the device (None: never seen)."""
+        return self._last_counter.get(device_id)
 
     # -- intake --------------------------------------------------------------------------
     def offer(self, arrival: Arrival) -> bool:
@@ -193,6 +213,9 @@ class Pipeline:
         if obs:
             # Only counters that reached the journal count: a refused frame may come again.
             self._last_counter.update(updates)
+            for arr in batch:
+                if arr.rejected is None:
+                    self.device_sources[arr.device_id] = arr.source
         for arr in batch:
             if arr.ack is not None:
                 arr.ack()

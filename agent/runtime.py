@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from agent.attest.keys import GatewayKey, load_key_file
 from agent.attest.observation import ObservationSigner
@@ -26,16 +26,30 @@ from agent.chainclient.rpc import RpcClient
 from agent.chainclient.sender import TxSender
 from agent.chainclient.subscribe import ChainWatcher
 from agent.config import AgentConfig
+from agent.devices.ble import (
+    BleBackend,
+    BleDeviceDirectory,
+    BleGate,
+    BleSource,
+    ConfiguredBleDevices,
+    EnrolledBleDevices,
+)
+from agent.devices.gate import EnrollmentGate
 from agent.devices.mqtt import MqttSource
+from agent.devices.registry import DeviceRegistry
 from agent.errors import AgentError, JournalError
 from agent.journal import Journal, JournalStats
 from agent.logs import event
 from agent.masternode import HeartbeatTask, OracleSubmitter, RegistryClient
 from agent.metrics import Metrics
-from agent.model import Eip712Domain
+from agent.model import Eip712Domain, Transport
 from agent.oracle import CoapOracle, MqttOracle, OracleService
-from agent.pipeline import AllowlistGate, Pipeline
+from agent.pipeline import DeviceGate, Pipeline, TransportGate
+from agent.sdnotify import Watchdog, notify, watchdog_interval
 from agent.secrets import check_secret_mode
+
+if TYPE_CHECKING:
+    from agent.telemetry import Telemetry
 
 log = logging.getLogger("agent.runtime")
 T = TypeVar("T")
@@ -89,7 +103,14 @@ async def supervise(
 class Agent:
     """The whole agent, built from an AgentConfig. `await agent.run(stop_event)`."""
 
-    def __init__(self, cfg: AgentConfig, key: GatewayKey | None = None) -> None:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        key: GatewayKey | None = None,
+        *,
+        ble_backend: BleBackend | None = None,
+        ble_devices: BleDeviceDirectory | None = None,
+    ) -> None:
         self.cfg = cfg
         self.key = key if key is not None else load_gateway_key(cfg)
         self.metrics = Metrics()
@@ -104,11 +125,32 @@ class Agent:
             logger=logging.getLogger("agent.journal"),
         )
         self.signer = ObservationSigner(self.key, domain_of(cfg))
+        enr = cfg.enrollment
+        self.registry = (
+            DeviceRegistry(enr.registry_dir) if enr is not None and enr.enabled else None
+        )
+        self.gate = EnrollmentGate(
+            self.registry,
+            allowlist=cfg.mqtt.allowed_devices,
+            rate=enr.rate if enr is not None else 10.0,
+            burst=enr.burst if enr is not None else 20.0,
+            metrics=self.metrics,
+        )
+        gate: DeviceGate = self.gate
+        if cfg.ble.enabled:
+            if ble_devices is None:
+                configured = ConfiguredBleDevices(cfg.ble.devices)
+                ble_devices = (
+                    EnrolledBleDevices(configured, self.gate)
+                    if self.registry is not None
+                    else configured
+                )
+            gate = TransportGate({Transport.BLE: BleGate(ble_devices, self.gate)}, gate)
         self.pipeline = Pipeline(
             signer=self.signer,
             journal=self.journal,
             executor=self.executor,
-            gate=AllowlistGate(cfg.mqtt.allowed_devices),
+            gate=gate,
             metrics=self.metrics,
             queue_size=cfg.pipeline.queue_size,
             batch_max=cfg.pipeline.batch_max,
@@ -132,9 +174,26 @@ class Agent:
                 metrics=self.metrics,
                 client_id=f"edgence-{self.key.address[2:14]}-devices",
             )
+        self.ble: BleSource | None = None
+        if cfg.ble.enabled:
+            assert ble_devices is not None
+            self.ble = BleSource(
+                cfg.ble,
+                pipeline=self.pipeline,
+                metrics=self.metrics,
+                directory=ble_devices,
+                backend=ble_backend,
+            )
         self._setup_chain()
         self._setup_oracle()
         self.ready = asyncio.Event()
+        self.started_at = time.monotonic()
+        self.watchdog = Watchdog(watchdog_interval())
+        self.telemetry: Telemetry | None = None
+        if cfg.metrics.enabled:
+            from agent.telemetry import Telemetry  # prometheus-client only when used
+
+            self.telemetry = Telemetry(self)
 
     def _setup_oracle(self) -> None:
         """[oracle] queries over MQTT 5 / CoAP, [oracle.submit] on-chain submission and the
@@ -147,12 +206,18 @@ class Agent:
         self.submitter: OracleSubmitter | None = None
         o = cfg.oracle
         if o.enabled:
-            allowed = frozenset(cfg.mqtt.allowed_devices)
+            gate = self.gate
+            ble_ids = frozenset(d.device_id for d in cfg.ble.devices)
+
+            def known_device(device: str) -> bool:
+                """Enrolled (the gate's registry view), allowlisted, or a configured BLE one."""
+                return device in gate.records or device in gate.allowlist or device in ble_ids
+
             self.oracle = OracleService(
                 self.journal,
                 self.executor,
                 contract=cfg.gateway.verifying_contract,
-                known_device=allowed.__contains__,
+                known_device=known_device,
                 metrics=self.metrics,
                 max_inflight=o.max_inflight,
             )
@@ -284,6 +349,10 @@ class Agent:
     async def _in_journal_thread(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
 
+    async def in_journal_thread(self, fn: Callable[[], T]) -> T:
+        """Run `fn` in the journal's thread (the only thread that touches sqlite)."""
+        return await self._in_journal_thread(fn)
+
     async def _maintain_journal(self, every: float = 10.0, stats_every: int = 6) -> None:
         """Enforce the journal's bounds every `every` seconds and log one stats line every
         `stats_every` rounds (the operator's heartbeat in journald)."""
@@ -316,6 +385,8 @@ class Agent:
     async def _announce_ready(self, started: float) -> None:
         if self.mqtt is not None:
             await self.mqtt.ready.wait()
+        if self.ble is not None:
+            await self.ble.ready.wait()
         if self.forward_mqtt is not None:
             await self.forward_mqtt.ready.wait()
         if self.forward_coap is not None:
@@ -325,12 +396,14 @@ class Agent:
         if self.oracle_coap is not None:
             await self.oracle_coap.ready.wait()
         self.ready.set()
+        notify("STATUS=ready: sources subscribed")
         event(
             log,
             "ready",
             gateway=self.key.address,
             ready_ms=int((time.monotonic() - started) * 1000),
-            sources="mqtt" if self.mqtt else "none",
+            sources=",".join(s for s, on in (("mqtt", self.mqtt), ("ble", self.ble)) if on)
+            or "none",
             upstream=self.cfg.bridge.broker.url if self.bridge else "disabled",
             chain=self.cfg.chain.rpc_url if self.rpc else "disabled",
             forward=",".join(
@@ -344,7 +417,7 @@ class Agent:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        started = time.monotonic()
+        started = self.started_at = time.monotonic()
         data_dir = self.cfg.gateway.data_dir
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         Path(self.cfg.journal.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -354,6 +427,7 @@ class Agent:
             self.executor.shutdown(wait=False)
             raise
         await self.pipeline.load_state()
+        await asyncio.get_running_loop().run_in_executor(None, self.gate.load)
         event(
             log,
             "starting",
@@ -370,28 +444,47 @@ class Agent:
         tasks = [
             asyncio.create_task(supervise("pipeline", self.pipeline.run, stopping, m)),
             asyncio.create_task(self._maintain_journal()),
+            asyncio.create_task(supervise("registry", self.gate.run, stopping, m)),
         ]
         if self.bridge is not None:
             tasks.append(asyncio.create_task(supervise("bridge", self.bridge.run, stopping, m)))
         if self.mqtt is not None:
             tasks.append(asyncio.create_task(supervise("mqtt", self.mqtt.run, stopping, m)))
+        if self.ble is not None:
+            tasks.append(asyncio.create_task(supervise("ble", self.ble.run, stopping, m)))
+        if self.telemetry is not None:
+            tasks.append(
+                asyncio.create_task(supervise("telemetry", self.telemetry.run, stopping, m))
+            )
         tasks += self._chain_tasks(stopping)
         tasks.append(asyncio.create_task(self._announce_ready(started)))
+        # READY=1 once the journal is open and every component is supervised, not when the
+        # local broker answers: a broker that is down is retried by the agent itself, and
+        # systemd would otherwise kill and restart a healthy agent at TimeoutStartSec.
+        notify("READY=1", "STATUS=started: waiting for the sources to subscribe")
+        self.watchdog.start()
         try:
             await stop.wait()
         finally:
             stopping.set()
+            notify("STOPPING=1", "STATUS=stopping: draining into the journal")
             await self._shutdown(tasks)
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         t0 = time.monotonic()
         if self.mqtt is not None:
             self.mqtt.conn.pause_reading()
+        if self.ble is not None:
+            await self.ble.stop()
         drained = await self.pipeline.drain(grace=0.8)
         if self.mqtt is not None:
             await self.mqtt.stop()
         if self.bridge is not None:
             await self.bridge.stop(grace=0.6)
+        try:
+            await self.gate.flush_activations()
+        except AgentError as exc:
+            event(log, "registry_error", logging.ERROR, error=str(exc))
         await self._stop_chain()
         for t in tasks:
             t.cancel()
@@ -399,6 +492,7 @@ class Agent:
         await self._close_chain()
         await self._in_journal_thread(self.journal.close)
         self.executor.shutdown(wait=True)
+        self.watchdog.stop()
         event(
             log,
             "stopped",
