@@ -22,7 +22,9 @@ from agent.attest.observation import verify_envelope
 from agent.chainclient.contracts import load_artifact
 from agent.chainclient.tx import selector
 from agent.devices.codecs.frame import encode_frame
+from agent.devices.registry import DeviceRegistry
 from agent.localbroker import LocalMosquitto, free_port
+from agent.model import Transport
 from agent.oracle import OBSERVATION_TUPLE, observation_tuple
 from tests.integration.conftest import Device, agent_config_dict, async_wait_until
 from tests.integration.oracle.conftest import OracleAsker
@@ -66,13 +68,19 @@ async def test_mqtt_queries_latest_earlier_and_each_error(
     device: Device,
     start_agent: Callable[..., Any],
     contracts_built: Path,
+    tmp_path: Path,
 ) -> None:
+    # A device enrolled (not allowlisted) before the agent starts is known to the oracle too.
+    DeviceRegistry(tmp_path / "agent" / "data" / "devices").enroll(
+        "enr-1", transport=Transport.MQTT, sensors=[("temp", "Cel")]
+    )
     running, key = await start_oracle_agent(local_broker, start_agent, free_port())
     asker = OracleAsker(local_broker.port, key.address)
     try:
-        # Known (allowlisted) but silent so far.
-        ans = await asker.ask(device="dev-1", sensor="temp")
-        assert ans["ok"] is False and ans["error"]["code"] == "no_data"
+        # Known (allowlisted, or enrolled) but silent so far.
+        for name in ("dev-1", "enr-1"):
+            ans = await asker.ask(device=name, sensor="temp")
+            assert ans["ok"] is False and ans["error"]["code"] == "no_data", ans
         await publish_and_wait(running, device, [frame(1, 2100), frame(2, 2101), frame(3, 2102)])
 
         latest = await asker.ask(device="dev-1", sensor="temp")
