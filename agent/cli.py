@@ -1,5 +1,5 @@
 """The `edgence-agent` command: init, run, demo, verify, pair, devices, doctor, status,
-election status."""
+election status, masternode."""
 
 from __future__ import annotations
 
@@ -234,6 +234,73 @@ def cmd_election_status(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _masternode(args: argparse.Namespace) -> int:
+    from agent.chainclient.rpc import RpcClient
+    from agent.chainclient.sender import TxSender
+    from agent.config import load_config
+    from agent.masternode import RegistryClient
+    from agent.runtime import load_gateway_key
+
+    cfg = load_config(args.config)
+    registry = cfg.masternode.registry
+    if registry is None:
+        raise AgentError(
+            f"{cfg.path}: [masternode] registry is not set: put the MasternodeRegistry's "
+            "address there"
+        )
+    key = load_gateway_key(cfg)
+    c = cfg.chain
+    async with RpcClient(c.rpc_url, timeout=c.timeout_s) as rpc:
+        sender = TxSender(
+            rpc,
+            key,
+            cfg.gateway.chain_id,
+            c.store or cfg.gateway.data_dir / "chain.sqlite",
+            confirmations=c.confirmations,
+            poll_interval_s=c.poll_interval_s,
+            fee_bump_percent=c.fee_bump_percent,
+        )
+        client = RegistryClient(rpc, sender, registry)
+        try:
+            if args.action != "status":
+                await sender.check_chain()
+            if args.action == "register":
+                vrf = cfg.masternode.vrf_public_key
+                if args.vrf_public_key:
+                    try:
+                        vrf = bytes.fromhex(args.vrf_public_key.removeprefix("0x"))
+                    except ValueError:
+                        raise AgentError(
+                            "--vrf-public-key must be hex (0x02.. or 0x03..)"
+                        ) from None
+                if vrf is None:
+                    raise AgentError(
+                        "no VRF public key: pass --vrf-public-key 0x02.. or set "
+                        "[masternode] vrf_public_key"
+                    )
+                rc = await client.register(vrf)
+            elif args.action == "heartbeat":
+                rc = await client.heartbeat()
+            elif args.action == "withdraw":
+                rc = await client.withdraw()
+            else:
+                rc = None
+            if rc is not None:
+                print(
+                    f"{args.action}: transaction {rc['transactionHash']} mined in block "
+                    f"{int(rc['blockNumber'], 16)}"
+                )
+            for line in (await client.status()).describe():
+                print(line)
+        finally:
+            sender.close()
+    return 0
+
+
+def cmd_masternode(args: argparse.Namespace) -> int:
+    return run_event_loop(_masternode(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edgence-agent", description="Edgence masternode gateway agent"
@@ -312,6 +379,20 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--last", type=int, default=5, help="how many rounds (default 5)")
     es.add_argument("--json", action="store_true", help="the published JSON documents")
     es.set_defaults(fn=cmd_election_status)
+
+    s = sub.add_parser(
+        "masternode", help="this gateway in the MasternodeRegistry: register, status, ..."
+    )
+    s.add_argument(
+        "action",
+        choices=["register", "status", "heartbeat", "withdraw"],
+        help="register (locks the collateral), status, heartbeat, withdraw (returns it)",
+    )
+    config_argument(s)
+    s.add_argument(
+        "--vrf-public-key", help="33-byte compressed VRF public key in hex (register only)"
+    )
+    s.set_defaults(fn=cmd_masternode)
 
     s = sub.add_parser("verify", help="check a signed observation envelope (FILE or -)")
     s.add_argument("file")

@@ -199,6 +199,36 @@ class ForwardConfig:
 
 
 @dataclass(frozen=True)
+class MasternodeConfig:
+    """[masternode]: this gateway as a masternode in the MasternodeRegistry."""
+
+    registry: str | None = None  # the registry contract's address
+    vrf_public_key: bytes | None = None  # 33-byte compressed point given at registration
+    heartbeat: bool = True  # send heartbeats automatically (needs [chain] and registry)
+    heartbeat_every_blocks: int = 0  # 0: half the registry's heartbeat window
+    check_interval_s: float = 15.0
+
+
+@dataclass(frozen=True)
+class OracleConfig:
+    """[oracle]: dApps query signed observations (MQTT 5, CoAP); optional on-chain submission."""
+
+    enabled: bool = False
+    max_inflight: int = 64
+    mqtt_enabled: bool = True
+    mqtt: BrokerEndpoint | None = None
+    topic_prefix: str = "edgence"
+    reply_topics: tuple[str, ...] = ("{prefix}/{gateway}/oracle/res/#",)
+    coap_enabled: bool = False
+    coap_host: str = "127.0.0.1"
+    coap_port: int = 5683
+    submit_enabled: bool = False
+    submit_sensors: tuple[tuple[str, str], ...] = ()
+    submit_interval_s: float = 60.0
+    submit_max_batch: int = 20
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """The loopback HTTP endpoint (/metrics for Prometheus, /health as JSON) and the retained
     health message published upstream every `health_interval_s`."""
@@ -247,6 +277,8 @@ class AgentConfig:
     ble: BleSourceConfig = field(default_factory=BleSourceConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     election: ElectionConfig = field(default_factory=ElectionConfig)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    masternode: MasternodeConfig = field(default_factory=MasternodeConfig)
 
 
 class _Section:
@@ -560,6 +592,15 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
     chain = _chain_section(section("chain"), data_dir)
     forward = _forward_section(section("forward"), mqtt.broker.url)
     election = _election_section(section("election"), data_dir, chain, bridge)
+    oracle = _oracle_section(section("oracle"), mqtt.broker.url, chain, forward)
+    if oracle.submit_enabled and int(gateway.verifying_contract, 16) == 0:
+        raise ConfigError(
+            file,
+            "oracle.submit.enabled",
+            "needs gateway.verifying_contract set to the ObservationOracle's address "
+            "(observations are signed for it); it is the zero address",
+        )
+    masternode = _masternode_section(section("masternode"))
     root.done()
     return AgentConfig(
         path=Path(file),
@@ -575,6 +616,8 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
         chain=chain,
         forward=forward,
         election=election,
+        oracle=oracle,
+        masternode=masternode,
     )
 
 
@@ -816,4 +859,119 @@ def _election_section(
             '(add [election.mqtt] url = "mqtt://HOST:PORT")',
         )
     e.done()
+    return cfg
+
+
+_ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}\Z")
+
+
+def _coap_bind(sec: _Section, default: str) -> tuple[str, int]:
+    bind = sec.get("bind", str, default)
+    host, _, port_s = bind.rpartition(":")
+    if not host or not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+        raise sec.err("bind", f'must be "HOST:PORT", e.g. "0.0.0.0:5683"; got {bind!r}')
+    return host.strip("[]"), int(port_s)
+
+
+def _oracle_section(
+    o: _Section, local_broker_url: str, chain: ChainConfig, forward: ForwardConfig
+) -> OracleConfig:
+    enabled = o.get("enabled", bool, False)
+    max_inflight = o.int_range("max_inflight", 64, 1, 10_000)
+    m = o.sub("mqtt")
+    mqtt_enabled = m.get("enabled", bool, True)
+    proto = m.data.get("protocol", "5")
+    if proto != "5":
+        raise m.err("protocol", f'must be "5" (replies use MQTT 5 response topics); got {proto!r}')
+    broker = replace(_broker(m, local_broker_url), protocol=5)
+    prefix = _checked(
+        m,
+        "topic_prefix",
+        lambda v: (
+            bool(v) and not set(v) & set("+#") and not v.startswith("/") and not v.endswith("/")
+        ),
+        "a topic prefix without + # or leading/trailing /",
+        m.get("topic_prefix", str, "edgence"),
+    )
+    reply_topics = m.str_list("reply_topics", ("{prefix}/{gateway}/oracle/res/#",))
+    for t in reply_topics:
+        if not t or t.startswith(("#", "+")):
+            raise m.err(
+                "reply_topics", f"{t!r} is too wide; e.g. {{prefix}}/{{gateway}}/oracle/res/#"
+            )
+    m.done()
+    co = o.sub("coap")
+    coap_enabled = co.get("enabled", bool, False)
+    host, port = _coap_bind(co, "127.0.0.1:5683")
+    if (
+        coap_enabled
+        and forward.enabled
+        and forward.coap_enabled
+        and (host, port) == (forward.coap_host, forward.coap_port)
+    ):
+        raise co.err(
+            "bind",
+            f"{host}:{port} is also forward.coap.bind; the oracle's CoAP server needs a port "
+            "of its own (e.g. 5684)",
+        )
+    co.done()
+    sb = o.sub("submit")
+    submit_enabled = sb.get("enabled", bool, False)
+    sensors: list[tuple[str, str]] = []
+    for item in sb.str_list("sensors", ()):
+        device, slash, sensor = item.partition("/")
+        if not slash or not NAME_RE.match(device) or not NAME_RE.match(sensor):
+            raise sb.err(
+                "sensors", f'each item is "DEVICE/SENSOR", e.g. "dev-1/temp"; got {item!r}'
+            )
+        sensors.append((device, sensor))
+    if submit_enabled and not sensors:
+        raise sb.err("sensors", 'must list what to submit, e.g. ["dev-1/temp"]')
+    if submit_enabled and not chain.enabled:
+        raise sb.err("enabled", "needs [chain] enabled = true (submissions are transactions)")
+    interval = sb.duration("interval", 60.0)
+    max_batch = sb.int_range("max_batch", 20, 1, 500)
+    sb.done()
+    o.done()
+    return OracleConfig(
+        enabled=enabled,
+        max_inflight=max_inflight,
+        mqtt_enabled=mqtt_enabled,
+        mqtt=broker,
+        topic_prefix=prefix,
+        reply_topics=reply_topics,
+        coap_enabled=coap_enabled,
+        coap_host=host,
+        coap_port=port,
+        submit_enabled=submit_enabled,
+        submit_sensors=tuple(sensors),
+        submit_interval_s=interval,
+        submit_max_batch=max_batch,
+    )
+
+
+def _masternode_section(mn: _Section) -> MasternodeConfig:
+    registry = mn.get("registry", str)
+    if registry is not None and not _ADDRESS_RE.match(registry):
+        raise mn.err("registry", f"must be 0x followed by 40 hex digits; got {registry!r}")
+    vrf_hex = mn.get("vrf_public_key", str)
+    vrf: bytes | None = None
+    if vrf_hex is not None:
+        try:
+            vrf = bytes.fromhex(vrf_hex.removeprefix("0x"))
+        except ValueError:
+            vrf = b""
+        if len(vrf) != 33 or vrf[0] not in (2, 3):
+            raise mn.err(
+                "vrf_public_key",
+                "must be a 33-byte compressed secp256k1 point in hex (0x02... or 0x03...)",
+            )
+    cfg = MasternodeConfig(
+        registry=registry,
+        vrf_public_key=vrf,
+        heartbeat=mn.get("heartbeat", bool, True),
+        heartbeat_every_blocks=mn.int_range("heartbeat_every_blocks", 0, 0, 10_000_000),
+        check_interval_s=mn.duration("check_interval", 15.0),
+    )
+    mn.done()
     return cfg

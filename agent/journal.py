@@ -522,6 +522,34 @@ class Journal:
             ).fetchone()
         return None if row is None else JournalEntry(*row)
 
+    def entry(self, seq: int) -> JournalEntry | None:
+        """The stored entry with gateway sequence `seq`, if it is still kept."""
+        with self._guard(f"read entry {seq}") as conn:
+            row = conn.execute(
+                "SELECT seq, device_id, sensor, created_at, envelope FROM entries WHERE seq = ?",
+                (seq,),
+            ).fetchone()
+        return None if row is None else JournalEntry(*row)
+
+    def latest_at(self, device_id: str, sensor: str, created_at: float) -> JournalEntry | None:
+        """The newest kept entry for that device's sensor journaled at or before `created_at`."""
+        with self._guard(f"read {device_id}/{sensor} at {created_at}") as conn:
+            row = conn.execute(
+                "SELECT seq, device_id, sensor, created_at, envelope FROM entries "
+                "WHERE device_id = ? AND sensor = ? AND created_at <= ? ORDER BY seq DESC LIMIT 1",
+                (device_id, sensor, created_at),
+            ).fetchone()
+        return None if row is None else JournalEntry(*row)
+
+    def sensors_of(self, device_id: str) -> list[str]:
+        """The sensors of a device that have kept entries, sorted."""
+        with self._guard(f"read sensors of {device_id}") as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT sensor FROM entries WHERE device_id = ? ORDER BY sensor",
+                (device_id,),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
     def stats(self) -> JournalStats:
         with self._guard("read stats") as conn:
             row = conn.execute("SELECT created_at FROM entries ORDER BY seq LIMIT 1").fetchone()

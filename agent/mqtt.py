@@ -86,8 +86,10 @@ class MqttConnection:
         session_expiry: int = 7 * 86400,
         logger: logging.Logger | None = None,
         backoff: tuple[float, float] = (0.25, 30.0),
+        nodelay: bool = False,
     ) -> None:
         self.endpoint = endpoint
+        self._nodelay = nodelay  # TCP_NODELAY, for request/response links
         self.name = name
         self.log = logger or logging.getLogger(f"agent.mqtt.{name}")
         self._clean_start = clean_start
@@ -152,6 +154,11 @@ class MqttConnection:
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         self._sock = sock
+        if self._nodelay:
+            # paho leaves Nagle on: a reply published right after the PUBACK of its request
+            # would wait for the broker's delayed ACK of that PUBACK (~40 ms on Linux).
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client.discard_buffer()
         self._in_loop(self._add_reader, sock)
 

@@ -41,9 +41,11 @@ from agent.election.rounds import ConnectionPublisher, ElectionRounds
 from agent.errors import AgentError, JournalError
 from agent.journal import Journal, JournalStats
 from agent.logs import event
+from agent.masternode import HeartbeatTask, OracleSubmitter, RegistryClient
 from agent.metrics import Metrics
 from agent.model import Eip712Domain, Transport
 from agent.mqtt import MqttConnection
+from agent.oracle import CoapOracle, MqttOracle, OracleService
 from agent.pipeline import DeviceGate, Pipeline, TransportGate
 from agent.sdnotify import Watchdog, notify, watchdog_interval
 from agent.secrets import check_secret_mode
@@ -185,6 +187,7 @@ class Agent:
                 backend=ble_backend,
             )
         self._setup_chain()
+        self._setup_oracle()
         self.ready = asyncio.Event()
         self.started_at = time.monotonic()
         self.watchdog = Watchdog(watchdog_interval())
@@ -193,6 +196,67 @@ class Agent:
             from agent.telemetry import Telemetry  # prometheus-client only when used
 
             self.telemetry = Telemetry(self)
+
+    def _setup_oracle(self) -> None:
+        """[oracle] queries over MQTT 5 / CoAP, [oracle.submit] on-chain submission and the
+        [masternode] heartbeat (each only when enabled)."""
+        cfg = self.cfg
+        self.oracle: OracleService | None = None
+        self.oracle_mqtt: MqttOracle | None = None
+        self.oracle_coap: CoapOracle | None = None
+        self.heartbeat: HeartbeatTask | None = None
+        self.submitter: OracleSubmitter | None = None
+        o = cfg.oracle
+        if o.enabled:
+            gate = self.gate
+            ble_ids = frozenset(d.device_id for d in cfg.ble.devices)
+
+            def known_device(device: str) -> bool:
+                """Enrolled (the gate's registry view), allowlisted, or a configured BLE one."""
+                return device in gate.records or device in gate.allowlist or device in ble_ids
+
+            self.oracle = OracleService(
+                self.journal,
+                self.executor,
+                contract=cfg.gateway.verifying_contract,
+                known_device=known_device,
+                metrics=self.metrics,
+                max_inflight=o.max_inflight,
+            )
+            self.pipeline.add_sink(self.oracle.offer)
+            if o.mqtt_enabled and o.mqtt is not None:
+                names = {"prefix": o.topic_prefix, "gateway": self.key.address}
+                self.oracle_mqtt = MqttOracle(
+                    self.oracle,
+                    o.mqtt,
+                    request_topic=f"{o.topic_prefix}/{self.key.address}/oracle/req",
+                    reply_filters=tuple(t.format(**names) for t in o.reply_topics),
+                    client_id=o.mqtt.client_id or f"edgence-{self.key.address[2:14]}-oracle",
+                )
+            if o.coap_enabled:
+                self.oracle_coap = CoapOracle(self.oracle, o.coap_host, o.coap_port)
+        if self.tx_sender is None:
+            return
+        mn = cfg.masternode
+        if mn.registry is not None and mn.heartbeat:
+            assert self.rpc is not None
+            self.heartbeat = HeartbeatTask(
+                RegistryClient(self.rpc, self.tx_sender, mn.registry),
+                every_blocks=mn.heartbeat_every_blocks,
+                check_interval_s=mn.check_interval_s,
+                metrics=self.metrics,
+            )
+        if o.submit_enabled:
+            self.submitter = OracleSubmitter(
+                self.journal,
+                self.executor,
+                self.tx_sender,
+                contract=cfg.gateway.verifying_contract,
+                sensors=o.submit_sensors,
+                interval_s=o.submit_interval_s,
+                max_batch=o.submit_max_batch,
+                metrics=self.metrics,
+            )
 
     def _setup_chain(self) -> None:
         """[chain] and [forward]: the full node's client, the agent's own transactions, new
@@ -302,6 +366,9 @@ class Agent:
             parts.append(("election", self.election.run))
         if self.election_publisher is not None and self.election_publisher.own:
             parts.append(("election-mqtt", self.election_publisher.run))
+        for part in (self.oracle_mqtt, self.oracle_coap, self.heartbeat, self.submitter):
+            if part is not None:
+                parts.append((part.name, part.run))
         return [asyncio.create_task(supervise(n, fn, stopping, m)) for n, fn in parts]
 
     async def _stop_chain(self) -> None:
@@ -311,6 +378,10 @@ class Agent:
             await self.forward_mqtt.stop()
         if self.forward_coap is not None:
             await self.forward_coap.stop()
+        if self.oracle_mqtt is not None:
+            await self.oracle_mqtt.stop()
+        if self.oracle_coap is not None:
+            await self.oracle_coap.stop()
 
     async def _close_chain(self) -> None:
         if self.tx_sender is not None:
@@ -363,6 +434,10 @@ class Agent:
             await self.forward_mqtt.ready.wait()
         if self.forward_coap is not None:
             await self.forward_coap.ready.wait()
+        if self.oracle_mqtt is not None:
+            await self.oracle_mqtt.ready.wait()
+        if self.oracle_coap is not None:
+            await self.oracle_coap.ready.wait()
         self.ready.set()
         notify("STATUS=ready: sources subscribed")
         event(
@@ -376,6 +451,10 @@ class Agent:
             chain=self.cfg.chain.rpc_url if self.rpc else "disabled",
             forward=",".join(
                 n for n, c in (("mqtt", self.forward_mqtt), ("coap", self.forward_coap)) if c
+            )
+            or "disabled",
+            oracle=",".join(
+                n for n, c in (("mqtt", self.oracle_mqtt), ("coap", self.oracle_coap)) if c
             )
             or "disabled",
         )

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -69,21 +70,26 @@ def _standard_input(sources: dict[str, str]) -> dict[str, Any]:
 
 
 def _run_solcjs(std_input: dict[str, Any], root: Path) -> dict[str, Any]:
-    proc = subprocess.run(
-        [str(node_bin("solcjs", root)), "--standard-json"],
-        input=json.dumps(std_input),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    # stdout goes to a file, not a pipe: node exits before a pipe has taken more than 64 KiB
+    # of solcjs's output, which cut the JSON of larger contract sets short.
+    with tempfile.TemporaryFile() as out_file:
+        proc = subprocess.run(
+            [str(node_bin("solcjs", root)), "--standard-json"],
+            input=json.dumps(std_input).encode(),
+            stdout=out_file,
+            stderr=subprocess.PIPE,
+            timeout=300,
+        )
+        out_file.seek(0)
+        text = out_file.read().decode("utf-8", errors="replace")
+    proc_stderr = proc.stderr.decode("utf-8", errors="replace")
     # solcjs prints notes such as ">>> Cannot retry compilation with SMT ..." before the JSON.
-    text = proc.stdout
     start = text.find("\n{") + 1 if not text.startswith("{") else 0
     try:
         out: dict[str, Any] = json.loads(text[start:])
     except ValueError:
         raise BuildError(
-            f"solcjs gave no JSON output (exit {proc.returncode}): {(proc.stderr or text)[-800:]}"
+            f"solcjs gave no JSON output (exit {proc.returncode}): {(proc_stderr or text)[-800:]}"
         ) from None
     return out
 

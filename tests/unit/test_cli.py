@@ -338,3 +338,13 @@ def test_verify_refuses_an_envelope_with_a_duplicate_key(
     result = cli("verify", "-", cwd=tmp_path, stdin=doubled)
     assert result.returncode == 1
     assert result.stdout.startswith("INVALID #1: duplicate key 'reading'")
+
+
+# --- masternode -----------------------------------------------------------------------------
+
+
+def test_masternode_without_a_registry_exits_2_and_says_which_key(agent_dir: Path) -> None:
+    result = cli("masternode", "status", "--config", str(agent_dir / "agent.toml"), cwd=agent_dir)
+    assert result.returncode == 2
+    assert "[masternode] registry is not set" in result.stderr
+    assert "Traceback" not in result.stderr

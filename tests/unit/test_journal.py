@@ -517,3 +517,25 @@ def test_a_read_only_database_raises_journal_error_and_recovers(path: Path) -> N
         journal.append([observation(s) for s in after])
         journal.ack("bridge", 5)
         assert stored_seqs(journal) == [*appended, *after]
+
+
+# -- lookups for the oracle ------------------------------------------------------------------
+
+
+def test_oracle_lookups_by_sequence_journal_time_and_sensor(path: Path) -> None:
+    clock = FakeClock()
+    with Journal(path, sinks=["bridge"], clock=clock) as j:
+        first = append_new(j, 2, sensor="temp")
+        clock.now += 60
+        second = append_new(j, 1, sensor="temp") + append_new(j, 1, sensor="hum")
+        append_new(j, 1, device="dev-2", sensor="co2")
+        entry = j.entry(first[1])
+        assert entry is not None and (entry.device_id, entry.sensor) == ("dev-1", "temp")
+        assert j.entry(999) is None
+        at_t0 = j.latest_at("dev-1", "temp", T0)
+        assert at_t0 is not None and at_t0.seq == first[1]
+        later = j.latest_at("dev-1", "temp", T0 + 60)
+        assert later is not None and later.seq == second[0]
+        assert j.latest_at("dev-1", "temp", T0 - 1) is None
+        assert j.sensors_of("dev-1") == ["hum", "temp"]
+        assert j.sensors_of("dev-3") == []

@@ -1,0 +1,513 @@
+"""The oracle query service: dApps ask for the latest (or an earlier) signed observation of a
+device's sensor and get its EIP-712 envelope plus the calldata to submit it to the oracle contract.
+
+Transports (thin shells around `OracleService.answer`):
+- MQTT 5: a JSON request on `<prefix>/<gateway>/oracle/req`, e.g. {"device":"dev-1",
+  "sensor":"temp"}, {"device":..,"sensor":..,"sequence":42} or {..,"at":1767225600}; the answer
+  goes to the request's Response Topic (which must match `reply_topics`) with its Correlation
+  Data.
+- CoAP: `GET /oracle/{device}/{sensor}` (optionally `?seq=42` or `?at=1767225600`); with the
+  Observe option the client gets a notification for every new observation of that sensor
+  (CoAP observe is lossy by design: a slow client sees the newest, not every one).
+
+Answer (UTF-8 JSON): {"v":1,"ok":true,"observation":<the envelope, byte for byte>,
+"submit":{"to":<oracle contract>,"function":<signature>,"data":<calldata>}} or
+{"v":1,"ok":false,"error":{"code":<label>,"message":<text>}} where the label is one of
+malformed, unknown_device, unknown_sensor, no_data, not_found, busy, unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import paho.mqtt.client as paho
+from eth_abi.abi import encode as abi_encode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.attest.eip712 import keccak256
+from agent.attest.observation import VerifiedObservation, verify_envelope
+from agent.chainclient.forward import topic_matches
+from agent.config import BrokerEndpoint
+from agent.errors import AgentError, EnvelopeError, JournalError
+from agent.journal import Journal, JournalEntry
+from agent.logs import RateLimitedLog, event
+from agent.metrics import Metrics
+from agent.model import NAME_RE, Observation, label_bytes32
+from agent.mqtt import MqttConnection
+
+T = TypeVar("T")
+
+OBSERVATION_TUPLE = "(bytes32,bytes32,int256,int8,bytes32,uint64,uint64,uint64)"
+SUBMIT_SIGNATURE = f"submit(address,{OBSERVATION_TUPLE},bytes)"
+SUBMIT_BATCH_SIGNATURE = f"submitBatch(address[],{OBSERVATION_TUPLE}[],bytes[])"
+SUBMIT_SELECTOR = keccak256(SUBMIT_SIGNATURE.encode("ascii"))[:4]
+SUBMIT_BATCH_SELECTOR = keccak256(SUBMIT_BATCH_SIGNATURE.encode("ascii"))[:4]
+
+MAX_REQUEST_BYTES = 4096
+_UINT64_MAX = 2**64 - 1
+_QUERY_KEYS = frozenset({"device", "sensor", "sequence", "at"})
+_DIGITS_RE = re.compile(r"^[0-9]{1,20}\Z")
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
+# -- calldata (pure) -----------------------------------------------------------------------------
+
+
+def observation_tuple(v: VerifiedObservation) -> tuple[Any, ...]:
+    """The ObservationOracle.Observation struct of a verified envelope, as eth-abi takes it."""
+    r = v.reading
+    return (
+        label_bytes32(r.device_id, "device id"),
+        label_bytes32(r.sensor, "sensor"),
+        r.value,
+        r.exponent,
+        label_bytes32(r.unit, "unit"),
+        r.timestamp,
+        r.counter,
+        v.gateway_sequence,
+    )
+
+
+def submit_calldata(v: VerifiedObservation) -> bytes:
+    """Calldata of ObservationOracle.submit(gateway, observation, signature)."""
+    return SUBMIT_SELECTOR + abi_encode(
+        ["address", OBSERVATION_TUPLE, "bytes"], [v.signer, observation_tuple(v), v.signature]
+    )
+
+
+def submit_batch_calldata(items: Sequence[VerifiedObservation]) -> bytes:
+    """Calldata of ObservationOracle.submitBatch(gateways, observations, signatures)."""
+    return SUBMIT_BATCH_SELECTOR + abi_encode(
+        ["address[]", f"{OBSERVATION_TUPLE}[]", "bytes[]"],
+        [
+            [v.signer for v in items],
+            [observation_tuple(v) for v in items],
+            [v.signature for v in items],
+        ],
+    )
+
+
+# -- requests (pure) -----------------------------------------------------------------------------
+
+
+class QueryError(AgentError):
+    """A query the service answers with an error; `code` is a stable label (also the counter's)."""
+
+    STATUS: ClassVar[dict[str, int]] = {
+        "malformed": 400,
+        "unknown_device": 404,
+        "unknown_sensor": 404,
+        "no_data": 404,
+        "not_found": 404,
+        "busy": 503,
+        "unavailable": 503,
+    }
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code, self.message = code, message
+        super().__init__(f"{code}: {message}")
+
+    @property
+    def status(self) -> int:
+        return self.STATUS.get(self.code, 500)
+
+    def body(self) -> bytes:
+        return _COMPACT.encode(
+            {"v": 1, "ok": False, "error": {"code": self.code, "message": self.message}}
+        ).encode()
+
+
+@dataclass(frozen=True)
+class OracleQuery:
+    """Which observation is asked for: the latest, the one with `sequence`, or the newest one
+    journaled at or before unix time `at` (the gateway's clock)."""
+
+    device: str
+    sensor: str
+    sequence: int | None = None
+    at: int | None = None
+
+    def __post_init__(self) -> None:
+        for what, name in (("device", self.device), ("sensor", self.sensor)):
+            if not isinstance(name, str) or not NAME_RE.match(name):
+                raise QueryError(
+                    "malformed", f"{what} must be 1-32 characters of A-Z a-z 0-9 _ . : -"
+                )
+        if self.sequence is not None and self.at is not None:
+            raise QueryError("malformed", "give sequence or at, not both")
+        for what, n in (("sequence", self.sequence), ("at", self.at)):
+            if n is not None and (type(n) is not int or not 0 <= n <= _UINT64_MAX):
+                raise QueryError("malformed", f"{what} must be an integer in uint64")
+
+    @classmethod
+    def from_json(cls, payload: bytes) -> OracleQuery:
+        if len(payload) > MAX_REQUEST_BYTES:
+            raise QueryError(
+                "malformed", f"request of {len(payload)} bytes; at most {MAX_REQUEST_BYTES}"
+            )
+        try:
+            body = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            raise QueryError("malformed", "request is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise QueryError("malformed", 'request must be a JSON object like {"device":..}')
+        unknown = sorted(set(body) - _QUERY_KEYS)
+        if unknown:
+            raise QueryError(
+                "malformed",
+                f"unknown field {unknown[0][:32]!r}; allowed: at, device, sensor, sequence",
+            )
+        for k in ("device", "sensor"):
+            if k not in body:
+                raise QueryError("malformed", f"missing field {k}")
+        return cls(body["device"], body["sensor"], body.get("sequence"), body.get("at"))
+
+    @classmethod
+    def from_coap(cls, path: Sequence[str], query: Sequence[str]) -> OracleQuery:
+        if len(path) != 2:
+            raise QueryError("malformed", "the path is /oracle/{device}/{sensor}")
+        args: dict[str, int] = {}
+        for item in query:
+            k, sep, v = item.partition("=")
+            if k not in ("seq", "at") or not sep or not _DIGITS_RE.match(v) or k in args:
+                raise QueryError("malformed", f"query {item[:40]!r}: use ?seq=N or ?at=UNIXTIME")
+            args[k] = int(v)
+        return cls(path[0], path[1], args.get("seq"), args.get("at"))
+
+
+# -- the service ---------------------------------------------------------------------------------
+
+
+class OracleService:
+    """Answers queries from the journal (in its worker thread) and tells stream watchers about
+    new observations (it is a pipeline sink: `offer` is called after every journaled batch)."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        executor: Executor,
+        *,
+        contract: str,
+        known_device: Callable[[str], bool],
+        metrics: Metrics,
+        max_inflight: int = 64,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.journal = journal
+        self.executor = executor
+        self.contract = contract
+        self.known_device = known_device
+        self.metrics = metrics
+        self.max_inflight = max_inflight
+        self.log = logger or logging.getLogger("agent.oracle")
+        self._rl_log = RateLimitedLog(self.log, interval=30.0)
+        self._watchers: dict[tuple[str, str], set[Callable[[], None]]] = {}
+        self.inflight = 0
+
+    async def _db(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    async def find(self, q: OracleQuery) -> JournalEntry:
+        """The journal entry the query asks for, or QueryError saying why there is none."""
+        j = self.journal
+        try:
+            if q.sequence is not None:
+                seq = q.sequence
+                entry = await self._db(lambda: j.entry(seq))
+                if entry is not None and (entry.device_id, entry.sensor) != (q.device, q.sensor):
+                    raise QueryError(
+                        "not_found",
+                        f"gateway sequence {seq} is an observation of "
+                        f"{entry.device_id}/{entry.sensor}, not of {q.device}/{q.sensor}",
+                    )
+            elif q.at is not None:
+                at = q.at
+                entry = await self._db(lambda: j.latest_at(q.device, q.sensor, at))
+            else:
+                entry = await self._db(lambda: j.latest(q.device, q.sensor))
+            if entry is not None:
+                return entry
+            sensors = await self._db(lambda: j.sensors_of(q.device))
+        except JournalError as exc:
+            raise QueryError("unavailable", f"the journal cannot be read: {exc}") from exc
+        if not sensors and not self.known_device(q.device):
+            raise QueryError("unknown_device", f"device {q.device!r} is not known to this gateway")
+        if not sensors:
+            raise QueryError("no_data", f"no observation of device {q.device!r} yet")
+        if q.sensor not in sensors:
+            raise QueryError(
+                "unknown_sensor",
+                f"device {q.device!r} has no sensor {q.sensor!r}; it has {', '.join(sensors)}",
+            )
+        if q.sequence is not None:
+            raise QueryError(
+                "not_found",
+                f"no observation with gateway sequence {q.sequence} of {q.device}/{q.sensor} "
+                "is kept (never made, or pruned)",
+            )
+        raise QueryError(
+            "not_found", f"no observation of {q.device}/{q.sensor} journaled at or before {q.at}"
+        )
+
+    def render(self, entry: JournalEntry) -> bytes:
+        """The answer for one journal entry (its envelope is verified again on the way out)."""
+        try:
+            v = verify_envelope(entry.envelope)
+        except EnvelopeError as exc:  # a damaged journal: say so rather than serve it
+            raise QueryError(
+                "unavailable", f"stored observation {entry.seq} is damaged: {exc}"
+            ) from exc
+        submit = {
+            "to": self.contract,
+            "function": SUBMIT_SIGNATURE,
+            "data": "0x" + submit_calldata(v).hex(),
+        }
+        return (
+            b'{"v":1,"ok":true,"observation":'
+            + entry.envelope
+            + b',"submit":'
+            + _COMPACT.encode(submit).encode()
+            + b"}"
+        )
+
+    async def answer(self, q: OracleQuery, transport: str) -> bytes:
+        """The answer's bytes; raises QueryError (already counted and logged)."""
+        try:
+            if self.inflight >= self.max_inflight:
+                raise QueryError("busy", "the gateway is busy; try again shortly")
+            self.inflight += 1
+            try:
+                body = self.render(await self.find(q))
+            finally:
+                self.inflight -= 1
+        except QueryError as exc:
+            self.refused(exc, transport)
+            raise
+        self.metrics.inc("oracle_queries", transport=transport, result="ok")
+        return body
+
+    async def handle_json(self, payload: bytes, transport: str) -> bytes:
+        """A JSON request in, the answer or the error body out."""
+        try:
+            q = OracleQuery.from_json(payload)
+        except QueryError as exc:
+            self.refused(exc, transport)
+            return exc.body()
+        try:
+            return await self.answer(q, transport)
+        except QueryError as exc:
+            return exc.body()
+
+    def refused(self, exc: QueryError, transport: str) -> None:
+        self.metrics.inc("oracle_queries", transport=transport, result=exc.code)
+        self._rl_log.event(
+            (transport, exc.code),
+            "oracle_query_refused",
+            logging.WARNING if exc.code in ("unavailable", "busy") else logging.INFO,
+            transport=transport,
+            reason=exc.code,
+            detail=exc.message[:160],
+        )
+
+    # -- streams -------------------------------------------------------------------------------
+    def watch(self, device: str, sensor: str, notify: Callable[[], None]) -> Callable[[], None]:
+        """Call `notify` after each new observation of device/sensor; returns the cancel call."""
+        key = (device, sensor)
+        self._watchers.setdefault(key, set()).add(notify)
+
+        def cancel() -> None:
+            found = self._watchers.get(key)
+            if found is not None:
+                found.discard(notify)
+                if not found:
+                    del self._watchers[key]
+
+        return cancel
+
+    def offer(self, previous_seq: int, observations: list[Observation]) -> None:
+        if not self._watchers:
+            return
+        touched = {(o.reading.device_id, o.reading.sensor) for o in observations}
+        for key in touched:
+            for notify in list(self._watchers.get(key, ())):
+                notify()
+
+
+# -- MQTT ----------------------------------------------------------------------------------------
+
+
+class MqttOracle:
+    """Serves `<prefix>/<gateway>/oracle/req` over MQTT 5 (a connection of its own)."""
+
+    name = "oracle-mqtt"
+
+    def __init__(
+        self,
+        service: OracleService,
+        endpoint: BrokerEndpoint,
+        *,
+        request_topic: str,
+        reply_filters: tuple[str, ...],
+        client_id: str,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.service = service
+        self.request_topic = request_topic
+        self.reply_filters = reply_filters
+        self.log = logger or logging.getLogger("agent.oracle.mqtt")
+        self.conn = MqttConnection(
+            endpoint,
+            client_id=client_id,
+            clean_start=True,
+            name="oracle",
+            logger=self.log,
+            nodelay=True,
+        )
+        self.ready = asyncio.Event()
+        self.conn.client.on_message = self._on_message
+        self.conn.client.on_subscribe = lambda *a: self.ready.set()
+        self.conn.on_connected = lambda session_present: self._subscribe()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _subscribe(self) -> None:
+        self.conn.client.subscribe(self.request_topic, 1)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        props = getattr(msg, "properties", None)
+        reply_to = getattr(props, "ResponseTopic", None) if props is not None else None
+        corr = getattr(props, "CorrelationData", None) if props is not None else None
+        t = asyncio.get_running_loop().create_task(self._serve(bytes(msg.payload), reply_to, corr))
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, payload: bytes, reply_to: str | None, corr: bytes | None) -> None:
+        if reply_to is None:
+            self.service.refused(
+                QueryError("malformed", "no MQTT 5 Response Topic: nowhere to answer"), "mqtt"
+            )
+            return
+        if set(reply_to) & set("+#") or not any(
+            topic_matches(f, reply_to) for f in self.reply_filters
+        ):
+            self.service.refused(
+                QueryError(
+                    "malformed",
+                    f"response topic {reply_to[:80]!r} is outside {list(self.reply_filters)}",
+                ),
+                "mqtt",
+            )
+            return
+        answer = await self.service.handle_json(payload, "mqtt")
+        p = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if corr is not None:
+            p.CorrelationData = corr
+        p.ContentType = "application/json"
+        self.conn.client.publish(reply_to, answer, qos=1, properties=p)
+
+    async def run(self) -> None:
+        await self.conn.run()
+
+    async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.conn.stop(grace=0.3)
+
+
+# -- CoAP ----------------------------------------------------------------------------------------
+
+
+class CoapOracle:
+    """`GET coap://<bind>/oracle/{device}/{sensor}`, observable: an aiocoap server of its own
+    (the agent has no shared CoAP server on this branch)."""
+
+    name = "oracle-coap"
+
+    def __init__(
+        self, service: OracleService, host: str, port: int, *, logger: logging.Logger | None = None
+    ) -> None:
+        self.service = service
+        self.host, self.port = host, port
+        self.log = logger or logging.getLogger("agent.oracle.coap")
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    def site(self) -> Any:
+        import aiocoap
+        import aiocoap.resource as resource
+
+        service = self.service
+        codes = {
+            400: aiocoap.BAD_REQUEST,
+            404: aiocoap.NOT_FOUND,
+            503: aiocoap.SERVICE_UNAVAILABLE,
+        }
+
+        class OracleResource(resource.ObservableResource, resource.PathCapable):  # type: ignore[misc]
+            """Every /oracle/{device}/{sensor} path; observations are kept per path."""
+
+            async def add_observation(self, request: aiocoap.Message, serverobs: Any) -> None:
+                path = tuple(request.opt.uri_path)
+                if len(path) != 2 or request.opt.uri_query:
+                    # Only the latest of a sensor is a stream; the rest answer once (accepted
+                    # and deregistered at once: aiocoap then sends one final answer).
+                    serverobs.accept(lambda: None)
+                    serverobs.deregister()
+                    return
+                # A refused query (unknown device...) ends the observation with its error,
+                # and aiocoap calls the cancel then, so no watcher is left behind.
+                cancel = service.watch(path[0], path[1], lambda: serverobs.trigger())
+                serverobs.accept(cancel)
+
+            async def render_get(self, request: aiocoap.Message) -> aiocoap.Message:
+                try:
+                    q = OracleQuery.from_coap(
+                        tuple(request.opt.uri_path), tuple(request.opt.uri_query)
+                    )
+                except QueryError as exc:
+                    service.refused(exc, "coap")
+                    return _error(exc)
+                try:
+                    body = await service.answer(q, "coap")
+                except QueryError as exc:  # counted and logged by answer()
+                    return _error(exc)
+                return aiocoap.Message(
+                    code=aiocoap.CONTENT,
+                    payload=body,
+                    content_format=aiocoap.numbers.ContentFormat.JSON,
+                )
+
+        def _error(exc: QueryError) -> aiocoap.Message:
+            return aiocoap.Message(
+                code=codes.get(exc.status, aiocoap.INTERNAL_SERVER_ERROR),
+                payload=exc.body(),
+                content_format=aiocoap.numbers.ContentFormat.JSON,
+            )
+
+        site = resource.Site()
+        site.add_resource(["oracle"], OracleResource())
+        return site
+
+    async def run(self) -> None:
+        import aiocoap
+
+        ctx = await aiocoap.Context.create_server_context(
+            self.site(), bind=(self.host, self.port), loggername="agent.oracle.coap"
+        )
+        event(self.log, "coap_oracle_listening", bind=f"{self.host}:{self.port}")
+        self.ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await ctx.shutdown()
+
+    async def stop(self) -> None:
+        self._stop.set()
