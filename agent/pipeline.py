@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -62,6 +62,20 @@ class AllowlistGate:
                 "unknown_device",
                 f"device {arrival.device_id!r} is not in sources.mqtt.allowed_devices",
             )
+        return AuthMethod.ALLOWLIST
+
+
+class TransportAllowlistGate:
+    """Accepts the device ids the config lists for the frame's transport (before enrollment):
+    `allowed` maps a transport to (the config key that lists them, the ids)."""
+
+    def __init__(self, allowed: Mapping[Transport, tuple[str, Iterable[str]]]) -> None:
+        self.allowed = {t: (key, frozenset(ids)) for t, (key, ids) in allowed.items()}
+
+    def check(self, arrival: Arrival) -> AuthMethod:
+        key, ids = self.allowed.get(arrival.transport, ("(none)", frozenset()))
+        if arrival.device_id not in ids:
+            raise RejectedReading("unknown_device", f"device {arrival.device_id!r} is not in {key}")
         return AuthMethod.ALLOWLIST
 
 
@@ -126,6 +140,10 @@ class Pipeline:
 
     async def wait_for_space(self) -> None:
         await self._space.wait()
+
+    def has_space(self) -> bool:
+        """False while the queue is past its bound (a source that can say "busy" says so)."""
+        return self._space.is_set()
 
     def reject(self, source: str, device: str, reason: str, detail: str) -> None:
         """Count and (rate-limited) log a frame a source could not even parse."""

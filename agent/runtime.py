@@ -22,13 +22,15 @@ from agent.attest.keys import GatewayKey, load_key_file
 from agent.attest.observation import ObservationSigner
 from agent.bridge import Bridge
 from agent.config import AgentConfig
+from agent.devices.coap import CoapSource
 from agent.devices.mqtt import MqttSource
+from agent.devices.serial import SerialSource
 from agent.errors import AgentError, JournalError
 from agent.journal import Journal, JournalStats
 from agent.logs import event
 from agent.metrics import Metrics
-from agent.model import Eip712Domain
-from agent.pipeline import AllowlistGate, Pipeline
+from agent.model import Eip712Domain, Transport
+from agent.pipeline import Pipeline, TransportAllowlistGate
 from agent.secrets import check_secret_mode
 
 log = logging.getLogger("agent.runtime")
@@ -102,7 +104,7 @@ class Agent:
             signer=self.signer,
             journal=self.journal,
             executor=self.executor,
-            gate=AllowlistGate(cfg.mqtt.allowed_devices),
+            gate=TransportAllowlistGate({}),  # the sources' lists are filled in below
             metrics=self.metrics,
             queue_size=cfg.pipeline.queue_size,
             batch_max=cfg.pipeline.batch_max,
@@ -126,6 +128,28 @@ class Agent:
                 metrics=self.metrics,
                 client_id=f"edgence-{self.key.address[2:14]}-devices",
             )
+        self.coap: CoapSource | None = None
+        if cfg.coap.enabled:
+            self.coap = CoapSource(
+                cfg.coap, pipeline=self.pipeline, metrics=self.metrics, config_file=str(cfg.path)
+            )
+        self.serial: SerialSource | None = None
+        if cfg.serial.ports:
+            self.serial = SerialSource(cfg.serial, pipeline=self.pipeline, metrics=self.metrics)
+        self._serial_task: asyncio.Task[None] | None = None
+        self.pipeline.gate = TransportAllowlistGate(
+            {
+                Transport.MQTT: ("sources.mqtt.allowed_devices", cfg.mqtt.allowed_devices),
+                Transport.COAP: (
+                    "sources.coap.allowed_devices (or observe, oscore_dir)",
+                    self.coap.allowed_devices if self.coap else (),
+                ),
+                Transport.SERIAL: (
+                    "sources.serial.ports (device, gps_device, allowed_devices)",
+                    cfg.serial.allowed_devices,
+                ),
+            }
+        )
         self.ready = asyncio.Event()
 
     async def _in_journal_thread(self, fn: Callable[[], T]) -> T:
@@ -161,15 +185,16 @@ class Agent:
         )
 
     async def _announce_ready(self, started: float) -> None:
-        if self.mqtt is not None:
-            await self.mqtt.ready.wait()
+        sources = [s for s in (self.mqtt, self.coap, self.serial) if s is not None]
+        for src in sources:
+            await src.ready.wait()
         self.ready.set()
         event(
             log,
             "ready",
             gateway=self.key.address,
             ready_ms=int((time.monotonic() - started) * 1000),
-            sources="mqtt" if self.mqtt else "none",
+            sources=",".join(s.name for s in sources) or "none",
             upstream=self.cfg.bridge.broker.url if self.bridge else "disabled",
         )
 
@@ -205,6 +230,13 @@ class Agent:
             tasks.append(asyncio.create_task(supervise("bridge", self.bridge.run, stopping, m)))
         if self.mqtt is not None:
             tasks.append(asyncio.create_task(supervise("mqtt", self.mqtt.run, stopping, m)))
+        if self.coap is not None:
+            tasks.append(asyncio.create_task(supervise("coap", self.coap.run, stopping, m)))
+        if self.serial is not None:
+            self._serial_task = asyncio.create_task(
+                supervise("serial", self.serial.run, stopping, m)
+            )
+            tasks.append(self._serial_task)
         tasks.append(asyncio.create_task(self._announce_ready(started)))
         try:
             await stop.wait()
@@ -216,6 +248,10 @@ class Agent:
         t0 = time.monotonic()
         if self.mqtt is not None:
             self.mqtt.conn.pause_reading()
+        if self.coap is not None:
+            self.coap.pause()
+        if self._serial_task is not None:
+            self._serial_task.cancel()  # stop reading; what was read is in the pipeline's queue
         drained = await self.pipeline.drain(grace=0.8)
         if self.mqtt is not None:
             await self.mqtt.stop()
@@ -226,6 +262,8 @@ class Agent:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._in_journal_thread(self.journal.close)
         self.executor.shutdown(wait=True)
+        if self.serial is not None:
+            self.serial.close()
         event(
             log,
             "stopped",

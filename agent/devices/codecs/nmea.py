@@ -20,6 +20,7 @@ _Q = Decimal(1).scaleb(COORD_EXPONENT)
 _SENTENCE = re.compile(rb"\$([A-Z]{2})([A-Z]{3}),([ -~]*)\*([0-9A-Fa-f]{2})\Z")
 _DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?\Z")
 _TIME = re.compile(r"([0-9]{2})([0-9]{2})([0-9]{2})(?:\.[0-9]+)?\Z")
+_COORD = {n: re.compile(rf"[0-9]{{{n}}}[0-9]{{2}}(?:\.[0-9]+)?\Z") for n in (2, 3)}
 _DATE = re.compile(r"([0-9]{2})([0-9]{2})([0-9]{2})\Z")
 
 
@@ -112,7 +113,7 @@ def _time(text: str) -> int | None:
 def _coordinate(text: str, hemi: str, deg_digits: int, limit: int, hemis: str) -> int | None:
     if not text and not hemi:
         return None
-    if hemi not in hemis or not re.fullmatch(r"[0-9]{%d}[0-9]{2}(?:\.[0-9]+)?" % deg_digits, text):
+    if hemi not in hemis or not _COORD[deg_digits].match(text):
         raise FrameError("bad_nmea", f"coordinate {text[:16]!r},{hemi[:2]!r} is malformed")
     degrees = int(text[:deg_digits])
     minutes = Decimal(text[deg_digits:])
