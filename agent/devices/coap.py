@@ -211,11 +211,9 @@ class CoapSource:
             self.metrics.inc("coap_responses", code="2.04")
             return aiocoap.Message(code=Code.CHANGED)
         code = code_for_rejection(verdict)
-        opts = (
-            {"max_age": self.cfg.busy_max_age}
-            if code.is_server_error() or (code == Code.TOO_MANY_REQUESTS)
-            else {}
-        )
+        # "Come back later" answers say when: Max-Age on 5.03 and 4.29.
+        busy = code in (Code.SERVICE_UNAVAILABLE, Code.TOO_MANY_REQUESTS)
+        opts = {"max_age": self.cfg.busy_max_age} if busy else {}
         raise self._reply(code, verdict, **opts)
 
     def _check_oscore(self, request: aiocoap.Message, device: str) -> None:
@@ -311,7 +309,8 @@ class CoapSource:
                     await self.pipeline.wait_for_space()
         finally:
             self.observing[oc.device] = False
-            pr.observation.cancel()
+            if not pr.observation.cancelled:  # an error may have ended it already
+                pr.observation.cancel()
             if not pr.response.done():
                 pr.response.cancel()
 
