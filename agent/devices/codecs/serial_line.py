@@ -14,9 +14,9 @@ from enum import Enum
 from agent.errors import FrameError
 
 DEFAULT_MAX_LINE = 4096 + 16  # a maximal frame, '*', 8 hex digits, CR
-_CRC_SUFFIX = re.compile(rb"\*([0-9A-Fa-f]{8})\Z")
+_CRC_SUFFIX = re.compile(rb"\*([0-9a-f]{8})\Z")  # lowercase only: a flipped case bit is caught
 _NMEA_SUFFIX = re.compile(rb"\*[0-9A-Fa-f]{2}\Z")
-_MAX_RESYNC = 16  # candidate frame starts tried in one line before it is called garbage
+_MAX_RESYNC = 64  # candidate frame starts tried in one line before it is called garbage
 
 
 class LineKind(Enum):
@@ -96,18 +96,20 @@ def frame_payload(line: bytes) -> tuple[bytes, int]:
     """
     m = _CRC_SUFFIX.search(line)
     if m is None:
-        raise FrameError("no_crc", "a serial frame line ends in '*' and 8 hex digits (CRC-32)")
+        raise FrameError("no_crc", "a frame line ends in '*' and 8 lowercase hex digits (CRC-32)")
     want = int(m.group(1), 16)
     body = line[: m.start()]
     if body[:1] == b"{" and zlib.crc32(body) == want:  # the common case: one CRC
         return body, 0
-    start = body.find(b"{", 1)
+    # A frame starts with '{"' (compact JSON); only such places are tried, at most
+    # _MAX_RESYNC of them, so a hostile line costs a bounded number of CRCs.
+    start = body.find(b'{"', 1)
     for _ in range(_MAX_RESYNC):
         if start < 0:
             break
         if zlib.crc32(body[start:]) == want:
             return body[start:], start
-        start = body.find(b"{", start + 1)
+        start = body.find(b'{"', start + 1)
     raise FrameError("bad_crc", f"CRC-32 {want:08x} does not match the line's frame")
 
 
