@@ -125,7 +125,7 @@ async def test_valid_frames_survive_bad_crc_noise_a_64k_line_and_interleaved_nme
         await async_wait_until(
             lambda: counters(collector, "ser-1") == [1, 2, 3, 4, 5, 7], 15, "valid frames"
         )
-        await async_wait_until(lambda: counters(collector, "gps-1"), 10, "GPS fix")
+        await async_wait_until(lambda: len(counters(collector, "gps-1")) == 5, 10, "GPS fix")
         gps = {
             o["reading"]["sensor"]: o for o in collector.observations()
             if o["reading"]["device"] == "gps-1"
