@@ -125,11 +125,16 @@ async def test_valid_frames_survive_bad_crc_noise_a_64k_line_and_interleaved_nme
         await async_wait_until(
             lambda: counters(collector, "ser-1") == [1, 2, 3, 4, 5, 7], 15, "valid frames"
         )
-        await async_wait_until(lambda: len(counters(collector, "gps-1")) == 5, 10, "GPS fix")
-        gps = {
-            o["reading"]["sensor"]: o for o in collector.observations()
-            if o["reading"]["device"] == "gps-1"
-        }  # fmt: skip
+        # The RMC (before any GGA) gives a position; then the GGA gives the full fix.
+        await async_wait_until(lambda: len(counters(collector, "gps-1")) == 7, 10, "GPS fixes")
+        rmc_n, gga_n = sorted(set(counters(collector, "gps-1")))
+        gps_obs = [o for o in collector.observations() if o["reading"]["device"] == "gps-1"]
+        rmc = {o["reading"]["sensor"]: o for o in gps_obs if o["message"]["deviceCounter"] == rmc_n}
+        gps = {o["reading"]["sensor"]: o for o in gps_obs if o["message"]["deviceCounter"] == gga_n}
+        assert {k: v["reading"]["value"] for k, v in rmc.items()} == {
+            "latitude": "48.1173000",
+            "longitude": "11.5166667",
+        }
         assert {k: v["reading"]["value"] for k, v in gps.items()} == {
             "latitude": "48.1173000",
             "longitude": "11.5166667",
