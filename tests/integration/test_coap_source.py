@@ -107,10 +107,10 @@ async def test_json_and_cbor_posts_from_aiocoap_are_answered_2_04_and_signed_ups
     assert {v.reading.transport for v in verified} == {"coap"}
 
 
-@pytest.mark.skipif(shutil.which("coap-client-notls") is None, reason="libcoap3-bin missing")
 async def test_libcoap_coap_client_posts_are_signed_and_refusals_come_back_as_codes(
     upstream_broker: LocalMosquitto, collector: Collector, start_agent: Any
 ) -> None:
+    assert shutil.which("coap-client-notls"), "install libcoap3-bin (scripts/test does)"
     port = free_udp_port()
     await start_agent(coap_config(upstream_broker, port))
 
