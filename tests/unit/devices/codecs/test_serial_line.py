@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +102,11 @@ def test_lines_are_classified_by_their_suffix() -> None:
 def test_a_frame_with_a_newline_cannot_be_encoded_for_serial() -> None:
     with pytest.raises(ValueError):
         encode_serial_frame(b'{"v":1,\n"n":1}')
+
+
+def test_the_example_line_in_the_specification_checks_out() -> None:
+    spec = (Path(__file__).parents[4] / "docs" / "device-frame.md").read_text()
+    (example,) = [ln for ln in spec.splitlines() if ln.startswith('{"v":1,"id":"uart-1"')]
+    assert example.endswith("\\r\\n")
+    payload, skipped = frame_payload(example[: -len("\\r\\n")].encode())
+    assert skipped == 0 and payload.startswith(b'{"v":1')
