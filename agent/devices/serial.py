@@ -29,6 +29,7 @@ from agent.pipeline import Arrival, Pipeline
 READ_TIMEOUT = 0.2  # s: how long a read waits for a first byte (bounds shutdown time)
 GATHER = 0.005  # s: after the first byte, let a burst accumulate (115200 baud: ~58 bytes)
 MAX_CHUNK = 65536
+STABLE_AFTER = 5.0  # s: a port open this long resets the reopen backoff
 
 
 @dataclass
@@ -184,7 +185,7 @@ class SerialSource:
                 await asyncio.sleep(delay * random.uniform(0.75, 1.0))
                 delay = min(delay * 2, self.cfg.reopen_max_s)
                 continue
-            delay = 0.1
+            opened_at = time.monotonic()
             st.splitter.reset()  # a partial line from before belongs to another stream
             st.open = True
             st.opened += 1
@@ -209,6 +210,12 @@ class SerialSource:
             finally:
                 st.open = False
                 ex.submit(port.close)  # after the read in flight, in the same thread
+            # A port that worked for a while comes back quickly; one that fails as soon as it
+            # is opened (a flapping cable) backs off like one that cannot be opened.
+            if time.monotonic() - opened_at > STABLE_AFTER:
+                delay = 0.1
+            await asyncio.sleep(delay * random.uniform(0.75, 1.0))
+            delay = min(delay * 2, self.cfg.reopen_max_s)
 
     async def run(self) -> None:
         tasks = [asyncio.create_task(self._run_port(st)) for st in self.ports.values()]
