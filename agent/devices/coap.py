@@ -113,18 +113,6 @@ class CoapSource:
         """Listed devices, observed devices and devices with OSCORE credentials."""
         return frozenset(self.cfg.allowed_devices) | set(self.observing) | self.oscore_devices
 
-    @property
-    def port(self) -> int:
-        """The bound UDP port (the configured one, or the kernel's pick for port 0)."""
-        if self._server is None:
-            return self.cfg.port
-        for t in self._server.request_interfaces:
-            mi = getattr(getattr(t, "token_interface", None), "message_interface", None)
-            sock = getattr(getattr(mi, "transport", None), "get_extra_info", None)
-            if sock is not None:
-                return int(sock("socket").getsockname()[1])
-        return self.cfg.port
-
     # -- server ---------------------------------------------------------------------------
     def _site(self) -> Any:
         site = aiocoap.resource.Site()
@@ -146,7 +134,6 @@ class CoapSource:
                 for d in sorted(self.oscore_devices)
             }
         )
-        self._credentials = creds
         return OscoreSiteWrapper(site, creds)
 
     def _reply(self, code: Code, reason: str, **options: Any) -> _Reply:
@@ -359,7 +346,7 @@ class CoapSource:
                 self.log,
                 "coap_listening",
                 bind=self.cfg.bind,
-                port=self.port,
+                port=self.cfg.port,
                 oscore_devices=len(self.oscore_devices),
                 observing=len(self.cfg.observe),
             )
