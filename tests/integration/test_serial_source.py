@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import threading
 import tty
 from pathlib import Path
 from typing import Any
@@ -180,5 +181,32 @@ async def test_a_port_unplugged_mid_line_is_reopened_and_no_valid_frame_is_lost(
         )
         # The cut half line was forgotten with the old port, not glued to the new stream.
         assert m.get("frames_rejected") == 0
+    finally:
+        dev.close()
+
+
+async def test_a_full_pipeline_pauses_reading_the_port_and_loses_nothing(
+    tmp_path: Path, upstream_broker: LocalMosquitto, collector: Collector, start_agent: Any
+) -> None:
+    dev = PtyDevice(tmp_path / "ttyUSB-test")
+    try:
+        cfg = serial_config(upstream_broker, dev.link)
+        cfg["pipeline"] = {"queue_size": 16, "batch_max": 4}
+        running = await start_agent(cfg)
+        agent = running.agent
+        await async_wait_until(lambda: agent.metrics.get("serial_opened") == 1, 10, "opened")
+        # A stalled disk, which cannot be produced on demand: the journal thread is held busy.
+        stall = threading.Event()
+        agent.executor.submit(stall.wait, 30)
+        writing = asyncio.create_task(dev.write(b"".join(frame_line(n) for n in range(1, 301))))
+        await async_wait_until(
+            lambda: agent.metrics.get("source_paused", source="serial") > 0, 10, "paused"
+        )
+        stall.set()
+        await writing
+        await async_wait_until(
+            lambda: counters(collector, "ser-1") == list(range(1, 301)), 20, "all 300 frames"
+        )
+        assert agent.metrics.get("frames_rejected") == 0
     finally:
         dev.close()
