@@ -1,4 +1,4 @@
-"""The `edgence-agent` command: init, run, demo, verify."""
+"""The `edgence-agent` command: init, run, demo, verify, pair, devices."""
 
 from __future__ import annotations
 
@@ -203,7 +203,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", help="check a signed observation envelope (FILE or -)")
     s.add_argument("file")
     s.set_defaults(fn=cmd_verify)
+
+    from agent.devices.pairing import add_parsers as add_pairing_parsers
+
+    add_pairing_parsers(sub, config_argument)
     return p
+
+
+def config_argument(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--config",
+        type=Path,
+        default=default_config(),
+        help="config file (default: $EDGENCE_CONFIG or %(default)s)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -662,3 +662,22 @@ class Journal:
         else:
             hint = "check the file and its disk"
         return JournalError(f"journal {self._path}: {action} failed: {text}; {hint}")
+
+
+def read_device_counter(path: Path | str, device_id: str) -> int | None:
+    """The last counter journaled for a device, read by another process (`pair` tells a
+    re-provisioned device where to continue). Read-only; None when there is none."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=5.0)
+        try:
+            row = conn.execute(
+                "SELECT counter FROM device_counters WHERE device_id = ?", (device_id,)
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot read device counters from {p}: {exc}") from None
+    return None if row is None else int(row[0]) + _COUNTER_BIAS

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -50,6 +51,7 @@ class LocalMosquitto:
         max_queued_messages: int = 0,
         max_inflight_messages: int = 1000,
         persistence: bool = False,
+        allow_anonymous: bool = True,
         extra: str = "",
     ) -> None:
         self.workdir = Path(workdir)
@@ -61,7 +63,7 @@ class LocalMosquitto:
         self.logfile = self.workdir / f"{name}.log"
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            f"allow_anonymous {'true' if allow_anonymous else 'false'}",
             # 0 = unlimited: a broker-side drop would be a test artefact, not agent behaviour.
             f"max_queued_messages {max_queued_messages}",
             f"max_inflight_messages {max_inflight_messages}",
@@ -108,6 +110,15 @@ class LocalMosquitto:
                 time.sleep(0.02)
         self.stop()
         raise BrokerError(f"mosquitto did not listen on 127.0.0.1:{self.port} in {timeout}s")
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto re-reads its password file and ACL."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
 
     def stop(self) -> None:
         if self.proc is None:

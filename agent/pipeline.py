@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -40,6 +40,8 @@ class Arrival:
     received_at: float = field(default_factory=time.time)
     ack: Callable[[], None] | None = None
     rejected: str | None = None
+    # Set by a source that authenticated the frame itself (a BTHome advert's AES-CCM MIC).
+    verified: AuthMethod | None = None
 
 
 class DeviceGate(Protocol):
@@ -65,18 +67,16 @@ class AllowlistGate:
         return AuthMethod.ALLOWLIST
 
 
-class TransportAllowlistGate:
-    """Accepts the device ids the config lists for the frame's transport (before enrollment):
-    `allowed` maps a transport to (the config key that lists them, the ids)."""
+class TransportGate:
+    """Asks the gate of the arrival's transport (BLE devices are known to the BLE source's
+    device directory), and `default` for every other transport."""
 
-    def __init__(self, allowed: Mapping[Transport, tuple[str, Iterable[str]]]) -> None:
-        self.allowed = {t: (key, frozenset(ids)) for t, (key, ids) in allowed.items()}
+    def __init__(self, gates: dict[Transport, DeviceGate], default: DeviceGate) -> None:
+        self.gates = gates
+        self.default = default
 
     def check(self, arrival: Arrival) -> AuthMethod:
-        key, ids = self.allowed.get(arrival.transport, ("(none)", frozenset()))
-        if arrival.device_id not in ids:
-            raise RejectedReading("unknown_device", f"device {arrival.device_id!r} is not in {key}")
-        return AuthMethod.ALLOWLIST
+        return self.gates.get(arrival.transport, self.default).check(arrival)
 
 
 class Pipeline:
@@ -126,6 +126,10 @@ class Pipeline:
         """Last journaled counter per device, so replays are refused across restarts."""
         loop = asyncio.get_running_loop()
         self._last_counter = await loop.run_in_executor(self.executor, self.journal.last_counters)
+
+    def last_counter(self, device_id: str) -> int | None:
+        """The last counter journaled for the device (None: never seen)."""
+        return self._last_counter.get(device_id)
 
     # -- intake --------------------------------------------------------------------------
     def offer(self, arrival: Arrival) -> bool:

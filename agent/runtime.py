@@ -22,15 +22,25 @@ from agent.attest.keys import GatewayKey, load_key_file
 from agent.attest.observation import ObservationSigner
 from agent.bridge import Bridge
 from agent.config import AgentConfig
+from agent.devices.ble import (
+    BleBackend,
+    BleDeviceDirectory,
+    BleGate,
+    BleSource,
+    ConfiguredBleDevices,
+    EnrolledBleDevices,
+)
 from agent.devices.coap import CoapSource
+from agent.devices.gate import EnrollmentGate
 from agent.devices.mqtt import MqttSource
+from agent.devices.registry import DeviceRegistry
 from agent.devices.serial import SerialSource
 from agent.errors import AgentError, JournalError
 from agent.journal import Journal, JournalStats
 from agent.logs import event
 from agent.metrics import Metrics
 from agent.model import Eip712Domain, Transport
-from agent.pipeline import Pipeline, TransportAllowlistGate
+from agent.pipeline import DeviceGate, Pipeline, TransportGate
 from agent.secrets import check_secret_mode
 
 log = logging.getLogger("agent.runtime")
@@ -85,7 +95,14 @@ async def supervise(
 class Agent:
     """The whole agent, built from an AgentConfig. `await agent.run(stop_event)`."""
 
-    def __init__(self, cfg: AgentConfig, key: GatewayKey | None = None) -> None:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        key: GatewayKey | None = None,
+        *,
+        ble_backend: BleBackend | None = None,
+        ble_devices: BleDeviceDirectory | None = None,
+    ) -> None:
         self.cfg = cfg
         self.key = key if key is not None else load_gateway_key(cfg)
         self.metrics = Metrics()
@@ -100,11 +117,32 @@ class Agent:
             logger=logging.getLogger("agent.journal"),
         )
         self.signer = ObservationSigner(self.key, domain_of(cfg))
+        enr = cfg.enrollment
+        self.registry = (
+            DeviceRegistry(enr.registry_dir) if enr is not None and enr.enabled else None
+        )
+        self.gate = EnrollmentGate(
+            self.registry,
+            allowlist=cfg.mqtt.allowed_devices,
+            rate=enr.rate if enr is not None else 10.0,
+            burst=enr.burst if enr is not None else 20.0,
+            metrics=self.metrics,
+        )
+        gate: DeviceGate = self.gate
+        if cfg.ble.enabled:
+            if ble_devices is None:
+                configured = ConfiguredBleDevices(cfg.ble.devices)
+                ble_devices = (
+                    EnrolledBleDevices(configured, self.gate)
+                    if self.registry is not None
+                    else configured
+                )
+            gate = TransportGate({Transport.BLE: BleGate(ble_devices, self.gate)}, gate)
         self.pipeline = Pipeline(
             signer=self.signer,
             journal=self.journal,
             executor=self.executor,
-            gate=TransportAllowlistGate({}),  # the sources' lists are filled in below
+            gate=gate,
             metrics=self.metrics,
             queue_size=cfg.pipeline.queue_size,
             batch_max=cfg.pipeline.batch_max,
@@ -128,6 +166,16 @@ class Agent:
                 metrics=self.metrics,
                 client_id=f"edgence-{self.key.address[2:14]}-devices",
             )
+        self.ble: BleSource | None = None
+        if cfg.ble.enabled:
+            assert ble_devices is not None
+            self.ble = BleSource(
+                cfg.ble,
+                pipeline=self.pipeline,
+                metrics=self.metrics,
+                directory=ble_devices,
+                backend=ble_backend,
+            )
         self.coap: CoapSource | None = None
         if cfg.coap.enabled:
             self.coap = CoapSource(
@@ -137,18 +185,12 @@ class Agent:
         if cfg.serial.ports:
             self.serial = SerialSource(cfg.serial, pipeline=self.pipeline, metrics=self.metrics)
         self._serial_task: asyncio.Task[None] | None = None
-        self.pipeline.gate = TransportAllowlistGate(
-            {
-                Transport.MQTT: ("sources.mqtt.allowed_devices", cfg.mqtt.allowed_devices),
-                Transport.COAP: (
-                    "sources.coap.allowed_devices (or observe, oscore_dir)",
-                    self.coap.allowed_devices if self.coap else (),
-                ),
-                Transport.SERIAL: (
-                    "sources.serial.ports (device, gps_device, allowed_devices)",
-                    cfg.serial.allowed_devices,
-                ),
-            }
+        # Before enrollment, or for development: the CoAP and serial allowlists (with observed,
+        # OSCORE and port devices) join MQTT's in the gate's shared list of unenrolled devices.
+        self.gate.allowlist = (
+            self.gate.allowlist
+            | (self.coap.allowed_devices if self.coap else frozenset())
+            | cfg.serial.allowed_devices
         )
         self.ready = asyncio.Event()
 
@@ -185,7 +227,7 @@ class Agent:
         )
 
     async def _announce_ready(self, started: float) -> None:
-        sources = [s for s in (self.mqtt, self.coap, self.serial) if s is not None]
+        sources = [s for s in (self.mqtt, self.ble, self.coap, self.serial) if s is not None]
         for src in sources:
             await src.ready.wait()
         self.ready.set()
@@ -209,6 +251,7 @@ class Agent:
             self.executor.shutdown(wait=False)
             raise
         await self.pipeline.load_state()
+        await asyncio.get_running_loop().run_in_executor(None, self.gate.load)
         event(
             log,
             "starting",
@@ -225,6 +268,7 @@ class Agent:
         tasks = [
             asyncio.create_task(supervise("pipeline", self.pipeline.run, stopping, m)),
             asyncio.create_task(self._maintain_journal()),
+            asyncio.create_task(supervise("registry", self.gate.run, stopping, m)),
         ]
         if self.bridge is not None:
             tasks.append(asyncio.create_task(supervise("bridge", self.bridge.run, stopping, m)))
@@ -237,6 +281,8 @@ class Agent:
                 supervise("serial", self.serial.run, stopping, m)
             )
             tasks.append(self._serial_task)
+        if self.ble is not None:
+            tasks.append(asyncio.create_task(supervise("ble", self.ble.run, stopping, m)))
         tasks.append(asyncio.create_task(self._announce_ready(started)))
         try:
             await stop.wait()
@@ -252,11 +298,17 @@ class Agent:
             self.coap.pause()
         if self._serial_task is not None:
             self._serial_task.cancel()  # stop reading; what was read is in the pipeline's queue
+        if self.ble is not None:
+            await self.ble.stop()
         drained = await self.pipeline.drain(grace=0.8)
         if self.mqtt is not None:
             await self.mqtt.stop()
         if self.bridge is not None:
             await self.bridge.stop(grace=0.6)
+        try:
+            await self.gate.flush_activations()
+        except AgentError as exc:
+            event(log, "registry_error", logging.ERROR, error=str(exc))
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -176,6 +176,8 @@ def start_agent(d: Path, port: int, devices: int) -> subprocess.Popen[bytes]:
         '[gateway]\nkey_file = "gateway.key"\n[sources.mqtt]\nenabled = false\n'
         f'[sources.coap]\nenabled = true\nbind = "127.0.0.1"\nport = {port}\n'
         f"allowed_devices = [{allowed}]\n[bridge]\nenabled = false\n"
+        # Each device posts as fast as it is answered: above the default per-device limit.
+        "[enrollment]\nrate = 100000\nburst = 1000\n"
     )
     log = d / "agent.log"
     t0 = time.monotonic()

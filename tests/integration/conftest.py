@@ -143,6 +143,8 @@ def agent_config_dict(
         "sources": {"mqtt": {"url": local.url, "allowed_devices": ["dev-1", "dev-2", "dev-3"]}},
         "bridge": {"url": upstream.url},
         "log": {"level": "info"},
+        # Tests push thousands of frames per device; the per-device limit has its own tests.
+        "enrollment": {"rate": 100000, "burst": 1000000},
     }
     for section, values in over.items():
         cfg.setdefault(section, {}).update(values)
@@ -191,13 +193,16 @@ async def start_agent(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     running: list[RunningAgent] = []
 
     async def start(
-        cfg_dict: dict[str, Any], key: GatewayKey | None = None, name: str = "agent"
+        cfg_dict: dict[str, Any],
+        key: GatewayKey | None = None,
+        name: str = "agent",
+        **agent_kwargs: Any,
     ) -> RunningAgent:
         base = tmp_path / name
         base.mkdir(exist_ok=True)
         key = key or GatewayKey.generate()
         cfg: AgentConfig = config_from_dict(cfg_dict, str(base / "agent.toml"), base)
-        agent = Agent(cfg, key)
+        agent = Agent(cfg, key, **agent_kwargs)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         ready = asyncio.create_task(agent.ready.wait())

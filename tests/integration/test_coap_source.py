@@ -22,9 +22,12 @@ from aiocoap.numbers.codes import Code
 
 from agent.attest.keys import GatewayKey
 from agent.attest.observation import verify_envelope
-from agent.devices.codecs.cbor_frame import encode_cbor_frame
+from agent.devices.auth import encode_signed_frame, frame_mac
+from agent.devices.codecs.cbor_frame import encode_cbor_frame, parse_cbor_frame
 from agent.devices.codecs.frame import encode_frame
+from agent.devices.registry import DeviceRegistry
 from agent.localbroker import LocalMosquitto
+from agent.model import Transport
 
 from .conftest import Collector, async_wait_until
 
@@ -355,3 +358,62 @@ async def test_observed_device_restarts_and_notifications_resume_while_a_dead_on
     assert m.get("coap_observe_lost", device="dead-1") >= 1
     assert m.get("coap_observe_registered", device="dead-1") == 0
     assert not by_counter(collector, "dead-1")
+
+
+async def test_a_device_above_its_rate_gets_4_29_with_max_age(
+    upstream_broker: LocalMosquitto, start_agent: Any, client: aiocoap.Context
+) -> None:
+    port = free_udp_port()
+    cfg = coap_config(upstream_broker, port, busy_max_age=9)
+    cfg["enrollment"] = {"rate": 0.001, "burst": 2}  # two frames, then one per 1000 s
+    running = await start_agent(cfg)
+    codes = [(await post(client, port, "up/dev-1", frame(n))).code for n in (1, 2)]
+    assert codes == [Code.CHANGED, Code.CHANGED]
+    limited = await post(client, port, "up/dev-1", frame(3))
+    assert (limited.code, limited.payload, limited.opt.max_age) == (
+        Code.TOO_MANY_REQUESTS,
+        b"rate_limited",
+        9,
+    )
+    # Another device has its own bucket.
+    assert (await post(client, port, "up/dev-2", frame(1))).code == Code.CHANGED
+    assert running.agent.metrics.by_label("frames_rejected", "reason") == {"rate_limited": 1}
+
+
+async def test_enrolled_coap_devices_get_codes_from_the_enrollment_gate(
+    tmp_path: Path,
+    upstream_broker: LocalMosquitto,
+    collector: Collector,
+    start_agent: Any,
+    client: aiocoap.Context,
+) -> None:
+    reg = DeviceRegistry(tmp_path / "agent" / "data" / "devices")
+    _, key = reg.enroll("enr-1", transport=Transport.COAP)
+    _, mqtt_key = reg.enroll("enr-mqtt", transport=Transport.MQTT)
+    reg.activate(["enr-1", "enr-mqtt"])
+    port = free_udp_port()
+    await start_agent(coap_config(upstream_broker, port, allowed_devices=[]))
+
+    def signed(k: bytes, dev: str, n: int, cbor: bool = False) -> bytes:
+        values = [("temperature", 2000 + n, -2, "Cel")]
+        if not cbor:
+            return encode_signed_frame(k, dev, n, values)
+        unsigned = parse_cbor_frame(encode_cbor_frame(n, values))
+        return encode_cbor_frame(n, values, mac=frame_mac(k, dev, unsigned))
+
+    async def code(dev: str, payload: bytes, cf: int = 50) -> tuple[Code, bytes]:
+        r = await post(client, port, f"up/{dev}", payload, cf)
+        return r.code, r.payload
+
+    assert await code("enr-1", signed(key, "enr-1", 1)) == (Code.CHANGED, b"")
+    # The same key covers the CBOR form: the MAC is over the parsed fields.
+    assert await code("enr-1", signed(key, "enr-1", 2, cbor=True), 60) == (Code.CHANGED, b"")
+    assert await code("enr-1", signed(bytes(32), "enr-1", 3)) == (Code.UNAUTHORIZED, b"bad_mac")
+    assert await code("enr-1", frame(3)) == (Code.UNAUTHORIZED, b"missing_mac")
+    assert await code("enr-1", signed(key, "enr-1", 2)) == (Code.BAD_REQUEST, b"replay")
+    assert await code("ghost", signed(key, "ghost", 1)) == (Code.UNAUTHORIZED, b"unknown_device")
+    wrong = signed(mqtt_key, "enr-mqtt", 1)
+    assert await code("enr-mqtt", wrong) == (Code.UNAUTHORIZED, b"wrong_transport")
+    await async_wait_until(lambda: set(by_counter(collector, "enr-1")) == {1, 2}, 10, "upstream")
+    auth = {verify_envelope(p).reading.auth for _, p in collector.raw_observations()}
+    assert auth == {"hmac"}

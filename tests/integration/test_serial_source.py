@@ -192,6 +192,7 @@ async def test_a_full_pipeline_pauses_reading_the_port_and_loses_nothing(
     try:
         cfg = serial_config(upstream_broker, dev.link)
         cfg["pipeline"] = {"queue_size": 16, "batch_max": 4}
+        cfg["enrollment"] = {"rate": 100_000, "burst": 1000}  # a burst, not a rate test
         running = await start_agent(cfg)
         agent = running.agent
         await async_wait_until(lambda: agent.metrics.get("serial_opened") == 1, 10, "opened")

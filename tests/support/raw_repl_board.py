@@ -1,0 +1,96 @@
+"""A simulated MicroPython board behind a real pseudo-terminal: it speaks the raw REPL protocol
+(Ctrl-A banner, code until Ctrl-D, "OK", output, \\x04, errors, \\x04, ">") and runs the code it
+is sent with CPython against a directory standing in for the board's flash.
+
+A fake, because no board is attached here: it stands in for the board only; the serial line
+(pty) and the agent's pyserial code are real.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import threading
+import traceback
+import tty
+from pathlib import Path
+from typing import Any
+
+
+class RawReplBoard:
+    def __init__(self, flash: Path) -> None:
+        self.flash = flash
+        self.flash.mkdir(parents=True, exist_ok=True)
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.port = os.ttyname(self.slave)
+        self.soft_resets = 0
+        self.executed: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> RawReplBoard:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        os.close(self.slave)
+        self._thread.join(5)
+        os.close(self.master)
+
+    def _write(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def _open(self, name: str, mode: str = "r") -> Any:
+        return open(self.flash / os.path.basename(name), mode)
+
+    def _run(self, code: str) -> tuple[bytes, bytes]:
+        out, err = io.StringIO(), io.StringIO()
+        fake_os = type("os", (), {"stat": lambda n: os.stat(self.flash / os.path.basename(n))})
+        env: dict[str, Any] = {"open": self._open, "__name__": "__main__"}
+        code = code.replace("import os;", "")
+        env["os"] = fake_os
+        try:
+            with contextlib.redirect_stdout(out):
+                exec(compile(code, "<stdin>", "exec"), env)
+        except Exception:
+            err.write(traceback.format_exc(limit=0))
+        return out.getvalue().encode(), err.getvalue().encode()
+
+    def _serve(self) -> None:
+        raw = False
+        buf = bytearray()
+        while not self._stop.is_set():
+            try:
+                data = os.read(self.master, 4096)
+            except OSError:
+                return
+            for b in data:
+                c = bytes([b])
+                if not raw:
+                    if c == b"\x01":
+                        raw = True
+                        buf.clear()
+                        self._write(b"raw REPL; CTRL-B to exit\r\n>")
+                    elif c == b"\x03":
+                        self._write(b"\r\n>>> ")
+                    elif c == b"\x04":
+                        self.soft_resets += 1
+                        self._write(b"MPY: soft reboot\r\n>>> ")
+                    continue
+                if c == b"\x02":
+                    raw = False
+                    self._write(b"\r\nMicroPython (simulated board)\r\n>>> ")
+                elif c == b"\x03":
+                    buf.clear()
+                elif c == b"\x04":
+                    code = buf.decode()
+                    buf.clear()
+                    self.executed.append(code)
+                    self._write(b"OK")
+                    out, err = self._run(code)
+                    self._write(out + b"\x04" + err + b"\x04>")
+                elif c != b"\x01":
+                    buf += c

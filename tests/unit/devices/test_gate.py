@@ -1,0 +1,172 @@
+"""The enrollment gate against a real registry on disk: every refusal reason, the join window,
+activation written back to the registry, the per-device rate limit, BTHome downgrade."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.devices.auth import frame_mac
+from agent.devices.codecs.frame import encode_frame, parse_frame
+from agent.devices.gate import EnrollmentGate
+from agent.devices.registry import DeviceRegistry, DeviceStatus, KeyKind
+from agent.errors import RejectedReading
+from agent.model import AuthMethod, Transport
+from agent.pipeline import Arrival
+
+
+class FakeClock:
+    """Stands in for time.monotonic / time.time so that windows and rates are exact in tests."""
+
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def arrival(
+    device: str,
+    counter: int,
+    key: bytes | None,
+    transport: Transport = Transport.MQTT,
+    verified: AuthMethod | None = None,
+) -> Arrival:
+    values = [("t", counter, 0, "Cel")]
+    mac = None
+    if key is not None:
+        mac = frame_mac(key, device, parse_frame(encode_frame(counter, values)))
+    frame = parse_frame(encode_frame(counter, values, mac=mac))
+    return Arrival(frame, device, transport, str(transport), verified=verified)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make_gate(
+    tmp_path: Path, clock: FakeClock, **kw: object
+) -> tuple[EnrollmentGate, DeviceRegistry]:
+    reg = DeviceRegistry(tmp_path)
+    gate = EnrollmentGate(reg, clock=clock, wall=clock, **kw)  # type: ignore[arg-type]
+    return gate, reg
+
+
+def reason(gate: EnrollmentGate, arr: Arrival) -> str:
+    with pytest.raises(RejectedReading) as info:
+        gate.check(arr)
+    return info.value.reason
+
+
+def test_active_device_with_a_good_mac_passes_and_a_forged_one_does_not(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    gate, reg = make_gate(tmp_path, clock)
+    _, key = reg.enroll("dev-1", transport=Transport.MQTT, now=clock.t)
+    reg.activate(["dev-1"])
+    gate.load()
+    assert gate.check(arrival("dev-1", 1, key)) is AuthMethod.HMAC
+    assert reason(gate, arrival("dev-1", 2, bytes(32))) == "bad_mac"
+    assert reason(gate, arrival("dev-1", 3, None)) == "missing_mac"
+
+
+def test_unknown_revoked_and_wrong_transport_are_refused(tmp_path: Path, clock: FakeClock) -> None:
+    gate, reg = make_gate(tmp_path, clock)
+    _, key = reg.enroll("dev-1", transport=Transport.MQTT, now=clock.t)
+    _, key2 = reg.enroll("dev-2", transport=Transport.MQTT, now=clock.t)
+    reg.revoke("dev-2")
+    gate.load()
+    assert reason(gate, arrival("nobody", 1, key)) == "unknown_device"
+    assert reason(gate, arrival("dev-2", 1, key2)) == "revoked"
+    assert reason(gate, arrival("dev-1", 1, key, Transport.COAP)) == "wrong_transport"
+
+
+async def test_pending_device_activates_on_first_verified_frame_within_window(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    gate, reg = make_gate(tmp_path, clock)
+    _, key = reg.enroll("dev-1", transport=Transport.MQTT, window_s=60, now=clock.t)
+    gate.load()
+    assert reason(gate, arrival("dev-1", 1, bytes(32))) == "bad_mac"  # wrong key: still pending
+    assert reg.get("dev-1").status is DeviceStatus.PENDING  # type: ignore[union-attr]
+    clock.t += 59
+    assert gate.check(arrival("dev-1", 1, key)) is AuthMethod.HMAC
+    await gate.flush_activations()
+    assert reg.get("dev-1").status is DeviceStatus.ACTIVE  # type: ignore[union-attr]
+    clock.t += 3600  # an active device no longer depends on the window
+    gate.load()
+    assert gate.check(arrival("dev-1", 2, key)) is AuthMethod.HMAC
+
+
+def test_pending_device_after_its_window_is_refused_and_stays_pending(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    gate, reg = make_gate(tmp_path, clock)
+    _, key = reg.enroll("dev-1", transport=Transport.MQTT, window_s=10, now=clock.t)
+    gate.load()
+    clock.t += 11
+    assert reason(gate, arrival("dev-1", 1, key)) == "not_active"
+    assert reg.get("dev-1").status is DeviceStatus.PENDING  # type: ignore[union-attr]
+
+
+def test_rotated_key_refuses_frames_under_the_old_one(tmp_path: Path, clock: FakeClock) -> None:
+    gate, reg = make_gate(tmp_path, clock)
+    _, old = reg.enroll("dev-1", transport=Transport.MQTT, now=clock.t)
+    reg.activate(["dev-1"])
+    _, new = reg.rotate_key("dev-1", now=clock.t)
+    gate.load()
+    assert reason(gate, arrival("dev-1", 5, old)) == "bad_mac"
+    assert gate.check(arrival("dev-1", 6, new)) is AuthMethod.HMAC
+
+
+def test_rate_limit_is_per_device(tmp_path: Path, clock: FakeClock) -> None:
+    gate, reg = make_gate(tmp_path, clock, rate=2.0, burst=3.0)
+    keys = {d: reg.enroll(d, transport=Transport.MQTT, now=clock.t)[1] for d in ("a", "b")}
+    reg.activate(["a", "b"])
+    gate.load()
+    for n in range(1, 4):
+        gate.check(arrival("a", n, keys["a"]))
+    assert reason(gate, arrival("a", 4, keys["a"])) == "rate_limited"
+    assert gate.check(arrival("b", 1, keys["b"])) is AuthMethod.HMAC  # b is not starved
+    clock.t += 0.5  # one token back at 2/s
+    assert gate.check(arrival("a", 5, keys["a"])) is AuthMethod.HMAC
+    assert reason(gate, arrival("a", 6, keys["a"])) == "rate_limited"
+
+
+def test_bthome_device_needs_the_sources_decryption(tmp_path: Path, clock: FakeClock) -> None:
+    gate, reg = make_gate(tmp_path, clock)
+    reg.enroll("ble-1", transport=Transport.BLE, key_kind=KeyKind.BTHOME, now=clock.t)
+    reg.activate(["ble-1"])
+    gate.load()
+    assert reason(gate, arrival("ble-1", 1, None, Transport.BLE)) == "bad_mac"  # plaintext
+    ok = arrival("ble-1", 2, None, Transport.BLE, verified=AuthMethod.BTHOME)
+    assert gate.check(ok) is AuthMethod.BTHOME
+
+
+def test_allowlisted_devices_pass_unauthenticated_and_are_marked_so(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    gate, _ = make_gate(tmp_path, clock, allowlist=["sim-1"])
+    gate.load()
+    assert gate.check(arrival("sim-1", 1, None)) is AuthMethod.ALLOWLIST
+
+
+async def test_registry_changes_from_another_writer_are_picked_up(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    import asyncio
+
+    gate, _ = make_gate(tmp_path, clock)
+    gate.load()
+    _, key = DeviceRegistry(tmp_path).enroll("late", transport=Transport.MQTT, now=clock.t)
+    task = asyncio.create_task(gate.run(poll=0.01))
+    try:
+        for _ in range(500):
+            if "late" in gate._records:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+    assert gate.check(arrival("late", 1, key)) is AuthMethod.HMAC
