@@ -136,3 +136,13 @@ def test_bad_source_settings_name_the_file_and_the_key(
         load_config(path)
     msg = str(info.value)
     assert str(path) in msg and f"[{key}]" in msg and words in msg, msg
+
+
+def test_coap_source_and_coap_forwarding_on_one_port_are_refused(tmp_path: Path) -> None:
+    forward = '[forward]\nenabled = true\n[forward.coap]\nenabled = true\nbind = "127.0.0.1:5683"\n'
+    path = write(tmp_path, "[sources.coap]\nenabled = true\n" + forward)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "[sources.coap.port]" in str(info.value) and "own UDP port" in str(info.value)
+    cfg = load_config(write(tmp_path, "[sources.coap]\nenabled = true\nport = 5700\n" + forward))
+    assert (cfg.coap.port, cfg.forward.coap_port) == (5700, 5683)
