@@ -79,6 +79,64 @@ class MqttSourceConfig:
 
 
 @dataclass(frozen=True)
+class CoapObserveConfig:
+    """A CoAP resource on a device that the agent OBSERVEs (client mode)."""
+
+    device: str
+    uri: str
+    timeout_s: float = 10.0  # for the registration's first response
+    # Re-register when no notification came for this long; None: the last Max-Age + 25 %.
+    reregister_s: float | None = None
+
+
+@dataclass(frozen=True)
+class CoapSourceConfig:
+    enabled: bool = False
+    bind: str = "0.0.0.0"
+    port: int = 5683
+    max_payload: int = 4096
+    max_values_per_frame: int = 16
+    allowed_devices: tuple[str, ...] = ()
+    busy_max_age: int = 2  # Max-Age (s) on 5.03 / 4.29: when a device may try again
+    oscore_dir: Path | None = None  # one FilesystemSecurityContext directory per device id
+    observe: tuple[CoapObserveConfig, ...] = ()
+    backoff_max_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class SerialPortConfig:
+    path: Path
+    baud: int = 115200
+    bytesize: int = 8
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: int = 1
+    device: str | None = None  # device id of frames on this port that carry no "id"
+    gps_device: str | None = None  # NMEA sentences on this port become this device's readings
+    allowed_devices: tuple[str, ...] = ()  # further ids that frames on this port may carry
+    max_line: int = 4112
+
+    @property
+    def devices(self) -> frozenset[str]:
+        return frozenset(d for d in (self.device, *self.allowed_devices) if d is not None)
+
+
+@dataclass(frozen=True)
+class SerialSourceConfig:
+    ports: tuple[SerialPortConfig, ...] = ()
+    max_values_per_frame: int = 16
+    reopen_max_s: float = 10.0
+
+    @property
+    def allowed_devices(self) -> frozenset[str]:
+        out: set[str] = set()
+        for p in self.ports:
+            out |= p.devices
+            if p.gps_device is not None:
+                out.add(p.gps_device)
+        return frozenset(out)
+
+
+@dataclass(frozen=True)
 class BleDeviceConfig:
     """One BLE device: a BTHome advertiser (`bthome`) or a GATT peripheral notifying device
     frames (`gatt`). `bindkey_file` (0600, 32 hex digits) makes a BTHome device encrypted-only."""
@@ -271,6 +329,8 @@ class AgentConfig:
     journal: JournalConfig
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    coap: CoapSourceConfig = field(default_factory=CoapSourceConfig)
+    serial: SerialSourceConfig = field(default_factory=SerialSourceConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
     forward: ForwardConfig = field(default_factory=ForwardConfig)
     enrollment: EnrollmentConfig | None = None
@@ -358,6 +418,29 @@ class _Section:
     def sub(self, k: str) -> _Section:
         self.read.add(k)
         return _Section(self.file, self.key(k), self.data.get(k, {}), self.base)
+
+    def sub_list(self, k: str) -> list[_Section]:
+        """An array of tables ([[a.k]]): one section per entry, keys named a.k[i].x."""
+        self.read.add(k)
+        v = self.data.get(k, [])
+        if not isinstance(v, list):
+            raise self.err(k, f"must be an array of tables ([[{self.key(k)}]])")
+        return [_Section(self.file, f"{self.key(k)}[{i}]", d, self.base) for i, d in enumerate(v)]
+
+    def device_id(
+        self, k: str, default: str | None = None, *, required: bool = False
+    ) -> str | None:
+        v = self.get(k, str, default, required=required)
+        if v is not None and not NAME_RE.match(v):
+            raise self.err(k, f"device id {v!r} must be 1-32 of A-Z a-z 0-9 _ . : -")
+        return v
+
+    def device_ids(self, k: str) -> tuple[str, ...]:
+        ids = self.str_list(k, ())
+        for d in ids:
+            if not NAME_RE.match(d):
+                raise self.err(k, f"device id {d!r} must be 1-32 of A-Z a-z 0-9 _ . : -")
+        return ids
 
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.read)
@@ -498,6 +581,8 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
         if not NAME_RE.match(d):
             raise m.err("allowed_devices", f"device id {d!r} must be 1-32 of A-Z a-z 0-9 _ . : -")
     m.done()
+    coap = _coap_source(s.sub("coap"))
+    serial = _serial_source(s.sub("serial"))
     ble = _ble_source(s.sub("ble"))
     s.done()
 
@@ -593,6 +678,28 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
     forward = _forward_section(section("forward"), mqtt.broker.url)
     election = _election_section(section("election"), data_dir, chain, bridge)
     oracle = _oracle_section(section("oracle"), mqtt.broker.url, chain, forward)
+    # Three CoAP servers may run (device source, dApp forwarding, oracle queries): each needs
+    # its own UDP port on overlapping addresses.
+    servers = []
+    if coap.enabled:
+        servers.append(("sources.coap.port", "[sources.coap]", coap.bind, coap.port))
+    if forward.enabled and forward.coap_enabled:
+        servers.append(
+            ("forward.coap.bind", "[forward.coap]", forward.coap_host, forward.coap_port)
+        )
+    if oracle.enabled and oracle.coap_enabled:
+        servers.append(("oracle.coap.bind", "[oracle.coap]", oracle.coap_host, oracle.coap_port))
+    for i, (key, name, host, port) in enumerate(servers):
+        for _, other, other_host, other_port in servers[:i]:
+            if port == other_port and (
+                host == other_host or {host, other_host} & {"0.0.0.0", "::"}
+            ):
+                raise ConfigError(
+                    file,
+                    key,
+                    f"{name} and {other} both use UDP port {port} on {host} / {other_host}; "
+                    "each CoAP server needs its own port",
+                )
     if oracle.submit_enabled and int(gateway.verifying_contract, 16) == 0:
         raise ConfigError(
             file,
@@ -612,6 +719,8 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
         log=log,
         enrollment=enrollment,
         ble=ble,
+        coap=coap,
+        serial=serial,
         metrics=metrics,
         chain=chain,
         forward=forward,
@@ -687,6 +796,76 @@ def _ble_source(sec: _Section) -> BleSourceConfig:
         devices=tuple(devices),
     )
     sec.done()
+    return cfg
+
+
+def _coap_source(c: _Section) -> CoapSourceConfig:
+    observe = []
+    for o in c.sub_list("observe"):
+        uri = o.get("uri", str, required=True)
+        parts = urlsplit(uri)
+        if parts.scheme != "coap" or not parts.hostname:
+            raise o.err("uri", f"must be coap://HOST[:PORT]/PATH; got {uri!r}")
+        reregister = o.duration("reregister_after", 1.0) if "reregister_after" in o.data else None
+        observe.append(
+            CoapObserveConfig(
+                device=cast(str, o.device_id("device", required=True)),
+                uri=uri,
+                timeout_s=o.duration("timeout", 10.0),
+                reregister_s=reregister,
+            )
+        )
+        o.read.add("reregister_after")
+        o.done()
+    devices = [o.device for o in observe]
+    if len(set(devices)) != len(devices):
+        raise c.err("observe", "each device may be observed once (one [[...observe]] per device)")
+    cfg = CoapSourceConfig(
+        enabled=c.get("enabled", bool, False),
+        bind=c.get("bind", str, "0.0.0.0"),
+        port=c.int_range("port", 5683, 1, 65535),
+        max_payload=c.int_range("max_payload", 4096, 64, 64 * 1024),
+        max_values_per_frame=c.int_range("max_values_per_frame", 16, 1, 256),
+        allowed_devices=c.device_ids("allowed_devices"),
+        busy_max_age=c.int_range("busy_max_age", 2, 1, 3600),
+        oscore_dir=c.path("oscore_dir"),
+        observe=tuple(observe),
+        backoff_max_s=c.duration("backoff_max", 30.0),
+    )
+    c.done()
+    return cfg
+
+
+def _serial_source(sr: _Section) -> SerialSourceConfig:
+    ports = []
+    for p in sr.sub_list("ports"):
+        framing = p.get("framing", str, "8N1")
+        if not re.fullmatch(r"[5-8][NEO][12]", framing):
+            raise p.err(
+                "framing", f"must be data bits, parity, stop bits such as 8N1; got {framing!r}"
+            )
+        port = SerialPortConfig(
+            path=cast(Path, p.path("path", required=True)),
+            baud=p.int_range("baud", 115200, 50, 4_000_000),
+            bytesize=int(framing[0]),
+            parity=cast(Literal["N", "E", "O"], framing[1]),
+            stopbits=int(framing[2]),
+            device=p.device_id("device"),
+            gps_device=p.device_id("gps_device"),
+            allowed_devices=p.device_ids("allowed_devices"),
+            max_line=p.int_range("max_line", 4112, 128, 1024 * 1024),
+        )
+        p.done()
+        ports.append(port)
+    paths = [p.path for p in ports]
+    if len(set(paths)) != len(paths):
+        raise sr.err("ports", "lists one path twice; each port may be read by one reader only")
+    cfg = SerialSourceConfig(
+        ports=tuple(ports),
+        max_values_per_frame=sr.int_range("max_values_per_frame", 16, 1, 256),
+        reopen_max_s=sr.duration("reopen_max", 10.0),
+    )
+    sr.done()
     return cfg
 
 

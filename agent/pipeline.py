@@ -147,6 +147,10 @@ class Pipeline:
     async def wait_for_space(self) -> None:
         await self._space.wait()
 
+    def has_space(self) -> bool:
+        """False while the queue is past its bound (a source that can say "busy" says so)."""
+        return self._space.is_set()
+
     def reject(self, source: str, device: str, reason: str, detail: str) -> None:
         """Count and (rate-limited) log a frame a source could not even parse."""
         self.metrics.inc("frames_rejected", reason=reason, source=source)

@@ -34,9 +34,11 @@ from agent.devices.ble import (
     ConfiguredBleDevices,
     EnrolledBleDevices,
 )
+from agent.devices.coap import CoapSource
 from agent.devices.gate import EnrollmentGate
 from agent.devices.mqtt import MqttSource
 from agent.devices.registry import DeviceRegistry
+from agent.devices.serial import SerialSource
 from agent.election.rounds import ConnectionPublisher, ElectionRounds
 from agent.errors import AgentError, JournalError
 from agent.journal import Journal, JournalStats
@@ -186,6 +188,22 @@ class Agent:
                 directory=ble_devices,
                 backend=ble_backend,
             )
+        self.coap: CoapSource | None = None
+        if cfg.coap.enabled:
+            self.coap = CoapSource(
+                cfg.coap, pipeline=self.pipeline, metrics=self.metrics, config_file=str(cfg.path)
+            )
+        self.serial: SerialSource | None = None
+        if cfg.serial.ports:
+            self.serial = SerialSource(cfg.serial, pipeline=self.pipeline, metrics=self.metrics)
+        self._serial_task: asyncio.Task[None] | None = None
+        # Before enrollment, or for development: the CoAP and serial allowlists (with observed,
+        # OSCORE and port devices) join MQTT's in the gate's shared list of unenrolled devices.
+        self.gate.allowlist = (
+            self.gate.allowlist
+            | (self.coap.allowed_devices if self.coap else frozenset())
+            | cfg.serial.allowed_devices
+        )
         self._setup_chain()
         self._setup_oracle()
         self.ready = asyncio.Event()
@@ -426,10 +444,9 @@ class Agent:
         )
 
     async def _announce_ready(self, started: float) -> None:
-        if self.mqtt is not None:
-            await self.mqtt.ready.wait()
-        if self.ble is not None:
-            await self.ble.ready.wait()
+        sources = [s for s in (self.mqtt, self.ble, self.coap, self.serial) if s is not None]
+        for src in sources:
+            await src.ready.wait()
         if self.forward_mqtt is not None:
             await self.forward_mqtt.ready.wait()
         if self.forward_coap is not None:
@@ -445,8 +462,7 @@ class Agent:
             "ready",
             gateway=self.key.address,
             ready_ms=int((time.monotonic() - started) * 1000),
-            sources=",".join(s for s, on in (("mqtt", self.mqtt), ("ble", self.ble)) if on)
-            or "none",
+            sources=",".join(s.name for s in sources) or "none",
             upstream=self.cfg.bridge.broker.url if self.bridge else "disabled",
             chain=self.cfg.chain.rpc_url if self.rpc else "disabled",
             forward=",".join(
@@ -493,6 +509,13 @@ class Agent:
             tasks.append(asyncio.create_task(supervise("bridge", self.bridge.run, stopping, m)))
         if self.mqtt is not None:
             tasks.append(asyncio.create_task(supervise("mqtt", self.mqtt.run, stopping, m)))
+        if self.coap is not None:
+            tasks.append(asyncio.create_task(supervise("coap", self.coap.run, stopping, m)))
+        if self.serial is not None:
+            self._serial_task = asyncio.create_task(
+                supervise("serial", self.serial.run, stopping, m)
+            )
+            tasks.append(self._serial_task)
         if self.ble is not None:
             tasks.append(asyncio.create_task(supervise("ble", self.ble.run, stopping, m)))
         if self.telemetry is not None:
@@ -517,6 +540,10 @@ class Agent:
         t0 = time.monotonic()
         if self.mqtt is not None:
             self.mqtt.conn.pause_reading()
+        if self.coap is not None:
+            self.coap.pause()
+        if self._serial_task is not None:
+            self._serial_task.cancel()  # stop reading; what was read is in the pipeline's queue
         if self.ble is not None:
             await self.ble.stop()
         drained = await self.pipeline.drain(grace=0.8)
@@ -535,6 +562,8 @@ class Agent:
         await self._close_chain()
         await self._in_journal_thread(self.journal.close)
         self.executor.shutdown(wait=True)
+        if self.serial is not None:
+            self.serial.close()
         self.watchdog.stop()
         event(
             log,

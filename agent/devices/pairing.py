@@ -90,7 +90,11 @@ def build_bundle(
             mqtt |= {"username": rec.id, "password": mqtt_password}
         bundle["mqtt"] = mqtt
     elif rec.transport is Transport.COAP:
-        bundle["coap"] = {"host": host or "", "path": rec.address or f"/up/{rec.id}"}
+        bundle["coap"] = {
+            "host": host or "",
+            "port": cfg.coap.port,
+            "path": rec.address or f"/up/{rec.id}",
+        }
     elif rec.transport is Transport.SERIAL:
         bundle["serial"] = {"port": rec.address}
     elif rec.transport is Transport.BLE:

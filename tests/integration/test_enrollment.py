@@ -110,58 +110,78 @@ def secured_config(secured: SecuredBroker, upstream: LocalMosquitto, **over: Any
 
 
 class MqttDevice:
-    """A device as its bundle describes it: MQTT 5 with its own credentials (paho thread)."""
+    """A device as its bundle describes it: MQTT 5 with its own credentials (paho thread).
+    Like firmware, it logs in again until the broker knows it (the broker reloads its password
+    file on SIGHUP, a moment after `pair` wrote it) and after the broker drops it."""
 
     def __init__(self, bundle: dict[str, Any], port: int) -> None:
-        m = bundle["mqtt"]
         self.bundle = bundle
         self.key = bytes.fromhex(bundle["key"])
         self.counter = bundle["counter_start"]
+        self.port = port
+        self.acks: dict[int, int] = {}
         self.connected = threading.Event()
-        self.refused: int | None = None
+        self.client: paho.Client | None = None
+
+    def _new_client(self) -> paho.Client:
+        m = self.bundle["mqtt"]
         c = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=bundle["device_id"], protocol=paho.MQTTv5
+            CallbackAPIVersion.VERSION2, client_id=self.bundle["device_id"], protocol=paho.MQTTv5
         )
         c.username_pw_set(m["username"], m["password"])
-        self.acks: dict[int, int] = {}
+        c.reconnect_delay_set(1, 1)
         c.on_publish = lambda cl, ud, mid, rc, pr: self.acks.__setitem__(mid, rc.value)
-        c.on_connect = lambda cl, ud, fl, rc, pr: (
-            self.connected.set() if not rc.is_failure else None
-        )
-        self.port = port
-        self.client = c
+
+        def on_connect(cl: paho.Client, ud: Any, fl: Any, rc: Any, pr: Any) -> None:
+            if not rc.is_failure:
+                self.connected.set()
+
+        def on_disconnect(cl: paho.Client, ud: Any, fl: Any, rc: Any, pr: Any) -> None:
+            self.connected.clear()
+
+        c.on_connect = on_connect
+        c.on_disconnect = on_disconnect
+        return c
 
     def connect(self) -> None:
-        def attempt() -> bool:
+        def logged_in() -> bool:
+            if self.connected.is_set():
+                return True
+            if self.client is not None:
+                self.client.loop_stop()
+                self.client.disconnect()
+            self.client = self._new_client()
             try:
-                self.client.reconnect() if self.client.is_connected() else self.client.connect(
-                    "127.0.0.1", self.port, 30
-                )
+                self.client.connect("127.0.0.1", self.port, 30)
             except OSError:
                 return False
-            return True
+            self.client.loop_start()
+            return self.connected.wait(1.0)
 
-        self.client.loop_start()
-        attempt()
-        # The broker reloads its password file on SIGHUP: retry until it knows us.
-        wait_until(lambda: self.connected.is_set() or (attempt() and False), 15, "device login")
+        wait_until(logged_in, 15, "device login")
 
     def send(self, value: int, topic: str | None = None, counter: int | None = None) -> int:
-        """Publish a signed reading; returns the PUBACK reason code (0 = accepted by broker)."""
+        """Publish a signed reading; returns the PUBACK reason code (below 0x80: accepted)."""
         if counter is None:
             counter = self.counter
             self.counter += 1
         payload = encode_signed_frame(
             self.key, self.bundle["device_id"], counter, [("t", value, -1, "Cel")]
         )
-        info = self.client.publish(topic or self.bundle["mqtt"]["topic"], payload, qos=1)
-        info.wait_for_publish(10)
-        wait_until(lambda: info.mid in self.acks, 10, "PUBACK")
-        return self.acks[info.mid]
+        while True:
+            wait_until(self.connected.is_set, 15, "device connected")
+            assert self.client is not None
+            info = self.client.publish(topic or self.bundle["mqtt"]["topic"], payload, qos=1)
+            if info.rc == paho.MQTT_ERR_NO_CONN:
+                continue  # dropped between the check and the publish: publish again
+            mid = info.mid
+            wait_until(lambda: mid in self.acks, 10, "PUBACK")  # noqa: B023 (used at once)
+            return self.acks[mid]
 
     def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+        if self.client is not None:
+            self.client.loop_stop()
+            self.client.disconnect()
 
 
 def test_pair_enrolls_a_device_whose_signed_readings_go_upstream(

@@ -294,7 +294,7 @@ def test_wrong_type_is_refused_naming_the_key_and_the_expected_type(
     [
         (MINIMAL + 'key_fle = "x"\n', "gateway.key_fle", "key_file"),
         (MINIMAL + "[sources.mqtt]\nqoss = 1\n", "sources.mqtt.qoss", "qos"),
-        (MINIMAL + "[sources.coap]\nport = 5683\n", "sources.coap", "mqtt"),
+        (MINIMAL + "[sources.lora]\nport = 5683\n", "sources.lora", "coap"),
         (MINIMAL + "[journal]\nmax_size = 1\n", "journal.max_size", "max_bytes"),
     ],
 )

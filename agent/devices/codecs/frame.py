@@ -182,6 +182,11 @@ def parse_frame(
         raise
     except (ValueError, RecursionError) as exc:
         raise FrameError("not_json", f"payload is not JSON ({str(exc)[:60]})") from None
+    return frame_from_object(obj, payload, max_values=max_values)
+
+
+def frame_from_object(obj: Any, payload: bytes, *, max_values: int) -> DeviceFrame:
+    """Validate a decoded frame (from JSON, or from CBOR via cbor_frame) into a DeviceFrame."""
     if not isinstance(obj, dict):
         raise FrameError("not_object", "a frame is a JSON object")
     for key in ("v", "n", "r"):
@@ -198,9 +203,12 @@ def parse_frame(
     mac: bytes | None = None
     if "mac" in obj:
         m = obj["mac"]
-        if not isinstance(m, str) or not _MAC_TEXT.match(m):
+        if isinstance(m, bytes) and len(m) == 32:  # CBOR carries it as a byte string
+            mac = m
+        elif not isinstance(m, str) or not _MAC_TEXT.match(m):
             raise FrameError("bad_type", "mac must be 64 hex characters")
-        mac = bytes.fromhex(m)
+        else:
+            mac = bytes.fromhex(m)
     entries = obj["r"]
     if not isinstance(entries, list) or not entries:
         raise FrameError("bad_type", "r must be a non-empty list of readings")
