@@ -167,6 +167,8 @@ def build(spec, machine=None):
             out.append(SimulatedSensor(opts.get("name", "temperature"), opts.get("base", 2000),
                                        opts.get("seed", 1)))
             continue
+        if kind not in ("bme280", "dht22", "adc"):
+            raise ValueError("firmware.sensors: unknown sensor kind %r" % kind)
         if machine is None:
             import machine
         if kind == "bme280":
@@ -175,9 +177,7 @@ def build(spec, machine=None):
             out.append(BME280(i2c, opts.get("address", 0x76)))
         elif kind == "dht22":
             out.append(DHT22(machine.Pin(opts.get("pin", 4))))
-        elif kind == "adc":
+        else:
             out.append(ADCSensor(machine.ADC(machine.Pin(opts.get("pin", 34))),
                                  opts.get("name", "voltage"), opts.get("full_scale_mv", 3300)))
-        else:
-            raise ValueError("firmware.sensors: unknown sensor kind %r" % kind)
     return out
