@@ -59,7 +59,9 @@ def arm(machine, window_s, safe_pin=None):
     global _current
     wdt = None
     if not safe_mode(safe_pin):
-        wdt = machine.WDT(timeout=MAX_HW_TIMEOUT_MS)
+        # Long enough for a 1 s sleep slice plus a send; never above what every port allows.
+        hw_ms = min(MAX_HW_TIMEOUT_MS, max(2000, int(window_s * 1000)))
+        wdt = machine.WDT(timeout=hw_ms)
     _current = Watchdog(wdt, window_s)
     return _current
 
