@@ -5,7 +5,6 @@
 import sys
 
 import machine
-
 from edgence import config, watchdog
 
 try:

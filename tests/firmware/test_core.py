@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 

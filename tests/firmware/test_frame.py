@@ -32,8 +32,9 @@ def test_firmware_on_cpython_matches_the_agent_byte_for_byte(v: dict[str, Any]) 
     canon = frame.canonical_bytes(v["device_id"], v["counter"], v["timestamp"], readings)
     assert canon.decode() == v["canonical"]
     assert frame.hmac_sha256(key, canon).hex() == v["mac"]
-    assert frame.encode_frame(v["counter"], readings, timestamp=v["timestamp"]).decode() == (
-        v["unsigned"]
+    assert (
+        frame.encode_frame(v["counter"], readings, timestamp=v["timestamp"]).decode()
+        == (v["unsigned"])
     )
     signed = frame.encode_signed_frame(
         key, v["device_id"], v["counter"], readings, timestamp=v["timestamp"]

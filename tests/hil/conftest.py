@@ -19,7 +19,7 @@ from agent.attest.observation import verify_envelope
 from agent.localbroker import LocalMosquitto
 from tests.hil.boards import Board, EmulatedBoard, SerialBoard
 from tests.hil.rig import Rig, load_rig
-from tests.integration.conftest import Collector, AgentProcess, write_agent_dir
+from tests.integration.conftest import AgentProcess, Collector, write_agent_dir
 from tests.integration.test_enrollment import SecuredBroker, secured_config
 
 
@@ -93,7 +93,9 @@ class Gateway:
             "--host", self.rig.gateway_host, *extra,
         )  # fmt: skip
         assert r.returncode == 0, r.stdout + r.stderr
-        bundle: dict[str, Any] = json.loads((self.dir / "data" / "bundles" / f"{device}.json").read_text())
+        bundle: dict[str, Any] = json.loads(
+            (self.dir / "data" / "bundles" / f"{device}.json").read_text()
+        )
         if "mqtt" in bundle:
             bundle["mqtt"]["port"] = self.rig.gateway_mqtt_port or self.devices.broker.port
         bundle["firmware"] = firmware
@@ -148,4 +150,3 @@ def settings_for(board: Board, **over: Any) -> dict[str, Any]:
             "password": Path(spec.wifi_password_file).read_text().strip(),
         }
     return fw | over
-

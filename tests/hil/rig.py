@@ -44,76 +44,93 @@ class Rig:
     boards: tuple[BoardSpec, ...]
 
 
-def _get(d: dict[str, Any], key: str, kind: type, where: str, default: Any = ...) -> Any:
-    if key not in d:
-        if default is ...:
-            raise ConfigError(f"{where}.{key} is missing")
-        return default
-    v = d[key]
-    if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
-        raise ConfigError(f"{where}.{key} must be {kind.__name__}, not {v!r}")
-    return v
+class _Table:
+    """One TOML table of a rig file: typed lookups whose errors name the file and dotted key."""
 
+    def __init__(self, file: str, where: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(file, where, "must be a table")
+        self.file, self.where, self.data = file, where, data
 
-def _names(d: dict[str, Any], key: str, allowed: tuple[str, ...], where: str) -> tuple[str, ...]:
-    items = _get(d, key, list, where, [])
-    for x in items:
-        if x not in allowed:
-            raise ConfigError(f"{where}.{key}: {x!r} is not one of {', '.join(allowed)}")
-    return tuple(items)
+    def key(self, k: str) -> str:
+        return f"{self.where}.{k}" if self.where else k
 
+    def get(self, k: str, kind: type, default: Any = ...) -> Any:
+        if k not in self.data:
+            if default is ...:
+                raise ConfigError(self.file, self.key(k), "is missing")
+            return default
+        v = self.data[k]
+        if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+            raise ConfigError(self.file, self.key(k), f"must be {kind.__name__}, not {v!r}")
+        return v
 
-def _unknown(d: dict[str, Any], known: set[str], where: str) -> None:
-    extra = sorted(set(d) - known)
-    if extra:
-        raise ConfigError(f"{where}: unknown key {extra[0]!r} (allowed: {', '.join(sorted(known))})")
+    def names(self, k: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+        items = self.get(k, list, [])
+        for x in items:
+            if x not in allowed:
+                raise ConfigError(
+                    self.file, self.key(k), f"{x!r} is not one of {', '.join(allowed)}"
+                )
+        return tuple(items)
+
+    def only(self, known: set[str]) -> None:
+        extra = sorted(set(self.data) - known)
+        if extra:
+            raise ConfigError(
+                self.file, self.key(extra[0]), f"unknown key (allowed: {', '.join(sorted(known))})"
+            )
 
 
 def load_rig(path: Path) -> Rig:
+    file = str(path)
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    _unknown(data, {"rig", "gateway", "board"}, str(path))
-    rig = _get(data, "rig", dict, str(path))
-    _unknown(rig, {"name", "description"}, f"{path}: rig")
-    gw = _get(data, "gateway", dict, str(path), {})
-    _unknown(gw, {"host", "mqtt_port"}, f"{path}: gateway")
-    boards = []
+        raise ConfigError(file, None, f"not a readable TOML rig file: {exc}") from None
+    top = _Table(file, "", data)
+    top.only({"rig", "gateway", "board"})
+    rig = _Table(file, "rig", top.get("rig", dict))
+    rig.only({"name", "description"})
+    gw = _Table(file, "gateway", top.get("gateway", dict, {}))
+    gw.only({"host", "mqtt_port"})
     board_keys = {
         "name", "kind", "port", "transports", "sensors", "fixtures", "uart_port",
         "power_relay_gpio", "wifi_ssid", "wifi_password_file",
     }  # fmt: skip
-    for i, b in enumerate(_get(data, "board", list, str(path))):
-        where = f"{path}: board[{i}]"
-        _unknown(b, board_keys, where)
-        kind = _get(b, "kind", str, where)
+    boards = []
+    for i, raw in enumerate(top.get("board", list)):
+        b = _Table(file, f"board[{i}]", raw)
+        b.only(board_keys)
+        kind = b.get("kind", str)
         if kind not in BOARD_KINDS:
-            raise ConfigError(f"{where}.kind: {kind!r} is not one of {', '.join(BOARD_KINDS)}")
-        port = _get(b, "port", str, where, None)
+            raise ConfigError(
+                file, b.key("kind"), f"{kind!r} is not one of {', '.join(BOARD_KINDS)}"
+            )
+        port = b.get("port", str, None)
         if kind != "emulated" and port is None:
-            raise ConfigError(f"{where}.port: a {kind} board needs its serial port")
+            raise ConfigError(file, b.key("port"), f"a {kind} board needs its serial port")
         boards.append(
             BoardSpec(
-                name=_get(b, "name", str, where),
+                name=b.get("name", str),
                 kind=kind,
                 port=port,
-                transports=_names(b, "transports", TRANSPORTS, where),
-                sensors=_names(b, "sensors", SENSORS, where),
-                fixtures=_names(b, "fixtures", FIXTURES, where),
-                uart_port=_get(b, "uart_port", str, where, None),
-                power_relay_gpio=_get(b, "power_relay_gpio", int, where, None),
-                wifi_ssid=_get(b, "wifi_ssid", str, where, None),
-                wifi_password_file=_get(b, "wifi_password_file", str, where, None),
+                transports=b.names("transports", TRANSPORTS),
+                sensors=b.names("sensors", SENSORS),
+                fixtures=b.names("fixtures", FIXTURES),
+                uart_port=b.get("uart_port", str, None),
+                power_relay_gpio=b.get("power_relay_gpio", int, None),
+                wifi_ssid=b.get("wifi_ssid", str, None),
+                wifi_password_file=b.get("wifi_password_file", str, None),
             )
         )
     if not boards:
-        raise ConfigError(f"{path}: a rig needs at least one [[board]]")
+        raise ConfigError(file, "board", "a rig needs at least one [[board]]")
     return Rig(
         path=path,
-        name=_get(rig, "name", str, f"{path}: rig"),
-        description=_get(rig, "description", str, f"{path}: rig", ""),
-        gateway_host=_get(gw, "host", str, f"{path}: gateway", "127.0.0.1"),
-        gateway_mqtt_port=_get(gw, "mqtt_port", int, f"{path}: gateway", None),
+        name=rig.get("name", str),
+        description=rig.get("description", str, ""),
+        gateway_host=gw.get("host", str, "127.0.0.1"),
+        gateway_mqtt_port=gw.get("mqtt_port", int, None),
         boards=tuple(boards),
     )

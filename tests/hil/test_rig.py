@@ -26,15 +26,21 @@ def test_the_shipped_rigs_load() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[rig]\nname="x"\n[[board]]\nname="b"\nkind="arduino"\n', "board[0].kind: 'arduino'"),
-        ('[rig]\nname="x"\n[[board]]\nname="b"\nkind="esp32"\n', "board[0].port: a esp32"),
+        (
+            '[rig]\nname="x"\n[[board]]\nname="b"\nkind="arduino"\n',
+            r"\[board\[0\].kind\] 'arduino'",
+        ),
+        ('[rig]\nname="x"\n[[board]]\nname="b"\nkind="esp32"\n', r"\[board\[0\].port\] a esp32"),
         (
             '[rig]\nname="x"\n[[board]]\nname="b"\nkind="emulated"\nfixtures=["laser"]\n',
-            "board[0].fixtures: 'laser' is not one of",
+            r"\[board\[0\].fixtures\] 'laser' is not one of",
         ),
-        ('[rig]\nname="x"\n[[board]]\nname="b"\nkind="emulated"\nspeed=1\n', "unknown key 'speed'"),
-        ('[rig]\nname="x"\n', "board is missing"),
-        ("[rig\n", "rig.toml"),
+        (
+            '[rig]\nname="x"\n[[board]]\nname="b"\nkind="emulated"\nspeed=1\n',
+            r"\[board\[0\].speed\] unknown key",
+        ),
+        ('[rig]\nname="x"\n', r"\[board\] is missing"),
+        ("[rig\n", "not a readable TOML rig file"),
     ],
 )
 def test_rig_mistakes_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:

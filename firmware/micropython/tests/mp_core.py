@@ -61,16 +61,20 @@ out["outbox"] = box
 readings = [("temperature", 2506, -2, "Cel"), ("humidity", 50551, -3, "%")]
 objs = bthome.objects_from_readings(readings)
 out["bthome_objects"] = frame.hex_of(objs)
-out["bthome_plain"] = frame.hex_of(bthome.advertisement(
-    bthome.objects_from_readings(readings, packet_id=7), name="b1"))
-key = bytes([0x23, 0x1D, 0x39, 0xC1, 0xD7, 0xCC, 0x1A, 0xB1,
-             0xAE, 0xE2, 0x24, 0xCD, 0x09, 0x6D, 0xB9, 0x32])
+out["bthome_plain"] = frame.hex_of(
+    bthome.advertisement(bthome.objects_from_readings(readings, packet_id=7), name="b1")
+)
+key = bytes(
+    [0x23, 0x1D, 0x39, 0xC1, 0xD7, 0xCC, 0x1A, 0xB1, 0xAE, 0xE2, 0x24, 0xCD, 0x09, 0x6D, 0xB9, 0x32]
+)
 mac = bytes([0x54, 0x48, 0xE6, 0x8F, 0x80, 0xA5])
 out["bthome_encrypted"] = frame.hex_of(
-    bthome.encrypted_service_payload(ecb(key), mac, 0x33221100, objs))
+    bthome.encrypted_service_payload(ecb(key), mac, 0x33221100, objs)
+)
 
-fr = frame.encode_signed_frame(bytes(range(32)), "dev-1", 42, [("temperature", 2137, -2, "Cel")],
-                               timestamp=1764000000)
+fr = frame.encode_signed_frame(
+    bytes(range(32)), "dev-1", 42, [("temperature", 2137, -2, "Cel")], timestamp=1764000000
+)
 out["serial_line"] = serialline.encode_line(fr).decode()
 out["crc32"] = "%08x" % serialline.crc32(fr)
 out["coap_post"] = frame.hex_of(coap.encode_post(0x1234, b"\x01\x02\x03\x04", "/up/dev-1", fr))

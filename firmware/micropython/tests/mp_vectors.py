@@ -13,12 +13,16 @@ for v in vectors:
     key = unhexlify(v["key"])
     readings = [tuple(r) for r in v["readings"]]
     canon = frame.canonical_bytes(v["device_id"], v["counter"], v["timestamp"], readings)
-    out.append({
-        "unsigned": frame.encode_frame(v["counter"], readings, timestamp=v["timestamp"]).decode(),
-        "canonical": canon.decode(),
-        "mac": frame.hex_of(frame.hmac_sha256(key, canon)),
-        "signed": frame.encode_signed_frame(
-            key, v["device_id"], v["counter"], readings, timestamp=v["timestamp"]
-        ).decode(),
-    })
+    out.append(
+        {
+            "unsigned": frame.encode_frame(
+                v["counter"], readings, timestamp=v["timestamp"]
+            ).decode(),
+            "canonical": canon.decode(),
+            "mac": frame.hex_of(frame.hmac_sha256(key, canon)),
+            "signed": frame.encode_signed_frame(
+                key, v["device_id"], v["counter"], readings, timestamp=v["timestamp"]
+            ).decode(),
+        }
+    )
 print(json.dumps({"implementation": sys.implementation.name, "results": out}))

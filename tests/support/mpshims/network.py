@@ -24,8 +24,9 @@ class WLAN:
         return True
 
     def status(self, param: str | None = None) -> Any:
-        # No radio: there is no signal strength to report.
-        raise ValueError("no rssi on the host") if param == "rssi" else None
+        if param == "rssi":  # no radio: there is no signal strength to report
+            raise ValueError("no rssi on the host")
+        return None
 
     def ifconfig(self) -> tuple[str, str, str, str]:
         return ("127.0.0.1", "255.0.0.0", "127.0.0.1", "127.0.0.1")

@@ -56,8 +56,9 @@ class Node:
         encode = getattr(self.link, "encode", None)
         if encode is not None:  # BLE: a BTHome advertisement, authenticated by its bindkey
             return encode(n, readings)
-        return encode_signed_frame(self.cfg.key, self.cfg.device_id, n, readings,
-                                   timestamp=self.clock())
+        return encode_signed_frame(
+            self.cfg.key, self.cfg.device_id, n, readings, timestamp=self.clock()
+        )
 
     def _delivered(self):
         self.sent += 1

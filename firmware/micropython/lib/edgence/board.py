@@ -64,8 +64,9 @@ class BleLink:
 
     def encode(self, n, readings):
         if self.bindkey is None:
-            return bthome.advertisement(bthome.objects_from_readings(readings, packet_id=n),
-                                        name=self.name)
+            return bthome.advertisement(
+                bthome.objects_from_readings(readings, packet_id=n), name=self.name
+            )
         objs = bthome.objects_from_readings(readings)
         return bthome.encrypted_advertisement(self.aes_ecb, self.mac, n & 0xFFFFFFFF, objs)
 
@@ -106,8 +107,14 @@ def rtc_memory(machine):
 def build_node(cfg, machine, watchdog=None, flash="."):
     fw = cfg.firmware
     counter = BlockCounter(flash, cfg.counter_start, fw["counter_block"], rtc=rtc_memory(machine))
-    node = Node(cfg, make_link(cfg, machine), build_sensors(fw["sensors"], machine), counter,
-                Outbox(flash, fw["outbox"]), watchdog)
+    node = Node(
+        cfg,
+        make_link(cfg, machine),
+        build_sensors(fw["sensors"], machine),
+        counter,
+        Outbox(flash, fw["outbox"]),
+        watchdog,
+    )
     if watchdog is not None and hasattr(node.link, "idle"):
         node.link.idle = watchdog.feed
     return node
@@ -115,7 +122,12 @@ def build_node(cfg, machine, watchdog=None, flash="."):
 
 def run(cfg, machine, watchdog=None, flash="."):
     node = build_node(cfg, machine, watchdog, flash)
-    log("start", device=cfg.device_id, transport=cfg.transport, next=node.counter.peek(),
-        buffered=len(node.outbox))
+    log(
+        "start",
+        device=cfg.device_id,
+        transport=cfg.transport,
+        next=node.counter.peek(),
+        buffered=len(node.outbox),
+    )
     deep = machine.deepsleep if cfg.firmware["deep_sleep"] else None
     node.run(deep_sleep=deep)

@@ -55,7 +55,7 @@ def encode_object(obj_id, raw):
                 raise BTHomeError("object 0x%02x: %d out of range" % (obj_id, raw))
             body = struct.pack(fmt, raw)
     except (OverflowError, struct.error):
-        raise BTHomeError("object 0x%02x: %r out of range" % (obj_id, raw))
+        raise BTHomeError("object 0x%02x: %r out of range" % (obj_id, raw)) from None
     return bytes((obj_id,)) + body
 
 
@@ -108,6 +108,7 @@ def ccm_encrypt(aes_ecb, nonce, plaintext, mic_len=MIC_LEN):
         block = plaintext[i : i + 16]
         block = block + bytes(16 - len(block))
         x = aes_ecb(_xor(x, block))
+
     # CTR: A_i = flags(L-1) | nonce | i
     def a(i):
         return bytes((L - 1,)) + nonce + i.to_bytes(L, "big")

@@ -156,7 +156,7 @@ class CoapLink:
                     return False
                 if code == 0:
                     acked = True
-                    timeout = ACK_TIMEOUT * 2 ** MAX_RETRANSMIT
+                    timeout = ACK_TIMEOUT * 2**MAX_RETRANSMIT
                     continue
                 if tok == token:
                     return self._verdict(code)

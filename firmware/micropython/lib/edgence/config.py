@@ -52,8 +52,10 @@ class Config:
         self.device_id = check_name(_need(bundle, "device_id", "", str), "device_id")
         self.transport = _need(bundle, "transport", "", str)
         if self.transport not in TRANSPORTS:
-            raise ConfigError("config.json: transport %r is not one of %s" % (
-                self.transport, ", ".join(TRANSPORTS)))
+            raise ConfigError(
+                "config.json: transport %r is not one of %s"
+                % (self.transport, ", ".join(TRANSPORTS))
+            )
         self.key_kind = bundle.get("key_kind", "hmac")
         key_hex = _need(bundle, "key", "", str)
         want = 64 if self.key_kind == "hmac" else 32
@@ -73,8 +75,10 @@ class Config:
         self.mqtt = self.coap = self.serial = self.ble = None
         section = bundle.get(self.transport)
         if not isinstance(section, dict):
-            raise ConfigError("config.json: transport is %s but section %s is missing" % (
-                self.transport, self.transport))
+            raise ConfigError(
+                "config.json: transport is %s but section %s is missing"
+                % (self.transport, self.transport)
+            )
         if self.transport == "mqtt":
             _need(section, "host", "mqtt.", str)
             _need(section, "port", "mqtt.", int)
@@ -92,8 +96,10 @@ class Config:
             raise ConfigError("config.json: firmware must be an object")
         for k in fw:
             if k not in DEFAULTS:
-                raise ConfigError("config.json: firmware.%s is not a setting (allowed: %s)" % (
-                    k, ", ".join(sorted(DEFAULTS))))
+                raise ConfigError(
+                    "config.json: firmware.%s is not a setting (allowed: %s)"
+                    % (k, ", ".join(sorted(DEFAULTS)))
+                )
         self.firmware = dict(DEFAULTS)
         self.firmware.update(fw)
         for k in ("interval_s", "counter_block", "outbox", "watchdog_s"):
@@ -106,7 +112,7 @@ def parse(text):
     try:
         data = json.loads(text)
     except ValueError:
-        raise ConfigError("config.json: not valid JSON")
+        raise ConfigError("config.json: not valid JSON") from None
     return Config(data)
 
 
@@ -115,5 +121,7 @@ def load(path="config.json"):
         with open(path) as f:
             text = f.read()
     except OSError:
-        raise ConfigError("%s not found: provision the board (edgence-agent pair --serial)" % path)
+        raise ConfigError(
+            "%s not found: provision the board (edgence-agent pair --serial)" % path
+        ) from None
     return parse(text)

@@ -26,7 +26,9 @@ def _read_int(path):
     try:
         return int(text)
     except ValueError:
-        raise CounterError("%s holds %r, not a counter: re-pair the device" % (path, text[:20]))
+        raise CounterError(
+            "%s holds %r, not a counter: re-pair the device" % (path, text[:20])
+        ) from None
 
 
 def _write_atomic(path, text):

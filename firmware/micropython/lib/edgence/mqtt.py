@@ -54,8 +54,17 @@ def publish_packet(topic, payload, pid, qos=1, dup=False):
 
 
 class MQTTClient:
-    def __init__(self, client_id, host, port=1883, username=None, password=None,
-                 keepalive=60, timeout=10, sock_module=None):
+    def __init__(
+        self,
+        client_id,
+        host,
+        port=1883,
+        username=None,
+        password=None,
+        keepalive=60,
+        timeout=10,
+        sock_module=None,
+    ):
         if sock_module is None:
             import socket as sock_module
         self.socket_mod = sock_module
@@ -95,8 +104,9 @@ class MQTTClient:
         try:
             sock.connect(addr)
             self.sock = sock
-            sock.sendall(connect_packet(self.client_id, self.username, self.password,
-                                        self.keepalive))
+            sock.sendall(
+                connect_packet(self.client_id, self.username, self.password, self.keepalive)
+            )
             ptype, _, body = self._read_packet()
         except OSError:
             self.close()
@@ -123,7 +133,7 @@ class MQTTClient:
                 # PINGRESP or a PUBACK of an earlier try: keep reading.
         except OSError as exc:
             self.close()
-            raise MQTTError("publish to %s failed: %s" % (topic, exc))
+            raise MQTTError("publish to %s failed: %s" % (topic, exc)) from None
 
     def ping(self):
         self.sock.sendall(packet(PINGREQ, 0, b""))
@@ -153,8 +163,14 @@ class MqttLink:
     def __init__(self, cfg, sock_module=None):
         m = cfg.mqtt
         self.topic = m["topic"]
-        self.client = MQTTClient(cfg.device_id, m["host"], m.get("port", 1883),
-                                 m.get("username"), m.get("password"), sock_module=sock_module)
+        self.client = MQTTClient(
+            cfg.device_id,
+            m["host"],
+            m.get("port", 1883),
+            m.get("username"),
+            m.get("password"),
+            sock_module=sock_module,
+        )
         self.connected = False
 
     def connect(self):

@@ -33,7 +33,7 @@ class BME280:
         try:
             chip = i2c.readfrom_mem(address, 0xD0, 1)[0]
         except OSError:
-            raise SensorError("no BME280 answers at I2C address 0x%02x" % address)
+            raise SensorError("no BME280 answers at I2C address 0x%02x" % address) from None
         if chip != self.CHIP_ID:
             raise SensorError("chip at 0x%02x has id 0x%02x, not a BME280" % (address, chip))
         c = i2c.readfrom_mem(address, 0x88, 26)
@@ -86,9 +86,14 @@ class BME280:
             q2 = (P8 * p) >> 19
             pres = ((p + q1 + q2) >> 8) + (P7 << 4)
         h = t_fine - 76800
-        h = (((((adc_h << 14) - (self.H4 << 20) - (self.H5 * h)) + 16384) >> 15) * (
-            ((((((h * self.H6) >> 10) * (((h * self.H3) >> 11) + 32768)) >> 10) + 2097152)
-             * self.H2 + 8192) >> 14))
+        h = ((((adc_h << 14) - (self.H4 << 20) - (self.H5 * h)) + 16384) >> 15) * (
+            (
+                (((((h * self.H6) >> 10) * (((h * self.H3) >> 11) + 32768)) >> 10) + 2097152)
+                * self.H2
+                + 8192
+            )
+            >> 14
+        )
         h = h - (((((h >> 15) * (h >> 15)) >> 7) * self.H1) >> 4)
         h = 0 if h < 0 else h
         h = 419430400 if h > 419430400 else h
@@ -126,7 +131,7 @@ class DHT22:
             self.sensor.measure()
             buf = getattr(self.sensor, "buf", None)
         except OSError:
-            raise SensorError("DHT22 did not answer")
+            raise SensorError("DHT22 did not answer") from None
         if buf is not None:
             t, h = self.decode(bytes(buf))
         else:  # ports whose driver hides its buffer: its floats have one decimal
@@ -164,20 +169,31 @@ def build(spec, machine=None):
     out = []
     for kind, opts in spec:
         if kind == "simulated":
-            out.append(SimulatedSensor(opts.get("name", "temperature"), opts.get("base", 2000),
-                                       opts.get("seed", 1)))
+            out.append(
+                SimulatedSensor(
+                    opts.get("name", "temperature"), opts.get("base", 2000), opts.get("seed", 1)
+                )
+            )
             continue
         if kind not in ("bme280", "dht22", "adc"):
             raise ValueError("firmware.sensors: unknown sensor kind %r" % kind)
         if machine is None:
             import machine
         if kind == "bme280":
-            i2c = machine.I2C(opts.get("bus", 0), sda=machine.Pin(opts.get("sda", 21)),
-                              scl=machine.Pin(opts.get("scl", 22)))
+            i2c = machine.I2C(
+                opts.get("bus", 0),
+                sda=machine.Pin(opts.get("sda", 21)),
+                scl=machine.Pin(opts.get("scl", 22)),
+            )
             out.append(BME280(i2c, opts.get("address", 0x76)))
         elif kind == "dht22":
             out.append(DHT22(machine.Pin(opts.get("pin", 4))))
         else:
-            out.append(ADCSensor(machine.ADC(machine.Pin(opts.get("pin", 34))),
-                                 opts.get("name", "voltage"), opts.get("full_scale_mv", 3300)))
+            out.append(
+                ADCSensor(
+                    machine.ADC(machine.Pin(opts.get("pin", 34))),
+                    opts.get("name", "voltage"),
+                    opts.get("full_scale_mv", 3300),
+                )
+            )
     return out
