@@ -46,6 +46,8 @@ def test_counters_are_reserved_in_blocks_and_never_reused_after_a_reboot(
     assert c["after_reboot"] == [18] and c["writes_after_reboot"] == 1
     # Deep sleep keeps the exact counter in RTC memory: no block skipped, no flash write.
     assert c["deep_sleep"] == [22, 23, 24] and c["deep_sleep_writes"] == 0
+    # RTC memory is read once: a watchdog reset after that wake never reuses 23 or 24.
+    assert c["reset_after_wake"] == 26
     assert c["rotated"] == 1000  # a new bundle's counter_start ahead of flash wins
 
 

@@ -144,8 +144,3 @@ def test_signal_quality_is_reported_when_the_board_joins_wifi(
     wait_until(lambda: "event=wifi_up" in board.console(), 60, "the board on Wi-Fi")
     rssi = int(re.findall(r"event=wifi_up rssi=(-?\d+)", board.console())[0])
     assert -100 < rssi < 0
-
-
-@pytest.mark.needs("ble")
-def test_bthome_advertisements_are_seen(gateway: Gateway, board: Board) -> None:
-    pytest.skip("BLE field test needs the agent's BLE source (not on main yet)")

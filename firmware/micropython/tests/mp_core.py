@@ -43,6 +43,8 @@ c.retain()
 c = BlockCounter(FLASH, start=10, block=4, rtc=rtc)  # deep sleep: RTC memory survived
 out["counter"]["deep_sleep"] = [n, c.next(), c.next()]
 out["counter"]["deep_sleep_writes"] = c.writes
+c = BlockCounter(FLASH, start=10, block=4, rtc=rtc)  # a reset without retain(): no reuse
+out["counter"]["reset_after_wake"] = c.next()
 out["counter"]["rotated"] = BlockCounter(FLASH, start=1000, block=4).next()
 
 o = Outbox(FLASH, capacity=3)

@@ -85,12 +85,12 @@ def make_link(cfg, machine):
         c = cfg.coap
         return CoapLink(c["host"], c.get("port", 5683), c.get("path", "/up/" + cfg.device_id))
     if cfg.transport == "serial":
-        s = cfg.serial
-        kw = {"baudrate": s.get("baud", 115200)}
-        if "tx" in s:
-            kw["tx"] = machine.Pin(s["tx"])
-            kw["rx"] = machine.Pin(s["rx"])
-        return UartLink(machine.UART(s.get("uart", 1), **kw))
+        u = fw["uart"]
+        kw = {"baudrate": u.get("baud", 115200)}
+        if "tx" in u:
+            kw["tx"] = machine.Pin(u["tx"])
+            kw["rx"] = machine.Pin(u["rx"])
+        return UartLink(machine.UART(u.get("id", 1), **kw))
     return BleLink(cfg)
 
 

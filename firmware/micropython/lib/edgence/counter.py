@@ -4,7 +4,7 @@ Counters are reserved in blocks: flash holds only the end of the reserved block 
 once per `block` frames. After a reboot the device continues from the stored end (the rest of
 the old block is skipped), so a counter is never reused even if power fails mid-block.
 Between deep sleeps (ESP32) the exact counter also sits in RTC memory, which survives deep
-sleep but not power loss; it is used only while it lies inside the reserved block.
+sleep but not power loss; it is read once after waking and used only inside the reserved block.
 """
 
 import os
@@ -62,6 +62,10 @@ class BlockCounter:
         mem = bytes(self.rtc.memory())
         if len(mem) != 12 or mem[:4] != _RTC_MAGIC:
             return None
+        # Used once: RTC memory also survives a watchdog or reset-button reset, after which the
+        # counter it holds may already have gone out. Only retain() just before deep sleep
+        # makes it valid again.
+        self.rtc.memory(bytes(12))
         return int.from_bytes(mem[4:], "little")
 
     def peek(self):
