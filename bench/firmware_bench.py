@@ -58,7 +58,7 @@ def flash_writes(block: int, frames: int = 1000) -> int:
         c = BlockCounter(d, 0, block)
         for _ in range(frames):
             c.next()
-        return c.writes
+        return int(c.writes)
 
 
 def main() -> int:
