@@ -108,3 +108,21 @@ def test_ble_link_without_bindkey_sends_plain_adverts_with_packet_id() -> None:
     cfg: Any = SimpleNamespace(device_id="b1", key=bytes(32), key_kind="hmac")
     adv = board.BleLink(cfg, ble=Radio()).encode(300, [("voltage", 3012, -3, "V")])
     assert adv[3:13] == bytes.fromhex("09" + "16d2fc40" + "002c" + "0cc40b")
+
+
+def test_the_agents_bthome_codec_reads_the_firmwares_adverts() -> None:
+    codec = pytest.importorskip(
+        "agent.devices.codecs.bthome", reason="the agent's BTHome codec (BLE branch) not merged"
+    )
+    bindkey = bytes.fromhex("231d39c1d7cc1ab1aee224cd096db932")
+    mac = bytes.fromhex("5448e68f80a5")
+    readings = [("temperature", -1234, -2, "Cel"), ("humidity", 45678, -3, "%")]
+    for key_kind, key in (("bthome", bindkey), ("hmac", bytes(32))):
+        cfg: Any = SimpleNamespace(device_id="b1", key=key, key_kind=key_kind)
+        adv = board.BleLink(cfg, ble=Radio()).encode(77, readings)
+        service_data = adv[3 + 4 : 3 + 1 + adv[3]]  # after flags, length, 0x16 and the UUID
+        p = codec.parse_bthome(service_data, mac=mac, bindkey=bindkey)
+        got = {v.name: (v.value, v.exponent, v.unit) for v in p.values}
+        assert got["temperature"] == (-1234, -2, "Cel")
+        assert got["humidity"] == (4568, -2, "%")  # BTHome's 0.01 % steps, rounded
+        assert (p.counter if p.encrypted else p.packet_id) == 77

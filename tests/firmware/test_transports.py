@@ -1,9 +1,11 @@
 """The firmware's transports against real peers: its minimal MQTT 3.1.1 client against a real
-Mosquitto with a password file; its CoAP confirmable POST against a UDP peer on loopback that
-loses the first datagram (the radio fault is the only fake)."""
+Mosquitto with a password file; its CoAP confirmable POST against a real aiocoap server (answer
+piggybacked, and separate after an empty ACK) and against a UDP peer on loopback that loses
+datagrams (the radio fault is the only fake)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import threading
@@ -12,6 +14,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import aiocoap
+import aiocoap.resource as aiocoap_resource
 import paho.mqtt.client as paho
 import pytest
 from edgence import coap, mqtt
@@ -139,3 +143,57 @@ def test_coap_link_gives_up_after_max_retransmit_and_keeps_the_frame() -> None:
     finally:
         link.close()
         peer.close()
+
+
+class UpResource(aiocoap_resource.Resource):
+    """/up/{device} as the agent serves it: 2.04 for a frame, 4.00 for anything else;
+    `delay` makes the answer late enough that aiocoap acknowledges first and answers apart."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        super().__init__()
+        self.delay = delay
+        self.posts: list[tuple[bytes, int]] = []
+
+    async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
+        # Site routed it here from /up/dev-1; the resource sees the rest of the path (none).
+        assert request.opt.uri_path == ()
+        self.posts.append((request.payload, int(request.opt.content_format)))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        ok = request.payload.startswith(b"{")
+        return aiocoap.Message(code=aiocoap.CHANGED if ok else aiocoap.BAD_REQUEST)
+
+
+async def coap_server(resource: UpResource) -> tuple[aiocoap.Context, int]:
+    site = aiocoap_resource.Site()
+    site.add_resource(["up", "dev-1"], resource)
+    port = free_udp_port()
+    ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port))
+    return ctx, port
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("delay", "separate"), [(0.0, 0), (0.6, 2)], ids=["piggybacked", "separate-response"]
+)
+async def test_coap_link_posts_frames_to_a_real_aiocoap_server(
+    delay: float, separate: int
+) -> None:
+    resource = UpResource(delay)
+    ctx, port = await coap_server(resource)
+    link = coap.CoapLink("127.0.0.1", port, "/up/dev-1")
+    try:
+        assert await asyncio.to_thread(link.send, b'{"v":1}') is True
+        assert link.last_code == coap.CHANGED and link.refused == 0
+        assert await asyncio.to_thread(link.send, b"not a frame") is True  # done: refused
+        assert link.last_code == 0x80 and link.refused == 1
+        assert resource.posts == [(b'{"v":1}', 50), (b"not a frame", 50)]
+        assert link.separate == separate
+    finally:
+        link.close()
+        await ctx.shutdown()

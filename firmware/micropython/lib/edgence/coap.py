@@ -87,6 +87,7 @@ class CoapLink:
         self.sock = None
         self.mid = int.from_bytes(os.urandom(2), "big")
         self.refused = 0
+        self.separate = 0  # answers that came apart from their ACK (the agent was slow)
         self.last_code = None
         self.idle = None  # called about once a second while waiting (feeds the watchdog)
 
@@ -156,6 +157,7 @@ class CoapLink:
                     return False
                 if code == 0:
                     acked = True
+                    self.separate += 1
                     timeout = ACK_TIMEOUT * 2**MAX_RETRANSMIT
                     continue
                 if tok == token:
