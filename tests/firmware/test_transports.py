@@ -145,7 +145,7 @@ def test_coap_link_gives_up_after_max_retransmit_and_keeps_the_frame() -> None:
         peer.close()
 
 
-class UpResource(aiocoap_resource.Resource):
+class UpResource(aiocoap_resource.Resource):  # type: ignore[misc]  # aiocoap is untyped
     """/up/{device} as the agent serves it: 2.04 for a frame, 4.00 for anything else;
     `delay` makes the answer late enough that aiocoap acknowledges first and answers apart."""
 
@@ -181,9 +181,7 @@ def free_udp_port() -> int:
 @pytest.mark.parametrize(
     ("delay", "separate"), [(0.0, 0), (0.6, 2)], ids=["piggybacked", "separate-response"]
 )
-async def test_coap_link_posts_frames_to_a_real_aiocoap_server(
-    delay: float, separate: int
-) -> None:
+async def test_coap_link_posts_frames_to_a_real_aiocoap_server(delay: float, separate: int) -> None:
     resource = UpResource(delay)
     ctx, port = await coap_server(resource)
     link = coap.CoapLink("127.0.0.1", port, "/up/dev-1")
