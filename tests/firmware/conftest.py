@@ -1,4 +1,5 @@
-"""The firmware's library on sys.path (as `edgence`), and a runner for scripts under real
+"""The firmware's library on sys.path (as `edgence`, with the host shims for `utime` and
+friends ahead of it, as the emulated rig runs it), and a runner for scripts under real
 MicroPython: the WebAssembly port from the npm registry, driven by node
 (firmware/micropython/tests/run.mjs; `npm ci` there is run by scripts/test)."""
 
@@ -20,8 +21,11 @@ FIRMWARE = ROOT / "firmware" / "micropython"
 LIB = FIRMWARE / "lib"
 MP_TESTS = FIRMWARE / "tests"
 
-if str(LIB) not in sys.path:
-    sys.path.insert(0, str(LIB))
+SHIMS = ROOT / "tests" / "support" / "mpshims"
+
+for _p in (LIB, SHIMS):  # SHIMS ends up first
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 
 def run_micropython(script: Path, *files: tuple[Path, str]) -> str:
