@@ -49,6 +49,10 @@ def test_counters_are_reserved_in_blocks_and_never_reused_after_a_reboot(
     # RTC memory is read once: a watchdog reset after that wake never reuses 23 or 24.
     assert c["reset_after_wake"] == 26
     assert c["rotated"] == 1000  # a new bundle's counter_start ahead of flash wins
+    # Leftover counter.dat.tmp (power cut mid-write): complete and larger wins (2000), torn or
+    # smaller is ignored (1004 stays); alone, it is the value (the file was removed after it
+    # was complete).
+    assert c["tmp_cases"] == [2000, 1004, 1004, 1]
 
 
 def test_the_outbox_keeps_the_newest_frames_in_flash_and_leaves_no_file_when_empty(

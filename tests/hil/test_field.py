@@ -81,6 +81,7 @@ def test_readings_taken_while_the_broker_is_down_arrive_after_it_returns(
     assert counters[: top + 1] == list(range(top + 1))  # every buffered reading, in order
 
 
+@pytest.mark.slow
 @pytest.mark.needs("mqtt", "link_loss")
 def test_the_watchdog_resets_a_board_cut_off_too_long_and_flash_keeps_its_readings(
     gateway: Gateway, board: Board

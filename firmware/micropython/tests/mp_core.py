@@ -46,6 +46,17 @@ out["counter"]["deep_sleep_writes"] = c.writes
 c = BlockCounter(FLASH, start=10, block=4, rtc=rtc)  # a reset without retain(): no reuse
 out["counter"]["reset_after_wake"] = c.next()
 out["counter"]["rotated"] = BlockCounter(FLASH, start=1000, block=4).next()
+# A power cut mid-write on a filesystem without atomic rename leaves a .tmp copy beside (or
+# instead of) the file: the larger complete value wins, a torn one is ignored.
+tmp_cases = []
+for tmp_text in ("2000\n", "x", "1"):
+    with open(FLASH + "/counter.dat.tmp", "w") as f:
+        f.write(tmp_text)
+    tmp_cases.append(BlockCounter(FLASH, start=0, block=4).peek())
+os.remove(FLASH + "/counter.dat")
+tmp_cases.append(BlockCounter(FLASH, start=0, block=4).peek())
+os.remove(FLASH + "/counter.dat.tmp")
+out["counter"]["tmp_cases"] = tmp_cases
 
 o = Outbox(FLASH, capacity=3)
 for i in range(5):

@@ -17,7 +17,7 @@ class CounterError(Exception):
     """The stored counter is unreadable: the device must be re-provisioned (rotate-key)."""
 
 
-def _read_int(path):
+def _read_int(path, strict=True):
     try:
         with open(path) as f:
             text = f.read().strip()
@@ -26,16 +26,31 @@ def _read_int(path):
     try:
         return int(text)
     except ValueError:
+        if not strict:
+            return None  # a temporary file cut short by a power loss
         raise CounterError(
             "%s holds %r, not a counter: re-pair the device" % (path, text[:20])
         ) from None
 
 
-def _write_atomic(path, text):
+def read_stored(path):
+    """The stored block end: the larger of the file and a complete temporary copy (a power cut
+    between the two steps of a write on a filesystem without atomic rename leaves either)."""
+    values = [v for v in (_read_int(path), _read_int(path + ".tmp", strict=False)) if v is not None]
+    return max(values) if values else None
+
+
+def write_atomic(path, text):
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with open(tmp, "wb" if isinstance(text, bytes) else "w") as f:
         f.write(text)
-    os.rename(tmp, path)  # the old value stays valid until this moment
+    try:
+        os.rename(tmp, path)  # littlefs (ESP32, RP2 defaults) replaces atomically
+    except OSError:
+        # FAT refuses to rename onto an existing file: drop the old one first; the complete
+        # .tmp is what read_stored() finds if power fails in between.
+        os.remove(path)
+        os.rename(tmp, path)
 
 
 class BlockCounter:
@@ -48,7 +63,7 @@ class BlockCounter:
         self.block = block
         self.rtc = rtc
         self.writes = 0
-        stored = _read_int(self.path)
+        stored = read_stored(self.path)
         # counter_start from a (new) bundle wins when it is ahead: rotate-key continues there.
         self._end = max(start, stored if stored is not None else 0)
         self._next = self._end
@@ -75,7 +90,7 @@ class BlockCounter:
         n = self._next
         if n >= self._end:
             self._end = n + self.block
-            _write_atomic(self.path, "%d\n" % self._end)
+            write_atomic(self.path, "%d\n" % self._end)
             self.writes += 1
         self._next = n + 1
         return n

@@ -9,6 +9,8 @@ an empty outbox costs no flash writes at all.
 
 import os
 
+from edgence.counter import write_atomic
+
 FILE = "outbox.txt"
 
 
@@ -24,10 +26,16 @@ class Outbox:
             self._load()
 
     def _load(self):
-        try:
-            with open(self.path, "rb") as f:
-                data = f.read()
-        except OSError:
+        data = None
+        # The .tmp copy is complete whenever the main file is missing (see write_atomic).
+        for path in (self.path, self.path + ".tmp"):
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+                break
+            except OSError:
+                pass
+        if data is None:
             return
         # A line cut short by a power cut is not valid JSON; the agent would refuse it anyway.
         for line in data.split(b"\n"):
@@ -46,11 +54,7 @@ class Outbox:
             except OSError:
                 pass
             return
-        tmp = self.path + ".tmp"
-        with open(tmp, "wb") as f:
-            for fr in self._frames:
-                f.write(fr + b"\n")
-        os.rename(tmp, self.path)
+        write_atomic(self.path, b"".join(fr + b"\n" for fr in self._frames))
 
     def __len__(self):
         return len(self._frames)
