@@ -10,14 +10,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--rig",
-        default=str(ROOT / "hardware" / "rigs" / "emulated.toml"),
-        help="hardware-in-the-loop rig file for the hil tests (default: the host emulation)",
-    )
-
-
 def vectors_path() -> Path:
     """The public known-answer vectors beside the checkout (../shared/vectors)."""
     return Path(os.environ.get("EDGENCE_VECTORS", ROOT.parent / "shared" / "vectors"))
