@@ -111,3 +111,28 @@ def test_unknown_sensor_kind_in_config_is_refused() -> None:
     machine: Any = None
     with pytest.raises(ValueError, match="unknown sensor kind 'sht31'"):
         sensors.build([["sht31", {}]], machine=machine)
+
+
+def test_a_sensor_missing_at_boot_is_picked_up_once_it_answers() -> None:
+    bus = RegisterI2C()
+    plugged = {"in": False}
+
+    class Machine:
+        """Stands in for `machine`: an I2C bus where the BME280 is plugged in later."""
+
+        @staticmethod
+        def Pin(n: int) -> int:
+            return n
+
+        @staticmethod
+        def I2C(bus_id: int, sda: int, scl: int) -> RegisterI2C:
+            if not plugged["in"]:
+                raise OSError(19, "ENODEV")
+            return bus
+
+    (s,) = sensors.build([["bme280", {"sda": 21, "scl": 22}]], machine=Machine)
+    with pytest.raises(OSError):
+        s.read()
+    plugged["in"] = True
+    assert s.read()[0] == ("temperature", 2508, -2, "Cel")
+    assert s.kind == "bme280"

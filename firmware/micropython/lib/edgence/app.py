@@ -44,7 +44,7 @@ class Node:
                 readings.extend(s.read())
             except OSError as exc:  # SensorError, or an I2C/GPIO failure
                 self.sensor_errors += 1
-                log("sensor_error", sensor=type(s).__name__, error=exc)
+                log("sensor_error", sensor=getattr(s, "kind", type(s).__name__), error=exc)
         return readings
 
     def take(self):

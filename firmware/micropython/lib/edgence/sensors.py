@@ -164,10 +164,29 @@ class SimulatedSensor:
         return [(self.name, self.base + (self.state % 201) - 100, -2, "Cel")]
 
 
+class Retrying:
+    """A sensor whose driver is created on first use and again after a failed creation, so a
+    sensor that is missing or slow to power up at boot is picked up later instead of the
+    board failing to start. Read failures surface as SensorError/OSError, counted by the loop."""
+
+    def __init__(self, kind, make):
+        self.kind, self.make, self.sensor = kind, make, None
+
+    def read(self):
+        if self.sensor is None:
+            self.sensor = self.make()
+        return self.sensor.read()
+
+
+KINDS = ("simulated", "bme280", "dht22", "adc")
+
+
 def build(spec, machine=None):
     """Sensors from the config's firmware.sensors: [["bme280", {"sda": 21, "scl": 22}], ...]."""
     out = []
     for kind, opts in spec:
+        if kind not in KINDS:
+            raise ValueError("firmware.sensors: unknown sensor kind %r" % kind)
         if kind == "simulated":
             out.append(
                 SimulatedSensor(
@@ -175,25 +194,35 @@ def build(spec, machine=None):
                 )
             )
             continue
-        if kind not in ("bme280", "dht22", "adc"):
-            raise ValueError("firmware.sensors: unknown sensor kind %r" % kind)
         if machine is None:
             import machine
-        if kind == "bme280":
+        out.append(Retrying(kind, _maker(kind, opts, machine)))
+    return out
+
+
+def _maker(kind, opts, machine):
+    if kind == "bme280":
+
+        def make():
             i2c = machine.I2C(
                 opts.get("bus", 0),
                 sda=machine.Pin(opts.get("sda", 21)),
                 scl=machine.Pin(opts.get("scl", 22)),
             )
-            out.append(BME280(i2c, opts.get("address", 0x76)))
-        elif kind == "dht22":
-            out.append(DHT22(machine.Pin(opts.get("pin", 4))))
-        else:
-            out.append(
-                ADCSensor(
-                    machine.ADC(machine.Pin(opts.get("pin", 34))),
-                    opts.get("name", "voltage"),
-                    opts.get("full_scale_mv", 3300),
-                )
+            return BME280(i2c, opts.get("address", 0x76))
+
+    elif kind == "dht22":
+
+        def make():
+            return DHT22(machine.Pin(opts.get("pin", 4)))
+
+    else:
+
+        def make():
+            return ADCSensor(
+                machine.ADC(machine.Pin(opts.get("pin", 34))),
+                opts.get("name", "voltage"),
+                opts.get("full_scale_mv", 3300),
             )
-    return out
+
+    return make
