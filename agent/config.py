@@ -78,6 +78,36 @@ class MqttSourceConfig:
 
 
 @dataclass(frozen=True)
+class BleDeviceConfig:
+    """One BLE device: a BTHome advertiser (`bthome`) or a GATT peripheral notifying device
+    frames (`gatt`). `bindkey_file` (0600, 32 hex digits) makes a BTHome device encrypted-only."""
+
+    device_id: str
+    mac: str  # upper-case AA:BB:CC:DD:EE:FF
+    mode: Literal["bthome", "gatt"]
+    bindkey_file: Path | None = None
+    characteristic: str | None = None  # gatt: the notify characteristic's UUID
+
+
+@dataclass(frozen=True)
+class BleSourceConfig:
+    enabled: bool = False
+    adapter: str | None = None  # e.g. "hci0"; None: the system's default adapter
+    scanning_mode: Literal["auto", "passive", "active"] = "auto"
+    watchdog_s: float = 90.0  # restart the scanner after this long without any advert
+    plain_repeat_s: float = (
+        60.0  # plaintext adverts without packet id: same payload re-accepted after
+    )
+    max_connections: int = 3
+    connect_attempts: int = 4
+    connect_timeout_s: float = 10.0
+    reconnect_max_s: float = 60.0
+    max_payload: int = 4096
+    max_values_per_frame: int = 16
+    devices: tuple[BleDeviceConfig, ...] = ()
+
+
+@dataclass(frozen=True)
 class BridgeConfig:
     enabled: bool
     broker: BrokerEndpoint
@@ -139,6 +169,7 @@ class AgentConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     log: LogConfig = field(default_factory=LogConfig)
     enrollment: EnrollmentConfig | None = None
+    ble: BleSourceConfig = field(default_factory=BleSourceConfig)
 
 
 class _Section:
@@ -358,6 +389,7 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
         if not NAME_RE.match(d):
             raise m.err("allowed_devices", f"device id {d!r} must be 1-32 of A-Z a-z 0-9 _ . : -")
     m.done()
+    ble = _ble_source(s.sub("ble"))
     s.done()
 
     b = section("bridge")
@@ -445,4 +477,83 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
     )
     lg.done()
     root.done()
-    return AgentConfig(Path(file), gateway, mqtt, bridge, journal, pipeline, log, enrollment)
+    return AgentConfig(
+        path=Path(file),
+        gateway=gateway,
+        mqtt=mqtt,
+        bridge=bridge,
+        journal=journal,
+        pipeline=pipeline,
+        log=log,
+        enrollment=enrollment,
+        ble=ble,
+    )
+
+
+_MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}\Z")
+_UUID_RE = re.compile(
+    r"^([0-9A-Fa-f]{4}|[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})\Z"
+)
+
+
+def _ble_source(sec: _Section) -> BleSourceConfig:
+    adapter = sec.get("adapter", str)
+    if adapter is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,32}", adapter):
+        raise sec.err("adapter", f"must be an adapter name such as hci0; got {adapter!r}")
+    devices: list[BleDeviceConfig] = []
+    table = sec.sub("devices")
+    macs: dict[str, str] = {}
+    for device_id in list(table.data):
+        if not NAME_RE.match(device_id):
+            raise table.err(device_id, "a device id must be 1-32 of A-Z a-z 0-9 _ . : -")
+        d = table.sub(device_id)
+        mac = d.get("mac", str, required=True)
+        if not _MAC_RE.match(mac):
+            raise d.err("mac", f"must be a Bluetooth address AA:BB:CC:DD:EE:FF; got {mac!r}")
+        mac = mac.upper()
+        if mac in macs:
+            raise d.err("mac", f"{mac} is already the address of device {macs[mac]!r}")
+        macs[mac] = device_id
+        mode = d.choice("mode", "bthome", ("bthome", "gatt"))
+        bindkey_file = d.path("bindkey_file")
+        characteristic = d.get("characteristic", str)
+        if mode == "gatt":
+            if characteristic is None or not _UUID_RE.match(characteristic):
+                raise d.err(
+                    "characteristic",
+                    "is required for mode gatt: the UUID of the notify characteristic "
+                    f"(16-bit like 2a6e or 128-bit); got {characteristic!r}",
+                )
+            if bindkey_file is not None:
+                raise d.err("bindkey_file", "is for BTHome devices (mode bthome) only")
+        elif characteristic is not None:
+            raise d.err("characteristic", "is for GATT devices (mode gatt) only")
+        d.done()
+        devices.append(
+            BleDeviceConfig(
+                device_id=device_id,
+                mac=mac,
+                mode=cast(Literal["bthome", "gatt"], mode),
+                bindkey_file=bindkey_file,
+                characteristic=characteristic.lower() if characteristic else None,
+            )
+        )
+    cfg = BleSourceConfig(
+        enabled=sec.get("enabled", bool, False),
+        adapter=adapter,
+        scanning_mode=cast(
+            Literal["auto", "passive", "active"],
+            sec.choice("scanning_mode", "auto", ("auto", "passive", "active")),
+        ),
+        watchdog_s=sec.duration("watchdog", 90.0),
+        plain_repeat_s=sec.duration("plain_repeat", 60.0),
+        max_connections=sec.int_range("max_connections", 3, 1, 32),
+        connect_attempts=sec.int_range("connect_attempts", 4, 1, 100),
+        connect_timeout_s=sec.duration("connect_timeout", 10.0),
+        reconnect_max_s=sec.duration("reconnect_max", 60.0),
+        max_payload=sec.int_range("max_payload", 4096, 64, 256 * 1024),
+        max_values_per_frame=sec.int_range("max_values_per_frame", 16, 1, 256),
+        devices=tuple(devices),
+    )
+    sec.done()
+    return cfg

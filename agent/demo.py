@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import shutil
 import signal
 import sys
@@ -23,11 +24,13 @@ import paho.mqtt.client as paho
 from agent.attest.keys import GatewayKey, write_key_file
 from agent.attest.observation import verify_envelope
 from agent.config import BrokerEndpoint, load_config
+from agent.devices.registry import DeviceRegistry
 from agent.errors import EnvelopeError
 from agent.localbroker import LocalMosquitto
+from agent.model import Transport
 from agent.mqtt import MqttConnection
 from agent.runtime import Agent
-from agent.simulator import demo_devices
+from agent.simulator import SimulatedDevice, demo_devices
 
 INTRUDER_EVERY = 15  # frames between two attempts to slip something past the gateway
 
@@ -40,7 +43,6 @@ chain_id = 31337
 
 [sources.mqtt]
 url = "{local}"
-allowed_devices = ["sim-1", "sim-2"]
 
 [bridge]
 url = "{upstream}"
@@ -84,6 +86,14 @@ async def _demo(
     cfg_path = workdir / "agent.toml"
     cfg_path.write_text(CONFIG_TEMPLATE.format(local=local.url, upstream=upstream.url))
     cfg = load_config(cfg_path)
+    devices = demo_devices()
+    # The simulated sensors are enrolled as `edgence-agent pair` would leave them: active,
+    # each with its own key; every frame they send carries its HMAC.
+    assert cfg.enrollment is not None
+    registry = DeviceRegistry(cfg.enrollment.registry_dir)
+    for d in devices:
+        d.key = secrets.token_bytes(32)
+    registry.enroll_active((d.device_id, Transport.MQTT, d.key) for d in devices if d.key)
     agent = Agent(cfg, key)
     print(f"edgence-agent demo  (work dir {workdir})", file=out)
     print(f"  gateway address  {key.checksum_address}  (throwaway key)", file=out)
@@ -141,7 +151,6 @@ async def _demo(
         viewer.client.subscribe(f"edgence/{key.address}/obs/#", 1)
 
     viewer.on_connected = view_subscribe
-    devices = demo_devices()
     shown_rejections: dict[str, int] = {}
 
     def show_rejections() -> None:
@@ -180,9 +189,14 @@ async def _demo(
             publisher.client.publish(f"devices/{dev.device_id}/up", frame, qos=1)
             i += 1
             if i % INTRUDER_EVERY == 0:
-                # An unknown device and a replayed frame: the gateway must vouch for neither.
+                # An unknown device, a replayed frame and a forged one (right device, wrong
+                # key): the gateway must vouch for none of them.
                 publisher.client.publish("devices/intruder/up", dev.next_frame(), qos=1)
                 publisher.client.publish(f"devices/{dev.device_id}/up", frame, qos=1)
+                forger = SimulatedDevice(
+                    dev.device_id, list(dev.sensors), dev.counter + 1, key=bytes(32)
+                )
+                publisher.client.publish(f"devices/{dev.device_id}/up", forger.next_frame(), qos=1)
             show_rejections()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0 / rate)

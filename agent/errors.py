@@ -58,3 +58,8 @@ class JournalFull(JournalError):
 class ElectionError(AgentError):
     """A validator-election step failed: a malformed input, a proof or signature that does not
     verify, or a round that cannot be decided."""
+
+
+class BleUnavailable(AgentError):
+    """The Bluetooth stack (BlueZ over D-Bus, or the adapter) cannot be used; the message says
+    what to install or start."""

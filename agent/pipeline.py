@@ -40,8 +40,8 @@ class Arrival:
     received_at: float = field(default_factory=time.time)
     ack: Callable[[], None] | None = None
     rejected: str | None = None
-    # Set by a source that authenticated the frame itself (BLE: BTHome AES-CCM with the bindkey).
-    verified_by: AuthMethod | None = None
+    # Set by a source that authenticated the frame itself (a BTHome advert's AES-CCM MIC).
+    verified: AuthMethod | None = None
 
 
 class DeviceGate(Protocol):
@@ -65,6 +65,18 @@ class AllowlistGate:
                 f"device {arrival.device_id!r} is not in sources.mqtt.allowed_devices",
             )
         return AuthMethod.ALLOWLIST
+
+
+class TransportGate:
+    """Asks the gate of the arrival's transport (BLE devices are known to the BLE source's
+    device directory), and `default` for every other transport."""
+
+    def __init__(self, gates: dict[Transport, DeviceGate], default: DeviceGate) -> None:
+        self.gates = gates
+        self.default = default
+
+    def check(self, arrival: Arrival) -> AuthMethod:
+        return self.gates.get(arrival.transport, self.default).check(arrival)
 
 
 class Pipeline:
@@ -114,6 +126,10 @@ class Pipeline:
         """Last journaled counter per device, so replays are refused across restarts."""
         loop = asyncio.get_running_loop()
         self._last_counter = await loop.run_in_executor(self.executor, self.journal.last_counters)
+
+    def last_counter(self, device_id: str) -> int | None:
+        """The last counter journaled for the device (None: never seen)."""
+        return self._last_counter.get(device_id)
 
     # -- intake --------------------------------------------------------------------------
     def offer(self, arrival: Arrival) -> bool:

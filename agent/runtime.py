@@ -22,6 +22,14 @@ from agent.attest.keys import GatewayKey, load_key_file
 from agent.attest.observation import ObservationSigner
 from agent.bridge import Bridge
 from agent.config import AgentConfig
+from agent.devices.ble import (
+    BleBackend,
+    BleDeviceDirectory,
+    BleGate,
+    BleSource,
+    ConfiguredBleDevices,
+    EnrolledBleDevices,
+)
 from agent.devices.gate import EnrollmentGate
 from agent.devices.mqtt import MqttSource
 from agent.devices.registry import DeviceRegistry
@@ -29,8 +37,8 @@ from agent.errors import AgentError, JournalError
 from agent.journal import Journal, JournalStats
 from agent.logs import event
 from agent.metrics import Metrics
-from agent.model import Eip712Domain
-from agent.pipeline import Pipeline
+from agent.model import Eip712Domain, Transport
+from agent.pipeline import DeviceGate, Pipeline, TransportGate
 from agent.secrets import check_secret_mode
 
 log = logging.getLogger("agent.runtime")
@@ -85,7 +93,14 @@ async def supervise(
 class Agent:
     """The whole agent, built from an AgentConfig. `await agent.run(stop_event)`."""
 
-    def __init__(self, cfg: AgentConfig, key: GatewayKey | None = None) -> None:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        key: GatewayKey | None = None,
+        *,
+        ble_backend: BleBackend | None = None,
+        ble_devices: BleDeviceDirectory | None = None,
+    ) -> None:
         self.cfg = cfg
         self.key = key if key is not None else load_gateway_key(cfg)
         self.metrics = Metrics()
@@ -111,11 +126,21 @@ class Agent:
             burst=enr.burst if enr is not None else 20.0,
             metrics=self.metrics,
         )
+        gate: DeviceGate = self.gate
+        if cfg.ble.enabled:
+            if ble_devices is None:
+                configured = ConfiguredBleDevices(cfg.ble.devices)
+                ble_devices = (
+                    EnrolledBleDevices(configured, self.gate)
+                    if self.registry is not None
+                    else configured
+                )
+            gate = TransportGate({Transport.BLE: BleGate(ble_devices, self.gate)}, gate)
         self.pipeline = Pipeline(
             signer=self.signer,
             journal=self.journal,
             executor=self.executor,
-            gate=self.gate,
+            gate=gate,
             metrics=self.metrics,
             queue_size=cfg.pipeline.queue_size,
             batch_max=cfg.pipeline.batch_max,
@@ -138,6 +163,16 @@ class Agent:
                 pipeline=self.pipeline,
                 metrics=self.metrics,
                 client_id=f"edgence-{self.key.address[2:14]}-devices",
+            )
+        self.ble: BleSource | None = None
+        if cfg.ble.enabled:
+            assert ble_devices is not None
+            self.ble = BleSource(
+                cfg.ble,
+                pipeline=self.pipeline,
+                metrics=self.metrics,
+                directory=ble_devices,
+                backend=ble_backend,
             )
         self.ready = asyncio.Event()
 
@@ -176,13 +211,16 @@ class Agent:
     async def _announce_ready(self, started: float) -> None:
         if self.mqtt is not None:
             await self.mqtt.ready.wait()
+        if self.ble is not None:
+            await self.ble.ready.wait()
         self.ready.set()
         event(
             log,
             "ready",
             gateway=self.key.address,
             ready_ms=int((time.monotonic() - started) * 1000),
-            sources="mqtt" if self.mqtt else "none",
+            sources=",".join(s for s, on in (("mqtt", self.mqtt), ("ble", self.ble)) if on)
+            or "none",
             upstream=self.cfg.bridge.broker.url if self.bridge else "disabled",
         )
 
@@ -220,6 +258,8 @@ class Agent:
             tasks.append(asyncio.create_task(supervise("bridge", self.bridge.run, stopping, m)))
         if self.mqtt is not None:
             tasks.append(asyncio.create_task(supervise("mqtt", self.mqtt.run, stopping, m)))
+        if self.ble is not None:
+            tasks.append(asyncio.create_task(supervise("ble", self.ble.run, stopping, m)))
         tasks.append(asyncio.create_task(self._announce_ready(started)))
         try:
             await stop.wait()
@@ -231,6 +271,8 @@ class Agent:
         t0 = time.monotonic()
         if self.mqtt is not None:
             self.mqtt.conn.pause_reading()
+        if self.ble is not None:
+            await self.ble.stop()
         drained = await self.pipeline.drain(grace=0.8)
         if self.mqtt is not None:
             await self.mqtt.stop()

@@ -7,6 +7,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from agent.devices.auth import encode_signed_frame
 from agent.devices.codecs.frame import encode_frame
 
 
@@ -18,6 +19,7 @@ class SimulatedDevice:
     sensors: list[tuple[str, int, int, str]]  # (name, start value, exponent, unit)
     counter: int = 0
     rng: random.Random = field(default_factory=random.Random)
+    key: bytes | None = None  # an enrolled device's key: frames carry their HMAC
 
     def next_frame(self) -> bytes:
         self.counter += 1
@@ -26,6 +28,10 @@ class SimulatedDevice:
             value += self.rng.randint(-5, 5)
             self.sensors[i] = (name, value, exp, unit)
             values.append((name, value, exp, unit))
+        if self.key is not None:
+            return encode_signed_frame(
+                self.key, self.device_id, self.counter, values, timestamp=int(time.time())
+            )
         return encode_frame(self.counter, values, timestamp=int(time.time()))
 
 

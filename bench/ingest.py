@@ -14,6 +14,7 @@ throughput = N / (last arrival - start of publishing).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -33,11 +34,32 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.attest.keys import GatewayKey, write_key_file
+from agent.devices.auth import encode_signed_frame
 from agent.devices.codecs.frame import encode_frame
+from agent.devices.registry import DeviceRegistry
 from agent.localbroker import LocalMosquitto
+from agent.model import Transport
 from bench.results import write_section
 
 DEVICES = 8
+
+
+def device_key(dev: int) -> bytes:
+    """Deterministic per-device keys, so load generators and the registry agree."""
+    return hashlib.sha256(b"edgence-bench-device-%d" % dev).digest()
+
+
+def bench_frame(i: int, signed: bool) -> bytes:
+    """Frame i of the run: device i % DEVICES, value i (latency is matched by it)."""
+    dev, counter = i % DEVICES, i // DEVICES + 1
+    values = [("t", i, -2, "Cel")]
+    if signed:
+        return encode_signed_frame(
+            device_key(dev), f"dev-{dev}", counter, values, timestamp=1_764_000_000
+        )
+    return encode_frame(counter, values, timestamp=1_764_000_000)
+
+
 INFLIGHT = int(os.environ.get("BENCH_BROKER_INFLIGHT", "1000"))
 
 
@@ -48,17 +70,11 @@ def _client(client_id: str, port: int) -> paho.Client:
     return c
 
 
-def publisher(port: int, n: int, rate: float | None, out: Connection) -> None:
+def publisher(port: int, n: int, rate: float | None, out: Connection, signed: bool) -> None:
     """Publishes n frames (QoS 1) round-robin over DEVICES devices; sends back send times."""
     c = _client("bench-pub", port)
     c.loop_start()
-    frames = [
-        (
-            f"devices/dev-{i % DEVICES}/up",
-            encode_frame(i // DEVICES + 1, [("t", i, -2, "Cel")], timestamp=1_764_000_000),
-        )
-        for i in range(n)
-    ]
+    frames = [(f"devices/dev-{i % DEVICES}/up", bench_frame(i, signed)) for i in range(n)]
     out.recv()  # go
     sent = [0] * n
     t0 = time.monotonic()
@@ -146,17 +162,19 @@ def _key_of(payload: bytes, kind: str) -> tuple[str, int]:
 
 
 def flood_with_c_clients(
-    local: LocalMosquitto, upstream: LocalMosquitto, n: int, topic: str, workdir: Path
+    local: LocalMosquitto,
+    upstream: LocalMosquitto,
+    n: int,
+    topic: str,
+    workdir: Path,
+    signed: bool = False,
 ) -> tuple[int, list[int]]:
     """Publish n frames with one `mosquitto_pub -l` per device; return (start ns, arrival ns)
     as `mosquitto_sub` stamped them (wall clock with nanoseconds)."""
     workdir.mkdir(parents=True, exist_ok=True)
     files = []
     for dev in range(DEVICES):
-        lines = [
-            encode_frame(i // DEVICES + 1, [("t", i, -2, "Cel")], timestamp=1_764_000_000)
-            for i in range(dev, n, DEVICES)
-        ]
+        lines = [bench_frame(i, signed) for i in range(dev, n, DEVICES)]
         f = workdir / f"dev-{dev}.jsonl"
         f.write_bytes(b"\n".join(lines) + b"\n")
         files.append(f)
@@ -217,7 +235,9 @@ def flood_with_c_clients(
 
 
 def measure(kind: str, n: int, rate: float | None, workdir: Path, sync: str = "normal") -> Result:
+    """kind: relay, agent (allowlisted devices) or agent-hmac (enrolled devices, signed frames)."""
     ctx = mp.get_context("spawn")
+    signed = kind == "agent-hmac"
     with (
         LocalMosquitto(workdir / kind, name="local", max_inflight_messages=INFLIGHT) as local,
         LocalMosquitto(workdir / kind, name="upstream", max_inflight_messages=INFLIGHT) as upstream,
@@ -231,18 +251,22 @@ def measure(kind: str, n: int, rate: float | None, workdir: Path, sync: str = "n
             a.recv()
             topic = "relay/devices/#"
         else:
-            proc, ready_s = start_agent(workdir / kind, local, upstream, sync)
+            proc, ready_s = start_agent(workdir / kind, local, upstream, sync, signed)
             topic = "edgence/+/obs/#"
         cpu_before = cpu_seconds(proc.pid)
         if rate is None:
-            t0, stamps = flood_with_c_clients(local, upstream, n, topic, workdir / kind / "c")
+            t0, stamps = flood_with_c_clients(
+                local, upstream, n, topic, workdir / kind / "c", signed
+            )
         else:
             cpa, cpb = ctx.Pipe()
             col = ctx.Process(target=collector, args=(upstream.port, n, topic, cpb), daemon=True)
             col.start()
             cpa.recv()
             ppa, ppb = ctx.Pipe()
-            pub = ctx.Process(target=publisher, args=(local.port, n, rate, ppb), daemon=True)
+            pub = ctx.Process(
+                target=publisher, args=(local.port, n, rate, ppb, signed), daemon=True
+            )
             pub.start()
             time.sleep(0.5)  # publisher connected and frames built
             ppa.send("go")
@@ -251,7 +275,7 @@ def measure(kind: str, n: int, rate: float | None, workdir: Path, sync: str = "n
             pub.join(5)
             col.join(5)
         cpu_us = (cpu_seconds(proc.pid) - cpu_before) / n * 1e6
-        if kind == "agent":
+        if kind != "relay":
             rss = peak_rss_mb(proc.pid)
             t_stop = time.monotonic()
             proc.send_signal(signal.SIGTERM)
@@ -297,11 +321,21 @@ def measure(kind: str, n: int, rate: float | None, workdir: Path, sync: str = "n
 
 
 def start_agent(
-    d: Path, local: LocalMosquitto, upstream: LocalMosquitto, sync: str = "normal"
+    d: Path,
+    local: LocalMosquitto,
+    upstream: LocalMosquitto,
+    sync: str = "normal",
+    enrolled: bool = False,
 ) -> tuple[Any, float]:
     d.mkdir(parents=True, exist_ok=True)
     write_key_file(d / "gateway.key", GatewayKey.generate())
     devices = ", ".join(f'"dev-{i}"' for i in range(DEVICES))
+    if enrolled:  # the devices are enrolled and send signed frames; none is allowlisted
+        registry = DeviceRegistry(d / "data" / "devices")
+        for i in range(DEVICES):
+            registry.enroll(f"dev-{i}", transport=Transport.MQTT, key=device_key(i))
+        registry.activate(f"dev-{i}" for i in range(DEVICES))
+        devices = ""
     (d / "agent.toml").write_text(
         f'[gateway]\nkey_file = "gateway.key"\n[sources.mqtt]\nurl = "{local.url}"\n'
         f'allowed_devices = [{devices}]\n[bridge]\nurl = "{upstream.url}"\n'
@@ -349,7 +383,14 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="max-rate runs per path (median)")
     ap.add_argument("--write", action="store_true", help="write bench/RESULTS.md")
     ap.add_argument("--only", choices=["fixed", "max"], help="run one of the two load shapes")
+    ap.add_argument(
+        "--auth",
+        action="store_true",
+        help="compare enrolled devices (HMAC-verified frames) with allowlisted ones, max rate",
+    )
     args = ap.parse_args()
+    if args.auth:
+        return compare_auth(args.n, args.repeat, args.write)
     runs: dict[tuple[str, str], list[Result]] = {}
     plan: list[tuple[str, float | None, str]] = []
     if args.only in (None, "fixed"):
@@ -416,6 +457,47 @@ def main() -> int:
             f"python -m bench.ingest --n {args.n} --rate {args.rate:.0f} "
             f"--repeat {args.repeat} --write",
             text + "\n" + note,
+        )
+    return 0
+
+
+def compare_auth(n: int, repeat: int, write: bool) -> int:
+    """Max-rate ingest with enrolled devices (every frame's HMAC verified) against the same
+    agent with allowlisted devices (no verification), interleaved in one run."""
+    runs: dict[str, list[Result]] = {"agent": [], "agent-hmac": []}
+    with tempfile.TemporaryDirectory(prefix="edgence-bench-") as tmp:
+        for rep in range(repeat):
+            for kind in ("agent", "agent-hmac"):
+                r = measure(kind, n, None, Path(tmp) / f"{rep}-{kind}")
+                runs[kind].append(r)
+                print(
+                    f"  {kind:<11} {r.received}/{r.n} in, {r.throughput:8.0f}/s  "
+                    f"cpu {r.cpu_us:5.0f} us/msg",
+                    file=sys.stderr,
+                )
+    base, base_all = _median_result(runs["agent"])
+    auth, auth_all = _median_result(runs["agent-hmac"])
+    cpu = {k: statistics.median(x.cpu_us for x in rs) for k, rs in runs.items()}
+    table = "\n".join(
+        [
+            "| devices | received | throughput /s (median) | runs /s | ratio | CPU µs/msg |",
+            "|---|---|---|---|---|---|",
+            f"| allowlisted, no frame authentication | {base.received}/{base.n} | "
+            f"{base.throughput:,.0f} | {', '.join(f'{t:,.0f}' for t in base_all)} | 1.00 | "
+            f"{cpu['agent']:.0f} |",
+            f"| enrolled, HMAC-SHA256 verified per frame | {auth.received}/{auth.n} | "
+            f"{auth.throughput:,.0f} | {', '.join(f'{t:,.0f}' for t in auth_all)} | "
+            f"{auth.throughput / base.throughput:.2f} | {cpu['agent-hmac']:.0f} |",
+        ]
+    )
+    print(table)
+    if write:
+        write_section(
+            "ingest-auth",
+            f"python -m bench.ingest --auth --n {n} --repeat {repeat} --write",
+            table
+            + "\n\nMax rate, 8 devices, load from `mosquitto_pub -l` as in the ingest benchmark; "
+            "the two configurations alternate in one run. Target: enrolled >= 0.8x allowlisted.\n",
         )
     return 0
 

@@ -6,7 +6,6 @@ formatting and `hashlib.sha256` (docs/device-frame.md, "Authentication").
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 
 from agent.devices.codecs.frame import DeviceFrame
@@ -31,7 +30,8 @@ def canonical_bytes(device_id: str, frame: DeviceFrame) -> bytes:
 
 def frame_mac(key: bytes, device_id: str, frame: DeviceFrame) -> bytes:
     """HMAC-SHA256 (RFC 2104) of the canonical bytes under the device's 32-byte key."""
-    return hmac.new(key, canonical_bytes(device_id, frame), hashlib.sha256).digest()
+    # hmac.digest: OpenSSL's one-shot HMAC, several times faster than hmac.new(...).digest()
+    return hmac.digest(key, canonical_bytes(device_id, frame), "sha256")
 
 
 def mac_matches(key: bytes, device_id: str, frame: DeviceFrame) -> bool:

@@ -84,6 +84,16 @@ class EnrollmentGate:
         self._wake = asyncio.Event()
         self.metrics.gauge("devices_enrolled", lambda: float(len(self._records)))
 
+    @property
+    def records(self) -> dict[str, DeviceRecord]:
+        """The registry as last read: a new mapping after every reload (activations update
+        the current one in place)."""
+        return self._records
+
+    @property
+    def keys(self) -> dict[str, bytes]:
+        return self._keys
+
     # -- the check (on the loop, per frame) ------------------------------------------------
     def check(self, arrival: Arrival) -> AuthMethod:
         device = arrival.device_id
@@ -103,7 +113,7 @@ class EnrollmentGate:
             )
         if rec.key_kind is KeyKind.BTHOME:
             # The BLE source decrypts with the bindkey; a plaintext advert is a downgrade.
-            if arrival.verified_by is not AuthMethod.BTHOME:
+            if arrival.verified is not AuthMethod.BTHOME:
                 raise RejectedReading("bad_mac", f"device {device!r} sent no encrypted advert")
             method = AuthMethod.BTHOME
         else:

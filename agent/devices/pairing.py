@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -176,12 +177,21 @@ def cmd_pair(args: argparse.Namespace) -> int:
         mqtt_password = None
         print(f"join window of {rec.id} open again for {window:.0f} s (same key)", file=out)
     else:
-        bindkey = bytes.fromhex(args.bindkey) if args.bindkey else None
+        if transport is Transport.BLE and not re.fullmatch(
+            r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}", args.address or ""
+        ):
+            raise RegistryError("a BLE device needs --address AA:BB:CC:DD:EE:FF (its MAC)")
+        try:
+            bindkey = bytes.fromhex(args.bindkey) if args.bindkey else None
+        except ValueError:
+            raise RegistryError("--bindkey must be 32 hex digits") from None
         rec, key = registry.enroll(
             args.device_id,
             transport=transport,
             name=args.name,
-            address=args.address or "",
+            address=(args.address or "").upper()
+            if transport is Transport.BLE
+            else (args.address or ""),
             sensors=args.sensor or (),
             key=bindkey,
             key_kind=KeyKind.BTHOME if transport is Transport.BLE else KeyKind.HMAC,

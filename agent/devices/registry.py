@@ -291,6 +291,36 @@ class DeviceRegistry:
             self._put(db, rec)
         return rec, key
 
+    def enroll_active(
+        self, devices: Iterable[tuple[str, Transport, bytes]], now: float | None = None
+    ) -> int:
+        """Record many devices as active with known keys in one write (a fleet migrated from
+        another gateway, benchmarks); ids already enrolled are refused."""
+        now = time.time() if now is None else now
+        recs, new_keys = [], {}
+        for device_id, transport, key in devices:
+            validate_device_id(device_id)
+            new_keys[device_id] = _check_key(key, KeyKind.HMAC).hex()
+            recs.append(
+                DeviceRecord(
+                    id=device_id,
+                    name=device_id,
+                    transport=transport,
+                    address="",
+                    key_kind=KeyKind.HMAC,
+                    status=DeviceStatus.ACTIVE,
+                    created=int(now),
+                )
+            )
+        with self._locked() as db:
+            existing = {d["id"] for d in db.all()} & set(new_keys)
+            if existing or len(new_keys) != len(recs):
+                raise RegistryError(f"already enrolled or repeated: {sorted(existing)[:5]}")
+            keys = self._read_keys() | new_keys
+            self._write_keys(keys)
+            db.insert_multiple(r.to_doc() for r in recs)
+        return len(recs)
+
     def reopen(self, device_id: str, window_s: float, now: float | None = None) -> DeviceRecord:
         """Open the join window of a pending device again (its key stays)."""
         _check_window(window_s)

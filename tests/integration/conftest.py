@@ -193,13 +193,16 @@ async def start_agent(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     running: list[RunningAgent] = []
 
     async def start(
-        cfg_dict: dict[str, Any], key: GatewayKey | None = None, name: str = "agent"
+        cfg_dict: dict[str, Any],
+        key: GatewayKey | None = None,
+        name: str = "agent",
+        **agent_kwargs: Any,
     ) -> RunningAgent:
         base = tmp_path / name
         base.mkdir(exist_ok=True)
         key = key or GatewayKey.generate()
         cfg: AgentConfig = config_from_dict(cfg_dict, str(base / "agent.toml"), base)
-        agent = Agent(cfg, key)
+        agent = Agent(cfg, key, **agent_kwargs)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         ready = asyncio.create_task(agent.ready.wait())

@@ -19,9 +19,11 @@ def test_demo_shows_verified_observations_arriving_upstream_and_cleans_up() -> N
     lines = [ln for ln in out.stdout.splitlines() if "✓ signed by" in ln]
     assert len(lines) >= 10, out.stdout[-2000:]
     assert {"temperature", "humidity", "pressure"} <= {ln.split()[4] for ln in lines}
-    # The demo also tries an unknown device and a replayed frame: both refused, never signed.
+    # The demo also tries an unknown device, a replayed frame and a forged one: all refused,
+    # never signed.
     assert "✗ refused, not signed: unknown_device" in out.stdout
     assert "✗ refused, not signed: replay" in out.stdout
+    assert "✗ refused, not signed: bad_mac" in out.stdout
     summary = re.search(
         r"signed (\d+), delivered upstream (\d+), verified by the viewer (\d+), "
         r"failed verification (\d+)",

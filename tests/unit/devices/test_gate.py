@@ -31,14 +31,14 @@ def arrival(
     counter: int,
     key: bytes | None,
     transport: Transport = Transport.MQTT,
-    verified_by: AuthMethod | None = None,
+    verified: AuthMethod | None = None,
 ) -> Arrival:
     values = [("t", counter, 0, "Cel")]
     mac = None
     if key is not None:
         mac = frame_mac(key, device, parse_frame(encode_frame(counter, values)))
     frame = parse_frame(encode_frame(counter, values, mac=mac))
-    return Arrival(frame, device, transport, str(transport), verified_by=verified_by)
+    return Arrival(frame, device, transport, str(transport), verified=verified)
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def test_bthome_device_needs_the_sources_decryption(tmp_path: Path, clock: FakeC
     reg.activate(["ble-1"])
     gate.load()
     assert reason(gate, arrival("ble-1", 1, None, Transport.BLE)) == "bad_mac"  # plaintext
-    ok = arrival("ble-1", 2, None, Transport.BLE, verified_by=AuthMethod.BTHOME)
+    ok = arrival("ble-1", 2, None, Transport.BLE, verified=AuthMethod.BTHOME)
     assert gate.check(ok) is AuthMethod.BTHOME
 
 

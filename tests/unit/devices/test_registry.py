@@ -119,3 +119,14 @@ def test_two_processes_enrolling_at_once_lose_nothing(tmp_path: Path) -> None:
     snap = reg.snapshot()
     assert len(snap.records) == 80 and set(snap.keys) == set(snap.records)
     assert len(json.loads(reg.keys_path.read_text())) == 80
+
+
+def test_enroll_active_imports_many_devices_in_one_write(tmp_path: Path) -> None:
+    reg = DeviceRegistry(tmp_path)
+    n = reg.enroll_active((f"d{i}", Transport.MQTT, bytes([i]) * 32) for i in range(50))
+    snap = reg.snapshot()
+    assert n == 50 and len(snap.records) == 50
+    assert snap.keys["d7"] == bytes([7]) * 32
+    assert all(r.status is DeviceStatus.ACTIVE for r in snap.records.values())
+    with pytest.raises(RegistryError, match="already enrolled"):
+        reg.enroll_active([("d7", Transport.MQTT, bytes(32))])
