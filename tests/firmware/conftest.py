@@ -1,14 +1,12 @@
-"""The firmware's library on sys.path (as `edgence`, with the host shims for `utime` and
-friends ahead of it, as the emulated rig runs it), and a runner for scripts under real
-MicroPython: the WebAssembly port from the npm registry, driven by node
-(firmware/micropython/tests/run.mjs; `npm ci` there is run by scripts/test)."""
+"""A runner for scripts under real MicroPython: the WebAssembly port from the npm registry,
+driven by node (firmware/micropython/tests/run.mjs; `npm ci` there is run by scripts/test).
+The root conftest.py puts the firmware's library on sys.path for the CPython side."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,12 +18,6 @@ from tests.conftest import ROOT
 FIRMWARE = ROOT / "firmware" / "micropython"
 LIB = FIRMWARE / "lib"
 MP_TESTS = FIRMWARE / "tests"
-
-SHIMS = ROOT / "tests" / "support" / "mpshims"
-
-for _p in (LIB, SHIMS):  # SHIMS ends up first
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
 
 
 def run_micropython(script: Path, *files: tuple[Path, str]) -> str:
