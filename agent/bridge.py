@@ -117,6 +117,14 @@ class Bridge:
     def in_flight(self) -> int:
         return len(self._pending)
 
+    def publish_retained(self, suffix: str, payload: bytes) -> bool:
+        """Publish a retained QoS 1 message on `<prefix>/<gateway>/<suffix>` (e.g. health) when
+        the link is up; False otherwise (it is not journaled: the next one replaces it)."""
+        if not self.conn.connected.is_set():
+            return False
+        self.conn.client.publish(f"{self.base_topic}/{suffix}", payload, qos=1, retain=True)
+        return True
+
     def _on_connected(self, session_present: bool) -> None:
         self.conn.client.publish(
             self.status_topic, status_payload(self.gateway, "online"), qos=1, retain=True

@@ -1,4 +1,4 @@
-"""The `edgence-agent` command: init, run, demo, verify, pair, devices."""
+"""The `edgence-agent` command: init, run, demo, verify, pair, devices, doctor, status."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from agent import __version__
 from agent.errors import AgentError, EnvelopeError
 
 T = TypeVar("T")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def default_config_dir() -> Path:
@@ -115,9 +116,58 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.runtime import Agent, run_until_signalled
 
     cfg = load_config(args.config)
-    setup_logging(args.log_level or cfg.log.level)
+    level = args.log_level or os.environ.get("EDGENCE_LOG_LEVEL") or cfg.log.level
+    if level not in LOG_LEVELS:
+        raise AgentError(f"EDGENCE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}; got {level!r}")
+    setup_logging(level)
     agent = Agent(cfg)
     run_event_loop(run_until_signalled(agent))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from agent.doctor import DoctorOptions, exit_code, report, run_checks
+
+    checks = run_checks(
+        DoctorOptions(config=args.config, chain_url=args.chain_url, timeout=args.timeout)
+    )
+    print(report(checks, as_json=args.json))
+    return exit_code(checks)
+
+
+def _status_url(args: argparse.Namespace) -> str:
+    """--url, else metrics.listen of --config, else of the default config when it is readable
+    (/etc/edgence-agent is not, for a normal user), else the default address."""
+    from agent.config import MetricsConfig, load_config
+    from agent.errors import ConfigError
+
+    if args.url:
+        return str(args.url)
+    try:
+        cfg = load_config(args.config or default_config())
+    except ConfigError:
+        if args.config is not None:
+            raise
+        return MetricsConfig().url
+    if not cfg.metrics.enabled:
+        raise AgentError(f"{cfg.path}: [metrics.enabled] is false; status reads that endpoint")
+    return cfg.metrics.url
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from agent.status import fetch_health, render, watch
+
+    url = _status_url(args)
+    if args.json:
+        print(json.dumps(fetch_health(url), indent=1))
+        return 0
+    if sys.stdout.isatty() and not args.once:
+        try:
+            watch(url, args.interval)
+        except KeyboardInterrupt:
+            return 0
+        return 0
+    print(render(fetch_health(url)))
     return 0
 
 
@@ -191,8 +241,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=default_config(),
         help="config file (default: $EDGENCE_CONFIG or %(default)s)",
     )
-    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="overrides $EDGENCE_LOG_LEVEL and log.level in the config",
+    )
     s.set_defaults(fn=cmd_run)
+
+    config_help = "config file (default: $EDGENCE_CONFIG or %(default)s)"
+    s = sub.add_parser("doctor", help="check this gateway's setup; one line per check with a fix")
+    s.add_argument("--config", type=Path, default=default_config(), help=config_help)
+    s.add_argument("--chain-url", help="full node JSON-RPC URL (default: [chain] url, if any)")
+    s.add_argument("--timeout", type=float, default=3.0, help="seconds per network check")
+    s.add_argument("--json", action="store_true", help="the checks as JSON")
+    s.set_defaults(fn=cmd_doctor)
+
+    s = sub.add_parser("status", help="the running agent's health (live on a terminal)")
+    s.add_argument(
+        "--config",
+        type=Path,
+        help=f"config naming metrics.listen (default: {default_config()} if readable, "
+        "else http://127.0.0.1:9464)",
+    )
+    s.add_argument("--url", help="the agent's metrics base URL (default: from the config)")
+    s.add_argument("--json", action="store_true", help="print the health document as JSON")
+    s.add_argument("--once", action="store_true", help="print once even on a terminal")
+    s.add_argument("--interval", type=float, default=2.0, help="refresh period (default 2 s)")
+    s.set_defaults(fn=cmd_status)
 
     s = sub.add_parser("demo", help="run everything locally with simulated sensors")
     s.add_argument("--duration", type=float, help="stop after this many seconds")

@@ -160,6 +160,22 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The loopback HTTP endpoint (/metrics for Prometheus, /health as JSON) and the retained
+    health message published upstream every `health_interval_s`."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9464
+    health_interval_s: float = 30.0
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     path: Path
     gateway: GatewayConfig
@@ -170,6 +186,7 @@ class AgentConfig:
     log: LogConfig = field(default_factory=LogConfig)
     enrollment: EnrollmentConfig | None = None
     ble: BleSourceConfig = field(default_factory=BleSourceConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 class _Section:
@@ -476,6 +493,10 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
         )
     )
     lg.done()
+
+    mt = section("metrics")
+    metrics = _metrics(mt)
+    mt.done()
     root.done()
     return AgentConfig(
         path=Path(file),
@@ -487,6 +508,7 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
         log=log,
         enrollment=enrollment,
         ble=ble,
+        metrics=metrics,
     )
 
 
@@ -557,3 +579,24 @@ def _ble_source(sec: _Section) -> BleSourceConfig:
     )
     sec.done()
     return cfg
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _metrics(sec: _Section) -> MetricsConfig:
+    listen = sec.get("listen", str, "127.0.0.1:9464")
+    host, sep, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise sec.err("listen", f'must be HOST:PORT such as "127.0.0.1:9464"; got {listen!r}')
+    if host not in _LOOPBACK and not host.startswith("127."):
+        # The endpoint has no authentication: it stays on loopback (scrape it through an SSH
+        # tunnel or a local Prometheus agent / reverse proxy).
+        raise sec.err("listen", f"must be a loopback address (127.0.0.1, ::1); got {host!r}")
+    return MetricsConfig(
+        enabled=sec.get("enabled", bool, True),
+        host=host,
+        port=int(port),
+        health_interval_s=sec.duration("health_interval", 30.0),
+    )

@@ -46,6 +46,10 @@ url = "{local}"
 
 [bridge]
 url = "{upstream}"
+
+[metrics]
+# Any free port: the demo must not collide with an installed agent on 127.0.0.1:9464.
+listen = "127.0.0.1:0"
 """
 
 

@@ -6,6 +6,7 @@ Call `event(log, "bridge_connected", host=..., port=...)`; never pass secrets as
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -43,8 +44,29 @@ def event(log: logging.Logger, name: str, level: int = logging.INFO, **fields: A
         log.log(level, "event=%s%s%s", name, " " if fields else "", kv(**fields))
 
 
+# syslog priorities, for journald's "<N>" line prefix (journalctl -p warning filters on them)
+_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+
+def writes_to_journal(stream: Any, env: dict[str, str] | None = None) -> bool:
+    """True when `stream` is the journald stream systemd gave this service ($JOURNAL_STREAM
+    names its device and inode), so that lines may carry a priority prefix."""
+    want = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return bool(want) and want == f"{st.st_dev}:{st.st_ino}"
+
+
 class KeyValueFormatter(logging.Formatter):
-    """ts=... level=... logger=... <message> — messages from `event` are already key=value."""
+    """ts=... level=... logger=... <message> — messages from `event` are already key=value.
+    With `journald=True` each line starts with its syslog priority (`<4>`), which journald
+    strips and records, so `journalctl -p warning` works."""
+
+    def __init__(self, journald: bool = False) -> None:
+        super().__init__()
+        self.journald = journald
 
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -57,12 +79,15 @@ class KeyValueFormatter(logging.Formatter):
         )
         if record.exc_info:
             line += " exc=" + format_value(self.formatException(record.exc_info))
+        if self.journald:
+            line = f"<{_PRIORITY.get(record.levelname, 6)}>{line}"
         return line
 
 
 def setup_logging(level: str = "info", stream: Any = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stdout)
-    handler.setFormatter(KeyValueFormatter())
+    out = stream or sys.stdout
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(KeyValueFormatter(journald=writes_to_journal(out)))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

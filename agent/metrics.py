@@ -1,4 +1,8 @@
-"""In-process counters and gauges the agent keeps about itself (read by status and health)."""
+"""In-process counters and gauges the agent keeps about itself (read by status and health).
+
+The hot path only adds to a dict entry; the Prometheus endpoint and the health JSON read these
+at scrape time (agent/telemetry.py), so exporting costs nothing per reading.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ class Metrics:
     def __init__(self) -> None:
         self._counters: defaultdict[tuple[str, tuple[tuple[str, str], ...]], int] = defaultdict(int)
         self._gauges: dict[str, Callable[[], float]] = {}
+        self._facts: dict[str, Callable[[], str | None]] = {}
 
     def inc(self, name: str, amount: int = 1, **labels: str) -> None:
         self._counters[(name, tuple(sorted(labels.items())))] += amount
@@ -32,6 +37,20 @@ class Metrics:
 
     def gauge(self, name: str, fn: Callable[[], float]) -> None:
         self._gauges[name] = fn
+
+    def fact(self, name: str, fn: Callable[[], str | None]) -> None:
+        """A textual fact read at scrape time (e.g. `election_role`); None means unknown."""
+        self._facts[name] = fn
+
+    def counters(self) -> list[tuple[str, dict[str, str], int]]:
+        """Every counter as (name, labels, value), for exporters."""
+        return [(n, dict(labels), v) for (n, labels), v in list(self._counters.items())]
+
+    def gauges(self) -> dict[str, float]:
+        return {name: float(fn()) for name, fn in list(self._gauges.items())}
+
+    def facts(self) -> dict[str, str | None]:
+        return {name: fn() for name, fn in list(self._facts.items())}
 
     def snapshot(self) -> dict[str, float]:
         out: dict[str, float] = {}

@@ -111,6 +111,8 @@ class Pipeline:
         self._space = asyncio.Event()
         self._space.set()
         self._last_counter: dict[str, int] = {}
+        # device id -> the source it was last accepted from (since start; for status/health)
+        self.device_sources: dict[str, str] = {}
         self._sinks: list[Callable[[int, list[Observation]], None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
@@ -211,6 +213,9 @@ class Pipeline:
         if obs:
             # Only counters that reached the journal count: a refused frame may come again.
             self._last_counter.update(updates)
+            for arr in batch:
+                if arr.rejected is None:
+                    self.device_sources[arr.device_id] = arr.source
         for arr in batch:
             if arr.ack is not None:
                 arr.ack()

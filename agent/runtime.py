@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from agent.attest.keys import GatewayKey, load_key_file
 from agent.attest.observation import ObservationSigner
@@ -39,7 +39,11 @@ from agent.logs import event
 from agent.metrics import Metrics
 from agent.model import Eip712Domain, Transport
 from agent.pipeline import DeviceGate, Pipeline, TransportGate
+from agent.sdnotify import Watchdog, notify, watchdog_interval
 from agent.secrets import check_secret_mode
+
+if TYPE_CHECKING:
+    from agent.telemetry import Telemetry
 
 log = logging.getLogger("agent.runtime")
 T = TypeVar("T")
@@ -175,9 +179,20 @@ class Agent:
                 backend=ble_backend,
             )
         self.ready = asyncio.Event()
+        self.started_at = time.monotonic()
+        self.watchdog = Watchdog(watchdog_interval())
+        self.telemetry: Telemetry | None = None
+        if cfg.metrics.enabled:
+            from agent.telemetry import Telemetry  # prometheus-client only when used
+
+            self.telemetry = Telemetry(self)
 
     async def _in_journal_thread(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    async def in_journal_thread(self, fn: Callable[[], T]) -> T:
+        """Run `fn` in the journal's thread (the only thread that touches sqlite)."""
+        return await self._in_journal_thread(fn)
 
     async def _maintain_journal(self, every: float = 10.0, stats_every: int = 6) -> None:
         """Enforce the journal's bounds every `every` seconds and log one stats line every
@@ -214,6 +229,7 @@ class Agent:
         if self.ble is not None:
             await self.ble.ready.wait()
         self.ready.set()
+        notify("STATUS=ready: sources subscribed")
         event(
             log,
             "ready",
@@ -225,7 +241,7 @@ class Agent:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        started = time.monotonic()
+        started = self.started_at = time.monotonic()
         data_dir = self.cfg.gateway.data_dir
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         Path(self.cfg.journal.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -260,11 +276,21 @@ class Agent:
             tasks.append(asyncio.create_task(supervise("mqtt", self.mqtt.run, stopping, m)))
         if self.ble is not None:
             tasks.append(asyncio.create_task(supervise("ble", self.ble.run, stopping, m)))
+        if self.telemetry is not None:
+            tasks.append(
+                asyncio.create_task(supervise("telemetry", self.telemetry.run, stopping, m))
+            )
         tasks.append(asyncio.create_task(self._announce_ready(started)))
+        # READY=1 once the journal is open and every component is supervised, not when the
+        # local broker answers: a broker that is down is retried by the agent itself, and
+        # systemd would otherwise kill and restart a healthy agent at TimeoutStartSec.
+        notify("READY=1", "STATUS=started: waiting for the sources to subscribe")
+        self.watchdog.start()
         try:
             await stop.wait()
         finally:
             stopping.set()
+            notify("STOPPING=1", "STATUS=stopping: draining into the journal")
             await self._shutdown(tasks)
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
@@ -287,6 +313,7 @@ class Agent:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._in_journal_thread(self.journal.close)
         self.executor.shutdown(wait=True)
+        self.watchdog.stop()
         event(
             log,
             "stopped",

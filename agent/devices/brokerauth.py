@@ -61,6 +61,13 @@ class MosquittoAuth:
 
     def _passwd(self, *args: str) -> None:
         tool = find_mosquitto_passwd()
+        # mosquitto_passwd replaces the file: give it back the owner and mode it had, so that
+        # the broker's user can still read it when `pair` runs as root.
+        try:
+            st = self.password_file.stat()
+            keep: tuple[int, int, int] | None = (st.st_uid, st.st_gid, st.st_mode & 0o777)
+        except FileNotFoundError:
+            keep = None
         try:
             subprocess.run(
                 [tool, *args], check=True, capture_output=True, timeout=30, stdin=subprocess.DEVNULL
@@ -70,6 +77,10 @@ class MosquittoAuth:
             raise BrokerAuthError(
                 f"mosquitto_passwd failed on {self.password_file}: {err}"
             ) from None
+        if keep is not None:
+            if os.geteuid() == 0:
+                os.chown(self.password_file, keep[0], keep[1])
+            os.chmod(self.password_file, keep[2])
 
     def set_password(self, username: str) -> str:
         """Create or replace the user's password; returns the new password."""
@@ -91,7 +102,8 @@ class MosquittoAuth:
 
     def write_acl(self, devices: Iterable[DeviceRecord]) -> None:
         self.acl_file.parent.mkdir(parents=True, exist_ok=True)
-        mode = self.acl_file.stat().st_mode & 0o777 if self.acl_file.exists() else 0o600
+        # Same mode as before (owner kept by atomic_write): the broker's user reads it.
+        mode = self.acl_file.stat().st_mode & 0o777 if self.acl_file.exists() else 0o640
         atomic_write(self.acl_file, acl_text(self.cfg, devices).encode(), mode)
 
     def reload(self) -> bool:

@@ -93,10 +93,27 @@ class DeviceRecord:
         )
 
 
+def owner_to_keep(path: Path) -> tuple[int, int] | None:
+    """As root (`sudo edgence-agent pair`), files must stay readable by the service user: keep
+    the owner of the file being replaced, or take the directory's for a new one."""
+    if os.geteuid() != 0:
+        return None
+    for p in (path, path.parent):
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            continue
+        return st.st_uid, st.st_gid
+    return None
+
+
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    owner = owner_to_keep(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        if owner is not None:
+            os.fchown(fd, *owner)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -168,13 +185,20 @@ class DeviceRegistry:
 
     # -- plumbing --------------------------------------------------------------------------
     def _ensure_dir(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.dir.exists():
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            owner = owner_to_keep(self.dir.parent)  # the data dir's owner, when run as root
+            if owner is not None:
+                os.chown(self.dir, *owner)
 
     @contextmanager
     def _locked(self, exclusive: bool = True) -> Iterator[TinyDB]:
         self._ensure_dir()
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
+            owner = owner_to_keep(self.dir)
+            if owner is not None:
+                os.fchown(fd, *owner)
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             db = TinyDB(str(self.db_path), storage=AtomicJSONStorage)
             try:

@@ -145,6 +145,8 @@ def agent_config_dict(
         "log": {"level": "info"},
         # Tests push thousands of frames per device; the per-device limit has its own tests.
         "enrollment": {"rate": 100000, "burst": 1000000},
+        # A free port per agent: several run at once here (tests, other work on the machine).
+        "metrics": {"listen": "127.0.0.1:0"},
     }
     for section, values in over.items():
         cfg.setdefault(section, {}).update(values)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -233,9 +234,20 @@ def test_the_broker_acl_stops_a_device_publishing_as_another(
     tmp_path: Path, secured: SecuredBroker, upstream_broker: LocalMosquitto
 ) -> None:
     cfg_path, _ = write_agent_dir(tmp_path / "gw", secured_config(secured, upstream_broker))
+    # As the broker's user would have them: pair (run as root) must not take them over.
+    root = os.geteuid() == 0
+    for f in (secured.passwd, secured.acl):
+        if root:
+            os.chown(f, 4242, 4343)
+        f.chmod(0o640)
     for d in ("dev-1", "dev-2"):
         r = cli("pair", d, "--config", str(cfg_path), "--no-wait", "--no-qr")
         assert r.returncode == 0, r.stdout + r.stderr
+    for f in (secured.passwd, secured.acl):
+        st = f.stat()
+        assert st.st_mode & 0o777 == 0o640, f
+        if root:
+            assert (st.st_uid, st.st_gid) == (4242, 4343), f
     acl = secured.acl.read_text()
     assert "user dev-1\ntopic write devices/dev-1/up" in acl
     bundle = json.loads((tmp_path / "gw" / "data" / "bundles" / "dev-1.json").read_text())

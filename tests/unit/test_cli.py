@@ -218,6 +218,22 @@ def test_run_with_a_missing_config_exits_2_and_says_how_to_create_one(tmp_path: 
     assert "edgence-agent init" in result.stderr
 
 
+def test_run_refuses_an_unknown_log_level_from_the_environment(agent_dir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGENCE_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", "--config", str(agent_dir / "agent.toml")],
+        env={**env, "EDGENCE_LOG_LEVEL": "loud"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "EDGENCE_LOG_LEVEL must be one of debug, info, warning, error; got 'loud'" in (
+        result.stderr
+    )
+
+
 # --- verify ---------------------------------------------------------------------------------
 
 

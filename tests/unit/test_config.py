@@ -319,9 +319,16 @@ def test_unknown_top_level_entry_is_refused_listing_the_known_tables(
     assert f"[{key}] is not a known key" in message
     listed = message.split("allowed here: ")[1].split(", ")
     assert listed == sorted(listed)
-    assert {"bridge", "enrollment", "gateway", "journal", "log", "pipeline", "sources"} <= set(
-        listed
-    )
+    assert {
+        "bridge",
+        "enrollment",
+        "gateway",
+        "journal",
+        "log",
+        "metrics",
+        "pipeline",
+        "sources",
+    } <= set(listed)
 
 
 @pytest.mark.parametrize("url", ["http://h", "ws://h:80", "h:1883", "mqtt://", "mqtt:///x"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -271,3 +272,36 @@ def test_metrics_snapshot_has_counters_with_labels_and_live_gauges() -> None:
     assert m.snapshot() == {"frames_ok": 7, "rejected{reason=oversize}": 1, "queue_depth": 3.0}
     depth[0] = 9.0
     assert m.snapshot()["queue_depth"] == 9.0
+
+
+# --- journald priorities and the log level of `run` ---------------------------------------
+
+
+def test_lines_to_the_journal_stream_carry_syslog_priorities(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = (tmp_path / "journal-stream").open("w+")
+    st = os.fstat(out.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        agent.logs.setup_logging("info", out)
+        log = logging.getLogger("test.journal")
+        event(log, "hello", x=1)
+        event(log, "trouble", logging.WARNING)
+        event(log, "failed", logging.ERROR)
+        event(log, "noise", logging.DEBUG)  # below the level: not written
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    out.seek(0)
+    lines = out.read().splitlines()
+    assert [line[:3] for line in lines] == ["<6>", "<4>", "<3>"]
+    assert lines[0].endswith("event=hello x=1")
+
+
+def test_other_streams_get_no_priority_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOURNAL_STREAM", "1:2")
+    assert agent.logs.writes_to_journal(io.StringIO()) is False
+    assert agent.logs.writes_to_journal(io.StringIO(), env={}) is False

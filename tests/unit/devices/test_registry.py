@@ -130,3 +130,18 @@ def test_enroll_active_imports_many_devices_in_one_write(tmp_path: Path) -> None
     assert all(r.status is DeviceStatus.ACTIVE for r in snap.records.values())
     with pytest.raises(RegistryError, match="already enrolled"):
         reg.enroll_active([("d7", Transport.MQTT, bytes(32))])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing file owners needs root")
+def test_as_root_the_registry_files_keep_the_data_dirs_owner(tmp_path: Path) -> None:
+    """`sudo edgence-agent pair` must leave files the service user can read."""
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, 4242, 4343)
+    reg = DeviceRegistry(data / "devices")
+    reg.enroll("dev-1", transport=Transport.MQTT)
+    reg.activate(["dev-1"])
+    for p in (reg.dir, reg.db_path, reg.keys_path, reg.lock_path):
+        st = os.stat(p)
+        assert (st.st_uid, st.st_gid) == (4242, 4343), p
+    assert stat.S_IMODE(os.stat(reg.keys_path).st_mode) == 0o600

@@ -1,0 +1,122 @@
+"""`edgence-agent status`: the running agent's health, fetched from its loopback endpoint and
+shown as text (redrawn in place on a terminal) or printed as JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any, TextIO
+
+from agent.errors import AgentError
+
+
+def fetch_health(base_url: str, timeout: float = 3.0) -> dict[str, Any]:
+    url = base_url.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            doc = json.loads(resp.read(1 << 20))
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        raise AgentError(
+            f"the agent is not answering at {url} ({getattr(exc, 'reason', exc)}); is it running "
+            "(systemctl status edgence-agent) with metrics.enabled = true?"
+        ) from None
+    if not isinstance(doc, dict) or doc.get("v") != 1:
+        raise AgentError(f"{url} did not answer an edgence-agent health document")
+    return doc
+
+
+def _duration(s: float) -> str:
+    s = int(s)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return f"{d}d{h:02d}h{m:02d}m" if d else f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+class _Paint:
+    def __init__(self, color: bool) -> None:
+        self.color = color
+
+    def __call__(self, text: str, good: bool | None) -> str:
+        if not self.color or good is None:
+            return text
+        return f"\x1b[{32 if good else 31}m{text}\x1b[0m"
+
+
+def render(h: dict[str, Any], color: bool = False) -> str:
+    """The health document as a few aligned lines (one topic per line)."""
+    paint = _Paint(color)
+    lines = [
+        f"{h['agent']}  gateway {h['gateway']}  up {_duration(h['uptime_s'])}  "
+        + paint("ready" if h["ready"] else "starting", bool(h["ready"]))
+    ]
+    for name, s in h["sources"].items():
+        state = ""
+        if "connected" in s:
+            state = paint("connected" if s["connected"] else "DOWN", bool(s["connected"])) + "  "
+        extra = f"  frames {s['frames']}" if "frames" in s else ""
+        lines.append(
+            f"{'source':<10} {name:<6} {state}{s.get('url', '')}  devices {s['devices']}{extra}"
+        )
+    if not h["sources"]:
+        lines.append(f"{'source':<10} none enabled")
+    d = h.get("devices", {})
+    if d:
+        enrolled = d.get("enrolled")
+        lines.append(
+            f"{'devices':<10} heard {d['heard']}"
+            + (f"  enrolled {enrolled}" if enrolled is not None else "")
+        )
+    r = h["readings"]
+    lines.append(f"{'readings':<10} signed {r['signed']}  {r['per_s']:.1f}/s  queued {r['queued']}")
+    rej = h["rejected"]
+    lines.append(
+        f"{'rejected':<10} " + ("  ".join(f"{k} {v}" for k, v in rej.items()) if rej else "none")
+    )
+    j = h["journal"]
+    lines.append(
+        f"{'journal':<10} {j['entries']} entries  {_size(j['bytes'])}  backlog "
+        + paint(str(j["backlog"]), j["backlog"] < 1000)
+        + (f"  write errors {j['errors']}" if j["errors"] else "")
+    )
+    u = h["upstream"]
+    if u["enabled"]:
+        lines.append(
+            f"{'upstream':<10} "
+            + paint("connected" if u["connected"] else "DOWN", bool(u["connected"]))
+            + f"  {u['url']}  delivered {u['delivered']}  in flight {u['inflight']}"
+            + (f"  refused {u['refused']}" if u["refused"] else "")
+        )
+    else:
+        lines.append(f"{'upstream':<10} disabled")
+    height = h["chain"]["height"]
+    lines.append(f"{'chain':<10} height {height if height is not None else 'unknown'}")
+    role = h["election"]["role"]
+    lines.append(f"{'election':<10} role {role if role is not None else 'unknown'}")
+    if h.get("restarts"):
+        lines.append(f"{'restarts':<10} " + "  ".join(f"{k} {v}" for k, v in h["restarts"].items()))
+    return "\n".join(lines)
+
+
+def watch(base_url: str, interval: float, out: TextIO = sys.stdout) -> None:
+    """Redraw the status in place every `interval` seconds until Ctrl-C (terminal only)."""
+    while True:
+        try:
+            text = render(fetch_health(base_url), color=True)
+        except AgentError as exc:
+            text = f"\x1b[31m{exc}\x1b[0m"
+        stamp = time.strftime("%H:%M:%S")
+        out.write(f"\x1b[H\x1b[2J{text}\n\n{stamp}  refreshing every {interval:g}s, Ctrl-C quits\n")
+        out.flush()
+        time.sleep(interval)

@@ -1,0 +1,319 @@
+"""What the agent says about itself: the health JSON (for `status`, /health and the retained
+upstream health topic) and the Prometheus text endpoint on loopback.
+
+Everything is read at scrape time from agent/metrics.py's counters and gauges and from the
+journal's stats; the ingest path does no extra work for it. The HTTP server is a minimal
+HTTP/1.0 responder on the agent's own event loop (no thread, no framework).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from agent import __version__
+from agent.journal import JournalStats
+from agent.logs import event
+from agent.metrics import Metrics
+
+if TYPE_CHECKING:
+    from agent.runtime import Agent
+
+log = logging.getLogger("agent.telemetry")
+
+PREFIX = "edgence_"
+HEALTH_VERSION = 1
+# generate_latest writes the classic text format (names escaped to underscores); say so
+# explicitly, which every Prometheus version reads (newer clients default to "version=1.0.0").
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# HELP texts of the counters and gauges the agent keeps; a name missing here (a component added
+# later) is still exported, with a generic help text. docs/operations.md lists them all.
+COUNTER_HELP = {
+    "observations_signed": "readings signed and committed to the journal (accepted)",
+    "observations_delivered": "observations acknowledged (PUBACK) by the upstream broker",
+    "frames_rejected": "frames or readings refused, by reason and source",
+    "journal_errors": "journal write errors (each held batch retry counts once)",
+    "bridge_refused": "observations an MQTT 5 upstream broker refused (republished later)",
+    "component_restarts": "components restarted by the supervisor after a failure",
+    "source_paused": "times a source paused reading because the pipeline queue was full",
+    "devices_activated": "enrolled devices whose first authenticated frame arrived",
+    "registry_errors": "device registry reads or writes that failed",
+}
+GAUGE_HELP = {
+    "pipeline_queue": "readings waiting to be signed",
+    "bridge_inflight": "PUBLISHes awaiting PUBACK upstream",
+    "bridge_connected": "1 when the upstream link is up",
+    "frames_received_mqtt": "MQTT messages received from the local broker since start",
+    "chain_height": "latest block height seen from the full node",
+    "devices_enrolled": "devices in the registry (enrolled with `edgence-agent pair`)",
+}
+
+
+class HealthSampler:
+    """Keeps (time, signed) samples so that health can say readings per second over the last
+    minute; sampled every `every` seconds with loop.call_at (no sleeping task)."""
+
+    def __init__(self, metrics: Metrics, every: float = 5.0, window: float = 60.0) -> None:
+        self.metrics = metrics
+        self.every = every
+        self._samples: deque[tuple[float, int]] = deque(maxlen=max(2, int(window / every) + 1))
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        if self._handle is None:
+            self._sample()
+
+    def _sample(self) -> None:
+        self._samples.append((time.monotonic(), self.metrics.get("observations_signed")))
+        loop = asyncio.get_running_loop()
+        self._handle = loop.call_at(loop.time() + self.every, self._sample)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def per_second(self) -> float:
+        if not self._samples:
+            return 0.0
+        t0, n0 = self._samples[0]
+        dt = time.monotonic() - t0
+        return (self.metrics.get("observations_signed") - n0) / dt if dt > 0.5 else 0.0
+
+
+def build_health(agent: Agent, stats: JournalStats, per_second: float) -> dict[str, Any]:
+    """The health document: what `status --json` prints and the health topic carries."""
+    m = agent.metrics
+    gauges = m.gauges()
+    facts = m.facts()
+    devices: dict[str, int] = {}
+    for source in agent.pipeline.device_sources.values():
+        devices[source] = devices.get(source, 0) + 1
+    sources: dict[str, Any] = {}
+    if agent.mqtt is not None:
+        sources["mqtt"] = {
+            "connected": agent.mqtt.conn.connected.is_set(),
+            "url": agent.cfg.mqtt.broker.url,
+            "devices": devices.get("mqtt", 0),
+            "frames": agent.mqtt.received,
+        }
+    for source, count in devices.items():  # sources this branch does not know by name
+        sources.setdefault(source, {"devices": count})
+    bridge = agent.bridge
+    height = gauges.get("chain_height")
+    enrolled = gauges.get("devices_enrolled")
+    return {
+        "v": HEALTH_VERSION,
+        "gateway": agent.key.address,
+        "agent": f"edgence-agent/{__version__}",
+        "ts": int(time.time()),
+        "uptime_s": round(time.monotonic() - agent.started_at, 1),
+        "ready": agent.ready.is_set(),
+        "sources": sources,
+        "devices": {
+            "heard": len(agent.pipeline.device_sources),
+            "enrolled": None if enrolled is None else int(enrolled),
+        },
+        "readings": {
+            "signed": m.get("observations_signed"),
+            "per_s": round(per_second, 2),
+            "queued": int(gauges.get("pipeline_queue", 0)),
+        },
+        "rejected": dict(sorted(m.by_label("frames_rejected", "reason").items())),
+        "journal": {
+            "entries": stats.entries,
+            "bytes": stats.bytes,
+            "backlog": stats.backlog.get("bridge", 0),
+            "last_seq": stats.last_seq,
+            "errors": m.get("journal_errors"),
+        },
+        "upstream": {
+            "enabled": bridge is not None,
+            "url": agent.cfg.bridge.broker.url if bridge is not None else None,
+            "connected": bridge is not None and bridge.conn.connected.is_set(),
+            "delivered": m.get("observations_delivered"),
+            "inflight": bridge.in_flight if bridge is not None else 0,
+            "refused": m.get("bridge_refused"),
+        },
+        "chain": {"height": None if height is None else int(height)},
+        "election": {"role": facts.get("election_role")},
+        "restarts": dict(sorted(m.by_label("component_restarts", "component").items())),
+    }
+
+
+class AgentCollector(Collector):
+    """Exports agent/metrics.py's counters and gauges plus the last journal stats, read when
+    Prometheus scrapes (the endpoint refreshes `stats` just before it calls generate_latest)."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.stats: JournalStats | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.agent.metrics
+        families: dict[str, Metric] = {}
+        for name, labels, value in m.counters():
+            fam = families.get(name)
+            if fam is None:
+                help_text = COUNTER_HELP.get(name, f"edgence-agent counter {name}")
+                fam = families[name] = Metric(PREFIX + name, help_text, "counter")
+            fam.add_sample(f"{PREFIX}{name}_total", labels, float(value))
+        yield from families.values()
+        for name, level in m.gauges().items():
+            g = Metric(PREFIX + name, GAUGE_HELP.get(name, f"edgence-agent gauge {name}"), "gauge")
+            g.add_sample(PREFIX + name, {}, level)
+            yield g
+        info = Metric(PREFIX + "agent", "the agent's version and gateway address", "info")
+        info.add_sample(
+            PREFIX + "agent_info", {"version": __version__, "gateway": self.agent.key.address}, 1.0
+        )
+        yield info
+        up = Metric(PREFIX + "uptime_seconds", "seconds since the agent started", "gauge")
+        up.add_sample(PREFIX + "uptime_seconds", {}, time.monotonic() - self.agent.started_at)
+        yield up
+        devices: dict[str, int] = {}
+        for source in self.agent.pipeline.device_sources.values():
+            devices[source] = devices.get(source, 0) + 1
+        dev = Metric(PREFIX + "devices", "devices accepted since start, by source", "gauge")
+        for source, count in sorted(devices.items()):
+            dev.add_sample(PREFIX + "devices", {"source": source}, float(count))
+        yield dev
+        role = m.facts().get("election_role")
+        if role is not None:
+            r = Metric(PREFIX + "election_role", "this node's role in the election", "gauge")
+            r.add_sample(PREFIX + "election_role", {"role": role}, 1.0)
+            yield r
+        st = self.stats
+        if st is not None:
+            for name, help_text, value in (
+                ("journal_entries", "observations stored in the journal", st.entries),
+                ("journal_bytes", "bytes the journal counts against journal.max_bytes", st.bytes),
+                (
+                    "journal_backlog",
+                    "journaled observations not yet acknowledged upstream",
+                    st.backlog.get("bridge", 0),
+                ),
+                ("journal_last_sequence", "the newest gateway sequence", st.last_seq),
+            ):
+                g = Metric(PREFIX + name, help_text, "gauge")
+                g.add_sample(PREFIX + name, {}, float(value))
+                yield g
+        free = disk_free(self.agent.cfg.journal.path.parent)
+        if free is not None:
+            g = Metric(
+                PREFIX + "journal_disk_free_bytes", "free bytes on the journal's disk", "gauge"
+            )
+            g.add_sample(PREFIX + "journal_disk_free_bytes", {}, float(free))
+            yield g
+
+
+def disk_free(path: os.PathLike[str] | str) -> int | None:
+    """Bytes available to an unprivileged writer on the filesystem holding `path`."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+class Telemetry:
+    """The loopback HTTP endpoint (/metrics, /health) and the periodic retained health message
+    upstream. `await run()` until cancelled; `port` is the bound port (config may say 0)."""
+
+    MAX_REQUEST = 8192
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.cfg = agent.cfg.metrics
+        self.sampler = HealthSampler(agent.metrics)
+        self.collector = AgentCollector(agent)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.collector)
+        self.registry.register(ProcessCollector(registry=None, namespace=PREFIX.rstrip("_")))
+        self.registry.register(PlatformCollector(registry=None))
+        self.port: int | None = None
+        self.listening = asyncio.Event()
+        self.health_published = 0
+
+    async def _stats(self) -> JournalStats:
+        return await self.agent.in_journal_thread(self.agent.journal.stats)
+
+    async def health(self) -> dict[str, Any]:
+        return build_health(self.agent, await self._stats(), self.sampler.per_second())
+
+    async def metrics_text(self) -> bytes:
+        self.collector.stats = await self._stats()
+        return generate_latest(self.registry)
+
+    async def run(self) -> None:
+        self.sampler.start()
+        server = await asyncio.start_server(
+            self._serve, self.cfg.host, self.cfg.port, limit=self.MAX_REQUEST
+        )
+        try:
+            self.port = int(server.sockets[0].getsockname()[1])
+            self.listening.set()
+            event(log, "metrics_listening", url=f"http://{self.cfg.host}:{self.port}/metrics")
+            await self._publish_health_forever()
+        finally:
+            self.sampler.stop()
+            self.listening.clear()
+            server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+
+    async def _publish_health_forever(self) -> None:
+        bridge = self.agent.bridge
+        if bridge is None:  # no upstream: the endpoint alone
+            await asyncio.Event().wait()
+            return
+        while True:
+            # The first message goes out as soon as the link is up, then every interval.
+            await bridge.conn.connected.wait()
+            payload = json.dumps(await self.health(), separators=(",", ":")).encode()
+            if bridge.publish_retained("health", payload):
+                self.health_published += 1
+            await asyncio.sleep(self.cfg.health_interval_s)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            status, ctype, body = await asyncio.wait_for(self._respond(reader), 5.0)
+        except (TimeoutError, ValueError, ConnectionError, asyncio.IncompleteReadError):
+            status, ctype, body = "400 Bad Request", "text/plain", b"bad request\n"
+        head = (
+            f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        with contextlib.suppress(ConnectionError):
+            writer.write(head.encode() + body)
+            await writer.drain()
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+    async def _respond(self, reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
+        request = await reader.readuntil(b"\r\n\r\n")  # LimitOverrunError is a ValueError
+        parts = request.split(b"\r\n", 1)[0].split()
+        if len(parts) != 3 or parts[0] != b"GET":
+            return "405 Method Not Allowed", "text/plain", b"GET /metrics or /health\n"
+        path = parts[1].split(b"?", 1)[0]
+        if path == b"/metrics":
+            return "200 OK", CONTENT_TYPE, await self.metrics_text()
+        if path == b"/health":
+            body = json.dumps(await self.health(), indent=1).encode() + b"\n"
+            return "200 OK", "application/json", body
+        return "404 Not Found", "text/plain", b"GET /metrics or /health\n"
