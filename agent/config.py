@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
+from agent.chainclient.methods import DEFAULT_METHODS, forbidden
 from agent.errors import ConfigError
 from agent.model import NAME_RE
 
@@ -160,6 +161,44 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class ChainConfig:
+    """[chain]: the colocated full node and the agent's own transactions."""
+
+    enabled: bool = False
+    rpc_url: str = "http://127.0.0.1:8545"
+    ws_url: str | None = None  # none: heads and logs are polled over HTTP
+    timeout_s: float = 5.0
+    poll_interval_s: float = 1.0
+    confirmations: int = 1
+    stuck_after_s: float = 60.0
+    fee_bump_percent: int = 13
+    store: Path | None = None  # the agent's own transactions (<data_dir>/chain.sqlite)
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    """[forward]: dApp JSON-RPC requests passed to the full node over MQTT 5 and CoAP."""
+
+    enabled: bool = False
+    methods: tuple[str, ...] = ()
+    max_request_bytes: int = 64 * 1024
+    max_response_bytes: int = 1024 * 1024
+    max_batch: int = 20
+    max_log_range: int = 1000
+    rate: float = 20.0
+    burst: int = 40
+    timeout_s: float = 5.0
+    max_inflight: int = 64
+    mqtt_enabled: bool = True
+    mqtt: BrokerEndpoint | None = None
+    topic_prefix: str = "edgence"
+    reply_topics: tuple[str, ...] = ("{prefix}/{gateway}/rpc/res/#",)
+    coap_enabled: bool = False
+    coap_host: str = "127.0.0.1"
+    coap_port: int = 5683
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """The loopback HTTP endpoint (/metrics for Prometheus, /health as JSON) and the retained
     health message published upstream every `health_interval_s`."""
@@ -184,6 +223,8 @@ class AgentConfig:
     journal: JournalConfig
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    chain: ChainConfig = field(default_factory=ChainConfig)
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
     enrollment: EnrollmentConfig | None = None
     ble: BleSourceConfig = field(default_factory=BleSourceConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -497,6 +538,8 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
     mt = section("metrics")
     metrics = _metrics(mt)
     mt.done()
+    chain = _chain_section(section("chain"), data_dir)
+    forward = _forward_section(section("forward"), mqtt.broker.url)
     root.done()
     return AgentConfig(
         path=Path(file),
@@ -509,6 +552,8 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
         enrollment=enrollment,
         ble=ble,
         metrics=metrics,
+        chain=chain,
+        forward=forward,
     )
 
 
@@ -600,3 +645,97 @@ def _metrics(sec: _Section) -> MetricsConfig:
         port=int(port),
         health_interval_s=sec.duration("health_interval", 30.0),
     )
+
+
+def _node_url(sec: _Section, k: str, default: str | None, schemes: tuple[str, ...]) -> str | None:
+    v = sec.get(k, str, default)
+    if v is None or (default is None and v == ""):
+        return None
+    parts = urlsplit(v)
+    if "@" in parts.netloc:
+        raise sec.err(k, "must not carry credentials")
+    if parts.scheme not in schemes or not parts.hostname:
+        want = " or ".join(f"{x}://HOST[:PORT][/PATH]" for x in schemes)
+        raise sec.err(k, f"must be {want}; got {v!r}")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise sec.err(k, f"has an invalid port in {v!r}") from None
+    return v
+
+
+def _chain_section(c: _Section, data_dir: Path) -> ChainConfig:
+    chain = ChainConfig(
+        enabled=c.get("enabled", bool, False),
+        rpc_url=cast(str, _node_url(c, "rpc_url", "http://127.0.0.1:8545", ("http", "https"))),
+        ws_url=_node_url(c, "ws_url", None, ("ws", "wss")),
+        timeout_s=c.duration("timeout", 5.0),
+        poll_interval_s=c.duration("poll_interval", 1.0),
+        confirmations=c.int_range("confirmations", 1, 1, 1000),
+        stuck_after_s=c.duration("stuck_after", 60.0),
+        fee_bump_percent=c.int_range("fee_bump_percent", 13, 10, 200),
+        store=c.path("store", str(data_dir / "chain.sqlite")),
+    )
+    c.done()
+    return chain
+
+
+def _forward_section(f: _Section, local_broker_url: str) -> ForwardConfig:
+    methods = f.str_list("methods", DEFAULT_METHODS)
+    for mth in methods:
+        if forbidden(mth):
+            raise f.err(
+                "methods",
+                f"{mth!r} can never be forwarded (node administration, debugging, keys held by "
+                "the node, mining or development-node control)",
+            )
+    m = f.sub("mqtt")
+    mqtt_enabled = m.get("enabled", bool, True)
+    proto = m.data.get("protocol", "5")
+    if proto != "5":
+        raise m.err("protocol", f'must be "5" (replies use MQTT 5 response topics); got {proto!r}')
+    broker = replace(_broker(m, local_broker_url), protocol=5)
+    prefix = _checked(
+        m,
+        "topic_prefix",
+        lambda v: (
+            bool(v) and not set(v) & set("+#") and not v.startswith("/") and not v.endswith("/")
+        ),
+        "a topic prefix without + # or leading/trailing /",
+        m.get("topic_prefix", str, "edgence"),
+    )
+    reply_topics = m.str_list("reply_topics", ("{prefix}/{gateway}/rpc/res/#",))
+    for t in reply_topics:
+        if not t or t.startswith("#") or t.startswith("+"):
+            raise m.err("reply_topics", f"{t!r} is too wide; e.g. {{prefix}}/{{gateway}}/rpc/res/#")
+    m.done()
+    co = f.sub("coap")
+    coap_enabled = co.get("enabled", bool, False)
+    bind = co.get("bind", str, "127.0.0.1:5683")
+    host, _, port_s = bind.rpartition(":")
+    if not host or not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+        raise co.err("bind", f'must be "HOST:PORT", e.g. "0.0.0.0:5683"; got {bind!r}')
+    co.done()
+    fwd = ForwardConfig(
+        enabled=f.get("enabled", bool, False),
+        methods=methods,
+        max_request_bytes=f.size("max_request_bytes", 64 * 1024),
+        max_response_bytes=f.size("max_response_bytes", 1024 * 1024),
+        max_batch=f.int_range("max_batch", 20, 1, 1000),
+        max_log_range=f.int_range("max_log_range", 1000, 1, 1_000_000),
+        rate=f.get("rate", float, 20.0),
+        burst=f.int_range("burst", 40, 1, 100_000),
+        timeout_s=f.duration("timeout", 5.0),
+        max_inflight=f.int_range("max_inflight", 64, 1, 10_000),
+        mqtt_enabled=mqtt_enabled,
+        mqtt=broker,
+        topic_prefix=prefix,
+        reply_topics=reply_topics,
+        coap_enabled=coap_enabled,
+        coap_host=host.strip("[]"),
+        coap_port=int(port_s),
+    )
+    if fwd.rate <= 0:
+        raise f.err("rate", f"must be a positive number of requests per second; got {fwd.rate}")
+    f.done()
+    return fwd

@@ -3,7 +3,9 @@
 Starts two Mosquitto brokers on loopback (the gateway's local broker and a stand-in upstream),
 creates a throwaway gateway key and config, runs the real agent, publishes frames from
 simulated sensors to the local broker, and prints every signed observation that arrives
-upstream after verifying its EIP-712 signature independently of the agent.
+upstream after verifying its EIP-712 signature independently of the agent. anvil, started on
+loopback, is the embedded full node: a dApp asks the gateway for eth_chainId over MQTT 5
+request/response (forwarded) and for anvil_setBalance (refused).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import paho.mqtt.client as paho
 
 from agent.attest.keys import GatewayKey, write_key_file
 from agent.attest.observation import verify_envelope
+from agent.chainclient.anvil import LocalAnvil
 from agent.config import BrokerEndpoint, load_config
 from agent.devices.registry import DeviceRegistry
-from agent.errors import EnvelopeError
+from agent.errors import ChainError, EnvelopeError
 from agent.localbroker import LocalMosquitto
 from agent.model import Transport
 from agent.mqtt import MqttConnection
@@ -52,6 +55,16 @@ url = "{upstream}"
 listen = "127.0.0.1:0"
 """
 
+CHAIN_TEMPLATE = """
+[chain]
+enabled = true
+rpc_url = "{rpc}"
+ws_url = "{ws}"
+
+[forward]
+enabled = true
+"""
+
 
 def _endpoint(port: int, client_id: str) -> BrokerEndpoint:
     return BrokerEndpoint(host="127.0.0.1", port=port, client_id=client_id)
@@ -64,13 +77,22 @@ async def run_demo(
     workdir = Path(tempfile.mkdtemp(prefix="edgence-demo-"))
     local = LocalMosquitto(workdir, name="local")
     upstream = LocalMosquitto(workdir, name="upstream")
+    node: LocalAnvil | None = None
     try:
         local.start()
         upstream.start()
-        return await _demo(workdir, local, upstream, duration, rate, out)
+        try:
+            node = LocalAnvil(workdir)  # the embedded default full node
+            node.start()
+        except ChainError as exc:
+            print(f"  (no full node: {exc}; the demo runs without one)", file=out)
+            node = None
+        return await _demo(workdir, local, upstream, duration, rate, out, node)
     finally:
         local.stop()
         upstream.stop()
+        if node is not None:
+            node.stop()
         if keep:
             print(f"work dir kept: {workdir}", file=out)
         else:
@@ -84,11 +106,15 @@ async def _demo(
     duration: float | None,
     rate: float,
     out: TextIO,
+    node: LocalAnvil | None = None,
 ) -> int:
     key = GatewayKey.generate()
     write_key_file(workdir / "gateway.key", key)
     cfg_path = workdir / "agent.toml"
-    cfg_path.write_text(CONFIG_TEMPLATE.format(local=local.url, upstream=upstream.url))
+    text = CONFIG_TEMPLATE.format(local=local.url, upstream=upstream.url)
+    if node is not None:
+        text += CHAIN_TEMPLATE.format(rpc=node.url, ws=node.ws_url)
+    cfg_path.write_text(text)
     cfg = load_config(cfg_path)
     devices = demo_devices()
     # The simulated sensors are enrolled as `edgence-agent pair` would leave them: active,
@@ -108,6 +134,12 @@ async def _demo(
         f"  upstream broker  {upstream.url}   -> edgence/{key.address}/obs/<device>/<sensor>",
         file=out,
     )
+    if node is not None:
+        print(
+            f"  full node        {node.url}   anvil; dApps ask over MQTT 5 on "
+            f"edgence/{key.address}/rpc/req",
+            file=out,
+        )
     print(
         "  every line below is an observation received upstream and verified with ecrecover;"
         " Ctrl-C stops\n",
@@ -183,6 +215,8 @@ async def _demo(
         await asyncio.wait_for(agent.ready.wait(), 10)
         await asyncio.wait_for(viewer.connected.wait(), 10)
         await asyncio.wait_for(publisher.connected.wait(), 10)
+        if node is not None:
+            await _dapp_requests(local.port, key.address, out)
         i = 0
         while not stop.is_set():
             if duration is not None and time.monotonic() - started >= duration:
@@ -228,3 +262,50 @@ async def _demo(
             file=out,
         )
     return 0 if seen["bad"] == 0 else 1
+
+
+async def _dapp_requests(port: int, gateway: str, out: TextIO) -> None:
+    """A dApp asks the gateway over MQTT 5 request/response: one allowed method, one denied."""
+    import json
+
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    dapp = MqttConnection(
+        BrokerEndpoint(host="127.0.0.1", port=port, client_id="edgence-demo-dapp", protocol=5),
+        clean_start=True,
+        name="dapp",
+    )
+    reply = f"edgence/{gateway}/rpc/res/demo-dapp"
+    answers: asyncio.Queue[bytes] = asyncio.Queue()
+    subscribed = asyncio.Event()
+    dapp.client.on_message = lambda c, u, m: answers.put_nowait(bytes(m.payload))
+    dapp.client.on_subscribe = lambda *a: subscribed.set()
+
+    def on_connected(session_present: bool) -> None:
+        dapp.client.subscribe(reply, 1)
+
+    dapp.on_connected = on_connected
+    task = asyncio.create_task(dapp.run())
+    try:
+        await asyncio.wait_for(subscribed.wait(), 10)
+        for method, params in (("eth_chainId", []), ("anvil_setBalance", [gateway, "0x1"])):
+            p = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            p.ResponseTopic = reply
+            p.CorrelationData = method.encode()
+            body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+            dapp.client.publish(f"edgence/{gateway}/rpc/req", json.dumps(body), 1, properties=p)
+            answer = json.loads(await asyncio.wait_for(answers.get(), 10))
+            shown = (
+                f"-> {answer['result']}"
+                if "result" in answer
+                else f"✗ refused: {answer['error']['message']}"
+            )
+            print(f"  {time.strftime('%H:%M:%S')}  dApp over MQTT 5: {method} {shown}", file=out)
+        out.flush()
+    except TimeoutError:
+        print("  dApp request over MQTT 5 got no answer within 10 s", file=out)
+    finally:
+        await dapp.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -339,7 +339,9 @@ def json_rpc(url: str, method: str, timeout: float) -> Any:
 
 
 def check_chain(raw: dict[str, Any], cfg: AgentConfig | None, opts: DoctorOptions) -> Check:
-    url = _chain_url(raw, opts.chain_url)
+    url = opts.chain_url or (
+        cfg.chain.rpc_url if cfg is not None and cfg.chain.enabled else _chain_url(raw, None)
+    )
     if url is None:
         return Check("chain", "skip", "no full node configured ([chain] url)")
     # The id the node must have: [chain] chain_id if the chain client's section names one,

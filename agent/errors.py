@@ -60,6 +60,34 @@ class ElectionError(AgentError):
     verify, or a round that cannot be decided."""
 
 
+class ChainError(AgentError):
+    """Talking to the full node (or building what the agent deploys to it) failed."""
+
+
+class NodeUnreachable(ChainError):
+    """The full node did not accept a connection or dropped it (down, restarting, wrong URL)."""
+
+
+class RpcTimeout(ChainError):
+    """The full node accepted the request but did not answer in time."""
+
+
+class RpcError(ChainError):
+    """The full node answered a JSON-RPC error object; `code` and `data` are the node's."""
+
+    def __init__(self, code: int, message: str, data: object = None, method: str = "") -> None:
+        self.code = code
+        self.message = message
+        self.data = data
+        self.method = method
+        where = f"{method}: " if method else ""
+        super().__init__(f"{where}JSON-RPC error {code}: {message}")
+
+
+class TransactionError(ChainError):
+    """One of the agent's own transactions failed (reverted, could not be sent or replaced)."""
+
+
 class BleUnavailable(AgentError):
     """The Bluetooth stack (BlueZ over D-Bus, or the adapter) cannot be used; the message says
     what to install or start."""

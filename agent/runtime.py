@@ -21,6 +21,10 @@ from typing import TYPE_CHECKING, TypeVar
 from agent.attest.keys import GatewayKey, load_key_file
 from agent.attest.observation import ObservationSigner
 from agent.bridge import Bridge
+from agent.chainclient.forward import CoapForwarder, Forwarder, ForwardPolicy, MqttForwarder
+from agent.chainclient.rpc import RpcClient
+from agent.chainclient.sender import TxSender
+from agent.chainclient.subscribe import ChainWatcher
 from agent.config import AgentConfig
 from agent.devices.ble import (
     BleBackend,
@@ -178,6 +182,7 @@ class Agent:
                 directory=ble_devices,
                 backend=ble_backend,
             )
+        self._setup_chain()
         self.ready = asyncio.Event()
         self.started_at = time.monotonic()
         self.watchdog = Watchdog(watchdog_interval())
@@ -186,6 +191,89 @@ class Agent:
             from agent.telemetry import Telemetry  # prometheus-client only when used
 
             self.telemetry = Telemetry(self)
+
+    def _setup_chain(self) -> None:
+        """[chain] and [forward]: the full node's client, the agent's own transactions, new
+        heads, and dApp request forwarding (each only when enabled)."""
+        cfg = self.cfg
+        self.rpc: RpcClient | None = None
+        self.tx_sender: TxSender | None = None
+        self.chain_watcher: ChainWatcher | None = None
+        self.forward_mqtt: MqttForwarder | None = None
+        self.forward_coap: CoapForwarder | None = None
+        if not (cfg.chain.enabled or cfg.forward.enabled):
+            return
+        c = cfg.chain
+        self.rpc = RpcClient(c.rpc_url, timeout=c.timeout_s)
+        if c.enabled:
+            self.tx_sender = TxSender(
+                self.rpc,
+                self.key,
+                cfg.gateway.chain_id,
+                c.store or cfg.gateway.data_dir / "chain.sqlite",
+                metrics=self.metrics,
+                confirmations=c.confirmations,
+                poll_interval_s=c.poll_interval_s,
+                stuck_after_s=c.stuck_after_s,
+                fee_bump_percent=c.fee_bump_percent,
+            )
+            self.chain_watcher = ChainWatcher(
+                self.rpc, c.ws_url, poll_interval_s=c.poll_interval_s, metrics=self.metrics
+            )
+        f = cfg.forward
+        if not f.enabled:
+            return
+        forwarder = Forwarder(
+            self.rpc,
+            ForwardPolicy(
+                methods=frozenset(f.methods),
+                max_request_bytes=f.max_request_bytes,
+                max_response_bytes=f.max_response_bytes,
+                max_batch=f.max_batch,
+                max_log_range=f.max_log_range,
+                rate=f.rate,
+                burst=f.burst,
+                timeout_s=f.timeout_s,
+                max_inflight=f.max_inflight,
+            ),
+            self.metrics,
+        )
+        if f.mqtt_enabled and f.mqtt is not None:
+            names = {"prefix": f.topic_prefix, "gateway": self.key.address}
+            self.forward_mqtt = MqttForwarder(
+                forwarder,
+                f.mqtt,
+                request_topic=f"{f.topic_prefix}/{self.key.address}/rpc/req",
+                reply_filters=tuple(t.format(**names) for t in f.reply_topics),
+                client_id=f.mqtt.client_id or f"edgence-{self.key.address[2:14]}-rpc",
+            )
+        if f.coap_enabled:
+            self.forward_coap = CoapForwarder(forwarder, f.coap_host, f.coap_port)
+
+    def _chain_tasks(self, stopping: asyncio.Event) -> list[asyncio.Task[None]]:
+        m = self.metrics
+        parts: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if self.chain_watcher is not None:
+            parts.append(("chain-watch", self.chain_watcher.run))
+        if self.tx_sender is not None:
+            parts.append(("tx-sender", self.tx_sender.run))
+        if self.forward_mqtt is not None:
+            parts.append(("forward-mqtt", self.forward_mqtt.run))
+        if self.forward_coap is not None:
+            parts.append(("forward-coap", self.forward_coap.run))
+        return [asyncio.create_task(supervise(n, fn, stopping, m)) for n, fn in parts]
+
+    async def _stop_chain(self) -> None:
+        if self.forward_mqtt is not None:
+            await self.forward_mqtt.stop()
+        if self.forward_coap is not None:
+            await self.forward_coap.stop()
+
+    async def _close_chain(self) -> None:
+        if self.tx_sender is not None:
+            self.tx_sender.close()
+        if self.rpc is not None:
+            await self.rpc.close()
 
     async def _in_journal_thread(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
@@ -228,6 +316,10 @@ class Agent:
             await self.mqtt.ready.wait()
         if self.ble is not None:
             await self.ble.ready.wait()
+        if self.forward_mqtt is not None:
+            await self.forward_mqtt.ready.wait()
+        if self.forward_coap is not None:
+            await self.forward_coap.ready.wait()
         self.ready.set()
         notify("STATUS=ready: sources subscribed")
         event(
@@ -238,6 +330,11 @@ class Agent:
             sources=",".join(s for s, on in (("mqtt", self.mqtt), ("ble", self.ble)) if on)
             or "none",
             upstream=self.cfg.bridge.broker.url if self.bridge else "disabled",
+            chain=self.cfg.chain.rpc_url if self.rpc else "disabled",
+            forward=",".join(
+                n for n, c in (("mqtt", self.forward_mqtt), ("coap", self.forward_coap)) if c
+            )
+            or "disabled",
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -280,6 +377,7 @@ class Agent:
             tasks.append(
                 asyncio.create_task(supervise("telemetry", self.telemetry.run, stopping, m))
             )
+        tasks += self._chain_tasks(stopping)
         tasks.append(asyncio.create_task(self._announce_ready(started)))
         # READY=1 once the journal is open and every component is supervised, not when the
         # local broker answers: a broker that is down is retried by the agent itself, and
@@ -308,9 +406,11 @@ class Agent:
             await self.gate.flush_activations()
         except AgentError as exc:
             event(log, "registry_error", logging.ERROR, error=str(exc))
+        await self._stop_chain()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._close_chain()
         await self._in_journal_thread(self.journal.close)
         self.executor.shutdown(wait=True)
         self.watchdog.stop()

@@ -62,6 +62,23 @@ ensure_venv() {
     fi
 }
 
+ensure_node_modules() {
+    # The contracts toolchain (solcjs, anvil) pinned in package.json / package-lock.json.
+    # Node.js and npm come from Debian where the machine has none.
+    ensure_debian_packages node:nodejs npm:npm
+    local stamp="$ROOT/node_modules/.installed"
+    if [ ! -f "$stamp" ] || [ "$ROOT/package-lock.json" -nt "$stamp" ]; then
+        echo "installing the contracts toolchain (npm ci)"
+        (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error)
+        touch "$stamp"
+    fi
+}
+
+build_contracts() {
+    # contracts/*.sol -> agent/resources/contracts/*.json (skipped when nothing changed)
+    "$VENV/bin/python" -m agent.chainclient.build
+}
+
 ensure_firmware_node_modules() {
     # MicroPython's WebAssembly port, which runs the firmware's core in tests
     # (firmware/micropython/tests/package.json). Node.js and npm come from Debian if missing.

@@ -22,6 +22,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.attest.keys import GatewayKey, write_key_file
+from agent.chainclient.anvil import LocalAnvil
 from agent.config import AgentConfig, config_from_dict
 from agent.localbroker import LocalMosquitto
 from agent.runtime import Agent
@@ -281,3 +282,29 @@ def agent_process(tmp_path: Path) -> Iterator[Callable[[Path], AgentProcess]]:
     yield make
     for p in procs:
         p.kill()
+
+
+# -- the full node: anvil (npm @foundry-rs/anvil) on a free loopback port ---------------------
+
+
+@pytest.fixture(scope="session")
+def contracts_built() -> Path:
+    """The contract artifacts, built by solcjs (a no-op when scripts/test already did)."""
+    from agent.chainclient.build import ARTIFACTS_DIR, build
+
+    build()
+    return ARTIFACTS_DIR
+
+
+@pytest.fixture
+def anvil(tmp_path: Path) -> Iterator[LocalAnvil]:
+    """A fresh anvil (automine) on a free loopback port, stopped after the test."""
+    with LocalAnvil(tmp_path / "anvil") as node:
+        yield node
+
+
+@pytest.fixture
+def anvil_no_mining(tmp_path: Path) -> Iterator[LocalAnvil]:
+    """anvil that mines only on evm_mine: transactions wait in its pool until the test mines."""
+    with LocalAnvil(tmp_path / "anvil", mining=False) as node:
+        yield node

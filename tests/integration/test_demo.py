@@ -23,6 +23,9 @@ def test_demo_shows_verified_observations_arriving_upstream_and_cleans_up() -> N
     # never signed.
     assert "✗ refused, not signed: unknown_device" in out.stdout
     assert "✗ refused, not signed: replay" in out.stdout
+    # anvil is the embedded full node: a dApp request is forwarded, a node-control one refused.
+    assert "dApp over MQTT 5: eth_chainId -> 0x7a69" in out.stdout
+    assert "dApp over MQTT 5: anvil_setBalance ✗ refused" in out.stdout
     assert "✗ refused, not signed: bad_mac" in out.stdout
     summary = re.search(
         r"signed (\d+), delivered upstream (\d+), verified by the viewer (\d+), "

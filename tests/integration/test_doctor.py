@@ -1,9 +1,8 @@
 """`edgence-agent doctor` on a healthy gateway (real Mosquitto brokers, a running agent, a
 JSON-RPC node) passes; each injected fault is reported on its own line with its fix.
 
-The full node here is a tiny JSON-RPC HTTP server in the test (eth_chainId, eth_blockNumber):
-anvil is not installed on this branch (the chain client brings it). Bluetooth adapters are a
-directory laid out like /sys/class/bluetooth: there is no radio on this machine.
+The full node is a real anvil. Bluetooth adapters are a directory laid out like
+/sys/class/bluetooth: there is no radio on this machine.
 """
 
 from __future__ import annotations
@@ -12,61 +11,23 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.chainclient.anvil import LocalAnvil
 from agent.doctor import Check, DoctorOptions, run_checks
 from agent.localbroker import LocalMosquitto, free_port
 
 from .conftest import AgentProcess, agent_config_dict, to_toml, write_agent_dir
 
 
-class JsonRpcNode:
-    """An HTTP JSON-RPC endpoint answering eth_chainId and eth_blockNumber."""
-
-    def __init__(self, chain_id: int, height: int = 1234) -> None:
-        node = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                answers = {"eth_chainId": hex(node.chain_id), "eth_blockNumber": hex(height)}
-                body: dict[str, Any] = {"jsonrpc": "2.0", "id": req["id"]}
-                if req["method"] in answers:
-                    body["result"] = answers[req["method"]]
-                else:
-                    body["error"] = {"code": -32601, "message": "method not found"}
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.chain_id = chain_id
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def node() -> Iterator[JsonRpcNode]:
-    n = JsonRpcNode(31337)
-    yield n
-    n.close()
+def node(tmp_path: Path) -> Iterator[LocalAnvil]:
+    with LocalAnvil(tmp_path / "anvil-31337") as n:
+        yield n
 
 
 @pytest.fixture
@@ -111,7 +72,7 @@ def cli_doctor(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 def test_healthy_gateway_passes_every_check_and_exits_0(
     gateway: Callable[..., Path],
-    node: JsonRpcNode,
+    node: LocalAnvil,
     agent_process: Callable[[Path], AgentProcess],
 ) -> None:
     config = gateway()
@@ -122,7 +83,7 @@ def test_healthy_gateway_passes_every_check_and_exits_0(
     lines = {line.split()[1]: line for line in out.stdout.splitlines()}
     for name in ("config", "key", "data", "disk", "local", "upstream", "chain", "agent"):
         assert lines[name].startswith("ok "), lines[name]
-    assert "chain id 31337, block 1234" in lines["chain"]
+    assert "chain id 31337, block 0" in lines["chain"]
     assert "running, ready, upstream connected, backlog 0" in lines["agent"]
     for name in ("secrets", "bluetooth", "serial"):
         assert lines[name].startswith("skip "), lines[name]  # not configured here
@@ -207,13 +168,10 @@ def test_loose_broker_password_file_fails_the_secrets_check(
 
 
 def test_wrong_chain_id_fails_naming_both_ids_and_the_setting(
-    gateway: Callable[..., Path],
+    gateway: Callable[..., Path], tmp_path: Path
 ) -> None:
-    node = JsonRpcNode(chain_id=1)
-    try:
+    with LocalAnvil(tmp_path / "anvil-1", chain_id=1) as node:
         c = doctor(gateway(), chain_url=node.url)
-    finally:
-        node.close()
     assert c["chain"].status == "fail"
     assert "is chain 1 but gateway.chain_id = 31337" in c["chain"].detail
     assert c["chain"].fix is not None and "set gateway.chain_id = 1" in c["chain"].fix
@@ -226,16 +184,17 @@ def test_unreachable_full_node_fails(gateway: Callable[..., Path]) -> None:
     assert c["chain"].fix is not None and "start the full node" in c["chain"].fix
 
 
-def test_chain_url_is_read_from_a_chain_section_when_there_is_one(
-    gateway: Callable[..., Path], node: JsonRpcNode
+def test_chain_url_is_read_from_the_chain_section(
+    gateway: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """[chain] comes from the chain client (another branch); doctor reads it from the TOML
-    itself, so this works whether or not this branch's config knows the section."""
-    config = gateway()
-    config.write_text(config.read_text() + to_toml({"chain": {"url": node.url}}))
-    node.chain_id = 5
-    c = doctor(config)
+    with LocalAnvil(tmp_path / "anvil-5", chain_id=5) as node:
+        config = gateway()
+        config.write_text(
+            config.read_text() + to_toml({"chain": {"enabled": True, "rpc_url": node.url}})
+        )
+        c = doctor(config)
     assert c["chain"].status == "fail" and node.url in c["chain"].detail
+    assert "is chain 5 but" in c["chain"].detail
 
 
 @pytest.fixture

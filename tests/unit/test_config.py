@@ -321,7 +321,9 @@ def test_unknown_top_level_entry_is_refused_listing_the_known_tables(
     assert listed == sorted(listed)
     assert {
         "bridge",
+        "chain",
         "enrollment",
+        "forward",
         "gateway",
         "journal",
         "log",

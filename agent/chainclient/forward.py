@@ -1,0 +1,656 @@
+"""dApp JSON-RPC requests forwarded to the colocated full node, over MQTT and CoAP.
+
+`Forwarder` is the policy: JSON-RPC 2.0 single and batch requests, a method allowlist that can
+never admit node-control or signing methods, limits on request and response size, batch
+length and eth_getLogs block range, and a token bucket per client. What it refuses never
+reaches the node; each refusal is a JSON-RPC error object whose `data.reason` is a stable label
+(also the counter's label). A node that is down is answered at once with -32002.
+
+Transports (each a thin shell around `Forwarder.handle`):
+- MQTT 5: requests on `<prefix>/<gateway>/rpc/req`, the answer goes to the request's Response
+  Topic with its Correlation Data. MQTT 3.1.1 clients, which have neither, send
+  `{"reply_to": TOPIC, "correlation": ID, "request": <JSON-RPC>}` and get
+  `{"correlation": ID, "response": <JSON-RPC>}` on TOPIC. Reply topics must match one of the
+  configured filters, so a client cannot make the gateway publish onto observation topics.
+- CoAP: `POST /rpc` with the JSON-RPC body; the answer is the 2.05 Content payload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.chainclient.methods import DEFAULT_METHODS, forbidden
+from agent.chainclient.rpc import ResponseTooLarge, RpcClient
+from agent.config import BrokerEndpoint
+from agent.errors import ChainError, NodeUnreachable, RpcTimeout
+from agent.logs import RateLimitedLog, event
+from agent.metrics import Metrics
+from agent.mqtt import MqttConnection
+
+# JSON-RPC 2.0 and EIP-1474 error codes
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_ALLOWED = -32601
+INVALID_PARAMS = -32602
+RESOURCE_UNAVAILABLE = -32002
+LIMIT_EXCEEDED = -32005
+
+_BLOCK_TAGS_AT_HEAD = ("latest", "pending", "safe", "finalized")
+
+
+@dataclass(frozen=True)
+class ForwardPolicy:
+    methods: frozenset[str] = frozenset(DEFAULT_METHODS)
+    max_request_bytes: int = 64 * 1024
+    max_response_bytes: int = 1024 * 1024
+    max_batch: int = 20
+    max_log_range: int = 1000
+    rate: float = 20.0  # requests per second per client
+    burst: int = 40
+    timeout_s: float = 5.0
+    max_clients: int = 10_000  # buckets kept (least recently seen forgotten first)
+    max_inflight: int = 64
+
+    def __post_init__(self) -> None:
+        bad = sorted(m for m in self.methods if forbidden(m))
+        if bad:
+            raise ValueError(f"these methods can never be forwarded: {', '.join(bad)}")
+
+
+class Refusal(Exception):
+    """A request the gateway answers itself with a JSON-RPC error."""
+
+    def __init__(self, code: int, reason: str, message: str, **data: Any) -> None:
+        self.code, self.reason, self.message, self.data = code, reason, message, data
+        super().__init__(message)
+
+    def error(self, req_id: Any) -> dict[str, Any]:
+        return {
+            "jsonrpc": "2.0",
+            "id": req_id,
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "data": {"reason": self.reason, **self.data},
+            },
+        }
+
+
+class TokenBuckets:
+    """One token bucket per client key; the least recently seen are forgotten past max_clients."""
+
+    def __init__(self, rate: float, burst: int, max_clients: int) -> None:
+        self.rate, self.burst, self.max_clients = rate, burst, max_clients
+        self._b: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, client: str, n: int = 1, now: float | None = None) -> float:
+        """0.0 when `n` tokens were taken; otherwise the seconds until they would be there."""
+        now = time.monotonic() if now is None else now
+        tokens, last = self._b.pop(client, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        wait = 0.0
+        if tokens >= n:
+            tokens -= n
+        else:
+            wait = (n - tokens) / self.rate
+        self._b[client] = (tokens, now)
+        if len(self._b) > self.max_clients:
+            self._b.popitem(last=False)
+        return wait
+
+
+@dataclass
+class _Head:
+    number: int = -1
+    at: float = -1e18
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Coalescer:
+    """Single requests that arrive while `parallel` posts to the node are already under way
+    wait and then go together, as one JSON-RPC batch: one HTTP round trip, and one pair of
+    system calls, for many. A request alone goes alone, and its answer passes through as the
+    node wrote it. (The price: within one batch, a slow call delays the others' answers.)"""
+
+    def __init__(self, rpc: RpcClient, policy: ForwardPolicy, parallel: int = 2) -> None:
+        self.rpc = rpc
+        self.policy = policy
+        self.parallel = parallel
+        self.max_batch = 32
+        self._queue: list[tuple[dict[str, Any], asyncio.Future[bytes]]] = []
+        self._running = 0
+        self.batches = 0
+
+    async def call(self, item: dict[str, Any]) -> bytes:
+        """The node's answer to one request (raw JSON), or ChainError."""
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, fut))
+        if self._running < self.parallel:
+            self._running += 1
+            asyncio.get_running_loop().create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+                try:
+                    await self._send([x for x in batch if not x[1].done()])
+                except ChainError as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+        finally:
+            self._running -= 1
+
+    async def _send(self, batch: list[tuple[dict[str, Any], asyncio.Future[bytes]]]) -> None:
+        if not batch:
+            return
+        limit = self.policy.max_response_bytes
+        if len(batch) == 1:
+            item, fut = batch[0]
+            body = json.dumps(item, separators=(",", ":")).encode()
+            raw = await self.rpc.post(
+                body, max_response_bytes=limit, deadline=self.policy.timeout_s
+            )
+            if not fut.done():
+                fut.set_result(raw)
+            return
+        self.batches += 1
+        sent = [{**item, "id": k} for k, (item, _) in enumerate(batch)]
+        raw = await self.rpc.post(
+            json.dumps(sent, separators=(",", ":")).encode(),
+            max_response_bytes=limit * len(batch),
+            deadline=self.policy.timeout_s,
+        )
+        try:
+            got = json.loads(raw)
+        except ValueError:
+            raise ChainError("the node's batch answer is not JSON") from None
+        by_id = {}
+        if isinstance(got, list):
+            by_id = {
+                a.get("id"): a for a in got if isinstance(a, dict) and type(a.get("id")) is int
+            }
+        for k, (item, fut) in enumerate(batch):
+            if fut.done():
+                continue
+            a = by_id.get(k)
+            if a is None:
+                fut.set_exception(ChainError("the node's batch answer lacks a request"))
+                continue
+            out = json.dumps({**a, "id": item.get("id")}, separators=(",", ":")).encode()
+            if len(out) > limit:
+                fut.set_exception(ResponseTooLarge(limit))
+            else:
+                fut.set_result(out)
+
+
+class Forwarder:
+    """Checks a dApp's JSON-RPC payload against the policy and passes what is allowed on."""
+
+    def __init__(
+        self,
+        rpc: RpcClient,
+        policy: ForwardPolicy,
+        metrics: Metrics,
+        *,
+        logger: logging.Logger | None = None,
+        down_hold_s: float = 0.5,
+    ) -> None:
+        self.rpc = rpc
+        self.policy = policy
+        self.metrics = metrics
+        self.log = logger or logging.getLogger("agent.chainclient.forward")
+        self._rl_log = RateLimitedLog(self.log, interval=30.0)
+        self.buckets = TokenBuckets(policy.rate, policy.burst, policy.max_clients)
+        self._head = _Head()
+        self._down_until = 0.0
+        self._down_hold = down_hold_s
+        self.inflight = 0
+        self.coalescer = Coalescer(rpc, policy)
+
+    # -- entry point -------------------------------------------------------------------------
+    async def handle(self, client: str, payload: bytes, transport: str) -> bytes | None:
+        """The answer to send back (None when the request held only notifications)."""
+        try:
+            if self.inflight >= self.policy.max_inflight:
+                raise Refusal(LIMIT_EXCEEDED, "busy", "the gateway is busy; try again shortly")
+            self.inflight += 1
+            try:
+                answer = await self._handle(client, payload, transport)
+            finally:
+                self.inflight -= 1
+        except Refusal as r:
+            self._refused(client, transport, r)
+            answer = r.error(None)
+        if answer is None or isinstance(answer, bytes):
+            return answer
+        return json.dumps(answer, separators=(",", ":")).encode()
+
+    async def _handle(self, client: str, payload: bytes, transport: str) -> Any:
+        p = self.policy
+        if len(payload) > p.max_request_bytes:
+            raise Refusal(
+                LIMIT_EXCEEDED,
+                "request_too_large",
+                f"request of {len(payload)} bytes; this gateway takes at most "
+                f"{p.max_request_bytes}",
+            )
+        try:
+            body = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            raise Refusal(PARSE_ERROR, "parse_error", "request is not valid JSON") from None
+        is_batch = isinstance(body, list)
+        items: list[Any] = body if is_batch else [body]
+        if is_batch and not items:
+            raise Refusal(INVALID_REQUEST, "empty_batch", "empty batch")
+        if len(items) > p.max_batch:
+            raise Refusal(
+                LIMIT_EXCEEDED,
+                "batch_too_long",
+                f"batch of {len(items)} requests; at most {p.max_batch}",
+            )
+        wait = self.buckets.take(client, len(items))
+        if wait > 0:
+            raise Refusal(
+                LIMIT_EXCEEDED,
+                "rate_limited",
+                f"rate limit of {p.rate:g} requests/s (burst {p.burst}) exceeded; slow down",
+                retry_after_ms=int(wait * 1000) + 1,
+            )
+        if not is_batch and isinstance(body, dict) and "id" in body:
+            # The common case, a single request: the node's answer (with the client's own id,
+            # which the node echoes) goes back byte for byte, without being parsed again.
+            try:
+                await self._check(body)
+            except Refusal as r:
+                self._refused(client, transport, r)
+                return r.error(body.get("id"))
+            self.metrics.inc("forward_requests", transport=transport)
+            return await self._forward_one(client, transport, body)
+        answers: list[dict[str, Any] | None] = [None] * len(items)
+        to_node: list[tuple[int, dict[str, Any]]] = []
+        for i, item in enumerate(items):
+            try:
+                await self._check(item)
+                to_node.append((i, item))
+            except Refusal as r:
+                self._refused(client, transport, r)
+                rid = item.get("id") if isinstance(item, dict) else None
+                answers[i] = r.error(rid)
+        if to_node:
+            node_answers = await self._forward(client, transport, [it for _, it in to_node])
+            for (i, _), a in zip(to_node, node_answers, strict=True):
+                answers[i] = a
+        self.metrics.inc("forward_requests", len(to_node), transport=transport)
+        out = [a for a, it in zip(answers, items, strict=True) if a is not None and _wants(it)]
+        if not out:
+            return None
+        return out if is_batch else out[0]
+
+    # -- checks ------------------------------------------------------------------------------
+    async def _check(self, item: Any) -> None:
+        if not isinstance(item, dict) or item.get("jsonrpc") != "2.0":
+            raise Refusal(INVALID_REQUEST, "invalid_request", "not a JSON-RPC 2.0 request object")
+        method = item.get("method")
+        if not isinstance(method, str):
+            raise Refusal(INVALID_REQUEST, "invalid_request", "method must be a string")
+        rid = item.get("id")
+        if (rid is not None and not isinstance(rid, str | int)) or isinstance(rid, bool):
+            raise Refusal(INVALID_REQUEST, "invalid_request", "id must be a string or a number")
+        params = item.get("params", [])
+        if not isinstance(params, list | dict):
+            raise Refusal(INVALID_PARAMS, "invalid_params", "params must be an array or object")
+        if method not in self.policy.methods or forbidden(method):
+            raise Refusal(
+                METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                f"method {method[:64]!r} is not forwarded by this gateway",
+            )
+        if method == "eth_getLogs":
+            await self._check_log_range(params)
+
+    async def _check_log_range(self, params: Any) -> None:
+        if not isinstance(params, list) or len(params) != 1 or not isinstance(params[0], dict):
+            raise Refusal(INVALID_PARAMS, "invalid_params", "eth_getLogs takes one filter object")
+        flt = params[0]
+        if "blockHash" in flt:
+            return  # one block
+        lo = await self._block_of(flt.get("fromBlock", "latest"))
+        hi = await self._block_of(flt.get("toBlock", "latest"))
+        span = hi - lo + 1
+        if span > self.policy.max_log_range:
+            raise Refusal(
+                LIMIT_EXCEEDED,
+                "log_range_too_wide",
+                f"eth_getLogs over {span} blocks; at most {self.policy.max_log_range}",
+                max_blocks=self.policy.max_log_range,
+            )
+
+    async def _block_of(self, v: Any) -> int:
+        if v == "earliest":
+            return 0
+        if v in _BLOCK_TAGS_AT_HEAD:
+            return await self._head_number()
+        if isinstance(v, str) and v.startswith("0x"):
+            try:
+                return int(v, 16)
+            except ValueError:
+                pass
+        raise Refusal(INVALID_PARAMS, "invalid_params", f"bad block number {str(v)[:40]!r}")
+
+    async def _head_number(self) -> int:
+        h = self._head
+        async with h.lock:
+            if time.monotonic() - h.at > 1.0:
+                try:
+                    h.number = int(await self.rpc.call("eth_blockNumber"), 16)
+                except ChainError as exc:
+                    raise self._node_refusal(exc) from None
+                h.at = time.monotonic()
+        return h.number
+
+    # -- the node ----------------------------------------------------------------------------
+    def _node_refusal(self, exc: Exception) -> Refusal:
+        if isinstance(exc, ResponseTooLarge):
+            return Refusal(
+                LIMIT_EXCEEDED,
+                "response_too_large",
+                f"the answer is larger than {self.policy.max_response_bytes} bytes; "
+                "ask for less (a narrower block range, fewer items)",
+            )
+        if isinstance(exc, RpcTimeout):
+            return Refusal(RESOURCE_UNAVAILABLE, "node_timeout", "the full node did not answer")
+        if isinstance(exc, NodeUnreachable):
+            self._down_until = time.monotonic() + self._down_hold
+            return Refusal(RESOURCE_UNAVAILABLE, "node_unreachable", "the full node is down")
+        return Refusal(RESOURCE_UNAVAILABLE, "node_error", "the full node gave no usable answer")
+
+    async def _forward_one(
+        self, client: str, transport: str, item: dict[str, Any]
+    ) -> bytes | dict[str, Any]:
+        if time.monotonic() < self._down_until:
+            r = Refusal(RESOURCE_UNAVAILABLE, "node_unreachable", "the full node is down")
+            self._refused(client, transport, r)
+            return r.error(item.get("id"))
+        # Sent as parsed (never the client's bytes: a duplicate "method" key must not mean one
+        # thing to the allowlist and another to the node).
+        try:
+            raw = await self.coalescer.call(item)
+        except ChainError as exc:
+            r = self._node_refusal(exc)
+            self._refused(client, transport, r)
+            return r.error(item.get("id"))
+        self._down_until = 0.0
+        return raw
+
+    async def _forward(
+        self, client: str, transport: str, items: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        def refuse_all(r: Refusal) -> list[dict[str, Any]]:
+            self._refused(client, transport, r)
+            return [r.error(it.get("id")) for it in items]
+
+        if time.monotonic() < self._down_until:
+            return refuse_all(
+                Refusal(RESOURCE_UNAVAILABLE, "node_unreachable", "the full node is down")
+            )
+        # Each request goes to the node under an id of our own (its index): clients' ids may
+        # repeat within a batch, and notifications have none but their answer must be matched.
+        sent = [{**it, "id": k} for k, it in enumerate(items)]
+        body = json.dumps(sent[0] if len(sent) == 1 else sent, separators=(",", ":")).encode()
+        try:
+            raw = await self.rpc.post(
+                body,
+                max_response_bytes=self.policy.max_response_bytes,
+                deadline=self.policy.timeout_s,
+            )
+        except ChainError as exc:
+            return refuse_all(self._node_refusal(exc))
+        self._down_until = 0.0
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            return refuse_all(self._node_refusal(ChainError("not JSON")))
+        got = answer if isinstance(answer, list) else [answer]
+        by_id = {a.get("id"): a for a in got if isinstance(a, dict) and type(a.get("id")) is int}
+        if len(sent) == 1 and len(got) == 1 and isinstance(got[0], dict) and 0 not in by_id:
+            by_id[0] = got[0]  # a node that answers an error without echoing the id
+        out = []
+        for k, it in enumerate(items):
+            a = by_id.get(k)
+            out.append(
+                {**a, "id": it.get("id")}
+                if a is not None
+                else Refusal(RESOURCE_UNAVAILABLE, "node_error", "no answer").error(it.get("id"))
+            )
+        return out
+
+    def unanswerable(self, transport: str, reason: str, detail: str) -> None:
+        """Count and log a request that cannot even be answered (no or a forbidden reply
+        address): nothing is sent anywhere."""
+        self.metrics.inc("forward_refused", reason=reason, transport=transport)
+        self._rl_log.event(
+            (transport, reason),
+            "forward_refused",
+            logging.WARNING,
+            transport=transport,
+            reason=reason,
+            detail=detail[:160],
+        )
+
+    def _refused(self, client: str, transport: str, r: Refusal) -> None:
+        self.metrics.inc("forward_refused", reason=r.reason, transport=transport)
+        self._rl_log.event(
+            (client, r.reason),
+            "forward_refused",
+            logging.WARNING if r.reason.startswith("node_") else logging.INFO,
+            client=client[:80],
+            transport=transport,
+            reason=r.reason,
+            detail=r.message[:120],
+        )
+
+
+def _wants(item: Any) -> bool:
+    """Requests get answers, notifications (no id member) do not; invalid items get errors."""
+    return not isinstance(item, dict) or "id" in item or "method" not in item
+
+
+# -- MQTT --------------------------------------------------------------------------------------
+
+
+def topic_matches(filt: str, topic: str) -> bool:
+    f, t = filt.split("/"), topic.split("/")
+    for i, level in enumerate(f):
+        if level == "#":
+            return True
+        if i >= len(t) or (level != "+" and level != t[i]):
+            return False
+    return len(f) == len(t)
+
+
+class MqttForwarder:
+    """Serves `<prefix>/<gateway>/rpc/req` on a broker (an MQTT 5 connection of its own)."""
+
+    name = "forward-mqtt"
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        endpoint: BrokerEndpoint,
+        *,
+        request_topic: str,
+        reply_filters: tuple[str, ...],
+        client_id: str,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.fwd = forwarder
+        self.request_topic = request_topic
+        self.reply_filters = reply_filters
+        self.log = logger or logging.getLogger("agent.chainclient.forward.mqtt")
+        self.conn = MqttConnection(
+            endpoint, client_id=client_id, clean_start=True, name="rpc", logger=self.log
+        )
+        self.ready = asyncio.Event()
+        self.conn.client.on_message = self._on_message
+        self.conn.client.on_subscribe = lambda *a: self.ready.set()
+        self.conn.on_connected = self._subscribe
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _subscribe(self, session_present: bool) -> None:
+        # Request/response is ping-pong of small packets: without TCP_NODELAY, Nagle's
+        # algorithm meets the peer's delayed ACK and each answer can wait ~40 ms.
+        sock = self.conn.client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.conn.client.subscribe(self.request_topic, 1)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        props = getattr(msg, "properties", None)
+        reply_to = getattr(props, "ResponseTopic", None) if props is not None else None
+        corr = getattr(props, "CorrelationData", None) if props is not None else None
+        payload = bytes(msg.payload)
+        t = asyncio.get_running_loop().create_task(
+            self._serve(payload, reply_to, corr, min(msg.qos, 1))
+        )
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def _serve(
+        self, payload: bytes, reply_to: str | None, corr: bytes | None, qos: int = 1
+    ) -> None:
+        """Answer one request; the answer is published with the request's QoS (0 or 1)."""
+        v311 = reply_to is None
+        correlation: Any = None
+        if v311:
+            # MQTT 3.1.1: the reply topic and correlation id travel in the payload.
+            try:
+                env = (
+                    json.loads(payload)
+                    if len(payload) <= self.fwd.policy.max_request_bytes
+                    else None
+                )
+            except (ValueError, UnicodeDecodeError):
+                env = None
+            if not isinstance(env, dict) or not isinstance(env.get("reply_to"), str):
+                self.fwd.unanswerable(
+                    "mqtt",
+                    "no_reply_topic",
+                    "no MQTT 5 Response Topic and no reply_to in the payload: nowhere to answer",
+                )
+                return
+            reply_to, correlation = env["reply_to"], env.get("correlation")
+            payload = json.dumps(env.get("request")).encode()
+        assert reply_to is not None
+        if not any(topic_matches(f, reply_to) for f in self.reply_filters) or set(reply_to) & set(
+            "+#"
+        ):
+            self.fwd.unanswerable(
+                "mqtt",
+                "reply_topic_denied",
+                f"reply topic {reply_to[:80]!r} is outside {list(self.reply_filters)}",
+            )
+            return
+        answer = await self.fwd.handle(reply_to, payload, "mqtt")
+        if answer is None:
+            return
+        if v311:
+            out = (
+                b'{"correlation":'
+                + json.dumps(correlation).encode()
+                + b',"response":'
+                + answer
+                + b"}"
+            )
+            self.conn.client.publish(reply_to, out, qos=qos)
+        else:
+            p = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if corr is not None:
+                p.CorrelationData = corr
+            p.ContentType = "application/json"
+            self.conn.client.publish(reply_to, answer, qos=qos, properties=p)
+
+    async def run(self) -> None:
+        await self.conn.run()
+
+    async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.conn.stop(grace=0.3)
+
+
+# -- CoAP --------------------------------------------------------------------------------------
+
+
+class CoapForwarder:
+    """`POST coap://<bind>/rpc` (aiocoap server)."""
+
+    name = "forward-coap"
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        host: str,
+        port: int,
+        *,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.fwd = forwarder
+        self.host, self.port = host, port
+        self.log = logger or logging.getLogger("agent.chainclient.forward.coap")
+        self.ready = asyncio.Event()
+        self._ctx: Any = None
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        import aiocoap
+        import aiocoap.resource as resource
+
+        fwd = self.fwd
+
+        class RpcResource(resource.Resource):  # type: ignore[misc]
+            async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
+                remote = request.remote
+                sockaddr = getattr(remote, "sockaddr", None)
+                client = f"coap:{sockaddr[0] if sockaddr else remote.hostinfo}"
+                answer = await fwd.handle(client, bytes(request.payload), "coap")
+                if answer is None:
+                    return aiocoap.Message(code=aiocoap.CHANGED)
+                return aiocoap.Message(
+                    code=aiocoap.CONTENT,
+                    payload=answer,
+                    content_format=aiocoap.numbers.ContentFormat.JSON,
+                )
+
+        site = resource.Site()
+        site.add_resource(["rpc"], RpcResource())
+        self._ctx = await aiocoap.Context.create_server_context(
+            site, bind=(self.host, self.port), loggername="agent.chainclient.forward.coap"
+        )
+        event(self.log, "coap_rpc_listening", bind=f"{self.host}:{self.port}")
+        self.ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await self._ctx.shutdown()
+            self._ctx = None
+
+    async def stop(self) -> None:
+        self._stop.set()
