@@ -97,6 +97,8 @@ class LossyCoapPeer:
     def __init__(self, code: int, lose: int = 1) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.stopping = threading.Event()
         self.port = self.sock.getsockname()[1]
         self.code, self.lose = code, lose
         self.received: list[bytes] = []
@@ -107,8 +109,10 @@ class LossyCoapPeer:
         while True:
             try:
                 data, addr = self.sock.recvfrom(2048)
-            except OSError:
-                return
+            except TimeoutError:
+                if self.stopping.is_set():
+                    return
+                continue
             self.received.append(data)
             if len(self.received) <= self.lose:
                 continue
@@ -117,6 +121,8 @@ class LossyCoapPeer:
             self.sock.sendto(ack, addr)
 
     def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
         self.sock.close()
 
 
