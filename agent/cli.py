@@ -1,4 +1,5 @@
-"""The `edgence-agent` command: init, run, demo, verify, pair, devices, doctor, status."""
+"""The `edgence-agent` command: init, run, demo, verify, pair, devices, doctor, status,
+election status."""
 
 from __future__ import annotations
 
@@ -210,6 +211,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def cmd_election_status(args: argparse.Namespace) -> int:
+    """The rounds this agent decided, from its election store (the agent may be running)."""
+    from agent.config import load_config
+    from agent.election.rounds import ElectionStore, result_docs, status_lines
+
+    cfg = load_config(args.config)
+    path = cfg.election.store or cfg.gateway.data_dir / "election.sqlite"
+    if not path.exists():
+        raise AgentError(
+            f"no election store at {path}: is [election] enabled and has the agent run yet?"
+        )
+    store = ElectionStore(path)
+    store.open()
+    try:
+        if args.json:
+            print(json.dumps(result_docs(store, args.round, args.last), indent=1))
+        else:
+            print("\n".join(status_lines(store, args.round, args.last)))
+    finally:
+        store.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edgence-agent", description="Edgence masternode gateway agent"
@@ -274,6 +298,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rate", type=float, default=2.0, help="frames per second (default 2)")
     s.add_argument("--keep", action="store_true", help="keep the throwaway work dir")
     s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("election", help="validator-election rounds")
+    esub = s.add_subparsers(dest="election_command", required=True)
+    es = esub.add_parser("status", help="the latest decided rounds and who was elected")
+    es.add_argument(
+        "--config",
+        type=Path,
+        default=default_config(),
+        help="config file (default: $EDGENCE_CONFIG or %(default)s)",
+    )
+    es.add_argument("--round", type=int, help="show this round only")
+    es.add_argument("--last", type=int, default=5, help="how many rounds (default 5)")
+    es.add_argument("--json", action="store_true", help="the published JSON documents")
+    es.set_defaults(fn=cmd_election_status)
 
     s = sub.add_parser("verify", help="check a signed observation envelope (FILE or -)")
     s.add_argument("file")

@@ -215,6 +215,24 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ElectionConfig:
+    """[election]: validator-election signature rounds on the election board contract."""
+
+    enabled: bool = False
+    mode: Literal["paper", "vrf"] = "paper"
+    board: str = "0x" + "00" * 20  # the ElectionBoard contract's address
+    k: int = 21
+    round_length: int = 20  # blocks between round boundaries (must equal the board's)
+    cutoff: int = 10  # blocks after the boundary that take submissions (the board's window)
+    confirmations: int = 3
+    workers: int = 1  # processes verifying VRF proofs (0: one per core)
+    catch_up_rounds: int = 16
+    topic_prefix: str = "edgence"
+    store: Path | None = None  # <data_dir>/election.sqlite
+    mqtt: BrokerEndpoint | None = None  # own connection, when the bridge is disabled
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     path: Path
     gateway: GatewayConfig
@@ -228,6 +246,7 @@ class AgentConfig:
     enrollment: EnrollmentConfig | None = None
     ble: BleSourceConfig = field(default_factory=BleSourceConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    election: ElectionConfig = field(default_factory=ElectionConfig)
 
 
 class _Section:
@@ -540,6 +559,7 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
     mt.done()
     chain = _chain_section(section("chain"), data_dir)
     forward = _forward_section(section("forward"), mqtt.broker.url)
+    election = _election_section(section("election"), data_dir, chain, bridge)
     root.done()
     return AgentConfig(
         path=Path(file),
@@ -554,6 +574,7 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
         metrics=metrics,
         chain=chain,
         forward=forward,
+        election=election,
     )
 
 
@@ -739,3 +760,60 @@ def _forward_section(f: _Section, local_broker_url: str) -> ForwardConfig:
         raise f.err("rate", f"must be a positive number of requests per second; got {fwd.rate}")
     f.done()
     return fwd
+
+
+def _election_section(
+    e: _Section, data_dir: Path, chain: ChainConfig, bridge: BridgeConfig
+) -> ElectionConfig:
+    enabled = e.get("enabled", bool, False)
+    m = e.sub("mqtt")
+    broker = _broker(m, None) if m.data else None
+    m.done()
+    cfg = ElectionConfig(
+        enabled=enabled,
+        mode=cast(Literal["paper", "vrf"], e.choice("mode", "paper", ("paper", "vrf"))),
+        board=_checked(
+            e,
+            "board",
+            lambda v: re.fullmatch(r"0x[0-9a-fA-F]{40}", v) is not None,
+            "the election board's address: 0x followed by 40 hex digits",
+            e.get("board", str, "0x" + "00" * 20, required=enabled),
+        ).lower(),
+        k=e.int_range("k", 21, 1, 100_000),
+        round_length=e.int_range("round_length", 20, 2, 1_000_000),
+        cutoff=e.int_range("cutoff", 10, 2, 255),
+        confirmations=e.int_range("confirmations", 3, 1, 254),
+        workers=e.int_range("workers", 1, 0, 64),
+        catch_up_rounds=e.int_range("catch_up_rounds", 16, 1, 10_000),
+        topic_prefix=_checked(
+            e,
+            "topic_prefix",
+            lambda v: (
+                bool(v) and not set(v) & set("+#") and not v.startswith("/") and not v.endswith("/")
+            ),
+            "a topic prefix without + # or leading/trailing /",
+            e.get("topic_prefix", str, "edgence"),
+        ),
+        store=e.path("store", str(data_dir / "election.sqlite")),
+        mqtt=broker,
+    )
+    if cfg.cutoff > cfg.round_length:
+        raise e.err(
+            "cutoff", f"must not exceed round_length ({cfg.round_length}); got {cfg.cutoff}"
+        )
+    if cfg.confirmations >= cfg.cutoff:
+        raise e.err(
+            "confirmations",
+            f"must be below cutoff ({cfg.cutoff} blocks): agents submit only after the boundary "
+            f"block has that many confirmations; got {cfg.confirmations}",
+        )
+    if enabled and not chain.enabled:
+        raise e.err("enabled", "needs the full node: set [chain] enabled = true")
+    if enabled and not bridge.enabled and broker is None:
+        raise e.err(
+            "mqtt",
+            "is needed when the bridge is disabled: results are published on an MQTT broker "
+            '(add [election.mqtt] url = "mqtt://HOST:PORT")',
+        )
+    e.done()
+    return cfg

@@ -37,11 +37,13 @@ from agent.devices.ble import (
 from agent.devices.gate import EnrollmentGate
 from agent.devices.mqtt import MqttSource
 from agent.devices.registry import DeviceRegistry
+from agent.election.rounds import ConnectionPublisher, ElectionRounds
 from agent.errors import AgentError, JournalError
 from agent.journal import Journal, JournalStats
 from agent.logs import event
 from agent.metrics import Metrics
 from agent.model import Eip712Domain, Transport
+from agent.mqtt import MqttConnection
 from agent.pipeline import DeviceGate, Pipeline, TransportGate
 from agent.sdnotify import Watchdog, notify, watchdog_interval
 from agent.secrets import check_secret_mode
@@ -201,6 +203,8 @@ class Agent:
         self.chain_watcher: ChainWatcher | None = None
         self.forward_mqtt: MqttForwarder | None = None
         self.forward_coap: CoapForwarder | None = None
+        self.election: ElectionRounds | None = None
+        self.election_publisher: ConnectionPublisher | None = None
         if not (cfg.chain.enabled or cfg.forward.enabled):
             return
         c = cfg.chain
@@ -220,6 +224,7 @@ class Agent:
             self.chain_watcher = ChainWatcher(
                 self.rpc, c.ws_url, poll_interval_s=c.poll_interval_s, metrics=self.metrics
             )
+        self._setup_election()
         f = cfg.forward
         if not f.enabled:
             return
@@ -250,6 +255,38 @@ class Agent:
         if f.coap_enabled:
             self.forward_coap = CoapForwarder(forwarder, f.coap_host, f.coap_port)
 
+    def _setup_election(self) -> None:
+        """[election]: the round loop, publishing results on the bridge's upstream connection,
+        or on its own connection when the bridge is disabled."""
+        e = self.cfg.election
+        if not e.enabled or self.rpc is None or self.tx_sender is None:
+            return
+        if self.bridge is not None:
+            publisher = ConnectionPublisher(self.bridge.conn, own=False)
+        else:
+            assert e.mqtt is not None  # the config demands it without a bridge
+            publisher = ConnectionPublisher(
+                MqttConnection(
+                    e.mqtt,
+                    client_id=e.mqtt.client_id or f"edgence-{self.key.address[2:14]}-election",
+                    clean_start=True,
+                    name="election",
+                ),
+                own=True,
+            )
+        self.election_publisher = publisher
+        self.election = ElectionRounds(
+            e,
+            rpc=self.rpc,
+            sender=self.tx_sender,
+            key=self.key,
+            chain_id=self.cfg.gateway.chain_id,
+            publisher=publisher,
+            heads=self.chain_watcher.heads() if self.chain_watcher is not None else None,
+            poll_interval_s=self.cfg.chain.poll_interval_s,
+            metrics=self.metrics,
+        )
+
     def _chain_tasks(self, stopping: asyncio.Event) -> list[asyncio.Task[None]]:
         m = self.metrics
         parts: list[tuple[str, Callable[[], Awaitable[None]]]] = []
@@ -261,9 +298,15 @@ class Agent:
             parts.append(("forward-mqtt", self.forward_mqtt.run))
         if self.forward_coap is not None:
             parts.append(("forward-coap", self.forward_coap.run))
+        if self.election is not None:
+            parts.append(("election", self.election.run))
+        if self.election_publisher is not None and self.election_publisher.own:
+            parts.append(("election-mqtt", self.election_publisher.run))
         return [asyncio.create_task(supervise(n, fn, stopping, m)) for n, fn in parts]
 
     async def _stop_chain(self) -> None:
+        if self.election_publisher is not None:
+            await self.election_publisher.stop()
         if self.forward_mqtt is not None:
             await self.forward_mqtt.stop()
         if self.forward_coap is not None:

@@ -33,7 +33,7 @@ ROUND = 1
 DEFINITE = hashlib.sha256(b"bench definite").digest()
 ALPHA = vrf_alpha(CHAIN, ROUND, hashlib.sha256(b"bench seed").digest())
 SEATS = 21
-NAIVE_FULL_LIMIT = 2_000  # above this the naive merge is estimated from a sample of rows
+NAIVE_FULL_LIMIT = 10_000  # above this the naive merge is estimated from a sample of rows
 NAIVE_SAMPLE_ROWS = 400
 
 T = TypeVar("T")
@@ -162,13 +162,16 @@ def bench(n: int, pool: ProcessPoolExecutor, workers: int) -> list[tuple[str, fl
 def main(argv: list[str]) -> None:
     sizes = [int(arg) for arg in argv] or [1_000, 10_000]
     workers = os.cpu_count() or 1
-    print(f"election bench: {workers} cores, python {sys.version.split()[0]}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"election bench: {workers} cores, python {sys.version.split()[0]}, load {load}")
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for n in sizes:
             print(f"\nN = {n:,}")
             print(f"{'what':<52} {'seconds':>9} {'µs/cand':>9}  compared")
             for what, seconds, note in bench(n, pool, workers):
                 print(f"{what:<52} {seconds:>9.3f} {seconds / n * 1e6:>9.1f}  {note}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nload average (1, 5, 15 min) at the end: {load} (the machine is shared)")
 
 
 if __name__ == "__main__":

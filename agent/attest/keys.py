@@ -5,6 +5,8 @@ and the key file (plain hex or a Web3 Secret Storage v3 keystore that geth and c
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -135,6 +137,17 @@ class GatewayKey:
         if int.from_bytes(sig[32:64]) > SECP256K1_HALF_N:
             raise RuntimeError("libsecp256k1 returned a high-S signature")
         return sig[:64] + bytes((27 + sig[64],))
+
+    def derive_secret(self, tag: bytes) -> bytes:
+        """A 32-byte secp256k1 secret derived from this key for one purpose (HMAC-SHA256 keyed
+        by the secret over `tag`; retried with a counter in the 2^-128 case of a value >= n).
+        Lets the election's ECVRF key live in the one key file without being the signing key."""
+        secret = self._key.secret
+        for counter in range(256):
+            out = hmac.new(secret, tag + bytes((counter,)), hashlib.sha256).digest()
+            if 0 < int.from_bytes(out) < SECP256K1_N:
+                return out
+        raise RuntimeError("no valid derived secret in 256 tries")
 
     def __repr__(self) -> str:
         return f"GatewayKey(address={self._address})"

@@ -105,6 +105,14 @@ class TxStore:
         row = self._db().execute("SELECT MAX(nonce) FROM txs").fetchone()
         return None if row[0] is None else int(row[0])
 
+    def find_by_data(self, to: str | None, data: bytes) -> list[int]:
+        """Ids of stored transactions with exactly this recipient and call data (a caller whose
+        calls are deterministic uses this to never send the same call twice, across restarts)."""
+        rows = self._db().execute(
+            "SELECT id FROM txs WHERE to_addr IS ? AND data=? ORDER BY id", (to, data)
+        )
+        return [int(r[0]) for r in rows.fetchall()]
+
     def insert(self, s: SignedTx, now: float) -> int:
         t = s.tx
         db = self._db()

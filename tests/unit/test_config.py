@@ -322,6 +322,7 @@ def test_unknown_top_level_entry_is_refused_listing_the_known_tables(
     assert {
         "bridge",
         "chain",
+        "election",
         "enrollment",
         "forward",
         "gateway",

@@ -271,3 +271,19 @@ def test_keystore_whose_address_does_not_match_its_key_is_refused(
     path.write_text(json.dumps(keystore))
     with pytest.raises(KeyFileError, match="claims address"):
         load_key_file(path, "pw")
+
+
+# --- derived secrets (the election's ECVRF key) ---------------------------------------------
+
+
+def test_derived_secret_is_hmac_of_the_key_per_tag(key: GatewayKey, secret_hex: str) -> None:
+    import hashlib
+    import hmac
+
+    derived = key.derive_secret(b"edgence/test/v1")
+    expected = hmac.new(bytes.fromhex(secret_hex), b"edgence/test/v1\x00", hashlib.sha256)
+    assert derived == expected.digest()
+    assert 0 < int.from_bytes(derived) < SECP256K1_N
+    assert derived == key.derive_secret(b"edgence/test/v1")  # stable across calls and restarts
+    assert derived != key.derive_secret(b"edgence/other/v1")
+    assert derived != bytes.fromhex(secret_hex)
