@@ -401,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     from agent.devices.pairing import add_parsers as add_pairing_parsers
 
     add_pairing_parsers(sub, config_argument)
+    from agent.devices.deploy import add_parsers as add_firmware_parsers
+
+    add_firmware_parsers(sub)
     return p
 
 

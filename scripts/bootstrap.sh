@@ -78,3 +78,16 @@ build_contracts() {
     # contracts/*.sol -> agent/resources/contracts/*.json (skipped when nothing changed)
     "$VENV/bin/python" -m agent.chainclient.build
 }
+
+ensure_firmware_node_modules() {
+    # MicroPython's WebAssembly port, which runs the firmware's core in tests
+    # (firmware/micropython/tests/package.json). Node.js and npm come from Debian if missing.
+    ensure_debian_packages node:nodejs npm:npm
+    local dir="$ROOT/firmware/micropython/tests"
+    local stamp="$dir/node_modules/.installed"
+    if [ ! -f "$stamp" ] || [ "$dir/package-lock.json" -nt "$stamp" ]; then
+        echo "installing MicroPython (WebAssembly) for the firmware tests (npm ci)"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+        touch "$stamp"
+    fi
+}

@@ -4,6 +4,7 @@ not choose, so a candidate cannot grind it; candidates registered after the seed
 
 from __future__ import annotations
 
+import multiprocessing
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -96,7 +97,10 @@ def verify_many(
     if executor is not None:
         parts = executor.map(_verify_chunk, [alpha] * len(chunks), chunks)
         return [outcome for part in parts for outcome in part]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # forkserver, not fork: the agent (and a test runner) has threads, and a forked child of a
+    # threaded process can deadlock on a lock some thread held, or flush its parent's buffers.
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         parts = pool.map(_verify_chunk, [alpha] * len(chunks), chunks)
         return [outcome for part in parts for outcome in part]
 

@@ -356,7 +356,10 @@ async def test_bridge_over_tls_delivers_signed_observations_to_a_broker_with_a_t
         verified = [verify_envelope(p) for p in subscriber.observations()]
         assert [v.signer for v in verified] == [key.address, key.address]
         assert [(v.reading.counter, v.reading.value) for v in verified] == [(1, 2001), (2, 2002)]
-        assert running.agent.metrics.get("observations_delivered") == 2
+        # The subscriber can see the second message before the agent has read its PUBACK.
+        await async_wait_until(
+            lambda: running.agent.metrics.get("observations_delivered") == 2, 10, "PUBACKs"
+        )
     finally:
         subscriber.close()
 

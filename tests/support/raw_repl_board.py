@@ -8,6 +8,7 @@ A fake, because no board is attached here: it stands in for the board only; the 
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import io
 import os
@@ -43,15 +44,43 @@ class RawReplBoard:
     def _write(self, data: bytes) -> None:
         os.write(self.master, data)
 
+    def _path(self, name: str) -> Path:
+        """A board path (relative or from /) inside the flash directory, never outside it."""
+        p = (self.flash / name.lstrip("/")).resolve()
+        if p != self.flash.resolve() and self.flash.resolve() not in p.parents:
+            raise OSError(2, "ENOENT")
+        return p
+
     def _open(self, name: str, mode: str = "r") -> Any:
-        return open(self.flash / os.path.basename(name), mode)
+        return open(self._path(name), mode)
+
+    def _board_os(self) -> Any:
+        """The part of MicroPython's `os` the raw-REPL tools use, on the flash directory."""
+        path = self._path
+
+        class BoardOs:
+            stat = staticmethod(lambda n: os.stat(path(n)))
+            mkdir = staticmethod(lambda n: os.mkdir(path(n)))
+            remove = staticmethod(lambda n: os.remove(path(n)))
+            rename = staticmethod(lambda a, b: os.rename(path(a), path(b)))
+            listdir = staticmethod(lambda n="": os.listdir(path(n)))
+
+        return BoardOs
 
     def _run(self, code: str) -> tuple[bytes, bytes]:
         out, err = io.StringIO(), io.StringIO()
-        fake_os = type("os", (), {"stat": lambda n: os.stat(self.flash / os.path.basename(n))})
-        env: dict[str, Any] = {"open": self._open, "__name__": "__main__"}
-        code = code.replace("import os;", "")
-        env["os"] = fake_os
+        board_os = self._board_os()
+
+        def board_import(name: str, *args: Any, **kw: Any) -> Any:
+            if name in ("os", "uos"):
+                return board_os
+            return builtins.__import__(name, *args, **kw)
+
+        env: dict[str, Any] = {
+            "open": self._open,
+            "__name__": "__main__",
+            "__builtins__": dict(vars(builtins), __import__=board_import, open=self._open),
+        }
         try:
             with contextlib.redirect_stdout(out):
                 exec(compile(code, "<stdin>", "exec"), env)

@@ -9,6 +9,7 @@ the expected number of colluder SEATS per round, a different quantity).
 from __future__ import annotations
 
 import hashlib
+import multiprocessing as mp
 import random
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -298,7 +299,8 @@ def test_parallel_verification_equals_serial() -> None:
     items = [(cand.public_key, cand.proof) for cand in candidates]
     items[7] = (items[7][0], items[8][1])  # one bad proof keeps its place
     serial = verify_many(ALPHA, items)
-    with ProcessPoolExecutor(max_workers=2) as pool:
+    # forkserver: forking the threaded test process could deadlock the children
+    with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("forkserver")) as pool:
         parallel = verify_many(ALPHA, items, executor=pool)
     assert parallel == serial
     assert serial[7].beta is None and serial[7].reason == "bad-challenge"

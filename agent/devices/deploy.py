@@ -1,0 +1,178 @@
+"""`edgence-agent firmware deploy`: copy the MicroPython firmware (boot.py, main.py, lib/) and
+a device's provisioning bundle (config.json) onto a board through its raw REPL, with progress.
+
+The board is put in safe mode first (a `SAFE` file: boot.py then arms no watchdog and main.py
+does not start), so a board whose watchdog bites mid-copy comes back copyable; the flag is
+removed last and the board soft-resets into its new firmware.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent.devices.rawrepl import RawRepl, RawReplError
+from agent.errors import AgentError
+
+SAFE_FLAG = "SAFE"
+
+
+class DeployError(AgentError):
+    """The firmware source or bundle is unusable, or the board refused a file."""
+
+
+def default_source() -> Path:
+    """The firmware of this checkout (firmware/micropython beside the agent package)."""
+    return Path(__file__).resolve().parents[2] / "firmware" / "micropython"
+
+
+@dataclass(frozen=True)
+class BoardFile:
+    path: str  # on the board, '/'-separated, relative to the flash root
+    content: bytes
+
+
+def firmware_files(source: Path) -> list[BoardFile]:
+    """boot.py, main.py and every .py under lib/, in a stable order (lib first, so a board
+    reset mid-copy never runs a main.py newer than its library)."""
+    if not (source / "main.py").is_file() or not (source / "lib").is_dir():
+        raise DeployError(
+            f"{source} is not the MicroPython firmware (needs main.py and lib/); "
+            "pass --source firmware/micropython of an edgence-agent checkout"
+        )
+    lib = sorted(p for p in (source / "lib").rglob("*.py") if "__pycache__" not in p.parts)
+    files = [BoardFile(p.relative_to(source).as_posix(), p.read_bytes()) for p in lib]
+    files += [BoardFile(n, (source / n).read_bytes()) for n in ("boot.py", "main.py")]
+    return files
+
+
+def with_settings(bundle: bytes, settings: list[str]) -> bytes:
+    """The bundle with firmware settings (KEY=JSON-VALUE) merged into its "firmware" object."""
+    try:
+        data = json.loads(bundle)
+    except ValueError:
+        raise DeployError("the bundle is not JSON (a config.json written by pair)") from None
+    if not isinstance(data, dict) or data.get("edgence") != 1:
+        raise DeployError("the bundle is not an edgence provisioning bundle (edgence: 1)")
+    fw = dict(data.get("firmware", {}))
+    for item in settings:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise DeployError(f"--setting {item!r}: expected KEY=VALUE, e.g. interval_s=30")
+        try:
+            fw[key] = json.loads(raw)
+        except ValueError:
+            fw[key] = raw  # a bare word: a string
+    if fw:
+        data["firmware"] = fw
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+
+
+def _dirs(files: list[BoardFile]) -> list[str]:
+    out: list[str] = []
+    for f in files:
+        parts = f.path.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in out:
+                out.append(d)
+    return out
+
+
+Progress = Callable[[int, int, str, int], None]
+
+
+def print_progress(out: TextIO) -> Progress:
+    def report(i: int, total: int, path: str, size: int) -> None:
+        print(f"[{i:>2}/{total}] {path} ({size} bytes)", file=out, flush=True)
+
+    return report
+
+
+def _watchdog_armed(repl: RawRepl) -> bool:
+    out = repl.exec(
+        "try:\n from edgence import watchdog as w\n"
+        " print(1 if w.current() is not None and w.current().wdt is not None else 0)\n"
+        "except ImportError:\n print(0)\n"
+    )
+    return out.strip() == b"1"
+
+
+def deploy(
+    port: str,
+    files: list[BoardFile],
+    *,
+    progress: Progress | None = None,
+    reset: bool = True,
+    open_repl: Callable[[str], RawRepl] = RawRepl,
+) -> None:
+    repl = open_repl(port)
+    try:
+        repl.enter_raw()
+        repl.exec(f"f=open({SAFE_FLAG!r},'w')\nf.close()\n")
+        if _watchdog_armed(repl):
+            # A running watchdog cannot be stopped: restart into safe mode (SAFE is in flash).
+            repl.ser.write(b"import machine\nmachine.reset()\n\x04")
+            repl.close()
+            time.sleep(3)
+            repl = open_repl(port)
+            repl.enter_raw()
+        for d in _dirs(files):
+            repl.exec(f"import os\ntry:\n os.mkdir({d!r})\nexcept OSError:\n pass\n")
+        for i, f in enumerate(files, 1):
+            repl.write_file(f.path, f.content)
+            if progress is not None:
+                progress(i, len(files), f.path, len(f.content))
+        repl.exec(f"import os\nos.remove({SAFE_FLAG!r})\n")
+        repl.exit_raw()
+        if reset:
+            repl.ser.write(b"\x04")  # soft reset: boot.py, then main.py with the new firmware
+            repl._read_until(b"soft reboot", "soft reboot after the deploy")
+    except RawReplError as exc:
+        raise DeployError(
+            f"{exc}; the board is left in safe mode (file SAFE): run the deploy again"
+        ) from None
+    finally:
+        repl.close()
+
+
+def cmd_firmware_deploy(args: argparse.Namespace) -> int:
+    out: TextIO = sys.stdout
+    source = args.source or default_source()
+    files = firmware_files(source)
+    if args.bundle is not None:
+        try:
+            raw = args.bundle.read_bytes()
+        except OSError as exc:
+            raise DeployError(f"cannot read the bundle {args.bundle}: {exc}") from None
+        files.insert(0, BoardFile("config.json", with_settings(raw, args.setting or [])))
+    elif args.setting:
+        raise DeployError("--setting needs --bundle (settings go into the board's config.json)")
+    total = sum(len(f.content) for f in files)
+    print(f"deploying {len(files)} files ({total} bytes) from {source} to {args.port}", file=out)
+    deploy(args.port, files, progress=print_progress(out), reset=not args.no_reset)
+    print(f"done: {args.port} runs the new firmware" if not args.no_reset else "done", file=out)
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    f = sub.add_parser("firmware", help="MicroPython firmware for the sensors")
+    fsub = f.add_subparsers(dest="firmware_command", required=True)
+    s = fsub.add_parser("deploy", help="copy firmware and a bundle onto a board (raw REPL)")
+    s.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
+    s.add_argument("--bundle", type=Path, help="config.json for the board (from `pair`)")
+    s.add_argument(
+        "--setting",
+        action="append",
+        metavar="KEY=VALUE",
+        help="firmware setting for config.json, e.g. interval_s=30 (repeat)",
+    )
+    s.add_argument("--source", type=Path, help="firmware dir (default: this checkout's)")
+    s.add_argument("--no-reset", action="store_true", help="do not soft-reset afterwards")
+    s.set_defaults(fn=cmd_firmware_deploy)

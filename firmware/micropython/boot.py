@@ -1,0 +1,26 @@
+# Runs first at every reset. Safe mode (a file named SAFE in flash, or the safe-mode pin held
+# low at reset: GPIO0/BOOT on ESP32, GP15 on the Pico W) skips the watchdog and main.py's loop,
+# leaving the REPL free for mpremote / `edgence-agent firmware deploy`. Without a valid
+# config.json the watchdog is not armed either: the board waits at the REPL to be provisioned.
+import sys
+
+import machine
+from edgence import config, watchdog
+
+try:
+    _fw = config.load("config.json").firmware
+except config.ConfigError as exc:
+    print("edgence event=config_error error=%s" % exc)
+    _fw = None
+
+_pin = (_fw or {}).get("safe_pin")
+if _pin is None:
+    _pin = 0 if sys.platform == "esp32" else 15
+try:
+    _safe_pin = machine.Pin(_pin, machine.Pin.IN, machine.Pin.PULL_UP)
+except (ValueError, TypeError, AttributeError):
+    _safe_pin = None
+if watchdog.safe_mode(_safe_pin):
+    print("edgence event=safe_mode watchdog=off")
+elif _fw is not None:
+    watchdog.arm(machine, _fw["watchdog_s"])

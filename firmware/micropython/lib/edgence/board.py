@@ -1,0 +1,133 @@
+"""Wiring the firmware to a board: Wi-Fi, the transport named in config.json, the sensors,
+the counter in flash. The only module that imports `machine`, `network` and `bluetooth`.
+"""
+
+try:
+    import utime as time
+except ImportError:  # pragma: no cover
+    import time
+
+from edgence import bthome
+from edgence.app import Node, log
+from edgence.coap import CoapLink
+from edgence.counter import BlockCounter
+from edgence.mqtt import MqttLink
+from edgence.outbox import Outbox
+from edgence.sensors import build as build_sensors
+from edgence.serialline import UartLink
+
+
+def wifi_up(wifi, timeout_s=20):
+    """Join the network named in firmware.wifi ({"ssid": ..., "password": ...}), if any."""
+    if not wifi:
+        return
+    import network
+
+    wlan = network.WLAN(network.STA_IF)
+    wlan.active(True)
+    if wlan.isconnected():
+        return
+    wlan.connect(wifi["ssid"], wifi.get("password", ""))
+    for _ in range(timeout_s * 10):
+        if wlan.isconnected():
+            log("wifi_up", rssi=_rssi(wlan))
+            return
+        time.sleep_ms(100)
+    log("wifi_down", ssid=wifi["ssid"])  # readings go to the outbox until it comes back
+
+
+def _rssi(wlan):
+    try:
+        return wlan.status("rssi")
+    except (ValueError, OSError, TypeError):
+        return "?"
+
+
+class BleLink:
+    """BTHome v2 advertisements (ESP32: `bluetooth`). With a bindkey (key_kind "bthome") the
+    objects are AES-CCM encrypted; plain otherwise. Advertising has no acknowledgement, so a
+    frame counts as sent once the controller took it."""
+
+    def __init__(self, cfg, ble=None, aes_ecb=None):
+        if ble is None:
+            import bluetooth
+
+            ble = bluetooth.BLE()
+        self.ble = ble
+        self.ble.active(True)
+        self.name = cfg.device_id
+        self.bindkey = cfg.key if cfg.key_kind == "bthome" else None
+        self.aes_ecb = aes_ecb
+        if self.bindkey is not None and aes_ecb is None:
+            self.aes_ecb = bthome.aes_ecb(self.bindkey)
+        self.mac = bytes(self.ble.config("mac")[1])
+
+    def encode(self, n, readings):
+        if self.bindkey is None:
+            return bthome.advertisement(
+                bthome.objects_from_readings(readings, packet_id=n), name=self.name
+            )
+        objs = bthome.objects_from_readings(readings)
+        return bthome.encrypted_advertisement(self.aes_ecb, self.mac, n & 0xFFFFFFFF, objs)
+
+    def send(self, adv):
+        self.ble.gap_advertise(100000, adv_data=adv)
+        return True
+
+
+def make_link(cfg, machine):
+    fw = cfg.firmware
+    if cfg.transport == "mqtt":
+        wifi_up(fw.get("wifi"))
+        return MqttLink(cfg)
+    if cfg.transport == "coap":
+        wifi_up(fw.get("wifi"))
+        c = cfg.coap
+        return CoapLink(c["host"], c.get("port", 5683), c.get("path", "/up/" + cfg.device_id))
+    if cfg.transport == "serial":
+        u = fw["uart"]
+        kw = {"baudrate": u.get("baud", 115200)}
+        if "tx" in u:
+            kw["tx"] = machine.Pin(u["tx"])
+            kw["rx"] = machine.Pin(u["rx"])
+        return UartLink(machine.UART(u.get("id", 1), **kw))
+    return BleLink(cfg)
+
+
+def rtc_memory(machine):
+    """ESP32's RTC memory survives deep sleep (not power loss); other ports have none."""
+    try:
+        rtc = machine.RTC()
+        rtc.memory()
+        return rtc
+    except (AttributeError, TypeError, OSError):
+        return None
+
+
+def build_node(cfg, machine, watchdog=None, flash="."):
+    fw = cfg.firmware
+    counter = BlockCounter(flash, cfg.counter_start, fw["counter_block"], rtc=rtc_memory(machine))
+    node = Node(
+        cfg,
+        make_link(cfg, machine),
+        build_sensors(fw["sensors"], machine),
+        counter,
+        Outbox(flash, fw["outbox"]),
+        watchdog,
+    )
+    if watchdog is not None and hasattr(node.link, "idle"):
+        node.link.idle = watchdog.feed
+    return node
+
+
+def run(cfg, machine, watchdog=None, flash="."):
+    node = build_node(cfg, machine, watchdog, flash)
+    log(
+        "start",
+        device=cfg.device_id,
+        transport=cfg.transport,
+        next=node.counter.peek(),
+        buffered=len(node.outbox),
+    )
+    deep = machine.deepsleep if cfg.firmware["deep_sleep"] else None
+    node.run(deep_sleep=deep)

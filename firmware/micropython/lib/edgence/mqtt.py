@@ -1,0 +1,194 @@
+"""A minimal MQTT 3.1.1 client for the firmware: CONNECT with username/password, PUBLISH at
+QoS 1 waiting for its PUBACK, PINGREQ, DISCONNECT. Nothing else (no subscriptions, no QoS 2).
+
+A PUBACK means the broker holds the frame; the agent takes it from the broker at QoS 1 and
+acknowledges only once it is signed and journaled (docs/device-frame.md, "Over MQTT").
+Works with MicroPython's `socket` and CPython's alike (only sendall/recv/settimeout are used).
+"""
+
+import struct
+
+CONNECT, CONNACK, PUBLISH, PUBACK, PINGREQ, PINGRESP, DISCONNECT = 1, 2, 3, 4, 12, 13, 14
+
+
+class MQTTError(OSError):
+    """The broker refused us, or the connection broke: the caller reconnects later."""
+
+
+def _varlen(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | 0x80 if n else b)
+        if not n:
+            return bytes(out)
+
+
+def _str(s):
+    b = s.encode() if isinstance(s, str) else s
+    return struct.pack(">H", len(b)) + b
+
+
+def packet(ptype, flags, body):
+    return bytes(((ptype << 4) | flags,)) + _varlen(len(body)) + body
+
+
+def connect_packet(client_id, username=None, password=None, keepalive=60, clean=True):
+    flags = 0x02 if clean else 0
+    payload = _str(client_id)
+    if username is not None:
+        flags |= 0x80
+        payload += _str(username)
+        if password is not None:
+            flags |= 0x40
+            payload += _str(password)
+    body = _str("MQTT") + bytes((4, flags)) + struct.pack(">H", keepalive) + payload
+    return packet(CONNECT, 0, body)
+
+
+def publish_packet(topic, payload, pid, qos=1, dup=False):
+    flags = (qos << 1) | (0x08 if dup else 0)
+    body = _str(topic) + (struct.pack(">H", pid) if qos else b"") + payload
+    return packet(PUBLISH, flags, body)
+
+
+class MQTTClient:
+    def __init__(
+        self,
+        client_id,
+        host,
+        port=1883,
+        username=None,
+        password=None,
+        keepalive=60,
+        timeout=10,
+        sock_module=None,
+    ):
+        if sock_module is None:
+            import socket as sock_module
+        self.socket_mod = sock_module
+        self.client_id, self.host, self.port = client_id, host, port
+        self.username, self.password = username, password
+        self.keepalive, self.timeout = keepalive, timeout
+        self.sock = None
+        self.pid = 0
+
+    def _recv_exact(self, n):
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise MQTTError("the broker closed the connection")
+            buf += chunk
+        return buf
+
+    def _read_packet(self):
+        head = self._recv_exact(1)[0]
+        n, shift = 0, 0
+        while True:
+            b = self._recv_exact(1)[0]
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+            if shift > 21:
+                raise MQTTError("malformed remaining length")
+        return head >> 4, head & 0x0F, self._recv_exact(n) if n else b""
+
+    def connect(self):
+        s = self.socket_mod
+        addr = s.getaddrinfo(self.host, self.port)[0][-1]
+        sock = s.socket()
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(addr)
+            self.sock = sock
+            sock.sendall(
+                connect_packet(self.client_id, self.username, self.password, self.keepalive)
+            )
+            ptype, _, body = self._read_packet()
+        except OSError:
+            self.close()
+            raise
+        if ptype != CONNACK or len(body) != 2:
+            self.close()
+            raise MQTTError("no CONNACK from %s:%d" % (self.host, self.port))
+        if body[1] != 0:
+            self.close()
+            # 4: bad user name or password, 5: not authorised (docs of MQTT 3.1.1, 3.2.2.3)
+            raise MQTTError("broker refused the connection: return code %d" % body[1])
+
+    def publish(self, topic, payload):
+        """QoS 1: returns once the PUBACK for this packet arrived, raises MQTTError if not."""
+        if self.sock is None:
+            raise MQTTError("not connected")
+        self.pid = self.pid % 0xFFFF + 1
+        try:
+            self.sock.sendall(publish_packet(topic, payload, self.pid))
+            while True:
+                ptype, _, body = self._read_packet()
+                if ptype == PUBACK and struct.unpack(">H", body[:2])[0] == self.pid:
+                    return
+                # PINGRESP or a PUBACK of an earlier try: keep reading.
+        except OSError as exc:
+            self.close()
+            raise MQTTError("publish to %s failed: %s" % (topic, exc)) from None
+
+    def ping(self):
+        self.sock.sendall(packet(PINGREQ, 0, b""))
+        while self._read_packet()[0] != PINGRESP:
+            pass
+
+    def disconnect(self):
+        if self.sock is not None:
+            try:
+                self.sock.sendall(packet(DISCONNECT, 0, b""))
+            except OSError:
+                pass
+        self.close()
+
+    def close(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
+
+
+class MqttLink:
+    """The firmware's MQTT transport: one client, reconnected when a publish fails."""
+
+    def __init__(self, cfg, sock_module=None):
+        m = cfg.mqtt
+        self.topic = m["topic"]
+        self.client = MQTTClient(
+            cfg.device_id,
+            m["host"],
+            m.get("port", 1883),
+            m.get("username"),
+            m.get("password"),
+            sock_module=sock_module,
+        )
+        self.connected = False
+
+    def connect(self):
+        self.client.connect()
+        self.connected = True
+
+    def send(self, frame):
+        """True once the broker acknowledged the frame (PUBACK); False if the link is down."""
+        try:
+            if not self.connected:
+                self.connect()
+            self.client.publish(self.topic, frame)
+            return True
+        except OSError:
+            self.connected = False
+            self.client.close()
+            return False
+
+    def close(self):
+        self.client.disconnect()
+        self.connected = False
