@@ -58,6 +58,7 @@ class Board(Protocol):
     def power_off(self) -> None: ...
     def console(self) -> str: ...
     def uart(self) -> UartEnd: ...
+    def uart_path(self) -> str: ...
 
 
 def _files(bundle: bytes) -> list[BoardFile]:
@@ -81,6 +82,8 @@ class EmulatedBoard:
         self.deployed_files = len(files)
 
     def _uart_pair(self) -> tuple[int, int, str]:
+        """(master, slave, slave's path): the board writes into the master, the host's end is
+        the slave, a path as /dev/ttyAMA0 is on a real rig."""
         if self._uart is None:
             master, slave = os.openpty()
             tty.setraw(slave)
@@ -89,8 +92,10 @@ class EmulatedBoard:
 
     def power_on(self, cause: str = "pwron") -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
+        fds: tuple[int, ...] = ()
         if "uart_loopback" in self.spec.fixtures:
-            env["EDGENCE_UART1"] = self._uart_pair()[2]
+            fds = (self._uart_pair()[0],)
+            env["EDGENCE_UART1_FD"] = str(fds[0])
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-u", "-m", "tests.support.firmware_host", str(self.flash), cause],
@@ -98,6 +103,7 @@ class EmulatedBoard:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
+                pass_fds=fds,
             )
 
     def power_off(self) -> None:
@@ -114,7 +120,10 @@ class EmulatedBoard:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def uart(self) -> UartEnd:
-        return UartEnd(self._uart_pair()[0], owns=False)
+        return UartEnd(os.dup(self._uart_pair()[1]), owns=True)
+
+    def uart_path(self) -> str:
+        return self._uart_pair()[2]
 
     def close(self) -> None:
         self.power_off()
@@ -189,6 +198,10 @@ class SerialBoard:
         assert self.spec.uart_port is not None, f"{self.spec.name}: rig has no uart_port"
         s = serial.Serial(self.spec.uart_port, 115200)
         return UartEnd(os.dup(s.fileno()), owns=True)
+
+    def uart_path(self) -> str:
+        assert self.spec.uart_port is not None, f"{self.spec.name}: rig has no uart_port"
+        return self.spec.uart_port
 
     def close(self) -> None:
         self.power_off()

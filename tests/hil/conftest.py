@@ -19,7 +19,8 @@ from agent.attest.observation import verify_envelope
 from agent.localbroker import LocalMosquitto
 from tests.hil.boards import Board, EmulatedBoard, SerialBoard
 from tests.hil.rig import Rig, load_rig
-from tests.integration.conftest import AgentProcess, Collector, write_agent_dir
+from tests.integration.conftest import AgentProcess, Collector, to_toml, write_agent_dir
+from tests.integration.test_coap_source import free_udp_port
 from tests.integration.test_enrollment import SecuredBroker, secured_config
 
 
@@ -72,9 +73,31 @@ class Gateway:
     ) -> None:
         self.rig, self.devices, self.upstream = rig, devices, upstream
         self.dir = tmp / "gw"
-        self.config, self.key = write_agent_dir(self.dir, secured_config(devices, upstream))
+        self.cfg = secured_config(devices, upstream)
+        self.serial_ports: list[tuple[str, str]] = []
+        self.config, self.key = write_agent_dir(self.dir, self.cfg)
         self.collector = Collector(upstream.port)
         self.agent = AgentProcess(self.config, tmp / "agent.log")
+
+    def _write_config(self) -> None:
+        text = to_toml(self.cfg)
+        for path, device in self.serial_ports:  # arrays of tables: beyond to_toml
+            text += f"\n[[sources.serial.ports]]\npath = {json.dumps(path)}\n"
+            text += f"device = {json.dumps(device)}\n"
+        self.config.write_text(text)
+
+    def serve_coap(self) -> int:
+        """Turns on the agent's CoAP source on the rig's gateway address (before `pair`, whose
+        bundle carries its port, and before the agent starts); returns the UDP port."""
+        port = self.rig.gateway_coap_port or free_udp_port()
+        self.cfg["sources"]["coap"] = {"enabled": True, "bind": self.rig.gateway_host, "port": port}
+        self._write_config()
+        return port
+
+    def read_serial(self, path: str, device: str) -> None:
+        """Adds a `[[sources.serial.ports]]` for the host's end of a board's UART."""
+        self.serial_ports.append((path, device))
+        self._write_config()
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -42,6 +42,7 @@ class Rig:
     gateway_host: str  # the address boards use to reach the gateway's broker
     gateway_mqtt_port: int | None  # a fixed LAN port for real boards (None: any free port)
     boards: tuple[BoardSpec, ...]
+    gateway_coap_port: int | None = None  # the agent's CoAP port on that address (None: free)
 
 
 class _Table:
@@ -93,7 +94,7 @@ def load_rig(path: Path) -> Rig:
     rig = _Table(file, "rig", top.get("rig", dict))
     rig.only({"name", "description"})
     gw = _Table(file, "gateway", top.get("gateway", dict, {}))
-    gw.only({"host", "mqtt_port"})
+    gw.only({"host", "mqtt_port", "coap_port"})
     board_keys = {
         "name", "kind", "port", "transports", "sensors", "fixtures", "uart_port",
         "power_relay_gpio", "wifi_ssid", "wifi_password_file",
@@ -133,4 +134,5 @@ def load_rig(path: Path) -> Rig:
         gateway_host=gw.get("host", str, "127.0.0.1"),
         gateway_mqtt_port=gw.get("mqtt_port", int, None),
         boards=tuple(boards),
+        gateway_coap_port=gw.get("coap_port", int, None),
     )

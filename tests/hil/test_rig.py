@@ -21,6 +21,7 @@ def test_the_shipped_rigs_load() -> None:
     b = real.boards[0]
     assert (b.kind, b.uart_port, b.power_relay_gpio) == ("esp32", "/dev/ttyAMA0", 17)
     assert b.has("bme280") and b.has("ble") and real.gateway_mqtt_port == 18830
+    assert real.gateway_coap_port == 5683
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ firmware process as the chip would reset. Deep sleep waits, then restarts the pr
 reset cause DEEPSLEEP_RESET. RTC memory lives in a file of the emulated flash that survives
 those restarts but not a power cycle (firmware_host removes it on a cold start). Pins read
 high unless EDGENCE_SAFE_PIN_LOW is set (the safe-mode button held). UART(n) writes to the
-serial device named by EDGENCE_UART<n> (a pty in tests). There is no I2C bus or ADC here.
+serial device named by EDGENCE_UART<n>, or to the inherited descriptor EDGENCE_UART<n>_FD (the
+board's end of a pty pair, whose other end the host reads). There is no I2C bus or ADC here.
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ class RTC:
 
 class UART:
     def __init__(self, id: int, baudrate: int = 115200, **kw: Any) -> None:
+        fd = os.environ.get(f"EDGENCE_UART{id}_FD")
+        if fd is not None:
+            self.fd = int(fd)  # a pty master has no path: passed down open, kept across resets
+            return
         path = os.environ.get(f"EDGENCE_UART{id}")
         if not path:
             raise OSError(19, f"no UART {id} on this host (set EDGENCE_UART{id})")
