@@ -507,6 +507,38 @@ def _broker(sec: _Section, default_url: str | None) -> BrokerEndpoint:
     )
 
 
+def _topic_prefix(sec: _Section, default: str = "edgence") -> str:
+    return _checked(
+        sec,
+        "topic_prefix",
+        lambda v: (
+            bool(v) and not set(v) & set("+#") and not v.startswith("/") and not v.endswith("/")
+        ),
+        "a topic prefix without + # or leading/trailing /",
+        sec.get("topic_prefix", str, default),
+    )
+
+
+def _request_response_mqtt(
+    m: _Section, local_broker_url: str, service: str
+) -> tuple[bool, BrokerEndpoint, str, tuple[str, ...]]:
+    """[<service>.mqtt] of an MQTT 5 request/response service (forwarding, oracle): enabled,
+    broker, topic prefix, and the Response Topics it may answer on."""
+    enabled = m.get("enabled", bool, True)
+    proto = m.data.get("protocol", "5")
+    if proto != "5":
+        raise m.err("protocol", f'must be "5" (replies use MQTT 5 response topics); got {proto!r}')
+    broker = replace(_broker(m, local_broker_url), protocol=5)
+    prefix = _topic_prefix(m)
+    example = f"{{prefix}}/{{gateway}}/{service}/res/#"
+    reply_topics = m.str_list("reply_topics", (example,))
+    for t in reply_topics:
+        if not t or t.startswith(("#", "+")):
+            raise m.err("reply_topics", f"{t!r} is too wide; e.g. {example}")
+    m.done()
+    return enabled, broker, prefix, reply_topics
+
+
 def _checked(sec: _Section, k: str, pred: Callable[[str], bool], what: str, v: str) -> str:
     if not pred(v):
         raise sec.err(k, f"must be {what}; got {v!r}")
@@ -590,15 +622,7 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
     bridge = BridgeConfig(
         enabled=b.get("enabled", bool, True),
         broker=_broker(b, "mqtt://127.0.0.1:1884"),
-        topic_prefix=_checked(
-            b,
-            "topic_prefix",
-            lambda v: (
-                bool(v) and not set(v) & set("+#") and not v.startswith("/") and not v.endswith("/")
-            ),
-            "a topic prefix without + # or leading/trailing /",
-            b.get("topic_prefix", str, "edgence"),
-        ),
+        topic_prefix=_topic_prefix(b),
         inflight=b.int_range("inflight", 256, 1, 65_000),
         batch=b.int_range("batch", 512, 1, 10_000),
     )
@@ -932,32 +956,12 @@ def _forward_section(f: _Section, local_broker_url: str) -> ForwardConfig:
                 f"{mth!r} can never be forwarded (node administration, debugging, keys held by "
                 "the node, mining or development-node control)",
             )
-    m = f.sub("mqtt")
-    mqtt_enabled = m.get("enabled", bool, True)
-    proto = m.data.get("protocol", "5")
-    if proto != "5":
-        raise m.err("protocol", f'must be "5" (replies use MQTT 5 response topics); got {proto!r}')
-    broker = replace(_broker(m, local_broker_url), protocol=5)
-    prefix = _checked(
-        m,
-        "topic_prefix",
-        lambda v: (
-            bool(v) and not set(v) & set("+#") and not v.startswith("/") and not v.endswith("/")
-        ),
-        "a topic prefix without + # or leading/trailing /",
-        m.get("topic_prefix", str, "edgence"),
+    mqtt_enabled, broker, prefix, reply_topics = _request_response_mqtt(
+        f.sub("mqtt"), local_broker_url, "rpc"
     )
-    reply_topics = m.str_list("reply_topics", ("{prefix}/{gateway}/rpc/res/#",))
-    for t in reply_topics:
-        if not t or t.startswith("#") or t.startswith("+"):
-            raise m.err("reply_topics", f"{t!r} is too wide; e.g. {{prefix}}/{{gateway}}/rpc/res/#")
-    m.done()
     co = f.sub("coap")
     coap_enabled = co.get("enabled", bool, False)
-    bind = co.get("bind", str, "127.0.0.1:5683")
-    host, _, port_s = bind.rpartition(":")
-    if not host or not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
-        raise co.err("bind", f'must be "HOST:PORT", e.g. "0.0.0.0:5683"; got {bind!r}')
+    host, coap_port = _coap_bind(co, "127.0.0.1:5683")
     co.done()
     fwd = ForwardConfig(
         enabled=f.get("enabled", bool, False),
@@ -975,8 +979,8 @@ def _forward_section(f: _Section, local_broker_url: str) -> ForwardConfig:
         topic_prefix=prefix,
         reply_topics=reply_topics,
         coap_enabled=coap_enabled,
-        coap_host=host.strip("[]"),
-        coap_port=int(port_s),
+        coap_host=host,
+        coap_port=coap_port,
     )
     if fwd.rate <= 0:
         raise f.err("rate", f"must be a positive number of requests per second; got {fwd.rate}")
@@ -1007,15 +1011,7 @@ def _election_section(
         confirmations=e.int_range("confirmations", 3, 1, 254),
         workers=e.int_range("workers", 1, 0, 64),
         catch_up_rounds=e.int_range("catch_up_rounds", 16, 1, 10_000),
-        topic_prefix=_checked(
-            e,
-            "topic_prefix",
-            lambda v: (
-                bool(v) and not set(v) & set("+#") and not v.startswith("/") and not v.endswith("/")
-            ),
-            "a topic prefix without + # or leading/trailing /",
-            e.get("topic_prefix", str, "edgence"),
-        ),
+        topic_prefix=_topic_prefix(e),
         store=e.path("store", str(data_dir / "election.sqlite")),
         mqtt=broker,
     )
@@ -1057,28 +1053,9 @@ def _oracle_section(
 ) -> OracleConfig:
     enabled = o.get("enabled", bool, False)
     max_inflight = o.int_range("max_inflight", 64, 1, 10_000)
-    m = o.sub("mqtt")
-    mqtt_enabled = m.get("enabled", bool, True)
-    proto = m.data.get("protocol", "5")
-    if proto != "5":
-        raise m.err("protocol", f'must be "5" (replies use MQTT 5 response topics); got {proto!r}')
-    broker = replace(_broker(m, local_broker_url), protocol=5)
-    prefix = _checked(
-        m,
-        "topic_prefix",
-        lambda v: (
-            bool(v) and not set(v) & set("+#") and not v.startswith("/") and not v.endswith("/")
-        ),
-        "a topic prefix without + # or leading/trailing /",
-        m.get("topic_prefix", str, "edgence"),
+    mqtt_enabled, broker, prefix, reply_topics = _request_response_mqtt(
+        o.sub("mqtt"), local_broker_url, "oracle"
     )
-    reply_topics = m.str_list("reply_topics", ("{prefix}/{gateway}/oracle/res/#",))
-    for t in reply_topics:
-        if not t or t.startswith(("#", "+")):
-            raise m.err(
-                "reply_topics", f"{t!r} is too wide; e.g. {{prefix}}/{{gateway}}/oracle/res/#"
-            )
-    m.done()
     co = o.sub("coap")
     coap_enabled = co.get("enabled", bool, False)
     host, port = _coap_bind(co, "127.0.0.1:5683")

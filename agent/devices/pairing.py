@@ -149,6 +149,34 @@ def wait_for_first_frame(
         time.sleep(min(poll, max(left, 0.01)))
 
 
+def issue_bundle(
+    cfg: AgentConfig,
+    registry: DeviceRegistry,
+    rec: DeviceRecord,
+    key: bytes,
+    host: str | None,
+    path: Path | None,
+) -> tuple[Path, bytes]:
+    """A (new) key's bundle: a fresh broker login for an MQTT device when the agent manages
+    them, the counter to continue from, written 0600. Returns where, and its bytes."""
+    password = None
+    auth = _broker_auth(cfg)
+    if auth is not None and rec.transport is Transport.MQTT:
+        password = auth.set_password(rec.id)
+        _sync_broker(cfg, registry)
+    last = read_device_counter(cfg.journal.path, rec.id)
+    bundle = build_bundle(
+        cfg,
+        rec,
+        key,
+        counter_start=0 if last is None else last + 1,
+        mqtt_password=password,
+        host=host or (cfg.enrollment.advertise_host if cfg.enrollment else None),
+    )
+    path = path or cfg.gateway.data_dir / "bundles" / f"{rec.id}.json"
+    return path, write_bundle(path, bundle)
+
+
 def _parse_sensor(text: str) -> tuple[str, str]:
     name, sep, unit = text.partition(":")
     if not sep:
@@ -178,7 +206,6 @@ def cmd_pair(args: argparse.Namespace) -> int:
         key = registry.key_of(args.device_id)
         if key is None:
             raise RegistryError(f"device {args.device_id!r} has no key; rotate its key")
-        mqtt_password = None
         print(f"join window of {rec.id} open again for {window:.0f} s (same key)", file=out)
     else:
         if transport is Transport.BLE and not re.fullmatch(
@@ -201,22 +228,7 @@ def cmd_pair(args: argparse.Namespace) -> int:
             key_kind=KeyKind.BTHOME if transport is Transport.BLE else KeyKind.HMAC,
             window_s=window,
         )
-        mqtt_password = None
-        auth = _broker_auth(cfg)
-        if auth is not None and transport is Transport.MQTT:
-            mqtt_password = auth.set_password(rec.id)
-            _sync_broker(cfg, registry)
-        last = read_device_counter(cfg.journal.path, rec.id)
-        bundle = build_bundle(
-            cfg,
-            rec,
-            key,
-            counter_start=0 if last is None else last + 1,
-            mqtt_password=mqtt_password,
-            host=args.host or (cfg.enrollment.advertise_host if cfg.enrollment else None),
-        )
-        bundle_path = args.bundle or cfg.gateway.data_dir / "bundles" / f"{rec.id}.json"
-        data = write_bundle(bundle_path, bundle)
+        bundle_path, data = issue_bundle(cfg, registry, rec, key, args.host, args.bundle)
         print(f"enrolled {rec.id} ({transport}) as pending; key {rec.key_ref}", file=out)
         print(f"provisioning bundle (holds the device key, mode 0600): {bundle_path}", file=out)
         if args.qr or (args.qr is None and out.isatty()):
@@ -304,22 +316,7 @@ def cmd_devices_rotate_key(args: argparse.Namespace) -> int:
     registry = _registry(cfg)
     window = args.window or (cfg.enrollment.join_window_s if cfg.enrollment else 120.0)
     rec, key = registry.rotate_key(args.device_id, window_s=window)
-    auth = _broker_auth(cfg)
-    password = None
-    if auth is not None and rec.transport is Transport.MQTT:
-        password = auth.set_password(rec.id)
-        _sync_broker(cfg, registry)
-    last = read_device_counter(cfg.journal.path, rec.id)
-    bundle = build_bundle(
-        cfg,
-        rec,
-        key,
-        counter_start=0 if last is None else last + 1,
-        mqtt_password=password,
-        host=args.host or (cfg.enrollment.advertise_host if cfg.enrollment else None),
-    )
-    path = args.bundle or cfg.gateway.data_dir / "bundles" / f"{rec.id}.json"
-    write_bundle(path, bundle)
+    path, _ = issue_bundle(cfg, registry, rec, key, args.host, args.bundle)
     print(f"{rec.id}: new key {rec.key_ref}; frames under the old key are refused from now on")
     print(f"new bundle: {path} (the device is pending until a frame under the new key verifies)")
     return 0
