@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from agent.chainclient.tx import Eip1559Tx, SignedTx
 from agent.errors import ChainError, NodeUnreachable, RpcError, RpcTimeout, TransactionError
 from agent.logs import event
 from agent.metrics import Metrics
+from agent.sqlitestore import SqliteStore
 
 GWEI = 10**9
 
@@ -70,36 +70,15 @@ class OwnTx:
     mined_hash: str | None = None
 
 
-class TxStore:
+class TxStore(SqliteStore):
     """sqlite file of the agent's own transactions (small writes, fsynced: synchronous=FULL)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.db: sqlite3.Connection | None = None
+    SCHEMA = _SCHEMA
+    WHAT = "transaction store"
+    ERROR = ChainError
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.db = sqlite3.connect(self.path, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        if self.db is not None:
-            self.db.close()
-            self.db = None
-
-    def _db(self) -> sqlite3.Connection:
-        if self.db is None:
-            raise ChainError(f"transaction store {self.path} is not open")
-        return self.db
-
-    def meta(self, k: str) -> str | None:
-        row = self._db().execute("SELECT v FROM meta WHERE k=?", (k,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_meta(self, k: str, v: str) -> None:
-        self._db().execute("INSERT OR REPLACE INTO meta(k, v) VALUES (?, ?)", (k, v))
+        self.db = self._connect()
 
     def max_nonce(self) -> int | None:
         row = self._db().execute("SELECT MAX(nonce) FROM txs").fetchone()

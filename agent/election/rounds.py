@@ -18,7 +18,6 @@ import functools
 import logging
 import multiprocessing
 import os
-import sqlite3
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -56,6 +55,7 @@ from agent.errors import (
 from agent.logs import event
 from agent.metrics import Metrics
 from agent.mqtt import MqttConnection
+from agent.sqlitestore import SqliteStore
 
 VRF_SECRET_TAG = b"edgence/election/vrf-secret/v1"
 # A round whose reads keep failing is given up once its cutoff is this many blocks old.
@@ -73,21 +73,17 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 """
 
 
-class ElectionStore:
+class ElectionStore(SqliteStore):
     """sqlite file of decided rounds and the next round to decide, for one board."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.db: sqlite3.Connection | None = None
+    SCHEMA = _SCHEMA
+    WHAT = "election store"
+    ERROR = ElectionError
 
     def open(self, board: str | None = None, mode: str | None = None) -> None:
         """Open (creating it); with `board`, refuse a store that belongs to another board."""
         if self.db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.db = sqlite3.connect(self.path, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(_SCHEMA)
+            self.db = self._connect()
         if board is None:
             return
         for k, want in (("board", board), ("mode", mode)):
@@ -99,23 +95,6 @@ class ElectionStore:
                     f"{self.path} holds the rounds of {k} {have}, but election.{k} is {want}: "
                     "point election.store at another file for another board"
                 )
-
-    def close(self) -> None:
-        if self.db is not None:
-            self.db.close()
-            self.db = None
-
-    def _db(self) -> sqlite3.Connection:
-        if self.db is None:
-            raise ElectionError(f"election store {self.path} is not open")
-        return self.db
-
-    def meta(self, k: str) -> str | None:
-        row = self._db().execute("SELECT v FROM meta WHERE k=?", (k,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_meta(self, k: str, v: str) -> None:
-        self._db().execute("INSERT OR REPLACE INTO meta(k, v) VALUES (?, ?)", (k, v))
 
     def save(self, result: RoundResult) -> None:
         """The result and the next round to decide, in one transaction."""
