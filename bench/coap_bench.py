@@ -178,6 +178,8 @@ def start_agent(d: Path, port: int, devices: int) -> subprocess.Popen[bytes]:
         f"allowed_devices = [{allowed}]\n[bridge]\nenabled = false\n"
         # Each device posts as fast as it is answered: above the default per-device limit.
         "[enrollment]\nrate = 100000\nburst = 1000\n"
+        # e.g. BENCH_AGENT_EXTRA_TOML='[pipeline]\nlinger_ms = 0' to try other settings
+        + os.environ.get("BENCH_AGENT_EXTRA_TOML", "").replace("\\n", "\n")
     )
     log = d / "agent.log"
     t0 = time.monotonic()
