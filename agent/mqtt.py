@@ -70,6 +70,25 @@ class BufferedClient(paho.Client):
         return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
 
+def reply_topic_allowed(reply_to: str, filters: tuple[str, ...]) -> bool:
+    """A request/response service answers only on a concrete topic under one of its filters
+    (so a client cannot make the gateway publish onto observation topics)."""
+    return not set(reply_to) & set("+#") and any(
+        paho.topic_matches_sub(f, reply_to) for f in filters
+    )
+
+
+def publish_json_reply(
+    client: paho.Client, reply_to: str, answer: bytes, correlation: bytes | None, qos: int = 1
+) -> None:
+    """An MQTT 5 response: the request's Correlation Data echoed, content type JSON."""
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    if correlation is not None:
+        props.CorrelationData = correlation
+    props.ContentType = "application/json"
+    client.publish(reply_to, answer, qos=qos, properties=props)
+
+
 class MqttConnection:
     """One broker connection. Call `await run()` in a task; `stop()` ends it."""
 

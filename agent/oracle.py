@@ -29,19 +29,16 @@ from typing import Any, ClassVar, TypeVar
 
 import paho.mqtt.client as paho
 from eth_abi.abi import encode as abi_encode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from agent.attest.eip712 import keccak256
 from agent.attest.observation import VerifiedObservation, verify_envelope
-from agent.chainclient.forward import topic_matches
 from agent.config import BrokerEndpoint
 from agent.errors import AgentError, EnvelopeError, JournalError
 from agent.journal import Journal, JournalEntry
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
 from agent.model import NAME_RE, Observation, label_bytes32
-from agent.mqtt import MqttConnection
+from agent.mqtt import MqttConnection, publish_json_reply, reply_topic_allowed
 
 T = TypeVar("T")
 
@@ -394,9 +391,7 @@ class MqttOracle:
                 QueryError("malformed", "no MQTT 5 Response Topic: nowhere to answer"), "mqtt"
             )
             return
-        if set(reply_to) & set("+#") or not any(
-            topic_matches(f, reply_to) for f in self.reply_filters
-        ):
+        if not reply_topic_allowed(reply_to, self.reply_filters):
             self.service.refused(
                 QueryError(
                     "malformed",
@@ -406,11 +401,7 @@ class MqttOracle:
             )
             return
         answer = await self.service.handle_json(payload, "mqtt")
-        p = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        if corr is not None:
-            p.CorrelationData = corr
-        p.ContentType = "application/json"
-        self.conn.client.publish(reply_to, answer, qos=1, properties=p)
+        publish_json_reply(self.conn.client, reply_to, answer, corr)
 
     async def run(self) -> None:
         await self.conn.run()
@@ -427,7 +418,7 @@ class MqttOracle:
 
 class CoapOracle:
     """`GET coap://<bind>/oracle/{device}/{sensor}`, observable: an aiocoap server of its own
-    (the agent has no shared CoAP server on this branch)."""
+    (on its own port: the config refuses one shared with the device source or forwarding)."""
 
     name = "oracle-coap"
 

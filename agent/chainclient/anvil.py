@@ -18,7 +18,7 @@ from pathlib import Path
 
 from agent.chainclient.build import ROOT
 from agent.errors import ChainError
-from agent.localbroker import free_port
+from agent.localbroker import free_port, stop_process
 
 # The first of anvil's well-known development accounts (mnemonic "test test ... junk"): funded
 # on every fresh anvil. Public knowledge; only ever used against a local development node.
@@ -133,15 +133,7 @@ class LocalAnvil:
         self.proc = None
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def __enter__(self) -> LocalAnvil:

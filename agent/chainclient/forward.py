@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from agent.chainclient.methods import DEFAULT_METHODS, forbidden
 from agent.chainclient.rpc import ResponseTooLarge, RpcClient
@@ -37,7 +35,7 @@ from agent.config import BrokerEndpoint
 from agent.errors import ChainError, NodeUnreachable, RpcTimeout
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
-from agent.mqtt import MqttConnection
+from agent.mqtt import MqttConnection, publish_json_reply, reply_topic_allowed
 
 # JSON-RPC 2.0 and EIP-1474 error codes
 PARSE_ERROR = -32700
@@ -475,13 +473,7 @@ def _wants(item: Any) -> bool:
 
 
 def topic_matches(filt: str, topic: str) -> bool:
-    f, t = filt.split("/"), topic.split("/")
-    for i, level in enumerate(f):
-        if level == "#":
-            return True
-        if i >= len(t) or (level != "+" and level != t[i]):
-            return False
-    return len(f) == len(t)
+    return bool(paho.topic_matches_sub(filt, topic))
 
 
 class MqttForwarder:
@@ -558,9 +550,7 @@ class MqttForwarder:
             reply_to, correlation = env["reply_to"], env.get("correlation")
             payload = json.dumps(env.get("request")).encode()
         assert reply_to is not None
-        if not any(topic_matches(f, reply_to) for f in self.reply_filters) or set(reply_to) & set(
-            "+#"
-        ):
+        if not reply_topic_allowed(reply_to, self.reply_filters):
             self.fwd.unanswerable(
                 "mqtt",
                 "reply_topic_denied",
@@ -580,11 +570,7 @@ class MqttForwarder:
             )
             self.conn.client.publish(reply_to, out, qos=qos)
         else:
-            p = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            if corr is not None:
-                p.CorrelationData = corr
-            p.ContentType = "application/json"
-            self.conn.client.publish(reply_to, answer, qos=qos, properties=p)
+            publish_json_reply(self.conn.client, reply_to, answer, corr, qos)
 
     async def run(self) -> None:
         await self.conn.run()
