@@ -435,6 +435,8 @@ class CoapOracle:
         import aiocoap
         import aiocoap.resource as resource
 
+        from agent.coapsite import DirectSite
+
         service = self.service
         codes = {
             400: aiocoap.BAD_REQUEST,
@@ -483,14 +485,14 @@ class CoapOracle:
                 content_format=aiocoap.numbers.ContentFormat.JSON,
             )
 
-        site = resource.Site()
-        site.add_resource(["oracle"], OracleResource())
+        site = DirectSite()
+        site.add_direct("oracle", OracleResource())
         return site
 
     async def run(self) -> None:
-        import aiocoap
+        from agent.coapsite import ServerContext
 
-        ctx = await aiocoap.Context.create_server_context(
+        ctx = await ServerContext.create_server_context(
             self.site(), bind=(self.host, self.port), loggername="agent.oracle.coap"
         )
         event(self.log, "coap_oracle_listening", bind=f"{self.host}:{self.port}")

@@ -609,6 +609,8 @@ class CoapForwarder:
         import aiocoap
         import aiocoap.resource as resource
 
+        from agent.coapsite import DirectSite, ServerContext
+
         fwd = self.fwd
 
         class RpcResource(resource.Resource):  # type: ignore[misc]
@@ -625,9 +627,9 @@ class CoapForwarder:
                     content_format=aiocoap.numbers.ContentFormat.JSON,
                 )
 
-        site = resource.Site()
-        site.add_resource(["rpc"], RpcResource())
-        self._ctx = await aiocoap.Context.create_server_context(
+        site = DirectSite()
+        site.add_direct("rpc", RpcResource())
+        self._ctx = await ServerContext.create_server_context(
             site, bind=(self.host, self.port), loggername="agent.chainclient.forward.coap"
         )
         event(self.log, "coap_rpc_listening", bind=f"{self.host}:{self.port}")

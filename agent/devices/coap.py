@@ -21,6 +21,7 @@ from aiocoap.blockwise import Block1Spool
 from aiocoap.numbers.codes import Code
 from aiocoap.util.linkformat import Link, LinkFormat
 
+from agent.coapsite import DirectSite, ServerContext
 from agent.config import CoapObserveConfig, CoapSourceConfig
 from agent.devices.codecs.cbor_frame import parse_cbor_frame
 from agent.devices.codecs.frame import DeviceFrame, parse_frame
@@ -115,12 +116,12 @@ class CoapSource:
 
     # -- server ---------------------------------------------------------------------------
     def _site(self) -> Any:
-        site = aiocoap.resource.Site()
+        site = DirectSite()
         site.add_resource(
             (".well-known", "core"),
             aiocoap.resource.WKCResource(site.get_resources_as_linkheader),
         )
-        site.add_resource(("up",), UpResource(self))
+        site.add_direct("up", UpResource(self))
         if not self.oscore_devices:
             return site
         from aiocoap.credentials import CredentialsMap
@@ -330,7 +331,7 @@ class CoapSource:
         self._accepting = True
         tasks: list[asyncio.Task[None]] = []
         try:
-            self._server = await aiocoap.Context.create_server_context(
+            self._server = await ServerContext.create_server_context(
                 self._site(),
                 bind=(self.cfg.bind, self.cfg.port),
                 loggername="agent.devices.coap.aiocoap",
