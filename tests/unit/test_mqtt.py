@@ -1,0 +1,55 @@
+"""The MQTT request/response helpers: JSON reply properties pack as paho's own Properties do
+(and paho reads them back), and the reply-topic check (with its cache) answers as paho's
+topic matching does."""
+
+from __future__ import annotations
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.mqtt import JsonReplyProperties, reply_topic_allowed
+
+
+def paho_reply_properties(correlation: bytes | None) -> Properties:
+    p = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    if correlation is not None:
+        p.CorrelationData = correlation
+    p.ContentType = "application/json"
+    return p
+
+
+@pytest.mark.parametrize(
+    "correlation", [None, b"", b"\x00\x01", bytes(range(256)) * 3, "é".encode() * 40]
+)
+def test_reply_properties_pack_like_paho(correlation: bytes | None) -> None:
+    ours = JsonReplyProperties(correlation)
+    theirs = paho_reply_properties(correlation).pack()  # type: ignore[no-untyped-call]
+    assert ours.pack() == theirs
+    back = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    back.unpack(ours.pack())  # type: ignore[no-untyped-call]
+    assert getattr(back, "ContentType", None) == "application/json"
+    assert getattr(back, "CorrelationData", None) == correlation
+    # the attributes are there for paho's logging and for readers of the message
+    assert getattr(ours, "ContentType", None) == "application/json"
+    assert getattr(ours, "CorrelationData", None) == correlation
+    assert str(ours) == str(paho_reply_properties(correlation))
+
+
+@pytest.mark.parametrize(
+    ("topic", "filters", "allowed"),
+    [
+        ("edgence/0xab/rpc/res/app", ("edgence/0xab/rpc/res/#",), True),
+        ("edgence/0xab/rpc/res", ("edgence/0xab/rpc/res/#",), True),  # '#' matches the parent
+        ("edgence/0xab/obs/dev-1", ("edgence/0xab/rpc/res/#",), False),
+        ("edgence/0xab/rpc/res/+", ("edgence/0xab/rpc/res/#",), False),  # not a concrete topic
+        ("edgence/0xab/rpc/res/#", ("edgence/0xab/rpc/res/#",), False),
+        ("app/replies/1", ("edgence/0xab/rpc/res/#", "app/+/1"), True),
+        ("app/replies/2", ("edgence/0xab/rpc/res/#", "app/+/1"), False),
+    ],
+)
+def test_reply_topic_check(topic: str, filters: tuple[str, ...], allowed: bool) -> None:
+    for _ in range(2):  # the second answer comes from the cache
+        assert reply_topic_allowed(topic, filters) is allowed
+    # the same topic under other filters is judged again, not taken from the cache
+    assert reply_topic_allowed(topic, ("elsewhere/#",)) is False
