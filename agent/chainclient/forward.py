@@ -117,34 +117,63 @@ class _Head:
 
 
 class Coalescer:
-    """Single requests that arrive while `parallel` posts to the node are already under way
-    wait and then go together, as one JSON-RPC batch: one HTTP round trip, and one pair of
-    system calls, for many. A request alone goes alone, and its answer passes through as the
-    node wrote it. (The price: within one batch, a slow call delays the others' answers.)"""
+    """Single requests that arrive while a post to the node is under way wait and then go
+    together, as one JSON-RPC batch: one HTTP round trip, and one pair of system calls, for
+    many. A request alone goes alone, and its answer passes through as the node wrote it.
 
-    def __init__(self, rpc: RpcClient, policy: ForwardPolicy, parallel: int = 2) -> None:
+    One post is under way at a time while the node answers quickly. When a post has been out
+    for `lane_after` seconds (a slow call: within one batch it delays the others' answers),
+    the requests waiting behind it go in a post of their own, up to `parallel` at once.
+    """
+
+    def __init__(
+        self, rpc: RpcClient, policy: ForwardPolicy, parallel: int = 2, lane_after: float = 0.002
+    ) -> None:
         self.rpc = rpc
         self.policy = policy
         self.parallel = parallel
+        self.lane_after = lane_after
         self.max_batch = 32
         self._queue: list[tuple[dict[str, Any], asyncio.Future[bytes]]] = []
         self._running = 0
+        self._lane_timer: asyncio.TimerHandle | None = None
+        self._last_post = 0.0  # loop time at which the newest post under way started
         self.batches = 0
+        self.lanes_opened = 0  # posts started because the one under way was slow
 
     async def call(self, item: dict[str, Any]) -> bytes:
         """The node's answer to one request (raw JSON), or ChainError."""
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bytes] = loop.create_future()
         self._queue.append((item, fut))
-        if self._running < self.parallel:
-            self._running += 1
-            asyncio.get_running_loop().create_task(self._drain())
+        if self._running == 0:
+            self._start(loop)
+        elif self._running < self.parallel and self._lane_timer is None:
+            self._lane_timer = loop.call_later(self.lane_after, self._open_lane, loop)
         return await fut
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._running += 1
+        loop.create_task(self._drain())
+
+    def _open_lane(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._lane_timer = None
+        if not self._queue or self._running >= self.parallel:
+            return
+        due = self._last_post + self.lane_after
+        if loop.time() < due:
+            # The post under way is a fresh one (the previous answered in time): wait on it.
+            self._lane_timer = loop.call_at(due, self._open_lane, loop)
+            return
+        self.lanes_opened += 1
+        self._start(loop)
 
     async def _drain(self) -> None:
         try:
             while self._queue:
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
+                self._last_post = asyncio.get_running_loop().time()
                 try:
                     await self._send([x for x in batch if not x[1].done()])
                 except ChainError as exc:

@@ -75,12 +75,14 @@ def counter(anvil: LocalAnvil, contracts_built: Path) -> Deployed:
 
 
 class CountingProxy:
-    """An HTTP JSON-RPC proxy that counts the methods it passes to the node behind it."""
+    """An HTTP JSON-RPC proxy that counts the methods it passes to the node behind it. A post
+    holding a method in `hold` waits until that event is set (a slow call, on cue)."""
 
     def __init__(self, target: str) -> None:
         self.target = target
         self.methods: collections.Counter[str] = collections.Counter()
         self.posts = 0
+        self.hold: dict[str, asyncio.Event] = {}
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -91,6 +93,8 @@ class CountingProxy:
         parsed = json.loads(body)
         for item in parsed if isinstance(parsed, list) else [parsed]:
             self.methods[str(item.get("method"))] += 1
+            if (held := self.hold.get(str(item.get("method")))) is not None:
+                await held.wait()
         assert self._session is not None
         async with self._session.post(
             self.target, data=body, headers={"Content-Type": "application/json"}

@@ -26,6 +26,7 @@ from agent.config import BrokerEndpoint
 from agent.localbroker import LocalMosquitto, free_port
 from agent.metrics import Metrics
 from tests.integration.chainclient.conftest import CountingProxy, Deployed, dev_tx
+from tests.integration.conftest import async_wait_until
 
 GATEWAY = "0x" + "ab" * 20
 REQ_TOPIC = f"edgence/{GATEWAY}/rpc/req"
@@ -371,3 +372,31 @@ async def test_concurrent_single_requests_share_one_round_trip_and_keep_their_id
             assert ("error" in got) == ("error" in want)
             if "result" in want:
                 assert got == want
+
+
+async def test_a_slow_call_does_not_hold_the_requests_behind_it(
+    counting_proxy: CountingProxy,
+) -> None:
+    """One post is under way while the node answers quickly; when it is slow, the requests
+    waiting behind it go in a post of their own."""
+    release = asyncio.Event()
+    counting_proxy.hold["eth_blockNumber"] = release
+    async with RpcClient(counting_proxy.url) as c:
+        fwd = Forwarder(c, ForwardPolicy(), Metrics())
+        slow = asyncio.create_task(
+            fwd.handle("c0", json.dumps(rpc("eth_blockNumber")).encode(), "t")
+        )
+        await async_wait_until(lambda: counting_proxy.posts == 1, 10, "the slow call at the node")
+        fast = [rpc("eth_chainId", rid=i) for i in range(3)]
+        # Answered while the slow call is still held at the node (a hang here is the failure).
+        answers = await asyncio.wait_for(
+            asyncio.gather(
+                *(fwd.handle(f"c{i}", json.dumps(r).encode(), "t") for i, r in enumerate(fast))
+            ),
+            10,
+        )
+        assert not slow.done()
+        assert [json.loads(a or b"")["result"] for a in answers] == ["0x7a69"] * 3
+        assert fwd.coalescer.lanes_opened == 1 and counting_proxy.posts == 2
+        release.set()
+        assert json.loads(await slow or b"")["result"] == "0x0"
