@@ -51,18 +51,12 @@ class DirectSite(aiocoap.resource.Site):  # type: ignore[misc]
         request = pipe.request
         path = request.opt.uri_path
         if path and request.opt.uri_path_abbrev is None:
-            route = self._direct.get(path[0])
-            if route is not None:
-                resource, subsite = route
-                rest = path[1:]
-                # The same rules as Site: /name for a resource, /name/... for a sub-site (whose
-                # root, /name/, it sees as the empty path).
-                if subsite and rest:
-                    request.opt.uri_path = () if rest == ("",) else rest
-                    await resource.render_to_pipe(pipe)
-                    return
-                if not subsite and not rest:
-                    request.opt.uri_path = ()
-                    await resource.render_to_pipe(pipe)
-                    return
+            resource, subsite = self._direct.get(path[0], (None, False))
+            rest = path[1:]
+            # The same rules as Site: /name for a resource, /name/... for a sub-site (whose
+            # root, /name/, it sees as the empty path).
+            if resource is not None and subsite == bool(rest):
+                request.opt.uri_path = () if rest == ("",) else rest
+                await resource.render_to_pipe(pipe)
+                return
         await super().render_to_pipe(pipe)

@@ -70,6 +70,9 @@ class BufferedClient(paho.Client):
         return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
 
+_REPLY_VERDICTS: dict[tuple[str, tuple[str, ...]], bool] = {}
+
+
 def reply_topic_allowed(reply_to: str, filters: tuple[str, ...]) -> bool:
     """A request/response service answers only on a concrete topic under one of its filters
     (so a client cannot make the gateway publish onto observation topics)."""
@@ -84,9 +87,6 @@ def reply_topic_allowed(reply_to: str, filters: tuple[str, ...]) -> bool:
             _REPLY_VERDICTS.clear()
         _REPLY_VERDICTS[key] = verdict
     return verdict
-
-
-_REPLY_VERDICTS: dict[tuple[str, tuple[str, ...]], bool] = {}
 
 
 class JsonReplyProperties(Properties):
@@ -380,3 +380,61 @@ class MqttConnection:
         if self._sock is not None and self._loop is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._remove_fd(self._sock.fileno())
+
+
+class MqttResponder:
+    """A request/response service on an MQTT connection of its own: subscribes to
+    `request_topic` and serves each request in a task of its own. Subclasses implement
+    `serve(payload, reply_to, correlation, qos)`; `reply_to` and `correlation` are the request's
+    MQTT 5 Response Topic and Correlation Data (None when absent)."""
+
+    def __init__(
+        self,
+        endpoint: BrokerEndpoint,
+        *,
+        request_topic: str,
+        reply_filters: tuple[str, ...],
+        client_id: str,
+        link: str,
+        logger: logging.Logger,
+    ) -> None:
+        self.request_topic = request_topic
+        self.reply_filters = reply_filters
+        self.log = logger
+        # nodelay: request/response is ping-pong of small packets; with Nagle's algorithm on,
+        # an answer can wait ~40 ms for the peer's delayed ACK.
+        self.conn = MqttConnection(
+            endpoint, client_id=client_id, clean_start=True, name=link, logger=logger, nodelay=True
+        )
+        self.ready = asyncio.Event()
+        self.conn.client.on_message = self._on_message
+        self.conn.client.on_subscribe = lambda *a: self.ready.set()
+        self.conn.on_connected = self._subscribe
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _subscribe(self, session_present: bool) -> None:
+        self.conn.client.subscribe(self.request_topic, 1)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        props = getattr(msg, "properties", None)
+        reply_to = getattr(props, "ResponseTopic", None) if props is not None else None
+        corr = getattr(props, "CorrelationData", None) if props is not None else None
+        t = asyncio.get_running_loop().create_task(
+            self.serve(bytes(msg.payload), reply_to, corr, min(msg.qos, 1))
+        )
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def serve(
+        self, payload: bytes, reply_to: str | None, corr: bytes | None, qos: int
+    ) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        await self.conn.run()
+
+    async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.conn.stop(grace=0.3)

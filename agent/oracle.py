@@ -27,7 +27,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-import paho.mqtt.client as paho
 from eth_abi.abi import encode as abi_encode
 
 from agent.attest.eip712 import keccak256
@@ -38,7 +37,7 @@ from agent.journal import Journal, JournalEntry
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
 from agent.model import NAME_RE, Observation, label_bytes32
-from agent.mqtt import MqttConnection, publish_json_reply, reply_topic_allowed
+from agent.mqtt import MqttResponder, publish_json_reply, reply_topic_allowed
 
 T = TypeVar("T")
 
@@ -341,7 +340,7 @@ class OracleService:
 # -- MQTT ----------------------------------------------------------------------------------------
 
 
-class MqttOracle:
+class MqttOracle(MqttResponder):
     """Serves `<prefix>/<gateway>/oracle/req` over MQTT 5 (a connection of its own)."""
 
     name = "oracle-mqtt"
@@ -356,36 +355,20 @@ class MqttOracle:
         client_id: str,
         logger: logging.Logger | None = None,
     ) -> None:
-        self.service = service
-        self.request_topic = request_topic
-        self.reply_filters = reply_filters
-        self.log = logger or logging.getLogger("agent.oracle.mqtt")
-        self.conn = MqttConnection(
+        super().__init__(
             endpoint,
+            request_topic=request_topic,
+            reply_filters=reply_filters,
             client_id=client_id,
-            clean_start=True,
-            name="oracle",
-            logger=self.log,
-            nodelay=True,
+            link="oracle",
+            logger=logger or logging.getLogger("agent.oracle.mqtt"),
         )
-        self.ready = asyncio.Event()
-        self.conn.client.on_message = self._on_message
-        self.conn.client.on_subscribe = lambda *a: self.ready.set()
-        self.conn.on_connected = lambda session_present: self._subscribe()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.service = service
 
-    def _subscribe(self) -> None:
-        self.conn.client.subscribe(self.request_topic, 1)
-
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        props = getattr(msg, "properties", None)
-        reply_to = getattr(props, "ResponseTopic", None) if props is not None else None
-        corr = getattr(props, "CorrelationData", None) if props is not None else None
-        t = asyncio.get_running_loop().create_task(self._serve(bytes(msg.payload), reply_to, corr))
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
-
-    async def _serve(self, payload: bytes, reply_to: str | None, corr: bytes | None) -> None:
+    async def serve(
+        self, payload: bytes, reply_to: str | None, corr: bytes | None, qos: int = 1
+    ) -> None:
+        # Answers go at QoS 1 whatever the request's QoS (`qos` is not used).
         if reply_to is None:
             self.service.refused(
                 QueryError("malformed", "no MQTT 5 Response Topic: nowhere to answer"), "mqtt"
@@ -402,15 +385,6 @@ class MqttOracle:
             return
         answer = await self.service.handle_json(payload, "mqtt")
         publish_json_reply(self.conn.client, reply_to, answer, corr)
-
-    async def run(self) -> None:
-        await self.conn.run()
-
-    async def stop(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.conn.stop(grace=0.3)
 
 
 # -- CoAP ----------------------------------------------------------------------------------------

@@ -18,10 +18,8 @@ Transports (each a thin shell around `Forwarder.handle`):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -35,7 +33,7 @@ from agent.config import BrokerEndpoint
 from agent.errors import ChainError, NodeUnreachable, RpcTimeout
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
-from agent.mqtt import MqttConnection, publish_json_reply, reply_topic_allowed
+from agent.mqtt import MqttResponder, publish_json_reply, reply_topic_allowed
 
 # JSON-RPC 2.0 and EIP-1474 error codes
 PARSE_ERROR = -32700
@@ -505,7 +503,7 @@ def topic_matches(filt: str, topic: str) -> bool:
     return bool(paho.topic_matches_sub(filt, topic))
 
 
-class MqttForwarder:
+class MqttForwarder(MqttResponder):
     """Serves `<prefix>/<gateway>/rpc/req` on a broker (an MQTT 5 connection of its own)."""
 
     name = "forward-mqtt"
@@ -520,40 +518,17 @@ class MqttForwarder:
         client_id: str,
         logger: logging.Logger | None = None,
     ) -> None:
+        super().__init__(
+            endpoint,
+            request_topic=request_topic,
+            reply_filters=reply_filters,
+            client_id=client_id,
+            link="rpc",
+            logger=logger or logging.getLogger("agent.chainclient.forward.mqtt"),
+        )
         self.fwd = forwarder
-        self.request_topic = request_topic
-        self.reply_filters = reply_filters
-        self.log = logger or logging.getLogger("agent.chainclient.forward.mqtt")
-        self.conn = MqttConnection(
-            endpoint, client_id=client_id, clean_start=True, name="rpc", logger=self.log
-        )
-        self.ready = asyncio.Event()
-        self.conn.client.on_message = self._on_message
-        self.conn.client.on_subscribe = lambda *a: self.ready.set()
-        self.conn.on_connected = self._subscribe
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    def _subscribe(self, session_present: bool) -> None:
-        # Request/response is ping-pong of small packets: without TCP_NODELAY, Nagle's
-        # algorithm meets the peer's delayed ACK and each answer can wait ~40 ms.
-        sock = self.conn.client.socket()
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.conn.client.subscribe(self.request_topic, 1)
-
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        props = getattr(msg, "properties", None)
-        reply_to = getattr(props, "ResponseTopic", None) if props is not None else None
-        corr = getattr(props, "CorrelationData", None) if props is not None else None
-        payload = bytes(msg.payload)
-        t = asyncio.get_running_loop().create_task(
-            self._serve(payload, reply_to, corr, min(msg.qos, 1))
-        )
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
-
-    async def _serve(
+    async def serve(
         self, payload: bytes, reply_to: str | None, corr: bytes | None, qos: int = 1
     ) -> None:
         """Answer one request; the answer is published with the request's QoS (0 or 1)."""
@@ -600,15 +575,6 @@ class MqttForwarder:
             self.conn.client.publish(reply_to, out, qos=qos)
         else:
             publish_json_reply(self.conn.client, reply_to, answer, corr, qos)
-
-    async def run(self) -> None:
-        await self.conn.run()
-
-    async def stop(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.conn.stop(grace=0.3)
 
 
 # -- CoAP --------------------------------------------------------------------------------------
