@@ -34,6 +34,7 @@ from aiocoap.numbers.codes import Code
 
 from agent.attest.keys import GatewayKey, write_key_file
 from agent.devices.codecs.frame import encode_frame
+from bench.agentproc import cpu_seconds, spawn_agent, wait_ready
 from bench.results import write_section
 
 
@@ -124,12 +125,6 @@ class Run:
     cpu_us: float = 0.0  # server process CPU time (all threads) per request
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def load(name: str, pid: int, port: int, n: int, clients: int, concurrency: int) -> Run:
     per_loop = n // (clients * concurrency)
     ctx = mp.get_context("fork")
@@ -182,17 +177,8 @@ def start_agent(d: Path, port: int, devices: int) -> subprocess.Popen[bytes]:
         + os.environ.get("BENCH_AGENT_EXTRA_TOML", "").replace("\\n", "\n")
     )
     log = d / "agent.log"
-    t0 = time.monotonic()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(d / "agent.toml")],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    while "event=ready" not in log.read_text():
-        if proc.poll() is not None or time.monotonic() - t0 > 20:
-            raise RuntimeError("agent did not start: " + log.read_text()[-2000:])
-        time.sleep(0.01)
+    proc = spawn_agent(d / "agent.toml", log)
+    wait_ready(proc, log, 20)
     return proc
 
 

@@ -18,8 +18,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +38,7 @@ from agent.chainclient.tx import Eip1559Tx, contract_address, encode_call
 from agent.config import BrokerEndpoint
 from agent.localbroker import LocalMosquitto, free_port
 from agent.mqtt import MqttConnection
+from bench.agentproc import cpu_seconds, spawn_agent, wait_ready
 from bench.results import write_section
 
 Ask = Callable[[bytes], Awaitable[bytes]]
@@ -70,14 +69,7 @@ def start_agent(d: Path, node: LocalAnvil, broker: LocalMosquitto, coap_port: in
         "[forward]\nenabled = true\nrate = 100000\nburst = 100000\nmax_inflight = 1000\n"
         f'[forward.coap]\nenabled = true\nbind = "127.0.0.1:{coap_port}"\n'
     )
-    log = d / "agent.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(d / "agent.toml")],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return proc, key.address
+    return spawn_agent(d / "agent.toml", d / "agent.log"), key.address
 
 
 class Prepacked(Properties):
@@ -213,12 +205,6 @@ async def throughput(ask: Ask, body: bytes, n: int, window: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(q * len(s)))]
@@ -245,12 +231,7 @@ async def run(n: int, window: int, repeat: int) -> str:
             }
         ).encode()
         direct_client = RpcClient(node.url, pool_size=window)
-        log = work / "agent" / "agent.log"
-        t0 = time.monotonic()
-        while "event=ready" not in log.read_text():
-            if proc.poll() is not None or time.monotonic() - t0 > 30:
-                raise RuntimeError("agent did not start: " + log.read_text()[-2000:])
-            await asyncio.sleep(0.01)
+        await asyncio.to_thread(wait_ready, proc, work / "agent" / "agent.log")
         mqtt = MqttDapp(broker.port, gateway)
         await mqtt.ready()
         # One CoAP client (its own UDP endpoint) per outstanding request: a CoAP client keeps

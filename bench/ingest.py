@@ -44,6 +44,7 @@ from agent.devices.codecs.frame import encode_frame
 from agent.devices.registry import DeviceRegistry
 from agent.localbroker import LocalMosquitto, free_port
 from agent.model import Transport
+from bench.agentproc import cpu_seconds, spawn_agent, wait_ready
 from bench.results import write_section
 
 DEVICES = 8
@@ -401,23 +402,9 @@ def start_agent(
     )
     log = d / "agent.log"
     t0 = time.monotonic()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(d / "agent.toml")],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    while "event=ready" not in log.read_text():
-        if proc.poll() is not None or time.monotonic() - t0 > 20:
-            raise RuntimeError("agent did not start: " + log.read_text()[-2000:])
-        time.sleep(0.005)
+    proc = spawn_agent(d / "agent.toml", log)
+    wait_ready(proc, log, 20)
     return proc, time.monotonic() - t0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mb(pid: int) -> float:

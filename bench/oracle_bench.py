@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,6 +44,7 @@ from agent.devices.codecs.frame import encode_frame
 from agent.localbroker import LocalMosquitto, free_port
 from agent.model import AuthMethod, Eip712Domain, Reading, Transport
 from agent.oracle import observation_tuple, submit_batch_calldata, submit_calldata
+from bench.agentproc import spawn_agent, wait_ready
 from bench.results import write_section
 
 COLLATERAL = 10**18
@@ -223,23 +223,14 @@ def latency_rows(workdir: Path, n: int) -> list[tuple[str, float, float, float]]
             f'[oracle.coap]\nenabled = true\nbind = "127.0.0.1:{coap_port}"\n'
         )
         log = d / "agent.log"
-        with open(log, "wb") as f:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "agent.cli", "run", "--config", str(d / "agent.toml")],
-                stdout=f,
-                stderr=subprocess.STDOUT,
-            )
+        proc = spawn_agent(d / "agent.toml", log)
         try:
             pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-device")
             pub.connect("127.0.0.1", broker.port, 30)
             pub.loop_start()
             asker = MqttAsker(broker.port, key.address)
             query = b'{"device":"dev-1","sensor":"temp"}'
-            t0 = time.monotonic()
-            while "event=ready" not in log.read_text():
-                if proc.poll() is not None or time.monotonic() - t0 > 30:
-                    raise RuntimeError("agent did not start: " + log.read_text()[-2000:])
-                time.sleep(0.02)
+            wait_ready(proc, log)
             for i in range(1, 201):  # a history of 200 observations
                 frame = encode_frame(i, [("temp", 2100 + i, -2, "Cel")], timestamp=int(time.time()))
                 pub.publish("devices/dev-1/up", frame, qos=1).wait_for_publish(10)
