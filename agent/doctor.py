@@ -134,7 +134,7 @@ def _secret_files(cfg: AgentConfig) -> Iterator[tuple[str, Path]]:
     enr = cfg.enrollment
     if enr is not None and enr.enabled and (enr.registry_dir / "keys.json").exists():
         yield "enrollment.registry_dir", enr.registry_dir / "keys.json"
-    for name, ep in (("sources.mqtt", cfg.mqtt.broker), ("bridge", cfg.bridge.broker)):
+    for name, ep in (("sources.mqtt", cfg.sources.mqtt.broker), ("bridge", cfg.bridge.broker)):
         if ep.password_file is not None:
             yield f"{name}.password_file", ep.password_file
         if ep.key_file is not None:
@@ -562,7 +562,13 @@ def run_checks(opts: DoctorOptions) -> list[Check]:
             check_secrets(cfg),
             check_data_dir(cfg),
             check_journal_disk(cfg),
-            check_broker("local", "sources.mqtt", cfg.mqtt.broker, cfg.mqtt.enabled, opts.timeout),
+            check_broker(
+                "local",
+                "sources.mqtt",
+                cfg.sources.mqtt.broker,
+                cfg.sources.mqtt.enabled,
+                opts.timeout,
+            ),
             check_broker("upstream", "bridge", cfg.bridge.broker, cfg.bridge.enabled, opts.timeout),
         ]
     out += [

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.attest.observation import ObservationSigner
+from agent.config.pipeline import PipelineConfig
 from agent.devices.codecs.frame import DeviceFrame
 from agent.errors import JournalError, JournalFull, RejectedReading
 from agent.journal import Journal
@@ -92,8 +93,8 @@ class Pipeline:
         executor: ThreadPoolExecutor,
         gate: DeviceGate,
         metrics: Metrics,
-        queue_size: int = 20_000,
-        batch_max: int = 256,
+        queue_size: int = PipelineConfig.queue_size,
+        batch_max: int = PipelineConfig.batch_max,
         linger: float = 0.0,
         logger: logging.Logger | None = None,
     ) -> None:

@@ -135,15 +135,15 @@ class Agent:
         )
         self.gate = EnrollmentGate(
             self.registry,
-            allowlist=cfg.mqtt.allowed_devices,
+            allowlist=cfg.sources.mqtt.allowed_devices,
             rate=enr.rate if enr is not None else 10.0,
             burst=enr.burst if enr is not None else 20.0,
             metrics=self.metrics,
         )
         gate: DeviceGate = self.gate
-        if cfg.ble.enabled:
+        if cfg.sources.ble.enabled:
             if ble_devices is None:
-                configured = ConfiguredBleDevices(cfg.ble.devices)
+                configured = ConfiguredBleDevices(cfg.sources.ble.devices)
                 ble_devices = (
                     EnrolledBleDevices(configured, self.gate)
                     if self.registry is not None
@@ -171,38 +171,43 @@ class Agent:
             )
             self.pipeline.add_sink(self.bridge.offer)
         self.mqtt: MqttSource | None = None
-        if cfg.mqtt.enabled:
+        if cfg.sources.mqtt.enabled:
             self.mqtt = MqttSource(
-                cfg.mqtt,
+                cfg.sources.mqtt,
                 pipeline=self.pipeline,
                 metrics=self.metrics,
                 client_id=f"edgence-{self.key.address[2:14]}-devices",
             )
         self.ble: BleSource | None = None
-        if cfg.ble.enabled:
+        if cfg.sources.ble.enabled:
             assert ble_devices is not None
             self.ble = BleSource(
-                cfg.ble,
+                cfg.sources.ble,
                 pipeline=self.pipeline,
                 metrics=self.metrics,
                 directory=ble_devices,
                 backend=ble_backend,
             )
         self.coap: CoapSource | None = None
-        if cfg.coap.enabled:
+        if cfg.sources.coap.enabled:
             self.coap = CoapSource(
-                cfg.coap, pipeline=self.pipeline, metrics=self.metrics, config_file=str(cfg.path)
+                cfg.sources.coap,
+                pipeline=self.pipeline,
+                metrics=self.metrics,
+                config_file=str(cfg.path),
             )
         self.serial: SerialSource | None = None
-        if cfg.serial.ports:
-            self.serial = SerialSource(cfg.serial, pipeline=self.pipeline, metrics=self.metrics)
+        if cfg.sources.serial.ports:
+            self.serial = SerialSource(
+                cfg.sources.serial, pipeline=self.pipeline, metrics=self.metrics
+            )
         self._serial_task: asyncio.Task[None] | None = None
         # Before enrollment, or for development: the CoAP and serial allowlists (with observed,
         # OSCORE and port devices) join MQTT's in the gate's shared list of unenrolled devices.
         self.gate.allowlist = (
             self.gate.allowlist
             | (self.coap.allowed_devices if self.coap else frozenset())
-            | cfg.serial.allowed_devices
+            | cfg.sources.serial.allowed_devices
         )
         self._setup_chain()
         self._setup_oracle()
@@ -227,7 +232,7 @@ class Agent:
         o = cfg.oracle
         if o.enabled:
             gate = self.gate
-            ble_ids = frozenset(d.device_id for d in cfg.ble.devices)
+            ble_ids = frozenset(d.device_id for d in cfg.sources.ble.devices)
 
             def known_device(device: str) -> bool:
                 """Enrolled (the gate's registry view), allowlisted, or a configured BLE one."""

@@ -107,7 +107,7 @@ def build_health(agent: Agent, stats: JournalStats, per_second: float) -> dict[s
     if agent.mqtt is not None:
         sources["mqtt"] = {
             "connected": agent.mqtt.conn.connected.is_set(),
-            "url": agent.cfg.mqtt.broker.url,
+            "url": agent.cfg.sources.mqtt.broker.url,
             "devices": devices.get("mqtt", 0),
             "frames": agent.mqtt.received,
         }

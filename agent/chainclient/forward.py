@@ -27,9 +27,9 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from agent.chainclient.methods import DEFAULT_METHODS, forbidden
 from agent.chainclient.rpc import ResponseTooLarge, RpcClient
 from agent.config import BrokerEndpoint
+from agent.config.forward import DEFAULT_METHODS, forbidden
 from agent.errors import ChainError, NodeUnreachable, RpcTimeout
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
