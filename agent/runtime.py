@@ -128,24 +128,25 @@ class Agent(Parts):
         await self._open()
         components = self.components
         stopping = asyncio.Event()
-        tasks = [
-            asyncio.create_task(
-                supervise(c, stopping, self.metrics, Backoff(0.5, 30.0)), name=c.name
-            )
-            for c in components
-        ]
-        tasks.append(asyncio.create_task(self._announce_ready(components)))
-        # READY=1 once the journal is open and every component is supervised, not when the
-        # local broker answers: a broker that is down is retried by the agent itself, and
-        # systemd would otherwise kill and restart a healthy agent at TimeoutStartSec.
-        notify("READY=1", "STATUS=started: waiting for the sources to subscribe")
-        self.watchdog.start()
-        try:
-            await stop.wait()
-        finally:
-            stopping.set()
-            notify("STOPPING=1", "STATUS=stopping: draining into the journal")
-            await self._shutdown(components, tasks)
+        async with asyncio.TaskGroup() as tg:
+            tasks = [
+                tg.create_task(
+                    supervise(c, stopping, self.metrics, Backoff(0.5, 30.0)), name=c.name
+                )
+                for c in components
+            ]
+            tasks.append(tg.create_task(self._announce_ready(components)))
+            # READY=1 once the journal is open and every component is supervised, not when the
+            # local broker answers: a broker that is down is retried by the agent itself, and
+            # systemd would otherwise kill and restart a healthy agent at TimeoutStartSec.
+            notify("READY=1", "STATUS=started: waiting for the sources to subscribe")
+            self.watchdog.start()
+            try:
+                await stop.wait()
+            finally:
+                stopping.set()
+                notify("STOPPING=1", "STATUS=stopping: draining into the journal")
+                await self._shutdown(components, tasks)
 
     async def _shutdown(self, components: list[Component], tasks: list[asyncio.Task[None]]) -> None:
         t0 = time.monotonic()
