@@ -22,6 +22,7 @@ from agent.attest.keys import GatewayKey
 from agent.backoff import Backoff
 from agent.component import Component, Source
 from agent.config import AgentConfig
+from agent.datalock import DataDirLock
 from agent.errors import AgentError
 from agent.logs import event
 from agent.metrics import Metrics
@@ -81,6 +82,7 @@ class Agent(Parts):
         )
         super().__init__(**vars(parts))
         self.watchdog = Watchdog(watchdog_interval())
+        self.lock = DataDirLock(cfg.gateway.data_dir)
 
     async def _announce_ready(self, components: list[Component]) -> None:
         for c in components:
@@ -101,15 +103,17 @@ class Agent(Parts):
     async def _open(self) -> None:
         data_dir = self.cfg.gateway.data_dir
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        Path(self.cfg.journal.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.lock.acquire()  # before anything in the data directory is opened
         loop = asyncio.get_running_loop()
         try:
+            Path(self.cfg.journal.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             await loop.run_in_executor(self.executor, self.journal.open)
-        except Exception:
+            await self.pipeline.load_state()
+            await loop.run_in_executor(None, self.gate.load)
+        except BaseException:
             self.executor.shutdown(wait=False)
+            self.lock.release()
             raise
-        await self.pipeline.load_state()
-        await loop.run_in_executor(None, self.gate.load)
         j = self.cfg.journal
         event(
             log,
@@ -165,6 +169,7 @@ class Agent(Parts):
             await self.rpc.close()
         await asyncio.get_running_loop().run_in_executor(self.executor, self.journal.close)
         self.executor.shutdown(wait=True)
+        self.lock.release()
         self.watchdog.stop()
         event(
             log,
