@@ -14,9 +14,8 @@ import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from agent.attest.keys import GatewayKey, load_key_file
 from agent.attest.observation import ObservationSigner
@@ -56,7 +55,6 @@ if TYPE_CHECKING:
     from agent.telemetry import Telemetry
 
 log = logging.getLogger("agent.runtime")
-T = TypeVar("T")
 
 
 def load_gateway_key(cfg: AgentConfig) -> GatewayKey:
@@ -118,7 +116,6 @@ class Agent:
         self.cfg = cfg
         self.key = key if key is not None else load_gateway_key(cfg)
         self.metrics = Metrics()
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="journal")
         self.journal = Journal(
             cfg.journal.path,
             sinks=["bridge"],
@@ -153,7 +150,6 @@ class Agent:
         self.pipeline = Pipeline(
             signer=self.signer,
             journal=self.journal,
-            executor=self.executor,
             gate=gate,
             metrics=self.metrics,
             queue_size=cfg.pipeline.queue_size,
@@ -165,7 +161,6 @@ class Agent:
             self.bridge = Bridge(
                 cfg.bridge,
                 journal=self.journal,
-                executor=self.executor,
                 gateway=self.key.address,
                 metrics=self.metrics,
             )
@@ -235,7 +230,6 @@ class Agent:
 
             self.oracle = OracleService(
                 self.journal,
-                self.executor,
                 contract=cfg.gateway.verifying_contract,
                 known_device=known_device,
                 metrics=self.metrics,
@@ -267,7 +261,6 @@ class Agent:
         if o.submit_enabled:
             self.submitter = OracleSubmitter(
                 self.journal,
-                self.executor,
                 self.tx_sender,
                 contract=cfg.gateway.verifying_contract,
                 sensors=o.submit_sensors,
@@ -403,16 +396,9 @@ class Agent:
 
     async def _close_chain(self) -> None:
         if self.tx_sender is not None:
-            self.tx_sender.close()
+            await self.tx_sender.close()
         if self.rpc is not None:
             await self.rpc.close()
-
-    async def _in_journal_thread(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
-
-    async def in_journal_thread(self, fn: Callable[[], T]) -> T:
-        """Run `fn` in the journal's thread (the only thread that touches sqlite)."""
-        return await self._in_journal_thread(fn)
 
     async def _maintain_journal(self, every: float = 10.0, stats_every: int = 6) -> None:
         """Enforce the journal's bounds every `every` seconds and log one stats line every
@@ -422,9 +408,9 @@ class Agent:
             await asyncio.sleep(every)
             rounds += 1
             try:
-                await self._in_journal_thread(self.journal.enforce_bounds)
+                await self.journal.enforce_bounds()
                 if rounds % stats_every == 0:
-                    st = await self._in_journal_thread(self.journal.stats)
+                    st = await self.journal.stats()
                     self._log_stats(st)
             except JournalError as exc:  # e.g. a full disk: retried next round
                 event(log, "journal_maintenance_failed", logging.ERROR, error=str(exc))
@@ -480,11 +466,7 @@ class Agent:
         data_dir = self.cfg.gateway.data_dir
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         Path(self.cfg.journal.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            await self._in_journal_thread(self.journal.open)
-        except Exception:
-            self.executor.shutdown(wait=False)
-            raise
+        await self.journal.open()  # its thread starts here; closed last in _shutdown
         await self.pipeline.load_state()
         await asyncio.get_running_loop().run_in_executor(None, self.gate.load)
         event(
@@ -560,8 +542,7 @@ class Agent:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._close_chain()
-        await self._in_journal_thread(self.journal.close)
-        self.executor.shutdown(wait=True)
+        await self.journal.close()
         if self.serial is not None:
             self.serial.close()
         self.watchdog.stop()

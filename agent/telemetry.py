@@ -250,7 +250,7 @@ class Telemetry:
         self.health_published = 0
 
     async def _stats(self) -> JournalStats:
-        return await self.agent.in_journal_thread(self.agent.journal.stats)
+        return await self.agent.journal.stats()
 
     async def health(self) -> dict[str, Any]:
         return build_health(self.agent, await self._stats(), self.sampler.per_second())
