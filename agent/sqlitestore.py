@@ -66,8 +66,10 @@ class SqliteStore:
             return
         try:
             await asyncio.get_running_loop().run_in_executor(worker, self._disconnect)
-        finally:
-            worker.shutdown(wait=False)  # the close was queued last: the thread ends after it
+        except BaseException:
+            worker.shutdown(wait=False)  # the thread finishes the close by itself
+            raise
+        worker.shutdown(wait=True)  # idle by now: calls run in order and the close was last
 
     async def __aenter__(self) -> Self:
         await self.open()

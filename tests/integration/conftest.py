@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,14 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-async def async_wait_until(pred: Callable[[], bool], limit: float, what: str) -> None:
+async def async_wait_until(
+    pred: Callable[[], bool | Awaitable[bool]], limit: float, what: str
+) -> None:
+    """Poll `pred` (a plain or an async predicate) until it is true, or fail after `limit` s."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        if pred():
+        got = pred()
+        if got if isinstance(got, bool) else await got:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"timed out after {limit}s waiting for {what}")
