@@ -144,14 +144,15 @@ class _JournalCore:
         path: Path,
         *,
         sinks: Sequence[str],
-        synchronous: Literal["normal", "full"] = "normal",
-        max_bytes: int = 256 * 2**20,
-        max_age_s: float = 7 * 86400,
-        overflow: Literal["drop-oldest", "reject-new"] = "drop-oldest",
-        sequence_block: int = 1000,
-        clock: Callable[[], float] = time.time,
-        logger: logging.Logger | None = None,
+        synchronous: Literal["normal", "full"],
+        max_bytes: int,
+        max_age_s: float,
+        overflow: Literal["drop-oldest", "reject-new"],
+        sequence_block: int,
+        clock: Callable[[], float],
+        logger: logging.Logger | None,
     ) -> None:
+        # No defaults here: Journal's signature is the one place they are written.
         if synchronous not in ("normal", "full"):
             raise ValueError(f"synchronous {synchronous!r} must be 'normal' or 'full'")
         if overflow not in ("drop-oldest", "reject-new"):

@@ -16,9 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-# The journal's synchronous core, driven here from one thread as Journal's worker drives it: this
-# bench measures the SQL cost of reserve+append, not the event loop's thread hop.
-from agent.journal import _JournalCore
+from agent.journal import Journal
 from agent.model import AuthMethod, Observation, Reading, Transport
 
 Sync = Literal["normal", "full"]
@@ -75,12 +73,14 @@ def run_timed(step: Callable[[], float], seconds: float) -> tuple[int, float]:
 def bench_journal(directory: Path, sync: Sync, size: int, seconds: float) -> float:
     """Observations per second through reserve_sequences + append."""
     template = template_batch(size)
-    journal = _JournalCore(
+    # The journal's synchronous core, driven from this one thread as Journal's worker drives
+    # it: the bench measures the SQL cost of reserve+append, not the event loop's thread hop.
+    journal = Journal(
         directory / f"journal-{sync}-{size}.sqlite",
         sinks=["bridge"],
         synchronous=sync,
         max_bytes=2**40,  # measure appends, not pruning
-    )
+    )._core
     journal.open()
     try:
 
