@@ -18,7 +18,6 @@ import asyncio
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -79,7 +78,6 @@ class Parts:
     cfg: AgentConfig
     key: GatewayKey
     metrics: Metrics
-    executor: ThreadPoolExecutor
     journal: Journal
     signer: ObservationSigner
     registry: DeviceRegistry | None
@@ -143,7 +141,6 @@ def build(
 ) -> Parts:
     """Build every part the configuration asks for, once."""
     metrics = Metrics()
-    executor = ThreadPoolExecutor(1, thread_name_prefix="journal")
     journal = Journal(
         cfg.journal.path,
         sinks=["bridge"],
@@ -174,7 +171,6 @@ def build(
     pipeline = Pipeline(
         signer=signer,
         journal=journal,
-        executor=executor,
         gate=device_gate,
         metrics=metrics,
         queue_size=cfg.pipeline.queue_size,
@@ -185,18 +181,15 @@ def build(
         cfg=cfg,
         key=key,
         metrics=metrics,
-        executor=executor,
         journal=journal,
         signer=signer,
         registry=registry,
         gate=gate,
         pipeline=pipeline,
-        upkeep=JournalUpkeep(journal, executor, metrics, bridge_up=lambda: False),
+        upkeep=JournalUpkeep(journal, metrics, bridge_up=lambda: False),
     )
     if cfg.bridge.enabled:
-        p.bridge = Bridge(
-            cfg.bridge, journal=journal, executor=executor, gateway=key.address, metrics=metrics
-        )
+        p.bridge = Bridge(cfg.bridge, journal=journal, gateway=key.address, metrics=metrics)
         pipeline.add_sink(p.bridge.offer)
         bridge = p.bridge
         p.upkeep.bridge_up = bridge.conn.connected.is_set
@@ -360,7 +353,6 @@ def _oracle(p: Parts) -> None:
 
         p.oracle = OracleService(
             p.journal,
-            p.executor,
             contract=cfg.gateway.verifying_contract,
             known_device=known_device,
             metrics=p.metrics,
@@ -394,7 +386,6 @@ def _oracle(p: Parts) -> None:
     if o.submit_enabled:
         p.submitter = OracleSubmitter(
             p.journal,
-            p.executor,
             p.tx_sender,
             contract=cfg.gateway.verifying_contract,
             sensors=o.submit_sensors,
