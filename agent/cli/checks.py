@@ -14,11 +14,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from agent.config import AgentConfig, load_config
 from agent.errors import AgentError, ConfigError
 from agent.secrets import check_secret_mode
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
 
 Status = Literal["ok", "warn", "fail", "skip"]
 
@@ -58,6 +60,8 @@ def _owner(path: Path) -> str:
 
 
 def check_config(path: Path) -> tuple[Check, AgentConfig | None]:
+    from agent.config import load_config
+
     try:
         cfg = load_config(path)
     except ConfigError as exc:

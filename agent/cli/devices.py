@@ -15,12 +15,10 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.cli.options import load
 from agent.cli.qr import print_qr
-from agent.config import AgentConfig
-from agent.devices.brokerauth import MosquittoAuth
 from agent.devices.registry import (
     MAX_JOIN_WINDOW_S,
     DeviceRecord,
@@ -31,8 +29,11 @@ from agent.devices.registry import (
     atomic_write,
 )
 from agent.errors import AgentError
-from agent.journal import read_device_counter
 from agent.model import Transport
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
+    from agent.devices.brokerauth import MosquittoAuth
 
 BUNDLE_VERSION = 1
 
@@ -47,6 +48,8 @@ def _broker_auth(cfg: AgentConfig) -> MosquittoAuth | None:
     ba = cfg.enrollment.broker_auth if cfg.enrollment else None
     if ba is None or ba.password_file is None:
         return None
+    from agent.devices.brokerauth import MosquittoAuth
+
     return MosquittoAuth(ba)
 
 
@@ -160,6 +163,8 @@ def issue_bundle(
     if auth is not None and rec.transport is Transport.MQTT:
         password = auth.set_password(rec.id)
         _sync_broker(cfg, registry)
+    from agent.journal import read_device_counter
+
     last = read_device_counter(cfg.journal.path, rec.id)
     bundle = build_bundle(
         cfg,
@@ -295,6 +300,8 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
         raise RegistryError(f"no device {args.device_id!r}")
     doc = rec.to_doc()
     doc["key_ref"] = rec.key_ref
+    from agent.journal import read_device_counter
+
     doc["last_counter"] = read_device_counter(cfg.journal.path, rec.id)
     if args.json:
         print(json.dumps(doc, indent=1))

@@ -9,11 +9,13 @@ import ssl
 import threading
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.cli.checks import Check
-from agent.config import AgentConfig, BrokerEndpoint
 from agent.errors import AgentError
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig, BrokerEndpoint
 
 
 def probe_mqtt(ep: BrokerEndpoint, timeout: float) -> tuple[bool, str]:
