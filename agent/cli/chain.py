@@ -38,7 +38,7 @@ async def _masternode(args: argparse.Namespace) -> int:
     from agent.chainclient.rpc import RpcClient
     from agent.chainclient.sender import TxSender
     from agent.masternode import RegistryClient
-    from agent.runtime import load_gateway_key
+    from agent.wiring import load_gateway_key
 
     cfg = load(args)
     registry = cfg.masternode.registry
