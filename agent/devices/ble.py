@@ -42,7 +42,6 @@ from agent.pipeline import Arrival, Pipeline
 from agent.secrets import check_secret_mode
 
 INSTALL_HINT = (
-    "BLE needs BlueZ reachable over the system D-Bus: "
     "sudo apt-get install bluez dbus && sudo systemctl enable --now bluetooth "
     "(in a container, mount /run/dbus/system_bus_socket); or set [sources.ble] enabled = false"
 )
@@ -369,7 +368,11 @@ class BleSource:
                 await scanner.start()
             except Exception as exc:
                 if _unavailable(exc):
-                    raise BleUnavailable(f"{type(exc).__name__}: {exc}; {INSTALL_HINT}") from exc
+                    raise BleUnavailable(
+                        f"BLE needs BlueZ reachable over the system D-Bus: "
+                        f"{type(exc).__name__}: {exc}",
+                        fix=INSTALL_HINT,
+                    ) from exc
                 if mode == "passive" and len(modes) > 1:
                     event(self.log, "ble_passive_unsupported", error=str(exc)[:200])
                     continue

@@ -85,6 +85,7 @@ class EnrollmentGate:
         self._keys: dict[str, bytes] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._marker: tuple[int, ...] | None = None
+        self._logged: frozenset[tuple[str, str, str]] = frozenset()
         self._activated: set[str] = set()
         self._seen: dict[str, int] = {}
         self._wake = asyncio.Event()
@@ -184,6 +185,7 @@ class EnrollmentGate:
         snap = self.registry.snapshot()
         self.apply(snap)
         self._marker = marker
+        self._logged = _enrollment(self._records)
 
     async def flush_activations(self) -> None:
         """Write pending -> active for devices whose first frame verified (also at shutdown)."""
@@ -193,6 +195,7 @@ class EnrollmentGate:
         loop = asyncio.get_running_loop()
         done = await loop.run_in_executor(None, self.registry.activate, ids)
         self._activated.difference_update(ids)
+        self._logged = _enrollment(self._records)  # device_activated says it; not a reload
         for d in done:
             self.metrics.inc("devices_activated")
             event(self.log, "device_activated", device=d)
@@ -220,7 +223,12 @@ class EnrollmentGate:
                     snap = await loop.run_in_executor(None, registry.snapshot)
                     self.apply(snap)
                     self._marker = marker
-                    event(self.log, "registry_loaded", devices=len(snap.records))
+                    # The file also changes for last-seen times and activations the gate wrote
+                    # itself: say so only when enrollment changed (devices, status, keys).
+                    now = _enrollment(self._records)
+                    if now != self._logged:
+                        self._logged = now
+                        event(self.log, "registry_loaded", devices=len(snap.records))
                 self._error = None
             except (RegistryError, AgentError, OSError) as exc:
                 self._error = str(exc)[:200]
@@ -242,3 +250,8 @@ class EnrollmentGate:
             "error": self._error,
         }
         return Health("degraded" if self._error else "up", detail)
+
+
+def _enrollment(records: dict[str, DeviceRecord]) -> frozenset[tuple[str, str, str]]:
+    """What an operator changes in the registry: each device's id, status and key."""
+    return frozenset((r.id, str(r.status), r.key_ref) for r in records.values())

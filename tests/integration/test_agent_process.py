@@ -56,7 +56,7 @@ def test_init_with_an_encrypted_key_then_run_signs_with_that_key(
     assert json.loads((d / "gateway.key").read_text())["crypto"]["kdf"] == "scrypt"
     cfg = d / "agent.toml"
     cfg.write_text(
-        cfg.read_text().replace('allowed_devices = ["sim-1"]', 'allowed_devices = ["dev-1"]')
+        cfg.read_text().replace("allowed_devices = []", 'allowed_devices = ["dev-1"]', 1)
     )
     proc: AgentProcess = agent_process(cfg)
     proc.start()  # the config init wrote names the passphrase file

@@ -106,6 +106,7 @@ def test_config_is_the_example_with_the_data_dir_and_upstream_and_loads(
     assert cfg.gateway.data_dir == Path("/var/lib/edgence-agent")
     assert cfg.gateway.key_file == dest / "etc/edgence-agent/gateway.key"
     assert cfg.bridge.broker.url == "mqtts://broker.example.net:8883"
+    assert cfg.sources.mqtt.allowed_devices == ()  # no device accepted without authentication
     assert not (dest / "etc/edgence-agent/data").exists()
 
 
