@@ -12,14 +12,9 @@ from typing import Any
 
 import cbor2
 
-from agent.devices.codecs.frame import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_VALUES,
-    MAX_DEPTH,
-    DeviceFrame,
-    frame_from_object,
-)
+from agent.devices.codecs.frame import DEFAULT_MAX_BYTES, MAX_DEPTH
 from agent.errors import FrameError
+from agent.frame import DEFAULT_MAX_VALUES, DeviceFrame, frame_from_object
 
 
 def _decimal_fraction(value: Any, immutable: bool) -> Decimal:
