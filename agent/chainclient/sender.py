@@ -143,9 +143,6 @@ class TxStore(SqliteStore):
             )
             db.execute("INSERT INTO tx_hashes VALUES (?, ?)", (tx_id, s.hash_hex))
 
-    def set_broadcast(self, tx_id: int, now: float) -> None:
-        self._db().execute("UPDATE txs SET broadcast_at=? WHERE id=?", (now, tx_id))
-
     def set_mined(self, tx_id: int, number: int | None, block: str | None, h: str | None) -> None:
         status = "pending" if number is None else "mined"
         self._db().execute(
