@@ -324,6 +324,7 @@ class MqttConnection:
         """Connect, keep connected, reconnect with backoff and jitter; returns after stop()."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        self._backoff.succeeded()  # a new run starts from the shortest delay
         misc = asyncio.create_task(self._misc())
         try:
             while not self._stopping:

@@ -257,6 +257,7 @@ class ChainWatcher:
 
     # -- transports ----------------------------------------------------------------------------
     async def run(self) -> None:
+        self.backoff.succeeded()  # a new run starts from the shortest delay
         self._session = aiohttp.ClientSession()
         try:
             while True:
