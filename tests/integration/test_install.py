@@ -28,7 +28,8 @@ UNINSTALL = ROOT / "scripts" / "uninstall"
 HOST_UNITS = Path("/usr/lib/systemd/system")
 IS_ROOT = os.geteuid() == 0
 
-pytestmark = pytest.mark.slow  # each install builds a virtual environment (~15 s)
+# Each install builds a virtual environment (~15 s alone, minutes on a busy machine).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def run(*cmd: str | Path, env: dict[str, str] | None = None) -> str:
