@@ -1,7 +1,8 @@
 """The device frame as CBOR (content-format 60 over CoAP): same fields as the JSON form.
 
 Pure: no I/O. CBOR is decoded strictly (no trailing bytes, no duplicate keys, bounded nesting)
-and then validated by the JSON form's own rules, so both forms accept exactly the same frames.
+and then checked by the JSON form's validator (agent/frame.py), so both forms accept exactly the
+same frames.
 """
 
 from __future__ import annotations
