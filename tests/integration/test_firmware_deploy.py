@@ -9,12 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from agent.devices.deploy import default_source, firmware_files
 from tests.support.raw_repl_board import RawReplBoard
-
-pytestmark = pytest.mark.timeout(300)  # deploys to a board over the raw REPL
 
 BUNDLE = {
     "edgence": 1,

@@ -11,16 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from agent.chainclient.anvil import LocalAnvil
 from agent.localbroker import LocalMosquitto
 from tests.integration.conftest import async_wait_until
 from tests.integration.election.conftest import Miner, head
 from tests.integration.election.test_rounds import rounds_of, start_election
 from tests.integration.test_telemetry import scrape
-
-pytestmark = pytest.mark.timeout(300)  # waits for a decided round on anvil
 
 
 def _health(port: int) -> dict[str, Any]:

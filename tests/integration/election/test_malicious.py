@@ -18,8 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from agent.attest import ecvrf
 from agent.attest.keys import GatewayKey
 from agent.attest.selection import N, sign_selection
@@ -41,8 +39,6 @@ from tests.integration.election.conftest import (
     send_raw,
 )
 from tests.integration.election.test_rounds import CONFIRMATIONS, rounds_of, start_election
-
-pytestmark = pytest.mark.timeout(300)  # whole election rounds on anvil
 
 HONEST = 3
 CHAIN32 = chain_id_bytes(31337)

@@ -21,8 +21,6 @@ from tests.integration.election.test_rounds import (
     start_election,
 )
 
-pytestmark = pytest.mark.timeout(300)  # whole election rounds on anvil, a restart
-
 HONEST = 3
 
 

@@ -9,16 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from agent.chainclient.anvil import LocalAnvil
 from agent.election.board import ElectionBoard
 from agent.localbroker import LocalMosquitto
 from tests.integration.conftest import async_wait_until
 from tests.integration.election.conftest import Miner, head, pooled
 from tests.integration.election.test_rounds import CONFIRMATIONS, rounds_of, start_election
-
-pytestmark = pytest.mark.timeout(300)  # whole election rounds on anvil, a reorg
 
 HONEST = 3
 

@@ -10,8 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from agent.attest.keys import GatewayKey
 from agent.chainclient.anvil import LocalAnvil
 from agent.election.board import ElectionBoard
@@ -27,8 +25,6 @@ from tests.integration.election.conftest import (
     fund,
     head,
 )
-
-pytestmark = pytest.mark.timeout(420)  # five agents, up to three full rounds
 
 AGENTS = 5
 LENGTH, WINDOW, CONFIRMATIONS, SEATS = 8, 5, 2, 2
