@@ -29,26 +29,7 @@ from agent.logs import event
 from agent.metrics import Metrics
 from agent.model import AuthMethod
 from agent.pipeline import Arrival
-
-
-class TokenBucket:
-    """`rate` frames per second on average, bursts up to `burst`."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+from agent.ratelimit import KeyedBuckets
 
 
 class EnrollmentGate:
@@ -83,7 +64,9 @@ class EnrollmentGate:
         self.wall = wall
         self._records: dict[str, DeviceRecord] = {}
         self._keys: dict[str, bytes] = {}
-        self._buckets: dict[str, TokenBucket] = {}
+        # Unbounded: only enrolled and allowlisted devices get this far, and apply() forgets
+        # the buckets of devices that left the registry.
+        self._buckets = KeyedBuckets(rate, burst, clock=clock)
         self._marker: tuple[int, ...] | None = None
         self._logged: frozenset[tuple[str, str, str]] = frozenset()
         self._activated: set[str] = set()
@@ -145,11 +128,7 @@ class EnrollmentGate:
         return method
 
     def _rate_limit(self, device: str) -> None:
-        now = self.clock()
-        bucket = self._buckets.get(device)
-        if bucket is None:
-            bucket = self._buckets[device] = TokenBucket(self.rate, self.burst, now)
-        if not bucket.take(now):
+        if self._buckets.take(device):
             raise RejectedReading(
                 "rate_limited", f"device {device!r} is above {self.rate:g} frames/s"
             )
@@ -173,9 +152,7 @@ class EnrollmentGate:
                 self._records[d] = DeviceRecord(
                     **{**rec.__dict__, "status": DeviceStatus.ACTIVE, "join_until": None}
                 )
-        for d in list(self._buckets):
-            if d not in self._records and d not in self.allowlist:
-                del self._buckets[d]
+        self._buckets.retain(lambda d: d in self._records or d in self.allowlist)
 
     def load(self) -> None:
         """Read the registry now (blocking: at start, or in a worker thread)."""

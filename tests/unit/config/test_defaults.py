@@ -21,7 +21,7 @@ from agent.config import (
     load_config,
 )
 from agent.config.broker import LOCAL_BROKER
-from agent.devices.codecs.frame import DEFAULT_MAX_BYTES, DEFAULT_MAX_VALUES
+from agent.frame import DEFAULT_MAX_BYTES, DEFAULT_MAX_VALUES
 from tests.unit.config.helpers import EXAMPLE, MINIMAL, load
 
 
