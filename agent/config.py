@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 from agent.chainclient.methods import DEFAULT_METHODS, forbidden
 from agent.errors import ConfigError
-from agent.model import NAME_RE
+from agent.model import NAME_RE, ClockSkew
 
 T = TypeVar("T")
 
@@ -189,6 +189,7 @@ class PipelineConfig:
     queue_size: int = 20_000
     batch_max: int = 256
     linger_s: float = 0.002
+    clock_skew: ClockSkew = field(default_factory=ClockSkew)
 
 
 @dataclass(frozen=True)
@@ -648,6 +649,10 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
         queue_size=p.int_range("queue_size", 20_000, 16, 1_000_000),
         batch_max=p.int_range("batch_max", 256, 1, 4096),
         linger_s=p.int_range("linger_ms", 2, 0, 100) / 1000,
+        clock_skew=ClockSkew(
+            past_s=p.duration("max_ts_age", ClockSkew().past_s),
+            future_s=p.duration("max_ts_ahead", ClockSkew().future_s),
+        ),
     )
     p.done()
 

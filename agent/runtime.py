@@ -139,6 +139,7 @@ class Agent:
             rate=enr.rate if enr is not None else 10.0,
             burst=enr.burst if enr is not None else 20.0,
             metrics=self.metrics,
+            skew=cfg.pipeline.clock_skew,
         )
         gate: DeviceGate = self.gate
         if cfg.ble.enabled:
