@@ -20,6 +20,7 @@ def test_the_shipped_rigs_load() -> None:
     real = load_rig(RIGS / "pi4-esp32.toml")
     b = real.boards[0]
     assert (b.kind, b.uart_port, b.power_relay_gpio) == ("esp32", "/dev/ttyAMA0", 17)
+    assert b.power_relay_active_low and not emu.boards[0].power_relay_active_low
     assert b.has("bme280") and b.has("ble") and real.gateway_mqtt_port == 18830
     assert real.gateway_coap_port == 5683
 
