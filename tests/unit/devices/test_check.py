@@ -194,3 +194,18 @@ def test_the_first_frame_may_use_counter_start_and_not_below() -> None:
 def test_a_malformed_bundle_is_named() -> None:
     with pytest.raises(ValueError, match="no 'key'"):
         check_report({"edgence": 1, "device_id": "d"}, b"{}", now=NOW)
+
+
+def test_the_output_shown_in_the_docs_is_what_the_command_prints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = DOC.read_text(encoding="utf-8")
+    m = re.search(r"\$ edgence-agent devices check (.*?) \\\n\s+'(.*?)'\n(.*?)```", text, re.S)
+    assert m, "the devices check example moved in docs/device-frame.md"
+    args = m.group(1).split()
+    assert args[:2] == ["--bundle", "dev-1.json"]
+    path = tmp_path / "dev-1.json"
+    path.write_text(json.dumps(bundle()))
+    rc = main(["devices", "check", "--bundle", str(path), *args[2:], m.group(2)])
+    assert rc == 0
+    assert capsys.readouterr().out == m.group(3)
