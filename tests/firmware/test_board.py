@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from Crypto.Cipher import AES
 from edgence import board, config
+from edgence.counter import BlockCounter
 
 from agent.config import config_from_dict
 from agent.devices.pairing import build_bundle
@@ -88,12 +89,20 @@ class Radio:
         self.adverts.append(adv_data)
 
 
-def test_ble_link_sends_bthome_adverts_that_decrypt_with_the_bindkey() -> None:
+def counter_at(flash: Path, n: int) -> Any:
+    flash.mkdir(exist_ok=True)
+    return BlockCounter(str(flash), n, 16)
+
+
+def test_ble_link_sends_bthome_adverts_that_decrypt_with_the_bindkey(tmp_path: Path) -> None:
     bindkey = bytes.fromhex("231d39c1d7cc1ab1aee224cd096db932")
     cfg: Any = SimpleNamespace(device_id="b1", key=bindkey, key_kind="bthome")
     radio = Radio()
     link = board.BleLink(cfg, ble=radio)
-    adv = link.encode(0x33221100, [("temperature", 2506, -2, "Cel"), ("humidity", 5055, -2, "%")])
+    (adv,) = link.encode(
+        counter_at(tmp_path, 0x33221100),
+        [("temperature", 2506, -2, "Cel"), ("humidity", 5055, -2, "%")],
+    )
     assert link.send(adv) and radio.adverts == [adv]
     sd = adv[3:]
     assert sd[1:4] == b"\x16\xd2\xfc" and sd[4] == 0x41
@@ -104,13 +113,15 @@ def test_ble_link_sends_bthome_adverts_that_decrypt_with_the_bindkey() -> None:
     assert plain == bytes.fromhex("02ca0903bf13") and ctr == bytes.fromhex("00112233")
 
 
-def test_ble_link_without_bindkey_sends_plain_adverts_with_packet_id() -> None:
+def test_ble_link_without_bindkey_sends_plain_adverts_with_packet_id(tmp_path: Path) -> None:
     cfg: Any = SimpleNamespace(device_id="b1", key=bytes(32), key_kind="hmac")
-    adv = board.BleLink(cfg, ble=Radio()).encode(300, [("voltage", 3012, -3, "V")])
+    (adv,) = board.BleLink(cfg, ble=Radio()).encode(
+        counter_at(tmp_path, 300), [("voltage", 3012, -3, "V")]
+    )
     assert adv[3:13] == bytes.fromhex("09" + "16d2fc40" + "002c" + "0cc40b")
 
 
-def test_the_agents_bthome_codec_reads_the_firmwares_adverts() -> None:
+def test_the_agents_bthome_codec_reads_the_firmwares_adverts(tmp_path: Path) -> None:
     codec = pytest.importorskip(
         "agent.devices.codecs.bthome", reason="the agent's BTHome codec (BLE branch) not merged"
     )
@@ -119,7 +130,9 @@ def test_the_agents_bthome_codec_reads_the_firmwares_adverts() -> None:
     readings = [("temperature", -1234, -2, "Cel"), ("humidity", 45678, -3, "%")]
     for key_kind, key in (("bthome", bindkey), ("hmac", bytes(32))):
         cfg: Any = SimpleNamespace(device_id="b1", key=key, key_kind=key_kind)
-        adv = board.BleLink(cfg, ble=Radio()).encode(77, readings)
+        (adv,) = board.BleLink(cfg, ble=Radio()).encode(
+            counter_at(tmp_path / key_kind, 77), readings
+        )
         service_data = adv[3 + 4 : 3 + 1 + adv[3]]  # after flags, length, 0x16 and the UUID
         p = codec.parse_bthome(service_data, mac=mac, bindkey=bindkey)
         got = {v.name: (v.value, v.exponent, v.unit) for v in p.values}

@@ -1,8 +1,13 @@
 """The firmware's main loop: read the sensors, build a signed frame, send it (or keep it in
-the outbox while the link is down), sleep; feed the watchdog only when a reading went out.
+the outbox while the link is down), sleep; the watchdog is fed through one idle hook from
+every bounded wait (sleep slices, Wi-Fi, sockets) while deliveries are recent.
 
 `Node` takes everything it touches as arguments (link, sensors, counter, outbox, watchdog,
-clock), so the same loop runs on a board, on CPython with shims, and in unit tests.
+clock), so the same loop runs on a board, on CPython with shims, and in unit tests. A frame
+that cannot be encoded, or a flash write that fails, is counted and logged, never raised out
+of the loop (that would end in a watchdog reset, and the same again after it). Frames lost
+(outbox budget) and encoder errors are reported as readings of the next frame:
+`outbox_dropped` and `encode_errors`, unit `{frame}` and `{error}`.
 """
 
 try:
@@ -10,7 +15,12 @@ try:
 except ImportError:  # pragma: no cover
     import time
 
-from edgence.frame import encode_signed_frame
+try:
+    import gc
+except ImportError:  # pragma: no cover
+    gc = None
+
+from edgence.frame import MAX_VALUES, encode_signed_frame
 
 EPOCH_2000 = 946684800  # ports whose time.time() counts from 2000-01-01
 SANE_UNIX = 1600000000  # a clock before 2020 was never set (no NTP yet)
@@ -36,6 +46,15 @@ class Node:
         self.counter, self.outbox, self.watchdog, self.clock = counter, outbox, watchdog, clock
         self.sent = 0
         self.sensor_errors = 0
+        self.encode_errors = 0
+        self.store_errors = 0
+        self._errors_unreported = 0
+
+    def idle(self):
+        """Called from every bounded wait: feeds the watchdog (which decides from the last
+        delivery, so a board cut off for longer than watchdog_s still resets)."""
+        if self.watchdog is not None:
+            self.watchdog.feed()
 
     def read(self):
         readings = []
@@ -47,18 +66,47 @@ class Node:
                 log("sensor_error", sensor=getattr(s, "kind", type(s).__name__), error=exc)
         return readings
 
+    def _reports(self, readings):
+        """Counts the gateway should hear about, as readings of this frame (room allowing)."""
+        if len(readings) + 2 > MAX_VALUES:
+            return readings
+        lost = self.outbox.take_unreported()
+        if lost:
+            readings.append(("outbox_dropped", lost, 0, "{frame}"))
+        if self._errors_unreported:
+            readings.append(("encode_errors", self._errors_unreported, 0, "{error}"))
+            self._errors_unreported = 0
+        return readings
+
     def take(self):
-        """One reading -> one signed frame (or None if every sensor failed)."""
+        """One reading -> the frames to send (a BLE advert per group of objects that fits,
+        else one signed frame); empty if every sensor failed or the encoder refused."""
         readings = self.read()
         if not readings:
-            return None
-        n = self.counter.next()
+            return ()
         encode = getattr(self.link, "encode", None)
-        if encode is not None:  # BLE: a BTHome advertisement, authenticated by its bindkey
-            return encode(n, readings)
-        return encode_signed_frame(
-            self.cfg.key, self.cfg.device_id, n, readings, timestamp=self.clock()
-        )
+        try:
+            if encode is not None:  # BLE: BTHome adverts, authenticated by the bindkey
+                return encode(self.counter, readings)
+            readings = self._reports(readings)
+            n = self.counter.next()
+            return (
+                encode_signed_frame(
+                    self.cfg.key, self.cfg.device_id, n, readings, timestamp=self.clock()
+                ),
+            )
+        except ValueError as exc:  # FrameError, BTHomeError: a reading the encoder refuses
+            self.encode_errors += 1
+            self._errors_unreported += 1
+            log("encode_error", error=exc, total=self.encode_errors)
+            return ()
+
+    def keep(self, frame):
+        try:
+            self.outbox.put(frame)
+        except OSError as exc:  # flash full or failing: the frame is lost, the loop goes on
+            self.store_errors += 1
+            log("store_error", error=exc, total=self.store_errors)
 
     def _delivered(self):
         self.sent += 1
@@ -68,7 +116,10 @@ class Node:
     def flush(self):
         """Send what the outbox holds, oldest first; stop at the first failure."""
         while len(self.outbox):
-            if not self.link.send(self.outbox.peek()):
+            fr = self.outbox.peek()  # one frame read from flash at a time
+            if fr is None:
+                break
+            if not self.link.send(fr):
                 return False
             self.outbox.pop()
             self._delivered()
@@ -76,24 +127,26 @@ class Node:
 
     def step(self):
         """One cycle. The outbox is touched (and flash written) only while the link is down."""
-        frame = self.take()
+        frames = self.take()
         backlog = len(self.outbox)
+        ok = True
         if backlog and not self.flush():
-            if frame is not None:
-                self.outbox.put(frame)
-            log("offline", buffered=len(self.outbox), dropped=self.outbox.dropped)
-            return False
-        if backlog:
+            ok = False
+        elif backlog:
             log("link_back", delivered=backlog)
-        if frame is None:
-            return True
-        if self.link.send(frame):
-            self._delivered()
-            log("sent", n=self.counter.peek() - 1, total=self.sent)
-            return True
-        self.outbox.put(frame)
-        log("offline", buffered=len(self.outbox), dropped=self.outbox.dropped)
-        return False
+        for fr in frames:
+            if ok and self.link.send(fr):
+                self._delivered()
+                log("sent", n=self.counter.peek() - 1, total=self.sent)
+            else:
+                ok = False
+                self.keep(fr)
+        if not ok:
+            log("offline", buffered=len(self.outbox), dropped=self.outbox.dropped)
+        frames = None
+        if gc is not None:
+            gc.collect()  # now, while little is alive: the heap stays in one piece
+        return ok
 
     def sleep(self, seconds):
         """Light sleep in slices short enough for every port's hardware watchdog."""
@@ -102,8 +155,7 @@ class Node:
             step = 1000 if left > 1000 else left
             time.sleep_ms(step)
             left -= step
-            if self.watchdog is not None:
-                self.watchdog.feed()
+            self.idle()
 
     def run(self, cycles=None, deep_sleep=None):
         interval = self.cfg.firmware["interval_s"]
