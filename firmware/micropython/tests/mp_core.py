@@ -106,9 +106,9 @@ for i in range(11):
     o.put(b'{"i":%d}' % i)
 box["seg_frames"] = [f.decode() for f in o.frames()]
 box["seg_dropped"] = o.dropped
-box["seg_unreported"] = [o.take_unreported(), o.take_unreported()]
 box["seg_files"] = len([n for n in os.listdir(d) if n.startswith("ob.")])
 box["seg_pop"] = o.pop().decode()
+o.commit()
 o = Outbox(d, capacity=8)
 box["seg_after_reboot"] = [o.peek().decode(), len(o)]
 last = sorted(n for n in os.listdir(d) if n.startswith("ob."))[-1]

@@ -6,8 +6,10 @@ every bounded wait (sleep slices, Wi-Fi, sockets) while deliveries are recent.
 clock), so the same loop runs on a board, on CPython with shims, and in unit tests. A frame
 that cannot be encoded, or a flash write that fails, is counted and logged, never raised out
 of the loop (that would end in a watchdog reset, and the same again after it). Frames lost
-(outbox budget) and encoder errors are reported as readings of the next frame:
-`outbox_dropped` and `encode_errors`, unit `{frame}` and `{error}`.
+(outbox budget) and encoder errors are reported to the gateway as readings: `outbox_dropped`
+(unit `{frame}`) and `encode_errors` (unit `{error}`), totals since boot, carried by every frame
+taken after a new loss until one of them went out directly (the newest frames survive a full
+outbox, so the gateway always gets the latest total).
 """
 
 try:
@@ -41,6 +43,10 @@ def log(event, **kv):
 
 
 class Node:
+    # Backlog frames sent per cycle at most: a cycle's work (and what it allocates between two
+    # collections) stays bounded after a long outage; the rest goes in the next cycles.
+    FLUSH_MAX = 16
+
     def __init__(self, cfg, link, sensors, counter, outbox, watchdog=None, clock=unix_time):
         self.cfg, self.link, self.sensors = cfg, link, sensors
         self.counter, self.outbox, self.watchdog, self.clock = counter, outbox, watchdog, clock
@@ -48,7 +54,8 @@ class Node:
         self.sensor_errors = 0
         self.encode_errors = 0
         self.store_errors = 0
-        self._errors_unreported = 0
+        self._told = [0, 0]  # drops and encode errors the gateway has heard of
+        self._carried = None  # what the frame just taken carries
 
     def idle(self):
         """Called from every bounded wait: feeds the watchdog (which decides from the last
@@ -67,15 +74,16 @@ class Node:
         return readings
 
     def _reports(self, readings):
-        """Counts the gateway should hear about, as readings of this frame (room allowing)."""
-        if len(readings) + 2 > MAX_VALUES:
+        """Counts the gateway has not heard of yet, as readings of this frame (room allowing)."""
+        lost, errors = self.outbox.dropped, self.encode_errors
+        self._carried = None
+        if len(readings) + 2 > MAX_VALUES or (lost <= self._told[0] and errors <= self._told[1]):
             return readings
-        lost = self.outbox.take_unreported()
-        if lost:
+        if lost > self._told[0]:
             readings.append(("outbox_dropped", lost, 0, "{frame}"))
-        if self._errors_unreported:
-            readings.append(("encode_errors", self._errors_unreported, 0, "{error}"))
-            self._errors_unreported = 0
+        if errors > self._told[1]:
+            readings.append(("encode_errors", errors, 0, "{error}"))
+        self._carried = (lost, errors)
         return readings
 
     def take(self):
@@ -97,7 +105,6 @@ class Node:
             )
         except ValueError as exc:  # FrameError, BTHomeError: a reading the encoder refuses
             self.encode_errors += 1
-            self._errors_unreported += 1
             log("encode_error", error=exc, total=self.encode_errors)
             return ()
 
@@ -114,39 +121,50 @@ class Node:
             self.watchdog.delivered()
 
     def flush(self):
-        """Send what the outbox holds, oldest first; stop at the first failure."""
-        while len(self.outbox):
-            fr = self.outbox.peek()  # one frame read from flash at a time
-            if fr is None:
-                break
-            if not self.link.send(fr):
-                return False
-            self.outbox.pop()
-            self._delivered()
-        return True
+        """Send what the outbox holds, oldest first, up to FLUSH_MAX frames; False at the first
+        failure."""
+        n = 0
+        try:
+            while len(self.outbox) and n < self.FLUSH_MAX:
+                n += 1
+                fr = self.outbox.peek()  # one frame read from flash at a time
+                if fr is None:
+                    break
+                if not self.link.send(fr):
+                    return False
+                self.outbox.pop()
+                self._delivered()
+            return True
+        finally:
+            self.outbox.commit()
 
     def step(self):
-        """One cycle. The outbox is touched (and flash written) only while the link is down."""
+        """One cycle. The outbox is touched (and flash written) only while the link is down or
+        a backlog is still being sent (new frames then queue behind it: counters must reach
+        the gateway in order)."""
         frames = self.take()
         backlog = len(self.outbox)
-        ok = True
-        if backlog and not self.flush():
-            ok = False
-        elif backlog:
-            log("link_back", delivered=backlog)
+        online = True
+        if backlog:
+            online = self.flush()
+            if online:
+                log("link_back", delivered=backlog - len(self.outbox), left=len(self.outbox))
         for fr in frames:
-            if ok and self.link.send(fr):
-                self._delivered()
-                log("sent", n=self.counter.peek() - 1, total=self.sent)
-            else:
-                ok = False
-                self.keep(fr)
-        if not ok:
+            if online and not len(self.outbox):
+                if self.link.send(fr):
+                    self._delivered()
+                    if self._carried is not None:  # in order after the backlog: all heard
+                        self._told[0], self._told[1] = self._carried
+                    log("sent", n=self.counter.peek() - 1, total=self.sent)
+                    continue
+                online = False
+            self.keep(fr)
+        if not online:
             log("offline", buffered=len(self.outbox), dropped=self.outbox.dropped)
         frames = None
         if gc is not None:
             gc.collect()  # now, while little is alive: the heap stays in one piece
-        return ok
+        return online
 
     def sleep(self, seconds):
         """Light sleep in slices short enough for every port's hardware watchdog."""

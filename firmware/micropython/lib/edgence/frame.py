@@ -165,10 +165,52 @@ def encode_frame(counter, readings, timestamp=None, mac=None, device_id=None):
     return (out + "}").encode()
 
 
+# Hot path (one signed frame per reading): the JSON and the canonical text are each made by
+# one %-format from a template cached per (number of readings, timestamp present), and the
+# canonical text goes into the hash without being copied where the port's hashlib takes str.
+_templates = {}
+try:
+    hashlib.sha256().update("")
+    _HASH_STR = True  # MicroPython: str has the buffer protocol
+except TypeError:
+    _HASH_STR = False
+
+
+def _templates_for(n, has_ts):
+    t = _templates.get(n * 2 + has_ts)
+    if t is None:
+        canon = "%s\n%d\n" + ("%d" if has_ts else "") + "\n" + "%s\t%d\t%d\t%s\n" * n
+        r = ",".join(['{"s":"%s","v":%d,"e":%d,"u":"%s"}'] * n)
+        body = '{"v":1,"n":%d' + (',"ts":%d' if has_ts else "") + ',"r":[' + r + '],"mac":"%s"}'
+        t = _templates[n * 2 + has_ts] = (canon, body)
+    return t
+
+
 def encode_signed_frame(key, device_id, counter, readings, timestamp=None):
     """A frame with its `mac`, as the agent's encode_signed_frame builds it. The fields are
     checked once; the MAC's pads are cached per key (frame.hmac_sha256)."""
     check_name(device_id, "device id")
     check_frame(counter, readings, timestamp)
-    mac = hmac_sha256(key, canonical_bytes(device_id, counter, timestamp, readings))
-    return (_body(counter, readings, timestamp, None) + ',"mac":"' + hex_of(mac) + '"}').encode()
+    for r in readings:
+        u = r[3]
+        if '"' in u or "\\" in u:  # a unit that needs JSON escapes: the general path
+            canon = canonical_bytes(device_id, counter, timestamp, readings)
+            return encode_frame(counter, readings, timestamp, mac=hmac_sha256(key, canon))
+    has_ts = timestamp is not None
+    canon_t, body_t = _templates_for(len(readings), has_ts)
+    args = [device_id, counter]
+    if has_ts:
+        args.append(timestamp)
+    for r in readings:
+        args.extend(r)
+    ipad, opad = _pads_for(key)
+    h = hashlib.sha256(ipad)
+    h.update(CANONICAL_PREFIX)
+    text = canon_t % tuple(args)
+    h.update(text if _HASH_STR else text.encode())
+    text = None
+    outer = hashlib.sha256(opad)
+    outer.update(h.digest())
+    args[0] = hex_of(outer.digest())  # becomes the last argument below
+    args.append(args.pop(0))
+    return (body_t % tuple(args)).encode()

@@ -3,10 +3,12 @@
 Each frame is appended once as a record (2-byte length, the frame, CRC-32) to the newest
 segment `ob.<seq>`; a segment holds at most `SEG` records and a new file starts after it, so
 wear moves through the filesystem instead of rewriting one file. Delivery reads one record
-at a time from the oldest segment; the position in it is kept in two small alternating files
-(edgence.slots) and a fully delivered segment is deleted. When more than `capacity` frames
-wait, the oldest segment is deleted whole and its frames counted in `dropped` (reported in the
-next frame by the loop). Memory use is one frame and a few integers, whatever the backlog; an
+at a time from the oldest segment; a fully delivered segment is deleted, and the position in
+a partly delivered one is kept by commit() (once per round of deliveries, in two small
+alternating files, edgence.slots): after a reset mid-round, that round's frames go again and
+the gateway refuses them as replays, which loses nothing. When more than `capacity` frames
+wait, the oldest segment is deleted whole and its frames counted in `dropped` (the loop reports
+the total to the gateway). Memory use is one frame and a few integers, whatever the backlog; an
 empty outbox costs no flash writes at all. A record cut short by a power cut, or one whose CRC
 fails, is skipped and counted as dropped.
 """
@@ -32,7 +34,6 @@ class Outbox:
         self.capacity = capacity
         self.seg = min(SEG_MAX, max(1, capacity // 4))
         self.dropped = 0  # frames lost since boot (budget reached, or a corrupt record)
-        self.unreported = 0  # of those, not yet reported in a frame (take_unreported)
         self.writes = 0  # records appended (flash writes of whole records)
         self.dir = None if directory is None else directory.rstrip("/") + "/"
         self._mem = []  # no flash (tests, BLE): frames kept in RAM, same rules
@@ -43,6 +44,7 @@ class Outbox:
         self._tseq = self._tn = 0
         self._peeked = None
         self._head = None
+        self._committed = None
         if self.dir is not None:
             self._head = Slots(self.dir + HEAD)
             self._load()
@@ -123,11 +125,6 @@ class Outbox:
 
     def _drop(self, n):
         self.dropped += n
-        self.unreported += n
-
-    def take_unreported(self):
-        n, self.unreported = self.unreported, 0
-        return n
 
     def put(self, frame):
         if self.dir is None:
@@ -206,7 +203,6 @@ class Outbox:
         self._hidx += 1
         self._hoff += size
         if self._hidx < self._hn:
-            self._head.write((self._hseq, self._hoff))  # a few bytes: where delivery resumes
             return
         self._remove(self._hseq)  # fully delivered: the file goes, the next one is the head
         if self._hseq < self._tseq:
@@ -214,6 +210,16 @@ class Outbox:
         else:
             self._tn = self.seg
             self._hoff = self._hidx = self._hn = 0
+
+    def commit(self):
+        """Keep in flash where delivery resumes (a few bytes; nothing if it did not move or
+        the oldest segment was deleted whole)."""
+        if self.dir is None or self._hoff == 0:
+            return
+        pos = (self._hseq, self._hoff)
+        if pos != self._committed:
+            self._head.write(pos)
+            self._committed = pos
 
     def frames(self):
         """Every waiting frame, oldest first (tests and tools; the loop reads one at a time)."""
