@@ -69,7 +69,7 @@ class Bme280AndBattery:  # stands in for the sensor drivers: four readings, exac
         ]
 
 
-cfg = config.load("/config.json") if False else config.parse(json.dumps(BUNDLE))
+cfg = config.parse(json.dumps(BUNDLE))
 uart = Uart()
 node = Node(
     cfg,

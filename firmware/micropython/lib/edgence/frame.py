@@ -57,7 +57,8 @@ def _check_int(n, lo, hi, what, name=""):
     # The message is built only when raising (no string per reading on the hot path).
     if isinstance(n, int) and not isinstance(n, bool) and lo <= n <= hi:
         return n
-    raise FrameError("%s%s must be an integer in %d..%d: %r" % (what, name, lo, hi, n))
+    span = "-2^255..2^255-1" if hi == _VMAX else "%d..%d" % (lo, hi)
+    raise FrameError("%s%s must be an integer in %s: %s" % (what, name, span, repr(n)[:24]))
 
 
 _VMAX = (1 << 255) - 1
