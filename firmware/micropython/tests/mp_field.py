@@ -39,9 +39,10 @@ class Uart:  # stands in for machine.UART: the far end takes bytes only while `u
     def write(self, data):
         if not self.up:
             return 0
-        if data[:1] == b"*":  # the line's end: '*', CRC-32, CR LF
+        if data.endswith(b"\r\n"):  # the line's end ('*', CRC-32, CR LF), or a whole line
             self.lines += 1
-            return len(data)
+            if data[:1] == b"*":
+                return len(data)
         n = int(data[data.find(b'"n":') + 4 : data.find(b",", data.find(b'"n":'))])
         self.in_order = self.last is None or n > self.last
         if not self.in_order:
@@ -121,9 +122,9 @@ def report():
         left=len(node.outbox),
         dropped=node.outbox.dropped,
         reported_drops=uart.reported_drops,
-        outbox_records_written=node.outbox.writes,
+        outbox_records_written=getattr(node.outbox, "writes", None),
         counter_writes=node.counter.writes,
         next=node.counter.peek(),
-        encode_errors=node.encode_errors,
+        encode_errors=getattr(node, "encode_errors", None),
     )
     print(json.dumps(stats))

@@ -2,7 +2,8 @@
 // heap of a fixed starting size.
 // usage: node run_steps.mjs HEAP_BYTES LIB_DIR SCRIPT.py STEPS [HOST_FILE:GUEST_PATH ...]
 // SCRIPT.py is run once (boot: imports, config, the Node), then `step(i)` is called for i in
-// 0..STEPS-1, each in a runPython call of its own, then `report()`, which prints one JSON line.
+// 0..STEPS-1, each in a runPython call of its own, then `report()`, which prints one JSON line
+// (with STEPS 0, the script's own output is what is printed).
 // The port collects garbage only between runPython calls (it cannot see values held in wasm
 // locals), so each call is one firmware cycle with a collection after it, as on a board where
 // the loop calls gc.collect() at the end of each cycle. The heap starts at HEAP_BYTES; the
@@ -46,8 +47,10 @@ try {
     mp.runPython(`step(${i})`);
     if (out.length > 1 << 20) out = out.slice(-4096); // the loop's log lines: keep the tail
   }
-  out = "";
-  mp.runPython("report()");
+  if (n > 0) {
+    out = "";
+    mp.runPython("report()");
+  }
 } catch (err) {
   process.stderr.write(`MicroPython raised: ${err.message ?? err}\n`);
   status = 1;

@@ -7,14 +7,13 @@ try:
 except ImportError:  # pragma: no cover
     import time
 
-from edgence import bthome
 from edgence.app import Node, log
-from edgence.coap import CoapLink
 from edgence.counter import BlockCounter
-from edgence.mqtt import MqttLink
 from edgence.outbox import Outbox
 from edgence.sensors import build as build_sensors
-from edgence.serialline import UartLink
+
+# Each transport's module is imported only when the bundle names it (make_link): a board
+# keeps just one of them in its heap.
 
 
 def wifi_up(wifi, timeout_s=20, idle=None):
@@ -61,6 +60,9 @@ class BleLink:
             import bluetooth
 
             ble = bluetooth.BLE()
+        from edgence import bthome
+
+        self.bthome = bthome
         self.ble = ble
         self.ble.active(True)
         self.name = cfg.device_id
@@ -76,8 +78,8 @@ class BleLink:
         """The adverts for one reading; `counter` gives each its number (counter.next())."""
         self._since = None
         if self.bindkey is None:
-            return bthome.plain_adverts(readings, counter.next, name=self.name)
-        return bthome.encrypted_adverts(self.aes_ecb, self.mac, readings, counter.next)
+            return self.bthome.plain_adverts(readings, counter.next, name=self.name)
+        return self.bthome.encrypted_adverts(self.aes_ecb, self.mac, readings, counter.next)
 
     def send(self, adv):
         if self._since is not None:
@@ -96,13 +98,19 @@ class BleLink:
 def make_link(cfg, machine, idle=None):
     fw = cfg.firmware
     if cfg.transport == "mqtt":
+        from edgence.mqtt import MqttLink
+
         wifi_up(fw.get("wifi"), idle=idle)
         return MqttLink(cfg)
     if cfg.transport == "coap":
+        from edgence.coap import CoapLink
+
         wifi_up(fw.get("wifi"), idle=idle)
         c = cfg.coap
         return CoapLink(c["host"], c.get("port", 5683), c.get("path", "/up/" + cfg.device_id))
     if cfg.transport == "serial":
+        from edgence.serialline import UartLink
+
         u = fw["uart"]
         kw = {"baudrate": u.get("baud", 115200)}
         if "tx" in u:
