@@ -4,9 +4,9 @@
 // SCRIPT.py is run once (boot: imports, config, the Node), then `step(i)` is called for i in
 // 0..STEPS-1, each in a runPython call of its own, then `report()`, which prints one JSON line
 // (with STEPS 0, the script's own output is what is printed).
-// The port collects garbage only between runPython calls (it cannot see values held in wasm
-// locals), so each call is one firmware cycle with a collection after it, as on a board where
-// the loop calls gc.collect() at the end of each cycle. The heap starts at HEAP_BYTES; the
+// The port collects garbage only between runPython calls, so each call is one firmware cycle
+// with a collection after it, as on a board where the loop calls gc.collect() at the end of
+// each cycle. The heap starts at HEAP_BYTES; the
 // port would add heap areas when a call needs more, and the scenario reports whether it did
 // (gc.mem_free() + gc.mem_alloc() grows): a call that had to grow the heap is one that would
 // have raised MemoryError on a board with that heap.
