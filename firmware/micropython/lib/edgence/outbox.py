@@ -138,19 +138,39 @@ class Outbox:
             self._tn = 0
             if self._count == 0:
                 self._hseq, self._hoff, self._hidx, self._hn = self._tseq, 0, 0, 0
-        rec = bytearray(2)
-        rec[0], rec[1] = len(frame) >> 8, len(frame) & 0xFF
-        crc = crc32(frame)
-        with open(self._path(self._tseq), "ab") as f:
-            f.write(rec)
-            f.write(frame)
-            f.write(crc.to_bytes(4, "big"))
+        try:
+            self._append(frame)
+        except OSError:
+            # Flash full (or failing): a torn record may now end this segment, so the frame
+            # goes to a new file, after making room by dropping the oldest segment (once).
+            if self._hseq >= self._tseq:
+                self._tn = self.seg
+                raise
+            self._drop(self._hn - self._hidx)
+            self._count -= self._hn - self._hidx
+            self._remove(self._hseq)
+            self._next_segment()
+            self._tseq += 1
+            self._tn = 0
+            try:
+                self._append(frame)
+            except OSError:
+                self._tn = self.seg
+                raise
         self.writes += 1
         self._tn += 1
         self._count += 1
         if self._hseq == self._tseq:
             self._hn += 1
         self._trim()
+
+    def _append(self, frame):
+        rec = bytearray(2)
+        rec[0], rec[1] = len(frame) >> 8, len(frame) & 0xFF
+        with open(self._path(self._tseq), "ab") as f:
+            f.write(rec)
+            f.write(frame)
+            f.write(crc32(frame).to_bytes(4, "big"))
 
     def _trim(self):
         # Over budget: the whole oldest segment goes (one file deleted, no rewrite).
