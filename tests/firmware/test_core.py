@@ -46,8 +46,9 @@ def test_counters_are_reserved_in_blocks_and_never_reused_after_a_reboot(
     assert c["after_reboot"] == [18] and c["writes_after_reboot"] == 1
     # Deep sleep keeps the exact counter in RTC memory: no block skipped, no flash write.
     assert c["deep_sleep"] == [22, 23, 24] and c["deep_sleep_writes"] == 0
-    # RTC memory is read once: a watchdog reset after that wake never reuses 23 or 24.
-    assert c["reset_after_wake"] == 26
+    # RTC memory holds the next unused counter, written before each one goes out: after a
+    # watchdog reset the board goes on at exactly 25, never reusing 24 nor skipping to 26.
+    assert c["reset_after_wake"] == 25
     assert c["rotated"] == 1000  # a new bundle's counter_start ahead of flash wins
     # A torn newest slot (power cut mid-write) gives the previous end; both torn is refused
     # with the way out; 0.1's counter.dat is taken over once, and refused when torn.

@@ -54,7 +54,7 @@ c.retain()
 c = BlockCounter(FLASH, start=10, block=4, rtc=rtc)  # deep sleep: RTC memory survived
 out["counter"]["deep_sleep"] = [n, c.next(), c.next()]
 out["counter"]["deep_sleep_writes"] = c.writes
-c = BlockCounter(FLASH, start=10, block=4, rtc=rtc)  # a reset without retain(): no reuse
+c = BlockCounter(FLASH, start=10, block=4, rtc=rtc)  # a watchdog reset: exact, no reuse
 out["counter"]["reset_after_wake"] = c.next()
 out["counter"]["rotated"] = BlockCounter(FLASH, start=1000, block=4).next()
 # A power cut mid-write tears only the newest of the two slot files: the previous end is

@@ -4,8 +4,11 @@ Counters are reserved in blocks: flash holds only the end of the reserved block,
 per `block` frames into two alternating files with a CRC (edgence.slots), so a power cut
 mid-write on littlefs or FAT leaves the previous end readable. After a reboot the device
 continues from the stored end (the rest of the old block is skipped): a counter is never reused.
-Between deep sleeps (ESP32) the exact counter also sits in RTC memory, which survives deep
-sleep but not power loss; it is read once after waking and used only inside the reserved block.
+Where the board has RTC memory (ESP32), it holds the next unused counter, written at every
+next() before that counter is handed out: it survives deep sleep and watchdog or soft resets
+(not power loss), so after those the board continues at the exact counter instead of skipping
+to the end of the block. It names a counter that never went out, so it cannot cause reuse,
+and it is used only inside the reserved block.
 """
 
 import os
@@ -77,10 +80,6 @@ class BlockCounter:
         mem = bytes(self.rtc.memory())
         if len(mem) != 12 or mem[:4] != _RTC_MAGIC:
             return None
-        # Used once: RTC memory also survives a watchdog or reset-button reset, after which the
-        # counter it holds may already have gone out. Only retain() just before deep sleep
-        # makes it valid again.
-        self.rtc.memory(bytes(12))
         return int.from_bytes(mem[4:], "little")
 
     def peek(self):
@@ -99,9 +98,10 @@ class BlockCounter:
                     except OSError:
                         pass
         self._next = n + 1
+        self.retain()  # before n goes out: RTC memory names a counter never used
         return n
 
     def retain(self):
-        """Before deep sleep: keep the exact next counter in RTC memory (no flash write)."""
+        """Keep the exact next counter in RTC memory (no flash write); next() calls it."""
         if self.rtc is not None:
             self.rtc.memory(_RTC_MAGIC + self._next.to_bytes(8, "little"))
