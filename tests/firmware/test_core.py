@@ -80,6 +80,9 @@ def test_the_outbox_drops_whole_old_segments_resumes_after_reboot_and_skips_bad_
     frames, dropped = o["seg_corrupt"]
     assert frames == [f'{{"i":{i}}}' for i in (7, 8, 9, 10)] and dropped == 1
     assert o["seg_files_left"] == []
+    # Frames a 0.1 firmware left in outbox.txt are taken over (a cut last line is not a frame).
+    frames, files = o["migrated"]
+    assert frames == ['{"n":1}', '{"n":2}'] and len(files) == 1 and files[0].startswith("ob.")
 
 
 def test_bthome_encrypted_payload_matches_the_spec_example(on_micropython: Any) -> None:

@@ -126,6 +126,10 @@ while len(o):
     got.append(o.pop().decode())
 box["seg_corrupt"] = [got, o.dropped]
 box["seg_files_left"] = [n for n in os.listdir(d) if n.startswith("ob.")]
+d = new_dir("ob01")
+write(d + "/outbox.txt", b'{"n":1}\n{"n":2}\n{"n":')  # firmware 0.1's, cut by a power loss
+o = Outbox(d, capacity=8)
+box["migrated"] = [[f.decode() for f in o.frames()], sorted(os.listdir(d))]
 out["outbox"] = box
 
 readings = [("temperature", 2506, -2, "Cel"), ("humidity", 50551, -3, "%")]

@@ -20,6 +20,7 @@ from edgence.slots import Slots
 
 PREFIX = "ob."
 HEAD = "ob-head"
+LEGACY = "outbox.txt"  # firmware 0.1: one frame per line
 SEG_MAX = 16  # records per segment file (fewer for a small capacity, so drops stay fine)
 
 
@@ -48,6 +49,7 @@ class Outbox:
         if self.dir is not None:
             self._head = Slots(self.dir + HEAD)
             self._load()
+            self._migrate()
 
     # -- flash layout --------------------------------------------------------------------
 
@@ -103,6 +105,23 @@ class Outbox:
             if s == self._tseq:
                 self._tn = n + (self._hidx_base(s))
         self._trim()
+
+    def _migrate(self):
+        """Frames a 0.1 firmware left in outbox.txt join the queue, one line at a time."""
+        path = self.dir + LEGACY
+        try:
+            os.stat(path)
+        except OSError:
+            return
+        with open(path, "rb") as f:
+            while True:
+                line = f.readline()
+                if not line:
+                    break
+                line = line.rstrip(b"\n")
+                if line.startswith(b"{") and line.endswith(b"}"):  # a cut line is not a frame
+                    self.put(line)
+        os.remove(path)
 
     def _hidx_base(self, s):
         # Records of the newest segment before the head (it is also the oldest): they count
