@@ -111,6 +111,9 @@ class CoapSource:
         self.received = 0
         self.observing: dict[str, bool] = {o.device: False for o in cfg.observe}
         self._registered: dict[str, bool] = dict(self.observing)
+        self._observed_only = (
+            frozenset(self.observing) - set(cfg.allowed_devices) - self.oscore_devices
+        )
         metrics.gauge("frames_received_coap", lambda: float(self.received))
 
     @property
@@ -173,6 +176,14 @@ class CoapSource:
         if b1 is not None:
             request = spool.feed_and_take(request)  # 2.31 Continue until the last block
         self._check_oscore(request, device)
+        if device in self._observed_only:
+            raise self._refuse(
+                device,
+                Code.UNAUTHORIZED,
+                "unknown_device",
+                f"{device!r} is observed by the gateway; its readings come from the "
+                "observation only, never from a POST",
+            )
         if not self._accepting or not self.pipeline.has_space():
             # Backpressure: say when to come back instead of queueing without bound.
             self.metrics.inc("source_paused", source="coap")

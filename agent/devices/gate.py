@@ -1,10 +1,12 @@
 """The enrollment gate: every frame must come from an enrolled device and verify with its key.
 
-Checks (agent/devices/check.py, shared with `devices check`): known device, not revoked, right
-transport, HMAC (or the BLE source's own BTHome verification), declared sensors, join window for
-pending devices, the device clock; then the per-device rate. The counter check follows in the
-pipeline, against the counters kept in the journal. The registry is re-read
-whenever its files change (`edgence-agent pair` runs as another process).
+Checks (agent/devices/check.py, shared with `devices check`): known device (enrolled, or
+allowlisted for the transport the frame came over), not revoked, right transport, HMAC (or the BLE
+source's own BTHome verification), declared sensors, join window for pending devices, the device
+clock. Then the pipeline checks the counter, against the counters kept in the journal, and only
+then `admit` spends the device's rate budget and activates a pending device: a forged or
+replayed frame costs the device it names nothing. The registry is re-read whenever its files
+change (`edgence-agent pair` runs as another process).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping
 
 from agent.component import Detail, Health
 from agent.devices.check import DEFAULT_SKEW, frame_violations
@@ -26,17 +28,20 @@ from agent.devices.registry import (
     RegistrySnapshot,
 )
 from agent.errors import AgentError, RejectedReading
+from agent.frame import counter_key
 from agent.logs import event
 from agent.metrics import Metrics
-from agent.model import AuthMethod, ClockSkew
+from agent.model import AuthMethod, ClockSkew, Transport
 from agent.pipeline import Arrival
 from agent.ratelimit import KeyedBuckets
 
 
 class EnrollmentGate:
-    """A DeviceGate over the registry, plus an optional unauthenticated allowlist (config
-    `sources.*.allowed_devices`, for development and benchmarks; such observations are marked
-    auth=allowlist in their envelope).
+    """A DeviceGate over the registry, plus optional unauthenticated allowlists, one per
+    transport (config `sources.*.allowed_devices`, observed CoAP devices, OSCORE devices, the
+    devices bound to a serial port; for development and benchmarks; such observations are
+    marked auth=allowlist in their envelope). An id allowlisted for one transport is unknown
+    on every other.
 
     As a component ("registry") it reloads the registry when it changes and writes
     activations and last-seen times; stopping flushes the pending activations."""
@@ -47,7 +52,7 @@ class EnrollmentGate:
         self,
         registry: DeviceRegistry | None,
         *,
-        allowlist: Sequence[str] = (),
+        allowlists: Mapping[Transport, Collection[str]] | None = None,
         rate: float = 10.0,
         burst: float = 20.0,
         metrics: Metrics | None = None,
@@ -57,7 +62,9 @@ class EnrollmentGate:
         skew: ClockSkew = DEFAULT_SKEW,
     ) -> None:
         self.registry = registry
-        self.allowlist = frozenset(allowlist)
+        self.allowlists: dict[Transport, frozenset[str]] = {
+            t: frozenset(ids) for t, ids in (allowlists or {}).items()
+        }
         self.rate = rate
         self.burst = burst
         self.metrics = metrics or Metrics()
@@ -67,8 +74,9 @@ class EnrollmentGate:
         self.skew = skew
         self._records: dict[str, DeviceRecord] = {}
         self._keys: dict[str, bytes] = {}
-        # Unbounded: only enrolled and allowlisted devices get this far, and apply() forgets
-        # the buckets of devices that left the registry.
+        # Keyed like the counters (an allowlisted id per transport). Unbounded: only frames of
+        # enrolled and allowlisted devices that verified and are fresh get this far, and
+        # apply() forgets the buckets of devices that left the registry.
         self._buckets = KeyedBuckets(rate, burst, clock=clock)
         self._marker: tuple[int, ...] | None = None
         self._logged: frozenset[tuple[str, str, str]] = frozenset()
@@ -89,6 +97,14 @@ class EnrollmentGate:
     def keys(self) -> dict[str, bytes]:
         return self._keys
 
+    @property
+    def allowlist(self) -> frozenset[str]:
+        """Every allowlisted id, whatever its transport (the oracle's "known device")."""
+        return frozenset().union(*self.allowlists.values())
+
+    def allowlisted(self, device: str, transport: Transport) -> bool:
+        return device in self.allowlists.get(transport, ())
+
     # -- the check (on the loop, per frame) ------------------------------------------------
     def check(self, arrival: Arrival) -> AuthMethod:
         device = arrival.device_id
@@ -101,27 +117,40 @@ class EnrollmentGate:
             arrival.transport,
             record=rec,
             key=self._keys.get(device),
-            allowlisted=device in self.allowlist,
+            allowlisted=self.allowlisted(device, arrival.transport),
             verified=arrival.verified,
             now=now,
             skew=self.skew,
         )
         if problems:
-            raise RejectedReading(problems[0].reason, problems[0].detail)
+            first = problems[0]
+            if first.reason == "unknown_device" and device in self.allowlist:
+                elsewhere = sorted(str(t) for t, ids in self.allowlists.items() if device in ids)
+                raise RejectedReading(
+                    "unknown_device",
+                    f"device {device!r} is allowlisted for {', '.join(elsewhere)} only; "
+                    f"this frame came over {arrival.transport}",
+                )
+            raise RejectedReading(first.reason, first.detail)
         if rec is None:
-            self._rate_limit(device)
             return AuthMethod.ALLOWLIST
-        if rec.status is DeviceStatus.PENDING:
-            self._activate(rec)
-        self._rate_limit(device)
-        self._seen[device] = int(now)
         return AuthMethod.BTHOME if rec.key_kind is KeyKind.BTHOME else AuthMethod.HMAC
 
-    def _rate_limit(self, device: str) -> None:
-        if self._buckets.take(device):
+    def admit(self, arrival: Arrival, auth: AuthMethod) -> None:
+        """After the counter rule: spend the device's budget; a pending device's first fresh,
+        verified frame activates it."""
+        device = arrival.device_id
+        key = counter_key(device, arrival.transport, auth)
+        if self._buckets.take(key):
             raise RejectedReading(
                 "rate_limited", f"device {device!r} is above {self.rate:g} frames/s"
             )
+        rec = self._records.get(device)
+        if rec is None:
+            return
+        if rec.status is DeviceStatus.PENDING:
+            self._activate(rec)
+        self._seen[device] = int(self.wall())
 
     def _activate(self, rec: DeviceRecord) -> None:
         # Active in memory at once; written to the registry by `run` (off the hot path).
@@ -142,7 +171,8 @@ class EnrollmentGate:
                 self._records[d] = DeviceRecord(
                     **{**rec.__dict__, "status": DeviceStatus.ACTIVE, "join_until": None}
                 )
-        self._buckets.retain(lambda d: d in self._records or d in self.allowlist)
+        allowed = self.allowlist
+        self._buckets.retain(lambda k: k in self._records or k.partition("/")[2] in allowed)
 
     def load(self) -> None:
         """Read the registry now (blocking: at start, or in a worker thread)."""
@@ -213,7 +243,7 @@ class EnrollmentGate:
     def health(self) -> Health:
         detail: dict[str, Detail] = {
             "enrolled": len(self._records) if self.registry is not None else None,
-            "allowlisted": len(self.allowlist),
+            "allowlisted": sum(len(ids) for ids in self.allowlists.values()),
             "error": self._error,
         }
         return Health("degraded" if self._error else "up", detail)
