@@ -101,6 +101,7 @@ class Pipeline:
 
     name = "pipeline"
     LINGER_BELOW = 8  # after a batch this small, with a queue this short, wait for company
+    REJECT_LINES_PER_REASON = 20  # warning lines per refusal reason per minute, all devices
 
     def __init__(
         self,
@@ -122,7 +123,14 @@ class Pipeline:
         self.batch_max = batch_max
         self.linger = linger
         self.log = logger or logging.getLogger("agent.pipeline")
-        self._rl = RateLimitedLog(self.log)
+        # Refusals: per device and reason as before, and one budget per reason for all devices
+        # together, with a summary line per minute of what the budget held back.
+        self._rl = RateLimitedLog(
+            self.log,
+            reason_budget=self.REJECT_LINES_PER_REASON,
+            summary_event="frames_rejected_summary",
+        )
+        self._summary_timer: asyncio.TimerHandle | None = None
         self._queue: asyncio.Queue[Arrival] = asyncio.Queue()
         self._space = asyncio.Event()
         self._space.set()
@@ -192,17 +200,32 @@ class Pipeline:
 
     def reject(self, source: str, device: str, reason: str, detail: str) -> None:
         """Count and log a refused frame: each distinct (device, reason, detail) once a minute,
-        every one at debug level."""
+        at most REJECT_LINES_PER_REASON lines a minute per reason over all devices, every one
+        at debug level; what was held back is summed up in one line a minute."""
         self.metrics.inc("frames_rejected", reason=reason, source=source)
         self._rl.event(
             (device, reason, detail),
             "frame_rejected",
             group=(device, reason),
+            budget=reason,
+            ident=device,
             source=source,
             device=device,
             reason=reason,
             detail=detail,
         )
+        if self._rl.pending_summary and self._summary_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # called outside the loop (a unit test): summed up lazily
+                return
+            self._summary_timer = loop.call_later(
+                self._rl.seconds_to_summary(), self._write_reject_summary
+            )
+
+    def _write_reject_summary(self) -> None:
+        self._summary_timer = None
+        self._rl.flush()
 
     # -- worker --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -238,6 +261,9 @@ class Pipeline:
         """Drain into the journal (the sources have paused); what is left stays unacknowledged
         at its source, which delivers it again after the restart."""
         self.drained = await self.drain(grace)
+        if self._summary_timer is not None:
+            self._summary_timer.cancel()
+        self._write_reject_summary()
 
     def health(self) -> Health:
         q = self._queue.qsize()

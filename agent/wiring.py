@@ -160,6 +160,7 @@ def build(
         burst=enr.burst if enr is not None else 20.0,
         metrics=metrics,
         skew=cfg.pipeline.clock_skew,
+        data_dir=cfg.gateway.data_dir,
     )
     device_gate: DeviceGate = gate
     if cfg.sources.ble.enabled:
@@ -178,6 +179,7 @@ def build(
         batch_max=cfg.pipeline.batch_max,
         linger=cfg.pipeline.linger_s,
     )
+    gate.reset_counters = pipeline.reset_counters
     p = Parts(
         cfg=cfg,
         key=key,

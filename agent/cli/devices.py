@@ -341,6 +341,57 @@ def cmd_devices_rotate_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_devices_reset_counter(args: argparse.Namespace) -> int:
+    """Ask the agent to forget an unauthenticated device's last counter (all its transports, or
+    --transport's); waits for the running agent's answer, or leaves the request for its start."""
+    from agent.datalock import agent_running
+    from agent.devices.counterreset import read_answer, request_reset
+    from agent.devices.registry import validate_device_id
+
+    cfg = load(args)
+    device = validate_device_id(args.device_id)
+    if cfg.enrollment is not None and cfg.enrollment.enabled:
+        rec = DeviceRegistry(cfg.enrollment.registry_dir).get(device)
+        if rec is not None:
+            raise RegistryError(
+                f"device {device!r} is enrolled ({rec.status}, over {rec.transport}): its "
+                "counter is bound to its key, and a reset would let every captured frame of "
+                "it be accepted again",
+                fix=f"edgence-agent devices rotate-key {device} (a new key and a bundle whose "
+                "counter continues above the last one)",
+            )
+    transport = Transport(args.transport) if args.transport else None
+    where = f"over {transport}" if transport is not None else "on every transport"
+    data_dir = cfg.gateway.data_dir
+    req = request_reset(data_dir, device, transport)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        got = read_answer(req)
+        if got is not None:
+            if "refused" in got:
+                raise RegistryError(f"the agent refused: {got['refused']}")
+            removed = got.get("removed") or {}
+            if not removed:
+                print(f"{device}: no counter kept {where}; nothing to reset")
+            for key, counter in sorted(removed.items()):
+                print(
+                    f"{device}: counter {counter} under {key} forgotten; the next frame there "
+                    "may start anywhere"
+                )
+            return 0
+        if not agent_running(data_dir):
+            print(
+                f"the agent is not running: the reset of {device}'s counter {where} is applied "
+                f"when it starts (request {req.path})"
+            )
+            return 0
+        time.sleep(0.1)
+    raise AgentError(
+        f"the running agent did not answer within {args.timeout:g} s (request {req.path} "
+        "stays and is applied when the agent reads it)"
+    )
+
+
 def cmd_devices_check(args: argparse.Namespace) -> int:
     """Print the canonical bytes, the expected MAC and every rule FRAME breaks."""
     from agent.devices.check import check_report
@@ -422,6 +473,23 @@ def add_parsers(sub: Any, config: argparse.ArgumentParser) -> None:
     s.add_argument("--bundle", type=Path)
     s.add_argument("--host")
     s.set_defaults(fn=cmd_devices_rotate_key)
+    s = dsub.add_parser(
+        "reset-counter",
+        parents=[config],
+        help="forget an unauthenticated device's last counter (after a spoofed frame)",
+        epilog="For devices accepted without a key (allowlisted, observed, bound to a serial "
+        "port, OSCORE, plaintext BLE): their counters are kept per transport. The running "
+        "agent applies it at once and logs event=counter_reset; a stopped one when it starts. "
+        "Enrolled devices are refused: use rotate-key.",
+    )
+    s.add_argument("device_id")
+    s.add_argument(
+        "--transport",
+        choices=[str(t) for t in Transport if t is not Transport.SIMULATED],
+        help="only the counter of this transport (default: every transport)",
+    )
+    s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the agent")
+    s.set_defaults(fn=cmd_devices_reset_counter)
     s = dsub.add_parser(
         "check",
         help="check a frame as the gateway would: canonical bytes, expected mac, every rule broken",

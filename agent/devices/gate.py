@@ -15,10 +15,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from pathlib import Path
+from typing import Protocol
 
 from agent.component import Detail, Health
 from agent.devices.check import DEFAULT_SKEW, frame_violations
+from agent.devices.counterreset import answer, pending_resets
 from agent.devices.registry import (
     DeviceRecord,
     DeviceRegistry,
@@ -36,6 +39,14 @@ from agent.pipeline import Arrival
 from agent.ratelimit import KeyedBuckets
 
 
+class ResetCounters(Protocol):
+    """Pipeline.reset_counters: forget a device's last counters; returns them by key."""
+
+    def __call__(
+        self, device_id: str, transport: Transport | None, *, bare: bool = ...
+    ) -> Awaitable[dict[str, int]]: ...
+
+
 class EnrollmentGate:
     """A DeviceGate over the registry, plus optional unauthenticated allowlists, one per
     transport (config `sources.*.allowed_devices`, observed CoAP devices, OSCORE devices, the
@@ -43,8 +54,9 @@ class EnrollmentGate:
     marked auth=allowlist in their envelope). An id allowlisted for one transport is unknown
     on every other.
 
-    As a component ("registry") it reloads the registry when it changes and writes
-    activations and last-seen times; stopping flushes the pending activations."""
+    As a component ("registry") it reloads the registry when it changes, writes activations
+    and last-seen times, and serves `devices reset-counter` requests (devices/counterreset.py)
+    with `reset_counters` (the pipeline's); stopping flushes the pending activations."""
 
     name = "registry"
 
@@ -60,8 +72,12 @@ class EnrollmentGate:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         skew: ClockSkew = DEFAULT_SKEW,
+        data_dir: Path | None = None,
+        reset_counters: ResetCounters | None = None,
     ) -> None:
         self.registry = registry
+        self.data_dir = data_dir
+        self.reset_counters = reset_counters
         self.allowlists: dict[Transport, frozenset[str]] = {
             t: frozenset(ids) for t, ids in (allowlists or {}).items()
         }
@@ -198,40 +214,88 @@ class EnrollmentGate:
             event(self.log, "device_activated", device=d)
 
     async def run(self, poll: float = 0.5, touch_every: float = 60.0) -> None:
-        """Reload on change, write activations at once and last-seen times once a minute."""
+        """Serve counter resets; reload the registry on change, write activations at once and
+        last-seen times once a minute."""
         self.ready.set()
-        if self.registry is None:
-            return
-        registry = self.registry
         loop = asyncio.get_running_loop()
         last_touch = time.monotonic()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), poll)
-            self._wake.clear()
             try:
-                await self.flush_activations()
-                if time.monotonic() - last_touch >= touch_every and self._seen:
-                    seen, self._seen = self._seen, {}
-                    await loop.run_in_executor(None, registry.touch, seen)
-                    last_touch = time.monotonic()
-                marker = await loop.run_in_executor(None, registry.change_marker)
-                if marker != self._marker:
-                    snap = await loop.run_in_executor(None, registry.snapshot)
-                    self.apply(snap)
-                    self._marker = marker
-                    # The file also changes for last-seen times and activations the gate wrote
-                    # itself: say so only when enrollment changed (devices, status, keys).
-                    now = _enrollment(self._records)
-                    if now != self._logged:
-                        self._logged = now
-                        event(self.log, "registry_loaded", devices=len(snap.records))
+                await self.serve_counter_resets()
+                registry = self.registry
+                if registry is not None:
+                    await self.flush_activations()
+                    if time.monotonic() - last_touch >= touch_every and self._seen:
+                        seen, self._seen = self._seen, {}
+                        await loop.run_in_executor(None, registry.touch, seen)
+                        last_touch = time.monotonic()
+                    await self._reload_if_changed(registry)
                 self._error = None
             except (RegistryError, AgentError, OSError) as exc:
                 self._error = str(exc)[:200]
                 self.metrics.inc("registry_errors")
                 event(self.log, "registry_error", logging.ERROR, error=str(exc))
                 await asyncio.sleep(poll)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), poll)
+            self._wake.clear()
+
+    async def _reload_if_changed(self, registry: DeviceRegistry) -> None:
+        loop = asyncio.get_running_loop()
+        marker = await loop.run_in_executor(None, registry.change_marker)
+        if marker == self._marker:
+            return
+        snap = await loop.run_in_executor(None, registry.snapshot)
+        self.apply(snap)
+        self._marker = marker
+        # The file also changes for last-seen times and activations the gate wrote itself:
+        # say so only when enrollment changed (devices, status, keys).
+        now = _enrollment(self._records)
+        if now != self._logged:
+            self._logged = now
+            event(self.log, "registry_loaded", devices=len(snap.records))
+
+    async def serve_counter_resets(self) -> None:
+        """Answer `devices reset-counter` requests: an unauthenticated device's counters are
+        forgotten (one `counter_reset` line each); an enrolled device's are not (its key binds
+        its counter: a reset would let every captured frame of it replay)."""
+        if self.data_dir is None or self.reset_counters is None:
+            return
+        loop = asyncio.get_running_loop()
+        for req in await loop.run_in_executor(None, pending_resets, self.data_dir):
+            rec = self._records.get(req.device)
+            where = str(req.transport) if req.transport is not None else "all"
+            result: dict[str, object]
+            if rec is not None:
+                result = {
+                    "refused": f"device {req.device!r} is enrolled ({rec.status}, over "
+                    f"{rec.transport}): its counter is bound to its key; `edgence-agent "
+                    f"devices rotate-key {req.device}` gives it a new key and a bundle whose "
+                    "counter continues above the last one"
+                }
+                event(
+                    self.log,
+                    "counter_reset_refused",
+                    logging.WARNING,
+                    device=req.device,
+                    transport=where,
+                    reason="enrolled",
+                )
+            else:
+                removed = await self.reset_counters(
+                    req.device, req.transport, bare=req.transport is None
+                )
+                result = {"removed": removed}
+                self.metrics.inc("counter_resets")
+                event(
+                    self.log,
+                    "counter_reset",
+                    logging.WARNING,
+                    device=req.device,
+                    transport=where,
+                    forgotten=",".join(f"{k}={v}" for k, v in sorted(removed.items())) or "none",
+                )
+            await loop.run_in_executor(None, answer, req, result)
 
     async def stop(self, grace: float = 0.5) -> None:
         """Write the activations of devices whose first frame arrived (pending -> active)."""
