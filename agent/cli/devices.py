@@ -108,6 +108,10 @@ def build_bundle(
     return bundle
 
 
+def default_bundle_path(cfg: AgentConfig, device_id: str) -> Path:
+    return cfg.gateway.data_dir / "bundles" / f"{device_id}.json"
+
+
 def write_bundle(path: Path, bundle: dict[str, Any]) -> bytes:
     data = json.dumps(bundle, separators=(",", ":"), sort_keys=True).encode()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -174,7 +178,7 @@ def issue_bundle(
         mqtt_password=password,
         host=host or (cfg.enrollment.advertise_host if cfg.enrollment else None),
     )
-    path = path or cfg.gateway.data_dir / "bundles" / f"{rec.id}.json"
+    path = path or default_bundle_path(cfg, rec.id)
     return path, write_bundle(path, bundle)
 
 
@@ -234,7 +238,13 @@ def cmd_pair(args: argparse.Namespace) -> int:
             key=bindkey,
             key_kind=KeyKind.BTHOME if transport is Transport.BLE else KeyKind.HMAC,
             window_s=window,
+            replace_revoked=args.replace,
         )
+        if existing is not None:  # a revoked id enrolled anew: its old bundle holds a dead key
+            old_bundle = default_bundle_path(cfg, rec.id)
+            if old_bundle.exists():
+                old_bundle.unlink()
+                print(f"old bundle {old_bundle} deleted (its key was revoked)", file=out)
         bundle_path, data = issue_bundle(cfg, registry, rec, key, args.host, args.bundle)
         print(f"enrolled {rec.id} ({transport}) as pending; key {rec.key_ref}", file=out)
         print(f"provisioning bundle (holds the device key, mode 0600): {bundle_path}", file=out)
@@ -246,7 +256,7 @@ def cmd_pair(args: argparse.Namespace) -> int:
             print(f"writing config.json to the board on {args.serial} ...", file=out)
             provision_over_serial(args.serial, data + b"\n")
             print(f"config.json written to the board on {args.serial}; it restarts", file=out)
-    bundle_path = args.bundle or cfg.gateway.data_dir / "bundles" / f"{rec.id}.json"
+    bundle_path = args.bundle or default_bundle_path(cfg, rec.id)
     if args.no_wait:
         print(
             f"join window closes in {window:.0f} s: put the bundle on the device "
@@ -327,6 +337,11 @@ def cmd_devices_revoke(args: argparse.Namespace) -> int:
         auth.remove_user(rec.id)
     _sync_broker(cfg, registry)
     print(f"{rec.id} revoked: its frames are refused and its key destroyed")
+    bundle = default_bundle_path(cfg, rec.id)
+    if bundle.exists():  # it holds the key just destroyed
+        bundle.unlink()
+        print(f"its bundle {bundle} deleted")
+    print(f"to enroll the id anew: edgence-agent pair {rec.id} --replace")
     return 0
 
 
@@ -451,6 +466,11 @@ def add_parsers(sub: Any, config: argparse.ArgumentParser) -> None:
     s.add_argument("--no-qr", dest="qr", action="store_false")
     s.add_argument("--no-wait", action="store_true", help="do not wait for the first frame")
     s.add_argument("--reopen", action="store_true", help="reopen a pending device's window")
+    s.add_argument(
+        "--replace",
+        action="store_true",
+        help="enroll a revoked id anew (new key, new bundle; the old bundle is deleted)",
+    )
     s.set_defaults(fn=cmd_pair)
 
     d = sub.add_parser("devices", help="list, show, revoke enrolled devices, rotate their keys")
