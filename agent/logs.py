@@ -195,9 +195,9 @@ class RateLimitedLog:
             logging.WARNING,
             seconds=int(elapsed),
             held_back=sum(by_reason.values()),
-            reasons=",".join(f"{r}={n}" for r, n in sorted(by_reason.items())),
+            reasons=",".join(f"{r}:{n}" for r, n in sorted(by_reason.items())),
             distinct_ids=len(ids),
-            top_ids=",".join(f"{i}={n}" for i, n in top),
+            top_ids=",".join(f"{i}:{n}" for i, n in top),
         )
 
     def _budget_allows(self, reason: str | None) -> bool:

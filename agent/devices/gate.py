@@ -293,7 +293,7 @@ class EnrollmentGate:
                     logging.WARNING,
                     device=req.device,
                     transport=where,
-                    forgotten=",".join(f"{k}={v}" for k, v in sorted(removed.items())) or "none",
+                    forgotten=",".join(f"{k}:{v}" for k, v in sorted(removed.items())) or "none",
                 )
             await loop.run_in_executor(None, answer, req, result)
 

@@ -349,9 +349,9 @@ def test_a_reason_budget_bounds_lines_over_all_ids_and_a_summary_tells_the_rest(
     assert len(summary) == 1
     fields = dict(f.split("=", 1) for f in summary[0].split(" ")[1:])
     assert fields["held_back"] == "19997"
-    assert fields["reasons"] == '"unknown_device=19997"'
+    assert fields["reasons"] == "unknown_device:19997"
     assert int(fields["distinct_ids"]) <= RateLimitedLog.MAX_IDS + 1  # bounded memory
-    top = fields["top_ids"].strip('"').split(",")
+    top = fields["top_ids"].split(",")
     assert len(top) == 5 and all(t.startswith("ghost-") for t in top)  # the loudest ids
     assert len(captured.messages()) == 6  # the summary, then a new window's first line
     limited.flush()
