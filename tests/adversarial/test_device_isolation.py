@@ -39,7 +39,7 @@ from tests.integration.conftest import (
     agent_config_dict,
     async_wait_until,
 )
-from tests.integration.test_coap_source import free_udp_port
+from tests.integration.test_coap_source import free_udp_port, write_oscore_context
 
 MAX = 2**64 - 1
 
@@ -345,3 +345,34 @@ async def test_a_json_frame_with_a_key_twice_is_refused(
     await async_wait_until(lambda: len(collector.observations()) == 1, 10, "frame 2")
     assert rejects(running) == {"not_json": 1}
     assert accepted(collector) == [("dev-1", "mqtt", 2)]
+
+
+async def test_oscore_and_observed_devices_cannot_be_spoken_for_over_mqtt_or_a_coap_post(
+    tmp_path: Path,
+    local_broker: LocalMosquitto,
+    upstream_broker: LocalMosquitto,
+    collector: Collector,
+    device: Device,
+    start_agent: Any,
+) -> None:
+    """sec-1 has an OSCORE context, obs-1 is OBSERVEd by the gateway (an unreachable resource
+    here): neither may be published for over MQTT, and obs-1 not POSTed for over CoAP."""
+    port = free_udp_port()
+    oscore = tmp_path / "agent" / "oscore"
+    write_oscore_context(oscore / "sec-1", "01", "02", "a secret of sec-1")
+    cfg = agent_config_dict(local_broker, upstream_broker)
+    cfg["sources"]["coap"] = {
+        "enabled": True,
+        "bind": "127.0.0.1",
+        "port": port,
+        "oscore_dir": str(oscore),
+        "observe": [{"device": "obs-1", "uri": f"coap://127.0.0.1:{free_udp_port()}/t"}],
+    }
+    running = await start_agent(cfg)
+    device.publish("devices/sec-1/up", frame(MAX, 666))
+    device.publish("devices/obs-1/up", frame(MAX, 666))
+    assert await asyncio.to_thread(coap_post, port, "obs-1", frame(MAX, 666)) == "4.01"
+    await async_wait_until(lambda: rejects(running).get("unknown_device") == 3, 10, "refusals")
+    device.publish("devices/dev-1/up", frame(1))  # MQTT's own allowlisted device still speaks
+    await async_wait_until(lambda: len(collector.observations()) == 1, 10, "dev-1")
+    assert accepted(collector) == [("dev-1", "mqtt", 1)]
