@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.devices.registry import atomic_write
+from agent.devices.registry import atomic_write, owner_to_keep
 from agent.model import NAME_RE, Transport
 
 REQUESTS_DIR = "requests"
@@ -45,7 +45,11 @@ def requests_dir(data_dir: Path) -> Path:
 def request_reset(data_dir: Path, device: str, transport: Transport | None) -> CounterReset:
     """Write a request (the CLI's side); the agent answers in `done_path`."""
     d = requests_dir(data_dir)
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not d.exists():
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        owner = owner_to_keep(data_dir)  # as root: the agent's user must remove requests
+        if owner is not None:
+            os.chown(d, *owner)
     now = time.time()
     path = d / f"{_PREFIX}{int(now * 1000)}-{secrets.token_hex(4)}.json"
     doc = {"device": device, "transport": None if transport is None else str(transport)}

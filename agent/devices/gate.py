@@ -99,6 +99,7 @@ class EnrollmentGate:
         self._activated: set[str] = set()
         self._seen: dict[str, int] = {}
         self._wake = asyncio.Event()
+        self._answered: set[Path] = set()  # counter-reset requests served since start
         self.ready = asyncio.Event()
         self._error: str | None = None
         self.metrics.gauge("devices_enrolled", lambda: float(len(self._records)))
@@ -263,6 +264,8 @@ class EnrollmentGate:
             return
         loop = asyncio.get_running_loop()
         for req in await loop.run_in_executor(None, pending_resets, self.data_dir):
+            if req.path in self._answered:
+                continue  # done once; its file could not be removed (logged then)
             rec = self._records.get(req.device)
             where = str(req.transport) if req.transport is not None else "all"
             result: dict[str, object]
@@ -295,6 +298,7 @@ class EnrollmentGate:
                     transport=where,
                     forgotten=",".join(f"{k}:{v}" for k, v in sorted(removed.items())) or "none",
                 )
+            self._answered.add(req.path)
             await loop.run_in_executor(None, answer, req, result)
 
     async def stop(self, grace: float = 0.5) -> None:
