@@ -64,7 +64,9 @@ class GatewayConfig:
     verifying_contract: str
     passphrase_file: Path | None = None
     domain_name: str = "Edgence"
-    domain_version: str = "1"
+    domain_version: str = "2"
+    # [gateway.feeds] "device/sensor" = feed name or 0x id; others get the default feed
+    feeds: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -563,6 +565,25 @@ def load_config(path: Path | str) -> AgentConfig:
     return config_from_dict(raw, file, path.resolve().parent)
 
 
+def _feeds(f: _Section) -> tuple[tuple[str, str], ...]:
+    """[gateway.feeds]: "device/sensor" = "feed name" (or "0x" and 64 hex digits)."""
+    from agent.attest.feeds import feed_id, parse_assignment
+
+    out = []
+    for key, spec in f.data.items():
+        f.read.add(key)
+        if not isinstance(spec, str):
+            raise f.err(key, f"must be a feed name or 0x and 64 hex digits, got {spec!r}")
+        try:
+            parse_assignment(key)
+            feed_id(spec)
+        except ValueError as exc:
+            raise f.err(key, str(exc)) from None
+        out.append((key, spec))
+    f.done()
+    return tuple(out)
+
+
 def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
     root = _Section(file, "", raw, base)
 
@@ -585,7 +606,8 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
             g.get("verifying_contract", str, "0x" + "00" * 20),
         ),
         domain_name=g.get("domain_name", str, "Edgence"),
-        domain_version=g.get("domain_version", str, "1"),
+        domain_version=g.get("domain_version", str, "2"),
+        feeds=_feeds(g.sub("feeds")),
     )
     g.done()
 

@@ -41,7 +41,7 @@ from agent.mqtt import MqttResponder, publish_json_reply, reply_topic_allowed
 
 T = TypeVar("T")
 
-OBSERVATION_TUPLE = "(bytes32,bytes32,int256,int8,bytes32,uint64,uint64,uint64)"
+OBSERVATION_TUPLE = "(bytes32,bytes32,bytes32,int256,int8,bytes32,uint64,uint64,uint64,uint8,uint8)"
 SUBMIT_SIGNATURE = f"submit(address,{OBSERVATION_TUPLE},bytes)"
 SUBMIT_BATCH_SIGNATURE = f"submitBatch(address[],{OBSERVATION_TUPLE}[],bytes[])"
 SUBMIT_SELECTOR = keccak256(SUBMIT_SIGNATURE.encode("ascii"))[:4]
@@ -61,6 +61,7 @@ def observation_tuple(v: VerifiedObservation) -> tuple[Any, ...]:
     """The ObservationOracle.Observation struct of a verified envelope, as eth-abi takes it."""
     r = v.reading
     return (
+        v.feed,
         label_bytes32(r.device_id, "device id"),
         label_bytes32(r.sensor, "sensor"),
         r.value,
@@ -69,6 +70,8 @@ def observation_tuple(v: VerifiedObservation) -> tuple[Any, ...]:
         r.timestamp,
         r.counter,
         v.gateway_sequence,
+        v.transport_code,
+        v.assurance,
     )
 
 

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from agent.attest.feeds import FeedMap
 from agent.attest.keys import GatewayKey, load_key_file
 from agent.attest.observation import ObservationSigner
 from agent.bridge import Bridge
@@ -128,7 +129,7 @@ class Agent:
             overflow=cfg.journal.overflow,
             logger=logging.getLogger("agent.journal"),
         )
-        self.signer = ObservationSigner(self.key, domain_of(cfg))
+        self.signer = ObservationSigner(self.key, domain_of(cfg), FeedMap(dict(cfg.gateway.feeds)))
         enr = cfg.enrollment
         self.registry = (
             DeviceRegistry(enr.registry_dir) if enr is not None and enr.enabled else None
