@@ -251,6 +251,11 @@ def _get_label(obj: Mapping[str, Any], path: str, what: str) -> str:
     return label
 
 
+def parse_document(data: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
+    """A JSON object (duplicate keys refused), or EnvelopeError saying why not."""
+    return _parse(data)
+
+
 def _parse(data: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(data, Mapping):
         return data

@@ -77,7 +77,7 @@ def test_only_gateway_key_file_is_required_and_everything_else_has_defaults(
     g = cfg.gateway
     assert (g.data_dir, g.passphrase_file, g.chain_id) == (tmp_path / "data", None, 31337)
     assert g.verifying_contract == "0x" + "00" * 20
-    assert (g.domain_name, g.domain_version) == ("Edgence", "1")
+    assert (g.domain_name, g.domain_version, g.feeds) == ("Edgence", "2", ())
     m = cfg.mqtt
     assert m.enabled and m.broker.url == "mqtt://127.0.0.1:1883" and m.broker.protocol == 4
     assert (m.topics, m.qos, m.max_payload, m.max_values_per_frame) == (
@@ -440,3 +440,36 @@ def test_bad_bridge_topic_prefix_is_refused(tmp_path: Path, prefix: str) -> None
     assert (
         "[bridge.topic_prefix] must be a topic prefix without + # or leading/trailing /" in message
     )
+
+
+# --- feeds ----------------------------------------------------------------------------------
+
+
+def test_gateway_feeds_assign_device_sensors_to_named_feeds(tmp_path: Path) -> None:
+    cfg = load(
+        tmp_path,
+        MINIMAL
+        + '[gateway.feeds]\n"dev-1/temp" = "greenhouse-1 air"\n"dev-2/temp" = "0x'
+        + "ab" * 32
+        + '"\n',
+    )
+    assert cfg.gateway.feeds == (
+        ("dev-1/temp", "greenhouse-1 air"),
+        ("dev-2/temp", "0x" + "ab" * 32),
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "why"),
+    [
+        ('"dev-1" = "x"', "gateway.feeds.dev-1", 'must be "device/sensor"'),
+        ('"dev-1/t emp" = "x"', "gateway.feeds.dev-1/t emp", 'must be "device/sensor"'),
+        ('"dev-1/temp" = 5', "gateway.feeds.dev-1/temp", "must be a feed name"),
+        ('"dev-1/temp" = ""', "gateway.feeds.dev-1/temp", "1-64 printable ASCII"),
+    ],
+)
+def test_bad_feed_assignment_names_the_key_and_what_is_allowed(
+    tmp_path: Path, line: str, key: str, why: str
+) -> None:
+    path, message = refusal(tmp_path, MINIMAL + "[gateway.feeds]\n" + line + "\n")
+    assert key in message and why in message and str(path) in message
