@@ -101,6 +101,10 @@ class EnrollmentGate:
         if rec is None:
             if device in self.allowlist:
                 self._rate_limit(device)
+                # Listed, not enrolled: only a transport that authenticated it (OSCORE with
+                # the device's own context) lifts it above unauthenticated.
+                if arrival.verified is AuthMethod.OSCORE:
+                    return AuthMethod.OSCORE
                 return AuthMethod.ALLOWLIST
             raise RejectedReading("unknown_device", f"device {device!r} is not enrolled")
         if rec.status is DeviceStatus.REVOKED:
