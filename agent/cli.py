@@ -269,10 +269,10 @@ async def _masternode(args: argparse.Namespace) -> int:
                             "--vrf-public-key must be hex (0x02.. or 0x03..)"
                         ) from None
                 if vrf is None:
-                    raise AgentError(
-                        "no VRF public key: pass --vrf-public-key 0x02.. or set "
-                        "[masternode] vrf_public_key"
-                    )
+                    # The election's own key, derived from the gateway key (`keys` shows it).
+                    from agent.attest.vrfkey import vrf_public_key
+
+                    vrf = vrf_public_key(key)
                 rc = await client.register(vrf)
             elif args.action == "heartbeat":
                 rc = await client.heartbeat()
@@ -399,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     from agent.devices.deploy import add_parsers as add_firmware_parsers
 
     add_firmware_parsers(sub)
+    from agent.chaincli import add_parsers as add_chain_parsers
+
+    add_chain_parsers(sub, config_argument)
     return p
 
 
