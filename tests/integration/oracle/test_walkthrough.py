@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from agent.attest.keys import load_key_file
+from agent.attest.vrfkey import vrf_public_key
 from agent.chainclient.anvil import LocalAnvil
 from agent.localbroker import LocalMosquitto
 
@@ -60,8 +62,10 @@ def test_the_walkthrough_reaches_a_verified_on_chain_value(
     assert "# Paste into each masternode's agent.toml:" in out and "[masternode]" in out
     # 2: the feed and its policy.
     assert "quorum 1, minimum assurance 0 (unauthenticated)" in out
-    # 3: registered.
+    # 3: registered, with the VRF key derived from the gateway key (`keys` shows the same).
     assert "state         active" in out
+    gw_key = load_key_file(work / "gw" / "gateway.key")
+    assert f"vrf key       0x{vrf_public_key(gw_key).hex()}" in out
     # 5: the value on chain, and the verified observation behind it.
     assert re.search(r"^value        21\.37 Cel$", out, re.M), out
     assert re.search(r"^reporters    1 masternodes", out, re.M), out
