@@ -317,7 +317,16 @@ class OracleService:
         """The answer for one journal entry (its envelope is verified again on the way out)."""
         try:
             v = verify_envelope(entry.envelope)
-        except EnvelopeError as exc:  # a damaged journal: say so rather than serve it
+        except EnvelopeError as exc:
+            if entry.envelope.startswith(b'{"v":1,'):
+                # Journaled before the upgrade to Observation type v2: genuine, but no longer
+                # what a verifier or the oracle contract accepts.
+                raise QueryError(
+                    "not_found",
+                    f"observation {entry.seq} was signed as Observation type v1 (before this "
+                    "gateway's upgrade); verifiers and the oracle contract accept type v2 only",
+                ) from exc
+            # A damaged journal: say so rather than serve it.
             raise QueryError(
                 "unavailable", f"stored observation {entry.seq} is damaged: {exc}"
             ) from exc

@@ -17,6 +17,10 @@ from agent.masternode import revert_reason
 from agent.model import ASSURANCE_NAMES, bytes32_label
 
 
+def assurance_name(level: int) -> str:
+    return ASSURANCE_NAMES[level] if 0 <= level < len(ASSURANCE_NAMES) else "unknown level"
+
+
 @dataclass(frozen=True)
 class DeployDefaults:
     """What `contracts deploy` deploys with unless told otherwise. The election values equal
@@ -111,7 +115,7 @@ class FeedPolicy:
         allowed = ", ".join(self.allowed_gateways) if self.allowed_gateways else "any masternode"
         return (
             f"quorum {self.quorum}, minimum assurance {self.min_assurance} "
-            f"({ASSURANCE_NAMES[self.min_assurance]}), "
+            f"({assurance_name(self.min_assurance)}), "
             f"{'same-reading witnesses' if self.same_reading else 'reports'} within "
             f"{self.window_s} s, max age {self.max_age_s} s, reporters: {allowed}"
         )
@@ -152,7 +156,7 @@ class FeedValue:
             f"value        {decimal_string(self.value, self.exponent)} {self.unit}",
             f"observed at  {self.observed_at} (unix seconds; accepted at {self.accepted_at})",
             f"reporters    {self.reporters} masternodes (round {self.round})",
-            f"assurance    {self.min_assurance} ({ASSURANCE_NAMES[self.min_assurance]}) at least",
+            f"assurance    {self.min_assurance} ({assurance_name(self.min_assurance)}) at least",
         ]
 
 

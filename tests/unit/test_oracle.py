@@ -112,3 +112,37 @@ def test_revert_reasons_are_decoded_by_the_abi() -> None:
     assert revert_reason(abi, "0x" + text.hex()) == "collateral"
     assert revert_reason(abi, "0xdeadbeef") == "0xdeadbeef"
     assert revert_reason(abi, None) == "reverted without a reason"
+
+
+def _service(contract: str) -> Any:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agent.metrics import Metrics
+    from agent.oracle import OracleService
+
+    # render() reads neither the journal nor the executor: the entry is given.
+    return OracleService(
+        None,  # type: ignore[arg-type]
+        ThreadPoolExecutor(1),
+        contract=contract,
+        known_device=lambda d: True,
+        metrics=Metrics(),
+    )
+
+
+def test_an_answer_for_another_domain_has_no_calldata_and_a_v1_envelope_says_why() -> None:
+    import json
+
+    from agent.journal import JournalEntry
+
+    v = verified(5, 3)
+    envelope = ObservationSigner(GatewayKey.generate(), DOMAIN).sign(v.reading, 3).envelope
+    entry = JournalEntry(3, "dev-1", "temp", 0.0, envelope)
+    same = json.loads(_service(DOMAIN.verifying_contract).render(entry))
+    assert same["submit"]["to"] == DOMAIN.verifying_contract
+    other = json.loads(_service("0x" + "ee" * 20).render(entry))
+    assert other["submit"] is None and "would refuse it" in other["submit_refused"]
+    old = entry.envelope.replace(b'{"v":2,', b'{"v":1,', 1)
+    with pytest.raises(QueryError) as info:
+        _service(DOMAIN.verifying_contract).render(JournalEntry(3, "dev-1", "temp", 0.0, old))
+    assert info.value.code == "not_found" and "Observation type v1" in info.value.message
