@@ -10,7 +10,12 @@ import os
 import tempfile
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.attest.keys import GatewayKey
+    from agent.chainclient.rpc import RpcClient
+    from agent.chainclient.sender import TxSender
 
 ADDRESS_HELP = "0x and 40 hex digits"
 
@@ -21,14 +26,17 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
     return run_event_loop(coro)
 
 
-def _load_key(path: Path) -> Any:
+def _load_key(path: Path) -> GatewayKey:
     from agent.attest.keys import load_key_file
 
     return load_key_file(path, os.environ.get("EDGENCE_KEY_PASSPHRASE"))
 
 
 async def _with_sender(
-    rpc_url: str, key_path: Path, call_timeout: float, work: Callable[[Any, Any], Awaitable[int]]
+    rpc_url: str,
+    key_path: Path,
+    call_timeout: float,
+    work: Callable[[RpcClient, TxSender], Awaitable[int]],
 ) -> int:
     """Run `work(rpc, sender)` with a TxSender for the key (its nonce store is throwaway: a
     one-shot command takes nonces from the node)."""
@@ -58,7 +66,7 @@ def cmd_contracts_deploy(args: argparse.Namespace) -> int:
         cutoff_blocks=args.cutoff,
     )
 
-    async def work(rpc: Any, sender: Any) -> int:
+    async def work(rpc: RpcClient, sender: TxSender) -> int:
         out = await deploy_contracts(sender, d)
         mode = f"{d.election_mode} mode"
         print(f"# deployed on chain {out.chain_id} by {out.deployer} after block {out.block}")
@@ -102,7 +110,7 @@ def cmd_feed_create(args: argparse.Namespace) -> int:
     feed = resolve_feed(args.feed, args.device, args.sensor)
     policy = _policy(args)
 
-    async def work(rpc: Any, sender: Any) -> int:
+    async def work(rpc: RpcClient, sender: TxSender) -> int:
         rc = await OracleAdmin(rpc, args.oracle, sender).create_feed(feed, policy)
         print(f"feed 0x{feed.hex()} created in block {int(rc['blockNumber'], 16)}")
         print(f"policy  {policy.describe()}")
