@@ -167,6 +167,7 @@ contract ObservationOracle {
     error BadPolicy(string why);
     error NotAllowed(address gateway, bytes32 feed);
     error AssuranceTooLow(uint8 assurance, uint8 minAssurance);
+    error BadAssurance(uint8 assurance);
     error Replayed(address gateway, bytes32 feed, uint64 gatewaySequence, uint64 lastAccepted);
     error Stale(uint64 timestamp, uint256 blockTimestamp, uint64 maxAge);
     error FromFuture(uint64 timestamp, uint256 blockTimestamp, uint64 maxFuture);
@@ -354,6 +355,7 @@ contract ObservationOracle {
             if (!registry.isRegistered(gateway)) return abi.encodeWithSelector(NotRegistered.selector, gateway);
             return abi.encodeWithSelector(Inactive.selector, gateway);
         }
+        if (o.assurance > MAX_ASSURANCE) return abi.encodeWithSelector(BadAssurance.selector, o.assurance);
         if (o.assurance < p.minAssurance) {
             return abi.encodeWithSelector(AssuranceTooLow.selector, o.assurance, p.minAssurance);
         }

@@ -34,6 +34,18 @@ TEMP = label_bytes32("temp", "sensor")
 FEED = default_feed("dev-1", "temp")
 
 
+OBSERVATION_KEYS = [f["name"] for f in OBSERVATION_TYPES["Observation"]]
+
+
+def _domain(d: Deployment) -> dict[str, Any]:
+    return {
+        "name": "Edgence",
+        "version": "2",
+        "chainId": d.chain.node.chain_id,
+        "verifyingContract": d.oracle.address,
+    }
+
+
 def rejected(d: Deployment, *args: Any) -> Reverted:
     with pytest.raises(Reverted) as info:
         d.chain.call(d.oracle, "submit", *args)
@@ -169,6 +181,14 @@ def test_each_bad_observation_is_rejected_with_its_reason(deployment: Deployment
     # ...and, honestly labelled, below the feed's minimum assurance.
     err = rejected(d, *obs_args(weak))
     assert err.reason == "AssuranceTooLow(0, 1)"
+    # A level that does not exist, even signed by a registered masternode.
+    from agent.attest.eip712 import hash_typed_data
+
+    m = {k: v for k, v in zip(OBSERVATION_KEYS, tup, strict=True)}
+    m["assurance"] = 3
+    digest = hash_typed_data(OBSERVATION_TYPES, "Observation", _domain(d), m)
+    made_up = (*tup[:-1], 3)
+    assert rejected(d, good.address, made_up, good.sign_digest(digest)).reason == "BadAssurance(3)"
     # High S: the same signature mirrored (s -> n - s, v flipped) still recovers, but is refused.
     s = int.from_bytes(sig[32:64])
     high = sig[:32] + (SECP256K1_N - s).to_bytes(32) + bytes([55 - sig[64]])
