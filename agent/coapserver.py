@@ -34,8 +34,10 @@ class CoapServer:
         from agent.coapsite import ServerContext  # aiocoap only when a CoAP service runs
 
         self._stop.clear()
+        # UDP only: aiocoap's default server transports add CoAP over TCP on the same port and
+        # CoAP over WebSocket on port + 3000, listeners nobody configured.
         ctx = await ServerContext.create_server_context(
-            self.site(), bind=(self.host, self.port), loggername=self.log.name
+            self.site(), bind=(self.host, self.port), loggername=self.log.name, transports=["udp6"]
         )
         self._ctx = ctx
         event(self.log, self.listening_event, bind=f"{self.host}:{self.port}")
