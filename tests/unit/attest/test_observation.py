@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -445,3 +446,46 @@ def test_units_with_json_special_characters_round_trip(
     verified = verify_envelope(signer.sign(reading, 0).envelope)
     assert verified.reading == reading
     assert json.loads(signer.sign(reading, 0).envelope)["reading"]["value"] == "-5000"
+
+
+def _leaves(obj: Any, path: str = "") -> list[str]:
+    if isinstance(obj, dict):
+        return [leaf for k, v in obj.items() for leaf in _leaves(v, f"{path}.{k}" if path else k)]
+    return [path]
+
+
+def _mutated(value: Any) -> list[Any]:
+    """Other plausible values of a leaf: a neighbour of an int, edited text, another list."""
+    if isinstance(value, bool) or value is None:
+        return [not value]
+    if isinstance(value, int):
+        return [value + 1, value - 1]
+    if isinstance(value, str):
+        hexdigit = value.startswith("0x") and len(value) > 2
+        return [value[:-1] + ("0" if value[-1] != "0" else "1")] + (
+            [] if hexdigit else [value + "x", value.upper() if value != value.upper() else "z"]
+        )
+    if isinstance(value, list):
+        return [[], [*value, "reading.device"]]
+    raise AssertionError(value)
+
+
+def test_every_envelope_field_is_signed_checked_or_declared_unsigned(
+    signer: ObservationSigner,
+) -> None:
+    reading = Reading(
+        "sim-1", "temp", 2137, -2, "Cel", 1_700_000_000, 41, Transport.MQTT, AuthMethod.HMAC
+    )
+    original = json.loads(signer.sign(reading, 7).envelope)
+    unsigned_ok = {"reading.auth": ["bthome"]}  # same level (2): the field the envelope names
+    for leaf in _leaves(original):
+        *parents, name = leaf.split(".")
+        candidates = _mutated(functools.reduce(lambda o, k: o[k], leaf.split("."), original))
+        for value in candidates + unsigned_ok.get(leaf, []):
+            env = json.loads(json.dumps(original))
+            functools.reduce(lambda o, k: o[k], parents, env)[name] = value
+            try:
+                verify_envelope(env)
+            except EnvelopeError:
+                continue
+            assert leaf in env["unsigned"], f"{leaf} = {value!r} passed verification unnoticed"
