@@ -51,7 +51,7 @@ async def _with_sender(
             try:
                 return await work(rpc, sender)
             finally:
-                sender.close()
+                await sender.close()
 
 
 def cmd_contracts_deploy(args: argparse.Namespace) -> int:

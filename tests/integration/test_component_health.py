@@ -159,10 +159,10 @@ async def test_a_ble_source_without_a_controller_reports_down_not_scanning(
             return None
 
     source = BleSource(
-        cfg.ble,
+        cfg.sources.ble,
         pipeline=NoPipeline(),  # type: ignore[arg-type]
         metrics=Metrics(),
-        directory=ConfiguredBleDevices(cfg.ble.devices),
+        directory=ConfiguredBleDevices(cfg.sources.ble.devices),
     )
     task = asyncio.create_task(source.run())
     try:

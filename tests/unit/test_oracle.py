@@ -115,15 +115,12 @@ def test_revert_reasons_are_decoded_by_the_abi() -> None:
 
 
 def _service(contract: str) -> Any:
-    from concurrent.futures import ThreadPoolExecutor
-
     from agent.metrics import Metrics
     from agent.oracle import OracleService
 
-    # render() reads neither the journal nor the executor: the entry is given.
+    # render() does not read the journal: the entry is given.
     return OracleService(
         None,  # type: ignore[arg-type]
-        ThreadPoolExecutor(1),
         contract=contract,
         known_device=lambda d: True,
         metrics=Metrics(),
