@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from agent.attest.observation import ObservationSigner
+from agent.backoff import Backoff
 from agent.component import Health
 from agent.config.pipeline import PipelineConfig
-from agent.devices.codecs.frame import DeviceFrame
 from agent.errors import JournalError, JournalFull, RejectedReading
+from agent.frame import DeviceFrame
 from agent.journal import Journal
 from agent.logs import RateLimitedLog
 from agent.metrics import Metrics
@@ -38,7 +40,6 @@ class Arrival:
     device_id: str
     transport: Transport
     source: str
-    received_at: float = field(default_factory=time.time)
     ack: Callable[[], None] | None = None
     rejected: str | None = None
     # Set by a source that authenticated the frame itself (a BTHome advert's AES-CCM MIC) or
@@ -252,7 +253,7 @@ class Pipeline:
             # saves a second thread hop per batch.
             return [sign(r, s) for r, s in zip(readings, seqs, strict=True)]
 
-        delay = 0.1
+        retry = Backoff(0.1, 5.0, jitter=0.0, reset_after=math.inf)  # the one local journal
         while True:
             try:
                 previous, obs = await self.journal.append_with(len(readings), make)
@@ -269,6 +270,7 @@ class Pipeline:
                 )
                 return 0, []
             except JournalError as exc:
+                delay = retry.next_delay()
                 self.metrics.inc("journal_errors")
                 self._rl.event(
                     ("journal", "error"),
@@ -279,7 +281,6 @@ class Pipeline:
                     detail=str(exc),
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
                 continue
             self.metrics.inc("observations_signed", len(obs))
             return previous, obs

@@ -65,7 +65,7 @@ def bare_server(port: int, ready: Connection) -> None:
         finally:
             await ctx.shutdown()
 
-    from agent.cli import run_event_loop
+    from agent.cli.run import run_event_loop
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     run_event_loop(main())

@@ -282,8 +282,8 @@ class TxSender:
         got = hex_int(await self.rpc.call("eth_chainId"))
         if got != self.chain_id:
             raise ChainError(
-                f"the full node is on chain {got}, but gateway.chain_id is {self.chain_id}: "
-                "point chain.rpc_url at the right node or fix gateway.chain_id"
+                f"the full node is on chain {got}, but gateway.chain_id is {self.chain_id}",
+                fix="point chain.rpc_url at the right node or fix gateway.chain_id",
             )
 
     # -- sending -------------------------------------------------------------------------------

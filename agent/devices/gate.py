@@ -29,26 +29,7 @@ from agent.logs import event
 from agent.metrics import Metrics
 from agent.model import AuthMethod
 from agent.pipeline import Arrival
-
-
-class TokenBucket:
-    """`rate` frames per second on average, bursts up to `burst`."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+from agent.ratelimit import KeyedBuckets
 
 
 class EnrollmentGate:
@@ -83,8 +64,11 @@ class EnrollmentGate:
         self.wall = wall
         self._records: dict[str, DeviceRecord] = {}
         self._keys: dict[str, bytes] = {}
-        self._buckets: dict[str, TokenBucket] = {}
+        # Unbounded: only enrolled and allowlisted devices get this far, and apply() forgets
+        # the buckets of devices that left the registry.
+        self._buckets = KeyedBuckets(rate, burst, clock=clock)
         self._marker: tuple[int, ...] | None = None
+        self._logged: frozenset[tuple[str, str, str]] = frozenset()
         self._activated: set[str] = set()
         self._seen: dict[str, int] = {}
         self._wake = asyncio.Event()
@@ -148,11 +132,7 @@ class EnrollmentGate:
         return method
 
     def _rate_limit(self, device: str) -> None:
-        now = self.clock()
-        bucket = self._buckets.get(device)
-        if bucket is None:
-            bucket = self._buckets[device] = TokenBucket(self.rate, self.burst, now)
-        if not bucket.take(now):
+        if self._buckets.take(device):
             raise RejectedReading(
                 "rate_limited", f"device {device!r} is above {self.rate:g} frames/s"
             )
@@ -176,9 +156,7 @@ class EnrollmentGate:
                 self._records[d] = DeviceRecord(
                     **{**rec.__dict__, "status": DeviceStatus.ACTIVE, "join_until": None}
                 )
-        for d in list(self._buckets):
-            if d not in self._records and d not in self.allowlist:
-                del self._buckets[d]
+        self._buckets.retain(lambda d: d in self._records or d in self.allowlist)
 
     def load(self) -> None:
         """Read the registry now (blocking: at start, or in a worker thread)."""
@@ -188,6 +166,7 @@ class EnrollmentGate:
         snap = self.registry.snapshot()
         self.apply(snap)
         self._marker = marker
+        self._logged = _enrollment(self._records)
 
     async def flush_activations(self) -> None:
         """Write pending -> active for devices whose first frame verified (also at shutdown)."""
@@ -197,6 +176,7 @@ class EnrollmentGate:
         loop = asyncio.get_running_loop()
         done = await loop.run_in_executor(None, self.registry.activate, ids)
         self._activated.difference_update(ids)
+        self._logged = _enrollment(self._records)  # device_activated says it; not a reload
         for d in done:
             self.metrics.inc("devices_activated")
             event(self.log, "device_activated", device=d)
@@ -224,7 +204,12 @@ class EnrollmentGate:
                     snap = await loop.run_in_executor(None, registry.snapshot)
                     self.apply(snap)
                     self._marker = marker
-                    event(self.log, "registry_loaded", devices=len(snap.records))
+                    # The file also changes for last-seen times and activations the gate wrote
+                    # itself: say so only when enrollment changed (devices, status, keys).
+                    now = _enrollment(self._records)
+                    if now != self._logged:
+                        self._logged = now
+                        event(self.log, "registry_loaded", devices=len(snap.records))
                 self._error = None
             except (RegistryError, AgentError, OSError) as exc:
                 self._error = str(exc)[:200]
@@ -246,3 +231,8 @@ class EnrollmentGate:
             "error": self._error,
         }
         return Health("degraded" if self._error else "up", detail)
+
+
+def _enrollment(records: dict[str, DeviceRecord]) -> frozenset[tuple[str, str, str]]:
+    """What an operator changes in the registry: each device's id, status and key."""
+    return frozenset((r.id, str(r.status), r.key_ref) for r in records.values())

@@ -12,8 +12,8 @@ import pytest
 from Crypto.Cipher import AES
 from edgence import board, config
 
+from agent.cli.devices import build_bundle
 from agent.config import config_from_dict
-from agent.devices.pairing import build_bundle
 from agent.devices.registry import DeviceRegistry
 from agent.model import Transport
 from tests.integration.conftest import agent_config_dict

@@ -20,7 +20,7 @@ import tty
 from pathlib import Path
 from typing import Protocol
 
-from agent.devices.deploy import BoardFile, default_source, deploy, firmware_files
+from agent.cli.firmware import BoardFile, default_source, deploy, firmware_files
 from tests.conftest import ROOT
 from tests.hil.rig import BoardSpec
 from tests.support.raw_repl_board import RawReplBoard
@@ -177,7 +177,7 @@ class SerialBoard:
 
     def power_cycle(self) -> None:
         if self.spec.power_relay_gpio is None:
-            from agent.devices.rawrepl import RawRepl
+            from agent.cli.rawrepl import RawRepl
 
             self.power_off()
             assert self.spec.port is not None

@@ -19,6 +19,10 @@ from tests.hil.boards import Board
 from tests.hil.conftest import Gateway, settings_for
 from tests.integration.conftest import wait_until
 
+# A field test brings up a board and a gateway of real parts, then waits through outages:
+# up to 29 s each on the emulated rig on a busy machine; real boards (flashing, Wi-Fi) are slower.
+pytestmark = pytest.mark.timeout(120)
+
 
 def starts(board: Board) -> list[tuple[str, int]]:
     """(reset cause, first counter) of every start the board's console shows."""
@@ -83,6 +87,7 @@ def test_readings_taken_while_the_broker_is_down_arrive_after_it_returns(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)  # four waits of up to 30 s each, through a broker outage and a reset
 @pytest.mark.needs("mqtt", "link_loss")
 def test_the_watchdog_resets_a_board_cut_off_too_long_and_flash_keeps_its_readings(
     gateway: Gateway, board: Board

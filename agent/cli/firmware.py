@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.devices.rawrepl import RawRepl, RawReplError
+from agent.cli.rawrepl import RawRepl, RawReplError
 from agent.errors import AgentError
 
 SAFE_FLAG = "SAFE"
@@ -43,8 +43,8 @@ def firmware_files(source: Path) -> list[BoardFile]:
     reset mid-copy never runs a main.py newer than its library)."""
     if not (source / "main.py").is_file() or not (source / "lib").is_dir():
         raise DeployError(
-            f"{source} is not the MicroPython firmware (needs main.py and lib/); "
-            "pass --source firmware/micropython of an edgence-agent checkout"
+            f"{source} is not the MicroPython firmware (needs main.py and lib/)",
+            fix="pass --source firmware/micropython of an edgence-agent checkout",
         )
     lib = sorted(p for p in (source / "lib").rglob("*.py") if "__pycache__" not in p.parts)
     files = [BoardFile(p.relative_to(source).as_posix(), p.read_bytes()) for p in lib]
@@ -136,7 +136,8 @@ def deploy(
             repl._read_until(b"soft reboot", "soft reboot after the deploy")
     except RawReplError as exc:
         raise DeployError(
-            f"{exc}; the board is left in safe mode (file SAFE): run the deploy again"
+            f"{exc.description}; the board is left in safe mode (file SAFE)",
+            fix="run the deploy again",
         ) from None
     finally:
         repl.close()

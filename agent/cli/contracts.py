@@ -1,6 +1,5 @@
-"""The chain commands of `edgence-agent`: `contracts deploy | feed create | feed show | latest`
-and `keys`. Thin argument handling; the work is in agent.chainclient.deploy and
-agent.attest.vrfkey."""
+"""`edgence-agent contracts deploy | feed create | feed show | latest` and `edgence-agent keys`:
+thin argument handling; the work is in agent.chainclient.deploy and agent.attest.vrfkey."""
 
 from __future__ import annotations
 
@@ -12,6 +11,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.cli.options import load
+from agent.cli.run import run_event_loop
+
 if TYPE_CHECKING:
     from agent.attest.keys import GatewayKey
     from agent.chainclient.rpc import RpcClient
@@ -21,8 +23,6 @@ ADDRESS_HELP = "0x and 40 hex digits"
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
-    from agent.cli import run_event_loop
-
     return run_event_loop(coro)
 
 
@@ -166,10 +166,9 @@ def cmd_latest(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from agent.attest.vrfkey import vrf_public_key
-    from agent.config import load_config
     from agent.wiring import load_gateway_key
 
-    key = load_gateway_key(load_config(args.config))
+    key = load_gateway_key(load(args))
     vrf = "0x" + vrf_public_key(key).hex()
     if args.shell:
         print(f"GATEWAY={key.address}")
@@ -197,9 +196,11 @@ def _feed_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--timeout", type=float, default=10.0, help="seconds per node call")
 
 
-def add_parsers(sub: Any, config_argument: Callable[[argparse.ArgumentParser], None]) -> None:
-    s = sub.add_parser("keys", help="this gateway's address and election VRF public key")
-    config_argument(s)
+def add_parsers(sub: Any, config: argparse.ArgumentParser) -> None:
+    """`keys` and `contracts`; `config` is the parent parser holding --config."""
+    s = sub.add_parser(
+        "keys", parents=[config], help="this gateway's address and election VRF public key"
+    )
     s.add_argument(
         "--shell", action="store_true", help="print GATEWAY=.. and VRF_PUBLIC_KEY=.. for eval"
     )

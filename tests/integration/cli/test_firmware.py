@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.devices.deploy import default_source, firmware_files
+from agent.cli.firmware import default_source, firmware_files
 from tests.support.raw_repl_board import RawReplBoard
 
 BUNDLE = {
@@ -65,7 +65,7 @@ def test_a_board_that_fails_mid_copy_is_left_in_safe_mode(tmp_path: Path) -> Non
     with RawReplBoard(flash) as board:
         r = cli("firmware", "deploy", "--port", board.port)
     assert r.returncode == 2
-    assert "left in safe mode (file SAFE): run the deploy again" in r.stderr
+    assert "left in safe mode (file SAFE)" in r.stderr and "fix: run the deploy again" in r.stderr
     assert (flash / "SAFE").exists()
 
 

@@ -1,0 +1,44 @@
+"""`edgence-agent verify`: check signed observation envelopes or oracle answers (one, or JSON
+lines) offline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent.errors import AgentError, EnvelopeError
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from agent.oracle import verify_document
+
+    data = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+    text = data.strip()
+    if not text:
+        raise AgentError("no envelope given")
+    # One envelope (possibly pretty-printed), or JSON lines. Each is handed over as text so
+    # that the verifier sees it exactly (duplicate keys included).
+    try:
+        json.loads(text)
+        docs = [text]
+    except json.JSONDecodeError:
+        docs = [line for line in text.splitlines() if line.strip()]
+    bad = 0
+    for i, doc in enumerate(docs, 1):
+        try:
+            lines = verify_document(doc)
+        except EnvelopeError as exc:
+            bad += 1
+            print(f"INVALID #{i}: {exc}")
+            continue
+        print("\n".join(lines))
+    return 1 if bad else 0
+
+
+def add_parsers(sub: Any) -> None:
+    s = sub.add_parser("verify", help="check a signed observation envelope (FILE or -)")
+    s.add_argument("file")
+    s.set_defaults(fn=cmd_verify)
