@@ -173,3 +173,19 @@ def frame_from_object(obj: Any, payload: bytes, *, max_values: int) -> DeviceFra
         value, exponent = _exact_value(entry["v"], entry.get("e"), where)
         values.append(SensorValue(sensor, value, exponent, _label(entry, "u", where, unit=True)))
     return DeviceFrame(device_id, counter, timestamp, tuple(values), mac, payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One rule a frame breaks: `reason` is the counter label, `detail` what to compare."""
+
+    reason: str
+    detail: str
+
+
+def counter_violation(counter: int, last: int | None) -> Violation | None:
+    """`replay` unless the counter is above the last accepted one. A device never seen (or a
+    bundle's `counter_start` c, read as last = c - 1) may start at exactly c."""
+    if last is not None and counter <= last:
+        return Violation("replay", f"counter {counter} is not above the last accepted {last}")
+    return None

@@ -21,7 +21,7 @@ from agent.backoff import Backoff
 from agent.component import Health
 from agent.config.pipeline import PipelineConfig
 from agent.errors import JournalError, JournalFull, RejectedReading
-from agent.frame import DeviceFrame
+from agent.frame import DeviceFrame, counter_violation
 from agent.journal import Journal
 from agent.logs import RateLimitedLog
 from agent.metrics import Metrics
@@ -157,11 +157,13 @@ class Pipeline:
         return self._space.is_set()
 
     def reject(self, source: str, device: str, reason: str, detail: str) -> None:
-        """Count and (rate-limited) log a frame a source could not even parse."""
+        """Count and log a refused frame: each distinct (device, reason, detail) once a minute,
+        every one at debug level."""
         self.metrics.inc("frames_rejected", reason=reason, source=source)
         self._rl.event(
-            (device, reason),
+            (device, reason, detail),
             "frame_rejected",
+            group=(device, reason),
             source=source,
             device=device,
             reason=reason,
@@ -216,12 +218,10 @@ class Pipeline:
         for arr in batch:
             try:
                 auth = self.gate.check(arr)
-                last = updates.get(arr.device_id, self._last_counter.get(arr.device_id, -1))
-                if arr.frame.counter <= last:
-                    raise RejectedReading(
-                        "replay",
-                        f"counter {arr.frame.counter} is not above the last accepted {last}",
-                    )
+                last = updates.get(arr.device_id, self._last_counter.get(arr.device_id))
+                replay = counter_violation(arr.frame.counter, last)
+                if replay is not None:
+                    raise RejectedReading(replay.reason, replay.detail)
                 readings.extend(arr.frame.readings(arr.device_id, arr.transport, auth, now))
                 updates[arr.device_id] = arr.frame.counter
             except (RejectedReading, ValueError) as exc:

@@ -86,7 +86,7 @@ def client(
         ]
         frames = [
             [
-                encode_frame(n, [("t", n, -2, "Cel")], timestamp=1_764_000_000)
+                encode_frame(n, [("t", n, -2, "Cel")], timestamp=int(time.time()))
                 for n in range(1, per_loop + 1)
             ]
             for _ in range(concurrency)

@@ -341,6 +341,33 @@ def cmd_devices_rotate_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_devices_check(args: argparse.Namespace) -> int:
+    """Print the canonical bytes, the expected MAC and every rule FRAME breaks."""
+    from agent.devices.check import check_report
+
+    try:
+        bundle = json.loads(Path(args.bundle).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AgentError(f"--bundle {args.bundle}: cannot read a JSON bundle ({exc})") from None
+    if args.frame == "-":
+        payload = sys.stdin.buffer.read()
+    elif Path(args.frame).is_file():
+        payload = Path(args.frame).read_bytes()
+    else:
+        payload = args.frame.encode()
+    try:
+        lines, problems = check_report(
+            bundle,
+            payload,
+            now=time.time() if args.now is None else args.now,
+            last_counter=args.last_counter,
+        )
+    except ValueError as exc:
+        raise AgentError(f"--bundle {args.bundle}: {exc}") from None
+    print("\n".join(lines))
+    return 1 if problems else 0
+
+
 def add_parsers(sub: Any, config: argparse.ArgumentParser) -> None:
     """`pair` and `devices`; `config` is the parent parser holding --config."""
     s = sub.add_parser(
@@ -395,6 +422,19 @@ def add_parsers(sub: Any, config: argparse.ArgumentParser) -> None:
     s.add_argument("--bundle", type=Path)
     s.add_argument("--host")
     s.set_defaults(fn=cmd_devices_rotate_key)
+    s = dsub.add_parser(
+        "check",
+        help="check a frame as the gateway would: canonical bytes, expected mac, every rule broken",
+    )
+    s.add_argument("--bundle", type=Path, required=True, help="the device's provisioning bundle")
+    s.add_argument("frame", help="the frame: JSON text, CBOR as hex, a file, or - for stdin")
+    s.add_argument("--now", type=float, help="the gateway's clock, Unix seconds (default: now)")
+    s.add_argument(
+        "--last-counter",
+        type=int,
+        help="the last counter the gateway accepted (default: the bundle's counter_start - 1)",
+    )
+    s.set_defaults(fn=cmd_devices_check)
 
 
 __all__ = ["add_parsers", "build_bundle"]

@@ -1,8 +1,9 @@
 """The enrollment gate: every frame must come from an enrolled device and verify with its key.
 
-Checks, cheapest first: known device, not revoked, right transport, HMAC (or the BLE source's
-own BTHome verification), join window for pending devices, per-device rate. The counter check
-follows in the pipeline, against the counters kept in the journal. The registry is re-read
+Checks (agent/devices/check.py, shared with `devices check`): known device, not revoked, right
+transport, HMAC (or the BLE source's own BTHome verification), declared sensors, join window for
+pending devices, the device clock; then the per-device rate. The counter check follows in the
+pipeline, against the counters kept in the journal. The registry is re-read
 whenever its files change (`edgence-agent pair` runs as another process).
 """
 
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from agent.component import Detail, Health
-from agent.devices.auth import mac_matches
+from agent.devices.check import DEFAULT_SKEW, frame_violations
 from agent.devices.registry import (
     DeviceRecord,
     DeviceRegistry,
@@ -27,7 +28,7 @@ from agent.devices.registry import (
 from agent.errors import AgentError, RejectedReading
 from agent.logs import event
 from agent.metrics import Metrics
-from agent.model import AuthMethod
+from agent.model import AuthMethod, ClockSkew
 from agent.pipeline import Arrival
 from agent.ratelimit import KeyedBuckets
 
@@ -53,6 +54,7 @@ class EnrollmentGate:
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        skew: ClockSkew = DEFAULT_SKEW,
     ) -> None:
         self.registry = registry
         self.allowlist = frozenset(allowlist)
@@ -62,6 +64,7 @@ class EnrollmentGate:
         self.log = logger or logging.getLogger("agent.devices.gate")
         self.clock = clock
         self.wall = wall
+        self.skew = skew
         self._records: dict[str, DeviceRecord] = {}
         self._keys: dict[str, bytes] = {}
         # Unbounded: only enrolled and allowlisted devices get this far, and apply() forgets
@@ -90,46 +93,33 @@ class EnrollmentGate:
     def check(self, arrival: Arrival) -> AuthMethod:
         device = arrival.device_id
         rec = self._records.get(device)
+        now = self.wall()
+        # The same rules `edgence-agent devices check` prints; the first one broken refuses.
+        problems = frame_violations(
+            device,
+            arrival.frame,
+            arrival.transport,
+            record=rec,
+            key=self._keys.get(device),
+            allowlisted=device in self.allowlist,
+            verified=arrival.verified,
+            now=now,
+            skew=self.skew,
+        )
+        if problems:
+            raise RejectedReading(problems[0].reason, problems[0].detail)
         if rec is None:
-            if device in self.allowlist:
-                self._rate_limit(device)
-                # Listed, not enrolled: only a transport that authenticated it (OSCORE with
-                # the device's own context) lifts it above unauthenticated.
-                if arrival.verified is AuthMethod.OSCORE:
-                    return AuthMethod.OSCORE
-                return AuthMethod.ALLOWLIST
-            raise RejectedReading("unknown_device", f"device {device!r} is not enrolled")
-        if rec.status is DeviceStatus.REVOKED:
-            raise RejectedReading("revoked", f"device {device!r} was revoked")
-        if rec.transport != arrival.transport:
-            raise RejectedReading(
-                "wrong_transport",
-                f"device {device!r} is enrolled for {rec.transport}, frame came over "
-                f"{arrival.transport}",
-            )
-        if rec.key_kind is KeyKind.BTHOME:
-            # The BLE source decrypts with the bindkey; a plaintext advert is a downgrade.
-            if arrival.verified is not AuthMethod.BTHOME:
-                raise RejectedReading("bad_mac", f"device {device!r} sent no encrypted advert")
-            method = AuthMethod.BTHOME
-        else:
-            key = self._keys.get(device)
-            if arrival.frame.mac is None:
-                raise RejectedReading("missing_mac", f"device {device!r} sent no mac")
-            if key is None or not mac_matches(key, device, arrival.frame):
-                raise RejectedReading("bad_mac", f"mac of counter {arrival.frame.counter}")
-            method = AuthMethod.HMAC
+            self._rate_limit(device)
+            # Listed, not enrolled: only a transport that authenticated it (OSCORE with the
+            # device's own context) lifts it above unauthenticated.
+            if arrival.verified is AuthMethod.OSCORE:
+                return AuthMethod.OSCORE
+            return AuthMethod.ALLOWLIST
         if rec.status is DeviceStatus.PENDING:
-            if not rec.join_open(self.wall()):
-                raise RejectedReading(
-                    "not_active",
-                    f"device {device!r} is pending and its join window has closed; "
-                    f"open it again with `edgence-agent pair --reopen {device}`",
-                )
             self._activate(rec)
         self._rate_limit(device)
-        self._seen[device] = int(self.wall())
-        return method
+        self._seen[device] = int(now)
+        return AuthMethod.BTHOME if rec.key_kind is KeyKind.BTHOME else AuthMethod.HMAC
 
     def _rate_limit(self, device: str) -> None:
         if self._buckets.take(device):

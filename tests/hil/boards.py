@@ -49,6 +49,14 @@ class UartEnd:
             os.close(self.fd)
 
 
+def relay_argv(spec: BoardSpec, on: bool) -> list[str]:
+    """The `gpioset` command (libgpiod 1.6, Debian bookworm's `gpiod` package) that switches
+    the board's power relay on or off, honouring the rig's `power_relay_active_low`."""
+    assert spec.power_relay_gpio is not None, f"{spec.name}: rig has no power_relay_gpio"
+    level = int(on) ^ int(spec.power_relay_active_low)
+    return ["gpioset", "gpiochip0", f"{spec.power_relay_gpio}={level}"]
+
+
 class Board(Protocol):
     spec: BoardSpec
 
@@ -159,20 +167,20 @@ class SerialBoard:
 
     def power_on(self) -> None:
         if self.spec.power_relay_gpio is not None:
-            self._relay(1)
+            self._relay(True)
         self._stop.clear()
         self._reader = threading.Thread(target=self._read_console, daemon=True)
         self._reader.start()
 
-    def _relay(self, on: int) -> None:
-        subprocess.run(["gpioset", "gpiochip0", f"{self.spec.power_relay_gpio}={on}"], check=True)
+    def _relay(self, on: bool) -> None:
+        subprocess.run(relay_argv(self.spec, on), check=True)
 
     def power_off(self) -> None:
         self._stop.set()
         if self._reader is not None:
             self._reader.join(5)
         if self.spec.power_relay_gpio is not None:
-            self._relay(0)
+            self._relay(False)
             time.sleep(1)
 
     def power_cycle(self) -> None:

@@ -16,7 +16,7 @@ import pytest
 from agent.devices.auth import mac_matches
 from agent.devices.codecs.frame import parse_frame
 from tests.hil.boards import Board
-from tests.hil.conftest import Gateway, settings_for
+from tests.hil.conftest import Gateway, sensor_args, settings_for
 from tests.integration.conftest import wait_until
 
 # A field test brings up a board and a gateway of real parts, then waits through outages:
@@ -33,7 +33,7 @@ def starts(board: Board) -> list[tuple[str, int]]:
 
 
 def bring_up(gateway: Gateway, board: Board, device: str, **settings: object) -> None:
-    bundle = gateway.pair(device, "--sensor", "temperature:Cel", **settings_for(board, **settings))
+    bundle = gateway.pair(device, *sensor_args(board), **settings_for(board, **settings))
     board.deploy(json.dumps(bundle).encode())
     gateway.agent.start()
     board.power_on()
@@ -135,7 +135,7 @@ def test_a_board_paired_for_coap_posts_its_readings_to_the_agents_coap_source(
 ) -> None:
     port = gateway.serve_coap()
     bundle = gateway.pair(
-        "field-8", "--transport", "coap", "--sensor", "temperature:Cel", **settings_for(board)
+        "field-8", "--transport", "coap", *sensor_args(board), **settings_for(board)
     )
     # The bundle alone tells the firmware where the agent's CoAP source is.
     assert bundle["coap"] == {"host": gateway.rig.gateway_host, "port": port, "path": "/up/field-8"}
@@ -156,7 +156,7 @@ def test_a_board_paired_for_serial_writes_its_readings_to_the_agents_serial_sour
     path = board.uart_path()
     gateway.read_serial(path, "field-9")
     bundle = gateway.pair(
-        "field-9", "--transport", "serial", "--address", path, "--sensor", "temperature:Cel",
+        "field-9", "--transport", "serial", "--address", path, *sensor_args(board),
         **settings_for(board),
     )  # fmt: skip
     assert bundle["serial"] == {"port": path}

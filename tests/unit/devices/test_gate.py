@@ -215,3 +215,31 @@ async def test_registry_loaded_is_logged_when_enrollment_changes_not_on_every_re
         assert loaded() == 2
     finally:
         task.cancel()
+
+
+def test_the_gate_refuses_a_millisecond_timestamp_even_from_an_allowlisted_device(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    clock.t = 1_764_000_000
+    gate, _ = make_gate(tmp_path, clock, allowlist=["sim-1"])
+    gate.load()
+    ms = parse_frame(encode_frame(1, [("t", 1, 0, "Cel")], timestamp=1_764_000_000_000))
+    with pytest.raises(RejectedReading, match="milliseconds") as info:
+        gate.check(Arrival(ms, "sim-1", Transport.MQTT, "mqtt"))
+    assert info.value.reason == "bad_time"
+    ok = parse_frame(encode_frame(2, [("t", 1, 0, "Cel")], timestamp=1_764_000_000))
+    assert gate.check(Arrival(ok, "sim-1", Transport.MQTT, "mqtt")) is AuthMethod.ALLOWLIST
+
+
+def test_the_gate_refuses_a_sensor_not_declared_at_pair(tmp_path: Path, clock: FakeClock) -> None:
+    gate, reg = make_gate(tmp_path, clock)
+    _, key = reg.enroll("dev-1", transport=Transport.MQTT, sensors=[("t", "Cel")], now=clock.t)
+    reg.activate(["dev-1"])
+    gate.load()
+    assert gate.check(arrival("dev-1", 1, key)) is AuthMethod.HMAC
+    values = [("pressure", 1, 0, "hPa")]
+    mac = frame_mac(key, "dev-1", parse_frame(encode_frame(2, values)))
+    frame = parse_frame(encode_frame(2, values, mac=mac))
+    with pytest.raises(RejectedReading, match="--sensor pressure:hPa") as info:
+        gate.check(Arrival(frame, "dev-1", Transport.MQTT, "mqtt"))
+    assert info.value.reason == "undeclared_sensor"
