@@ -1,0 +1,324 @@
+"""Modbus register maps, pure: data types, word and byte order, exact decimal scaling, and the
+grouping of a map into read requests within the protocol's limits. No I/O.
+
+A point's value is exact: integers keep their bits and get the configured decimal exponent;
+a float register becomes a decimal rounded half-even to the stated number of decimals (the
+float's exact binary value is rounded once, never printed through repr). RTU's CRC-16 is here
+too, so that the source can tell a corrupted frame from silence without parsing of its own.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from enum import StrEnum
+
+from agent.errors import FrameError
+from agent.model import INT256_MAX, INT256_MIN
+
+MAX_ADDRESS = 0xFFFF
+MAX_READ_REGISTERS = 125  # function codes 3 and 4 (Modbus Application Protocol 1.1b3, 6.3/6.4)
+MAX_READ_BITS = 2000  # function codes 1 and 2 (6.1/6.2)
+
+
+class Table(StrEnum):
+    """The four Modbus data tables, named as in the config."""
+
+    COIL = "coil"  # function code 1, read/write bits
+    DISCRETE = "discrete"  # function code 2, read-only bits
+    HOLDING = "holding"  # function code 3, read/write registers
+    INPUT = "input"  # function code 4, read-only registers
+
+    @property
+    def is_bits(self) -> bool:
+        return self in (Table.COIL, Table.DISCRETE)
+
+    @property
+    def function_code(self) -> int:
+        return {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}[self]
+
+
+class DataType(StrEnum):
+    INT16 = "int16"
+    UINT16 = "uint16"
+    INT32 = "int32"
+    UINT32 = "uint32"
+    INT64 = "int64"
+    UINT64 = "uint64"
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+    BOOL = "bool"
+
+    @property
+    def registers(self) -> int:
+        """Registers one value takes (a bool: one coil, or one bit of one register)."""
+        return _REGISTERS[self]
+
+    @property
+    def is_float(self) -> bool:
+        return self in (DataType.FLOAT32, DataType.FLOAT64)
+
+    @property
+    def signed(self) -> bool:
+        return self in (DataType.INT16, DataType.INT32, DataType.INT64)
+
+
+_REGISTERS = {
+    DataType.INT16: 1,
+    DataType.UINT16: 1,
+    DataType.INT32: 2,
+    DataType.UINT32: 2,
+    DataType.INT64: 4,
+    DataType.UINT64: 4,
+    DataType.FLOAT32: 2,
+    DataType.FLOAT64: 4,
+    DataType.BOOL: 1,
+}
+
+
+class Order(StrEnum):
+    """Word order (which register comes first) or byte order (within each register)."""
+
+    BIG = "big"  # most significant first: the Modbus default (ABCD)
+    LITTLE = "little"  # least significant first (word: CDAB; byte: BADC; both: DCBA)
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One value in a device's register map.
+
+    `scale` is a decimal exponent: an int16 of 2301 with scale -1 is 230.1 exactly. A float is
+    multiplied by 10**scale and rounded to `decimals` places (required for floats). `bit`
+    picks one bit (0 = least significant) of a holding/input register for a bool.
+    """
+
+    sensor: str
+    table: Table
+    address: int
+    dtype: DataType
+    unit: str
+    scale: int = 0
+    decimals: int | None = None
+    word_order: Order = Order.BIG
+    byte_order: Order = Order.BIG
+    bit: int | None = None
+
+    @property
+    def count(self) -> int:
+        """Registers (or bits, in the bit tables) this point occupies."""
+        return self.dtype.registers
+
+    @property
+    def end(self) -> int:
+        """One past the last address the point occupies."""
+        return self.address + self.count
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRequest:
+    """One read: `count` registers or bits of `table` from `address`, feeding `points`."""
+
+    table: Table
+    address: int
+    count: int
+    points: tuple[Point, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    sensor: str
+    value: int
+    exponent: int
+    unit: str
+
+
+def point_problem(p: Point) -> tuple[str, str] | None:
+    """What is wrong with a point, as (field, problem), or None. The config reader names the
+    key; this is the one place the rules live."""
+    if p.table.is_bits and p.dtype is not DataType.BOOL:
+        return "type", f"a {p.table} holds single bits: the type must be bool, got {p.dtype}"
+    if p.dtype is DataType.BOOL:
+        if not p.table.is_bits and p.bit is None:
+            return "bit", f"a bool in a {p.table} register needs bit = 0..15 (which bit)"
+        if p.table.is_bits and p.bit is not None:
+            return "bit", f"is for bools in holding/input registers; a {p.table} is one bit"
+        if p.scale != 0 or p.decimals is not None:
+            return "scale", "a bool is 0 or 1: scale and decimals do not apply"
+    elif p.bit is not None:
+        return "bit", f"is for bools only, not {p.dtype}"
+    if p.bit is not None and not 0 <= p.bit <= 15:
+        return "bit", f"must be 0..15, got {p.bit}"
+    if p.dtype.is_float:
+        if p.decimals is None:
+            return "decimals", f"is required for {p.dtype}: the decimal places kept (0..18)"
+        if not 0 <= p.decimals <= 18:
+            return "decimals", f"must be 0..18, got {p.decimals}"
+    elif p.decimals is not None:
+        return "decimals", f"is for float types; {p.dtype} is exact (use scale)"
+    if not -60 <= p.scale <= 60:
+        return "scale", f"must be a decimal exponent from -60 to 60, got {p.scale}"
+    if not 0 <= p.address <= MAX_ADDRESS:
+        return "address", f"must be 0..{MAX_ADDRESS} (the protocol address), got {p.address}"
+    if p.end - 1 > MAX_ADDRESS:
+        return (
+            "address",
+            f"{p.dtype} at {p.address} takes {p.count} registers and would end at "
+            f"{p.end - 1}, past {MAX_ADDRESS}",
+        )
+    if p.dtype.registers == 1 and (p.word_order is not Order.BIG) and p.dtype is not DataType.BOOL:
+        return "word_order", f"{p.dtype} is one register: word order does not apply"
+    return None
+
+
+def overlap(a: Point, b: Point) -> bool:
+    """True when two points of one device read the same register or bit (two bools on
+    different bits of one register do not overlap)."""
+    if a.table is not b.table or a.address >= b.end or b.address >= a.end:
+        return False
+    return not (a.bit is not None and b.bit is not None and a.bit != b.bit)
+
+
+def plan_requests(
+    points: Iterable[Point],
+    *,
+    max_registers: int = MAX_READ_REGISTERS,
+    max_bits: int = MAX_READ_BITS,
+    max_gap: int = 0,
+) -> list[ReadRequest]:
+    """Group points into as few reads as the limits allow: points of one table whose ranges
+    touch (or leave at most `max_gap` unused addresses between them) share a read, and no read
+    is longer than the protocol (or the device) allows. Deterministic: sorted by table, address.
+    """
+    out: list[ReadRequest] = []
+    by_table: dict[Table, list[Point]] = {}
+    for p in points:
+        by_table.setdefault(p.table, []).append(p)
+    for table in sorted(by_table, key=lambda t: t.function_code):
+        limit = max_bits if table.is_bits else max_registers
+        group: list[Point] = []
+        start = end = 0
+        for p in sorted(by_table[table], key=lambda q: (q.address, q.bit or 0)):
+            if p.count > limit:
+                raise ValueError(f"{p.sensor}: {p.count} registers exceed the read limit {limit}")
+            if group and p.address - end <= max_gap and max(end, p.end) - start <= limit:
+                group.append(p)
+                end = max(end, p.end)
+                continue
+            if group:
+                out.append(ReadRequest(table, start, end - start, tuple(group)))
+            group, start, end = [p], p.address, p.end
+        if group:
+            out.append(ReadRequest(table, start, end - start, tuple(group)))
+    return out
+
+
+def ordered_bytes(words: Sequence[int], word_order: Order, byte_order: Order) -> bytes:
+    """The value's bytes, most significant first, from registers as they came off the wire."""
+    seq = list(words) if word_order is Order.BIG else list(reversed(words))
+    raw = b"".join(w.to_bytes(2, "big") for w in seq)
+    if byte_order is Order.LITTLE:
+        raw = b"".join(raw[i + 1 : i + 2] + raw[i : i + 1] for i in range(0, len(raw), 2))
+    return raw
+
+
+def float_to_decimal(x: float, scale: int, decimals: int) -> tuple[int, int]:
+    """x * 10**scale rounded half-even to `decimals` places: (value, -decimals). Exact: the
+    float's binary value is converted to Decimal without loss and rounded once."""
+    if not math.isfinite(x):
+        raise FrameError("not_finite", f"register value {x!r} is not a finite number")
+    with localcontext() as ctx:
+        ctx.prec = 800  # a float64's exact value has at most 767 significant digits: exact
+        d = Decimal(x).scaleb(scale)
+        if d.adjusted() > 77:
+            raise FrameError("out_of_range", f"{x!r} x 10^{scale} does not fit int256")
+        q = d.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_EVEN)
+        value = int(q.scaleb(decimals))  # inside the context: 28 digits would round it
+    if not INT256_MIN <= value <= INT256_MAX:
+        raise FrameError("out_of_range", f"{x!r} x 10^{scale} does not fit int256")
+    return value, -decimals
+
+
+def decode_point(p: Point, words: Sequence[int]) -> Decoded:
+    """The value of `p` from its own registers (`p.count` of them), or its bit (one 0/1)."""
+    if len(words) != p.count:
+        raise FrameError("short_response", f"{p.sensor}: {len(words)} of {p.count} registers")
+    if p.dtype is DataType.BOOL:
+        bit = (words[0] >> p.bit) & 1 if p.bit is not None else int(bool(words[0]))
+        return Decoded(p.sensor, bit, 0, p.unit)
+    raw = ordered_bytes(words, p.word_order, p.byte_order)
+    if p.dtype.is_float:
+        x = struct.unpack(">f" if p.dtype is DataType.FLOAT32 else ">d", raw)[0]
+        assert p.decimals is not None  # point_problem() demands it
+        value, exponent = float_to_decimal(x, p.scale, p.decimals)
+        return Decoded(p.sensor, value, exponent, p.unit)
+    return Decoded(p.sensor, int.from_bytes(raw, "big", signed=p.dtype.signed), p.scale, p.unit)
+
+
+def decode_response(req: ReadRequest, values: Sequence[int] | Sequence[bool]) -> list[Decoded]:
+    """Every point of a request from the registers (or bits) the device answered. A response
+    shorter than asked is refused; bit responses are padded to a byte, so extra bits there
+    are ignored, but extra registers are refused (the device answered another question)."""
+    n = len(values)
+    if n < req.count or (not req.table.is_bits and n != req.count):
+        kind = "short_response" if n < req.count else "long_response"
+        raise FrameError(kind, f"{req.table} {req.address}+{req.count}: got {n} values")
+    out = []
+    for p in req.points:
+        lo = p.address - req.address
+        out.append(decode_point(p, [int(v) for v in values[lo : lo + p.count]]))
+    return out
+
+
+def crc16(data: bytes) -> int:
+    """Modbus RTU CRC-16 (polynomial 0xA001 reflected, initial 0xFFFF), as the integer whose
+    little-endian bytes end the frame."""
+    crc = 0xFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
+def rtu_frame(unit: int, pdu: bytes) -> bytes:
+    """An RTU frame: unit id, PDU, CRC (low byte first)."""
+    body = bytes([unit]) + pdu
+    return body + crc16(body).to_bytes(2, "little")
+
+
+def classify_rtu_garbage(received: bytes, unit: int) -> str:
+    """Why bytes that came back produced no answer: `crc` (the frame's check failed),
+    `wrong_unit` (a valid frame from another unit id), or `bad_response`."""
+    if len(received) < 4:
+        return "bad_response"
+    if crc16(received[:-2]).to_bytes(2, "little") != received[-2:]:
+        return "crc"
+    if received[0] != unit:
+        return "wrong_unit"
+    return "bad_response"
+
+
+__all__ = [
+    "MAX_ADDRESS",
+    "MAX_READ_BITS",
+    "MAX_READ_REGISTERS",
+    "DataType",
+    "Decoded",
+    "Order",
+    "Point",
+    "ReadRequest",
+    "Table",
+    "classify_rtu_garbage",
+    "crc16",
+    "decode_point",
+    "decode_response",
+    "float_to_decimal",
+    "ordered_bytes",
+    "overlap",
+    "plan_requests",
+    "point_problem",
+    "rtu_frame",
+]
