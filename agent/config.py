@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 from agent.chainclient.methods import DEFAULT_METHODS, forbidden
 from agent.errors import ConfigError
 from agent.model import NAME_RE
+from agent.modbus_config import ModbusSourceConfig, read_modbus_source
 
 T = TypeVar("T")
 
@@ -339,6 +340,7 @@ class AgentConfig:
     election: ElectionConfig = field(default_factory=ElectionConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
     masternode: MasternodeConfig = field(default_factory=MasternodeConfig)
+    modbus: ModbusSourceConfig = field(default_factory=ModbusSourceConfig)
 
 
 class _Section:
@@ -616,6 +618,11 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
     coap = _coap_source(s.sub("coap"))
     serial = _serial_source(s.sub("serial"))
     ble = _ble_source(s.sub("ble"))
+    elsewhere = {d: "sources.mqtt.allowed_devices" for d in mqtt.allowed_devices}
+    elsewhere |= {d: "sources.coap" for d in coap.allowed_devices}
+    elsewhere |= {d: "sources.serial.ports" for d in serial.allowed_devices}
+    elsewhere |= {d.device_id: "sources.ble.devices" for d in ble.devices}
+    modbus = read_modbus_source(s.sub("modbus"), elsewhere)
     s.done()
 
     b = section("bridge")
@@ -751,6 +758,7 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
         election=election,
         oracle=oracle,
         masternode=masternode,
+        modbus=modbus,
     )
 
 
