@@ -16,8 +16,8 @@ from urllib.parse import unquote, urlsplit
 
 from agent.chainclient.methods import DEFAULT_METHODS, forbidden
 from agent.errors import ConfigError
-from agent.model import NAME_RE
 from agent.modbus_config import ModbusSourceConfig, read_modbus_source
+from agent.model import NAME_RE
 
 T = TypeVar("T")
 

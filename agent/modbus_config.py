@@ -61,7 +61,7 @@ class ModbusDeviceConfig:
     bus: str | None = None
     host: str | None = None
     port: int = 502
-    timeout_s: float = 1.0
+    timeout_s: float = 1.0  # TCP: the device's own; RTU: the bus's (one line, one timeout)
     max_registers: int = MAX_READ_REGISTERS  # per read (some devices take fewer)
     max_gap: int = 0  # unused registers a read may span to join two ranges
 
@@ -150,8 +150,9 @@ def _device(
     if bus is not None and bus not in buses:
         known = ", ".join(sorted(buses)) or "none: add a [[sources.modbus.buses]]"
         raise d.err("bus", f"{bus!r} is not a bus; defined: {known}")
-    if bus is not None and "port" in d.data:
-        raise d.err("port", "is for Modbus TCP devices (host); an RTU device's port is its bus's")
+    for k in ("port", "timeout"):
+        if bus is not None and k in d.data:
+            raise d.err(k, f"is for Modbus TCP devices (host); an RTU device uses its bus's {k}")
     # RTU: 0 is broadcast (never answered), 248-255 are reserved. TCP: a gateway may use any.
     unit = d.int_range("unit", 1, 1, 247) if bus is not None else d.int_range("unit", 1, 0, 255)
     max_registers = d.int_range("max_registers_per_read", MAX_READ_REGISTERS, 1, MAX_READ_REGISTERS)
@@ -186,7 +187,7 @@ def _device(
         bus=bus,
         host=host,
         port=d.int_range("port", 502, 1, 65535) if host is not None else 502,
-        timeout_s=d.duration("timeout", buses[bus].timeout_s if bus is not None else 1.0),
+        timeout_s=d.duration("timeout", 1.0) if bus is None else buses[bus].timeout_s,
         max_registers=max_registers,
         max_gap=max_gap,
     )

@@ -36,6 +36,7 @@ from agent.devices.ble import (
 )
 from agent.devices.coap import CoapSource
 from agent.devices.gate import EnrollmentGate
+from agent.devices.modbus import ModbusGate, ModbusSource
 from agent.devices.mqtt import MqttSource
 from agent.devices.registry import DeviceRegistry
 from agent.devices.serial import SerialSource
@@ -150,6 +151,8 @@ class Agent:
                     else configured
                 )
             gate = TransportGate({Transport.BLE: BleGate(ble_devices, self.gate)}, gate)
+        if cfg.modbus.devices:  # known to the Modbus source only, never to the shared allowlist
+            gate = TransportGate({Transport.MODBUS: ModbusGate(cfg.modbus.device_ids)}, gate)
         self.pipeline = Pipeline(
             signer=self.signer,
             journal=self.journal,
@@ -197,6 +200,9 @@ class Agent:
         if cfg.serial.ports:
             self.serial = SerialSource(cfg.serial, pipeline=self.pipeline, metrics=self.metrics)
         self._serial_task: asyncio.Task[None] | None = None
+        self.modbus: ModbusSource | None = None
+        if cfg.modbus.devices:
+            self.modbus = ModbusSource(cfg.modbus, pipeline=self.pipeline, metrics=self.metrics)
         # Before enrollment, or for development: the CoAP and serial allowlists (with observed,
         # OSCORE and port devices) join MQTT's in the gate's shared list of unenrolled devices.
         self.gate.allowlist = (
@@ -227,7 +233,7 @@ class Agent:
         o = cfg.oracle
         if o.enabled:
             gate = self.gate
-            ble_ids = frozenset(d.device_id for d in cfg.ble.devices)
+            ble_ids = frozenset(d.device_id for d in cfg.ble.devices) | cfg.modbus.device_ids
 
             def known_device(device: str) -> bool:
                 """Enrolled (the gate's registry view), allowlisted, or a configured BLE one."""
@@ -444,7 +450,9 @@ class Agent:
         )
 
     async def _announce_ready(self, started: float) -> None:
-        sources = [s for s in (self.mqtt, self.ble, self.coap, self.serial) if s is not None]
+        sources = [
+            s for s in (self.mqtt, self.ble, self.coap, self.serial, self.modbus) if s is not None
+        ]
         for src in sources:
             await src.ready.wait()
         if self.forward_mqtt is not None:
@@ -518,6 +526,8 @@ class Agent:
             tasks.append(self._serial_task)
         if self.ble is not None:
             tasks.append(asyncio.create_task(supervise("ble", self.ble.run, stopping, m)))
+        if self.modbus is not None:
+            tasks.append(asyncio.create_task(supervise("modbus", self.modbus.run, stopping, m)))
         if self.telemetry is not None:
             tasks.append(
                 asyncio.create_task(supervise("telemetry", self.telemetry.run, stopping, m))
@@ -546,9 +556,13 @@ class Agent:
             self._serial_task.cancel()  # stop reading; what was read is in the pipeline's queue
         if self.ble is not None:
             await self.ble.stop()
+        if self.modbus is not None:
+            self.modbus.pause_intake()  # no new polls; what was read is in the pipeline's queue
         drained = await self.pipeline.drain(grace=0.8)
         if self.mqtt is not None:
             await self.mqtt.stop()
+        if self.modbus is not None:
+            await self.modbus.stop(grace=0.5)
         if self.bridge is not None:
             await self.bridge.stop(grace=0.6)
         try:

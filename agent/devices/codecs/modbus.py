@@ -257,19 +257,26 @@ def decode_point(p: Point, words: Sequence[int]) -> Decoded:
     return Decoded(p.sensor, int.from_bytes(raw, "big", signed=p.dtype.signed), p.scale, p.unit)
 
 
-def decode_response(req: ReadRequest, values: Sequence[int] | Sequence[bool]) -> list[Decoded]:
-    """Every point of a request from the registers (or bits) the device answered. A response
-    shorter than asked is refused; bit responses are padded to a byte, so extra bits there
-    are ignored, but extra registers are refused (the device answered another question)."""
+def decode_response(
+    req: ReadRequest, values: Sequence[int] | Sequence[bool]
+) -> tuple[list[Decoded], list[tuple[Point, FrameError]]]:
+    """Every point of a request from the registers (or bits) the device answered, and the
+    points that had no valid value (a NaN float...) with why. A response of the wrong length is
+    refused whole (FrameError): bit responses are padded to a byte, so extra bits there are
+    ignored, but extra registers mean the device answered another question."""
     n = len(values)
     if n < req.count or (not req.table.is_bits and n != req.count):
         kind = "short_response" if n < req.count else "long_response"
         raise FrameError(kind, f"{req.table} {req.address}+{req.count}: got {n} values")
-    out = []
+    out: list[Decoded] = []
+    bad: list[tuple[Point, FrameError]] = []
     for p in req.points:
         lo = p.address - req.address
-        out.append(decode_point(p, [int(v) for v in values[lo : lo + p.count]]))
-    return out
+        try:
+            out.append(decode_point(p, [int(v) for v in values[lo : lo + p.count]]))
+        except FrameError as exc:
+            bad.append((p, exc))
+    return out, bad
 
 
 def crc16(data: bytes) -> int:

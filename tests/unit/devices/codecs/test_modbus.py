@@ -284,7 +284,17 @@ def test_responses_of_the_wrong_length_are_refused() -> None:
     assert long.value.reason == "long_response"
     # Bits come padded to whole bytes: the padding is ignored.
     coil = pt(DataType.BOOL, table=Table.COIL, address=0)
-    assert decode_response(ReadRequest(Table.COIL, 0, 1, (coil,)), [True] + [False] * 7)[0].value
+    got, bad = decode_response(ReadRequest(Table.COIL, 0, 1, (coil,)), [True] + [False] * 7)
+    assert got[0].value == 1 and bad == []
+
+
+def test_one_nan_in_a_read_spoils_only_its_own_point() -> None:
+    a = pt(DataType.FLOAT32, sensor="a", address=0)
+    b = pt(DataType.INT16, sensor="b", address=2, scale=-1)
+    words = wire_words(">f", float("nan"), Order.BIG, Order.BIG) + [0xFFFE]
+    got, bad = decode_response(ReadRequest(Table.HOLDING, 0, 3, (a, b)), words)
+    assert [(d.sensor, d.value, d.exponent) for d in got] == [("b", -2, -1)]
+    assert [(p.sensor, e.reason) for p, e in bad] == [("a", "not_finite")]
 
 
 def test_crc16_matches_the_specifications_example_and_classifies_garbage() -> None:
