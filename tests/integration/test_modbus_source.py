@@ -17,6 +17,7 @@ from tests.support.modbus_peers import (
     simple_device,
     start_rtu_server,
     start_tcp_server,
+    stop_server,
 )
 
 from .conftest import Collector, async_wait_until
@@ -141,7 +142,7 @@ async def test_rtu_bus_delivers_every_type_exactly_and_counts_silence_exception_
         assert m.get("modbus_faults", device="meter-1", kind="timeout") == 0
     finally:
         await wire.close()
-        await server.shutdown()
+        await stop_server(server)
 
 
 class SilentTcpDevice:
@@ -218,4 +219,4 @@ async def test_tcp_devices_are_polled_in_parallel_and_a_hanging_one_costs_the_ot
         assert dev["tcp-meter"].errors == {}
     finally:
         await silent.close()
-        await server.shutdown()
+        await stop_server(server)

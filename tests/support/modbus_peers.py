@@ -66,9 +66,9 @@ def served_map() -> tuple[SimDevice, list[Served]]:
     ]
     for name, (dt, value) in ints.items():
         for word, byte in orders:
-            if dt.value[1] == 1 and word == "little":
-                continue
             regs = AsyncModbusTcpClient.convert_to_registers(value, dt, word_order=word)
+            if len(regs) == 1 and word == "little":
+                continue  # word order does not apply to one register
             regs = _swap_bytes(regs) if byte == "little" else regs
             scale = -2 if name == "int32" else 0
             reg: dict[str, Any] = {
@@ -78,7 +78,7 @@ def served_map() -> tuple[SimDevice, list[Served]]:
                 "unit": "1",
                 "byte_order": byte,
             }
-            if dt.value[1] > 1:
+            if len(regs) > 1:
                 reg["word_order"] = word
             if scale:
                 reg["scale"] = scale
@@ -168,7 +168,7 @@ async def start_tcp_server(devices: list[SimDevice]) -> tuple[ModbusTcpServer, i
     """pymodbus' TCP server on a free loopback port."""
     server = ModbusTcpServer(devices, address=("127.0.0.1", 0))
     await server.serve_forever(background=True)
-    port: int = server.transport.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port: int = server.transport.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
     return server, port
 
 
@@ -190,8 +190,8 @@ class _FdReader:
             self.buf += data
             self.more.set()
 
-    async def read(self, n: int, timeout: float | None = None) -> bytes:
-        async with asyncio.timeout(timeout):
+    async def read(self, n: int, limit: float | None = None) -> bytes:
+        async with asyncio.timeout(limit):
             while len(self.buf) < n:
                 self.more.clear()
                 await self.more.wait()
@@ -263,14 +263,14 @@ class RtuWire:
                 server.buf.clear()
                 os.write(self.server_master, req)
                 try:
-                    head = await server.read(3, timeout=1.0)
-                    rest = await server.read(2 if head[1] & 0x80 else head[2] + 2, timeout=1.0)
+                    head = await server.read(3, limit=1.0)
+                    rest = await server.read(2 if head[1] & 0x80 else head[2] + 2, limit=1.0)
                 except TimeoutError:
                     continue
-                answer = bytearray(head + rest)
+                frame = bytearray(head + rest)
                 if unit in self.corrupt:
-                    answer[3] ^= 0x01  # one bit on the wire: the CRC no longer matches
-                await self._carry(self.agent_master, bytes(answer))
+                    frame[3] ^= 0x01  # one bit on the wire: the CRC no longer matches
+                await self._carry(self.agent_master, bytes(frame))
         finally:
             agent.close()
             server.close()
@@ -286,6 +286,10 @@ class RtuWire:
         for fd in (self.agent_master, self._agent_slave, self.server_master, self._server_slave):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+async def stop_server(server: ModbusSerialServer | ModbusTcpServer) -> None:
+    await server.shutdown()  # type: ignore[no-untyped-call]
 
 
 async def start_rtu_server(

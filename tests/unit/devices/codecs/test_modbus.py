@@ -291,7 +291,7 @@ def test_responses_of_the_wrong_length_are_refused() -> None:
 def test_one_nan_in_a_read_spoils_only_its_own_point() -> None:
     a = pt(DataType.FLOAT32, sensor="a", address=0)
     b = pt(DataType.INT16, sensor="b", address=2, scale=-1)
-    words = wire_words(">f", float("nan"), Order.BIG, Order.BIG) + [0xFFFE]
+    words = [*wire_words(">f", float("nan"), Order.BIG, Order.BIG), 0xFFFE]
     got, bad = decode_response(ReadRequest(Table.HOLDING, 0, 3, (a, b)), words)
     assert [(d.sensor, d.value, d.exponent) for d in got] == [("b", -2, -1)]
     assert [(p.sensor, e.reason) for p, e in bad] == [("a", "not_finite")]
