@@ -53,6 +53,8 @@ EXCEPTION_KINDS = {
     10: "gateway_path_unavailable",
     11: "gateway_no_response",
 }
+RTU_QUIET_CHARS = 3.5  # the standard's inter-frame silence, in character times
+RTU_QUIET_S = 0.02  # plus USB adapters' and the kernel's own latency
 LINE_BACKOFF_MAX = 30.0  # s: reopening a port or reconnecting a TCP endpoint
 
 
@@ -291,26 +293,30 @@ class ModbusSource:
 
     async def _run_line(self, line: Line) -> None:
         backoff = Backoff(0.5, LINE_BACKOFF_MAX)
+        lost = True  # a loss not yet counted: at start, and after the line worked
         while True:
             client = self._client(line)
             try:
-                opened = await client.connect()
-                if not opened:
+                if not await client.connect():
                     what = f"cannot open {line.bus.port}" if line.bus else "cannot connect"
-                    self._line_down(line, what, backoff.current)
+                    self._line_down(line, what, backoff.current, count=lost)
+                    lost = False  # further failed attempts are the same outage
                 else:
                     line.connected = True
                     line.opened += 1
                     self.metrics.inc("modbus_line_opened", line=line.name)
                     event(self.log, "modbus_line_up", line=line.name, devices=len(line.devices))
                     await self._poll_line(line, client)
-                    self._line_down(line, "connection lost", backoff.current)
+                    self._line_down(line, "connection lost", backoff.current, count=True)
+                    lost = False
             finally:
                 line.connected = False
                 client.close()
             await backoff.wait()
 
-    def _line_down(self, line: Line, why: str, retry_in: float) -> None:
+    def _line_down(self, line: Line, why: str, retry_in: float, *, count: bool) -> None:
+        """The port could not be opened or the connection dropped: every device on the line
+        counts one `disconnected` fault per outage."""
         self.metrics.inc("modbus_line_down", line=line.name)
         self._rl.event(
             ("line", line.name),
@@ -320,11 +326,13 @@ class ModbusSource:
             reason=why,
             retry_in=f"{retry_in:.1f}s",
         )
+        if not count:
+            return
         for st in line.devices:
-            if not st.failing or st.failed_since is None:
-                self._count(st, "disconnected")
-                st.failing = True
-                st.failed_since = st.failed_since or time.monotonic()
+            self._count(st, "disconnected")
+            st.failing = True
+            st.partial = False
+            st.failed_since = st.failed_since or time.monotonic()
 
     async def _poll_line(
         self, line: Line, client: AsyncModbusSerialClient | AsyncModbusTcpClient
@@ -394,6 +402,10 @@ class ModbusSource:
                 # No valid answer in time: the device is silent, or what came back was
                 # corrupt or someone else's. Later reads of this poll would fare no better.
                 fault = (self._silence(line, dev.unit), where)
+                if line.bus is not None:
+                    # Let a late or babbling answer end before the next request, so that
+                    # its tail is discarded instead of corrupting another device's answer.
+                    await asyncio.sleep(RTU_QUIET_CHARS * 11 / line.bus.baud + RTU_QUIET_S)
                 break
             except Exception as exc:  # a hostile answer that pymodbus could not take apart
                 fault = ("bad_response", f"{where}: {type(exc).__name__}")

@@ -220,3 +220,48 @@ async def test_tcp_devices_are_polled_in_parallel_and_a_hanging_one_costs_the_ot
     finally:
         await silent.close()
         await stop_server(server)
+
+
+async def test_a_bus_unplugged_and_replugged_is_counted_once_per_device_and_polling_resumes(
+    tmp_path: Path, upstream_broker: LocalMosquitto, collector: Collector, start_agent: Any
+) -> None:
+    wire = RtuWire(tmp_path)
+    server = await start_rtu_server(
+        wire.server_port, [simple_device(1, [11]), simple_device(2, [22])]
+    )
+    wire.start()
+    reg = {"sensor": "r0", "address": 0, "type": "int16", "unit": "1"}
+    cfg = modbus_config(
+        upstream_broker,
+        {
+            "interval": "200ms",
+            "buses": [{"name": "b", "port": str(wire.link), "framing": "8N2", "timeout": "200ms"}],
+            "devices": [
+                {"id": "d1", "bus": "b", "unit": 1, "registers": [reg]},
+                {"id": "d2", "bus": "b", "unit": 2, "registers": [reg]},
+            ],
+        },
+    )
+    try:
+        running = await start_agent(cfg)
+        source = running.agent.modbus
+        assert source is not None
+        (line,) = source.lines
+        dev = source.devices
+        await async_wait_until(lambda: dev["d1"].polls >= 2 and dev["d2"].polls >= 2, 10, "polls")
+        await wire.unplug()
+        await async_wait_until(lambda: not line.connected, 10, "the loss noticed")
+        await asyncio.sleep(1.5)  # several reopen attempts fail meanwhile: one outage
+        assert source.health().parts["d1"].state == "down"
+        polls = dev["d1"].polls
+        wire.plug()
+        await async_wait_until(lambda: line.opened == 2, 20, "line reopened")
+        await async_wait_until(lambda: dev["d1"].polls >= polls + 2, 10, "polling resumed")
+        assert dev["d1"].errors["disconnected"] == 1 and dev["d2"].errors["disconnected"] == 1
+        await async_wait_until(lambda: source.health().state == "up", 10, "both up again")
+        assert {s: o["reading"]["value"] for s, o in latest(collector, "d2").items()} == {
+            "r0": "22"
+        }
+    finally:
+        await wire.close()
+        await stop_server(server)

@@ -278,11 +278,28 @@ class RtuWire:
     def start(self) -> None:
         self._task = asyncio.create_task(self._relay())
 
-    async def close(self) -> None:
+    async def _stop_relay(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
+
+    async def unplug(self) -> None:
+        """The USB adapter pulled: the agent's side of the line is gone."""
+        await self._stop_relay()
+        for fd in (self.agent_master, self._agent_slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def plug(self) -> None:
+        """Plugged back in: a new device node behind the same stable link."""
+        self.agent_master, self._agent_slave = _pty()
+        self._plug_link()
+        self.start()
+
+    async def close(self) -> None:
+        await self._stop_relay()
         for fd in (self.agent_master, self._agent_slave, self.server_master, self._server_slave):
             with contextlib.suppress(OSError):
                 os.close(fd)
