@@ -433,7 +433,7 @@ class ModbusSource:
                 self.pipeline.reject(
                     "modbus", dev.device_id, err.reason, f"{p.sensor}: {err.detail}"
                 )
-            values.extend(SensorValue(d.sensor, d.value, d.exponent, d.unit) for d in decoded)
+            values.extend(decoded)
             self.registers_read += req.count
         st.polls += 1
         self.polls += 1

@@ -29,7 +29,8 @@ from tests.support.modbus_peers import (
 
 def crc(body: bytes) -> bytes:
     """RTU frame check, by pymodbus' own implementation (independent of the agent's)."""
-    return FramerRTU.compute_CRC(body).to_bytes(2, "big")
+    value: int = FramerRTU.compute_CRC(body)
+    return value.to_bytes(2, "big")
 
 
 def rtu(body: bytes) -> bytes:
@@ -40,7 +41,7 @@ def rtu_answers(unit: int) -> Iterator[Callable[[bytes], bytes]]:
     """Hostile answers to a read request (unit fc addr count crc), in turn, forever."""
 
     def count(req: bytes) -> int:
-        return struct.unpack(">H", req[4:6])[0]
+        return int.from_bytes(req[4:6], "big")
 
     cases: list[Callable[[bytes], bytes]] = [
         lambda req: rtu(bytes([unit + 1, req[1], 2 * count(req)]) + b"\x00" * 2 * count(req)),

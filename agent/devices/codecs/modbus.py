@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 
+from agent.devices.codecs.frame import SensorValue
 from agent.errors import FrameError
 from agent.model import INT256_MAX, INT256_MIN
 
@@ -119,20 +119,27 @@ class Point:
 
 @dataclass(frozen=True, slots=True)
 class ReadRequest:
-    """One read: `count` registers or bits of `table` from `address`, feeding `points`."""
+    """One read: `count` registers or bits of `table` from `address`, feeding `points`;
+    `decoders` holds each point's offset in the answer and its compiled decoder."""
 
     table: Table
     address: int
     count: int
     points: tuple[Point, ...]
+    decoders: tuple[tuple[int, int, Point, Decode], ...] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "decoders",
+            tuple((p.address - self.address, p.count, p, decoder(p)) for p in self.points),
+        )
 
 
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    sensor: str
-    value: int
-    exponent: int
-    unit: str
+# A decoded value is the device frame's own value type: the source builds no copy of it.
+Decoded = SensorValue
 
 
 def point_problem(p: Point) -> tuple[str, str] | None:
@@ -215,46 +222,74 @@ def plan_requests(
     return out
 
 
-def ordered_bytes(words: Sequence[int], word_order: Order, byte_order: Order) -> bytes:
-    """The value's bytes, most significant first, from registers as they came off the wire."""
-    seq = list(words) if word_order is Order.BIG else list(reversed(words))
-    raw = b"".join(w.to_bytes(2, "big") for w in seq)
-    if byte_order is Order.LITTLE:
-        raw = b"".join(raw[i + 1 : i + 2] + raw[i : i + 1] for i in range(0, len(raw), 2))
-    return raw
-
-
 def float_to_decimal(x: float, scale: int, decimals: int) -> tuple[int, int]:
     """x * 10**scale rounded half-even to `decimals` places: (value, -decimals). Exact: the
-    float's binary value is converted to Decimal without loss and rounded once."""
+    float is the ratio of two integers (its denominator a power of two), so the rounding is
+    done in integers, once, with no intermediate float or decimal context."""
     if not math.isfinite(x):
         raise FrameError("not_finite", f"register value {x!r} is not a finite number")
-    with localcontext() as ctx:
-        ctx.prec = 800  # a float64's exact value has at most 767 significant digits: exact
-        d = Decimal(x).scaleb(scale)
-        if d.adjusted() > 77:
-            raise FrameError("out_of_range", f"{x!r} x 10^{scale} does not fit int256")
-        q = d.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_EVEN)
-        value = int(q.scaleb(decimals))  # inside the context: 28 digits would round it
-    if not INT256_MIN <= value <= INT256_MAX:
+    num, den = x.as_integer_ratio()
+    k = scale + decimals
+    if k >= 0:
+        num *= 10**k
+    else:
+        den *= 10**-k
+    q, r = divmod(num, den)  # floor division: 0 <= r < den, also for negative values
+    if 2 * r > den or (2 * r == den and q & 1):
+        q += 1
+    if not INT256_MIN <= q <= INT256_MAX:
         raise FrameError("out_of_range", f"{x!r} x 10^{scale} does not fit int256")
-    return value, -decimals
+    return q, -decimals
+
+
+Decode = Callable[[Sequence[int]], Decoded]
+
+
+def decoder(p: Point) -> Decode:
+    """A function decoding `p` from its own registers (or its one bit), with everything that
+    depends only on the point worked out once (the hot path runs it for every value read)."""
+    sensor, unit, scale, n = p.sensor, p.unit, p.scale, p.count
+
+    def check(words: Sequence[int]) -> None:
+        if len(words) != n:
+            raise FrameError("short_response", f"{sensor}: {len(words)} of {n} registers")
+
+    if p.dtype is DataType.BOOL:
+        bit = p.bit
+
+        def dec_bool(words: Sequence[int]) -> Decoded:
+            check(words)
+            v = (words[0] >> bit) & 1 if bit is not None else int(bool(words[0]))
+            return Decoded(sensor, v, 0, unit)
+
+        return dec_bool
+    # Byte order within a register is the packing of each word; word order is the list's.
+    pack = struct.Struct(("<" if p.byte_order is Order.LITTLE else ">") + f"{n}H").pack
+    reverse = p.word_order is Order.LITTLE
+    if p.dtype.is_float:
+        unpack = struct.Struct(">f" if p.dtype is DataType.FLOAT32 else ">d").unpack
+        decimals = p.decimals if p.decimals is not None else 0
+
+        def dec_float(words: Sequence[int]) -> Decoded:
+            check(words)
+            x = unpack(pack(*(reversed(words) if reverse else words)))[0]
+            v, e = float_to_decimal(x, scale, decimals)
+            return Decoded(sensor, v, e, unit)
+
+        return dec_float
+    signed = p.dtype.signed
+
+    def dec_int(words: Sequence[int]) -> Decoded:
+        check(words)
+        raw = pack(*(reversed(words) if reverse else words))
+        return Decoded(sensor, int.from_bytes(raw, "big", signed=signed), scale, unit)
+
+    return dec_int
 
 
 def decode_point(p: Point, words: Sequence[int]) -> Decoded:
     """The value of `p` from its own registers (`p.count` of them), or its bit (one 0/1)."""
-    if len(words) != p.count:
-        raise FrameError("short_response", f"{p.sensor}: {len(words)} of {p.count} registers")
-    if p.dtype is DataType.BOOL:
-        bit = (words[0] >> p.bit) & 1 if p.bit is not None else int(bool(words[0]))
-        return Decoded(p.sensor, bit, 0, p.unit)
-    raw = ordered_bytes(words, p.word_order, p.byte_order)
-    if p.dtype.is_float:
-        x = struct.unpack(">f" if p.dtype is DataType.FLOAT32 else ">d", raw)[0]
-        assert p.decimals is not None  # point_problem() demands it
-        value, exponent = float_to_decimal(x, p.scale, p.decimals)
-        return Decoded(p.sensor, value, exponent, p.unit)
-    return Decoded(p.sensor, int.from_bytes(raw, "big", signed=p.dtype.signed), p.scale, p.unit)
+    return decoder(p)(words)
 
 
 def decode_response(
@@ -270,10 +305,10 @@ def decode_response(
         raise FrameError(kind, f"{req.table} {req.address}+{req.count}: got {n} values")
     out: list[Decoded] = []
     bad: list[tuple[Point, FrameError]] = []
-    for p in req.points:
-        lo = p.address - req.address
+    words = [int(v) for v in values]
+    for lo, n, p, dec in req.decoders:
         try:
-            out.append(decode_point(p, [int(v) for v in values[lo : lo + p.count]]))
+            out.append(dec(words[lo : lo + n]))
         except FrameError as exc:
             bad.append((p, exc))
     return out, bad
@@ -322,8 +357,8 @@ __all__ = [
     "crc16",
     "decode_point",
     "decode_response",
+    "decoder",
     "float_to_decimal",
-    "ordered_bytes",
     "overlap",
     "plan_requests",
     "point_problem",
