@@ -25,6 +25,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent import __version__
+from agent.component import Health
 from agent.config import BridgeConfig
 from agent.journal import Journal
 from agent.logs import RateLimitedLog, event
@@ -49,6 +50,8 @@ def status_payload(gateway: str, state: str) -> bytes:
 
 class Bridge:
     """The upstream sink. `wake()` after each journal commit; `run()` until cancelled."""
+
+    name = "bridge"
 
     def __init__(
         self,
@@ -95,6 +98,9 @@ class Bridge:
         self._persisted = 0
         self._flush_handle: asyncio.TimerHandle | None = None
         self._drained = asyncio.Event()
+        # Ready once the journal cursor is read: an upstream that is down does not hold up the
+        # agent's readiness (the journal keeps everything until it returns).
+        self.ready = asyncio.Event()
         metrics.gauge("bridge_inflight", lambda: float(len(self._pending)))
         metrics.gauge("bridge_connected", lambda: float(self.conn.connected.is_set()))
 
@@ -200,6 +206,7 @@ class Bridge:
             self.executor, self.journal.cursor, SINK
         )
         conn_task = asyncio.create_task(self.conn.run())
+        self.ready.set()
         try:
             await self._pump()
         finally:
@@ -261,3 +268,15 @@ class Bridge:
         await self.flush()
         await self.conn.stop(grace=max(0.05, deadline - time.monotonic()))
         event(self.log, "bridge_stopped", delivered_upto=self.watermark, unacked=len(self._pending))
+
+    def health(self) -> Health:
+        up = self.conn.connected.is_set()
+        return Health(
+            "up" if up else "down",
+            {
+                "url": self.cfg.broker.url,
+                "connected": up,
+                "inflight": len(self._pending),
+                "delivered_upto": self.watermark,
+            },
+        )

@@ -239,7 +239,7 @@ async def _masternode(args: argparse.Namespace) -> int:
     from agent.chainclient.sender import TxSender
     from agent.config import load_config
     from agent.masternode import RegistryClient
-    from agent.runtime import load_gateway_key
+    from agent.wiring import load_gateway_key
 
     cfg = load_config(args.config)
     registry = cfg.masternode.registry

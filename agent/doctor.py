@@ -105,7 +105,7 @@ def check_config(path: Path) -> tuple[Check, AgentConfig | None]:
 
 
 def check_key(cfg: AgentConfig) -> Check:
-    from agent.runtime import load_gateway_key
+    from agent.wiring import load_gateway_key
 
     key = cfg.gateway.key_file
     try:

@@ -20,6 +20,7 @@ from agent.chainclient.contracts import Artifact, load_artifact
 from agent.chainclient.rpc import RpcClient, hex_int
 from agent.chainclient.sender import TxSender
 from agent.chainclient.tx import decode_result, encode_call, event_topic
+from agent.component import Health
 from agent.errors import ChainError, EnvelopeError, RpcError, TransactionError
 from agent.journal import Journal, JournalEntry
 from agent.logs import event
@@ -193,9 +194,13 @@ class HeartbeatTask:
         self.metrics = metrics or Metrics()
         self.log = logger or logging.getLogger("agent.masternode")
         self._said_unregistered = False
+        self.ready = asyncio.Event()
+        self.registered: bool | None = None
+        self.failing: str | None = None
 
     async def beat_if_due(self) -> bool:
         st = await self.client.status()
+        self.registered = st.registered
         if not st.registered:
             if not self._said_unregistered:
                 self._said_unregistered = True
@@ -224,15 +229,27 @@ class HeartbeatTask:
         return True
 
     async def run(self) -> None:
+        self.ready.set()
         while True:
             try:
                 await self.beat_if_due()
+                self.failing = None
             except ChainError as exc:
+                self.failing = str(exc)[:200]
                 self.metrics.inc("masternode_heartbeat_failed")
                 event(
                     self.log, "masternode_heartbeat_failed", logging.WARNING, error=str(exc)[:200]
                 )
             await asyncio.sleep(self.check_interval)
+
+    async def stop(self, grace: float = 0.5) -> None:
+        """Nothing to finish: the next heartbeat is sent when it is due after a restart."""
+
+    def health(self) -> Health:
+        return Health(
+            "degraded" if self.failing or self.registered is False else "up",
+            {"registered": self.registered, "error": self.failing},
+        )
 
 
 @dataclass(frozen=True)
@@ -264,6 +281,8 @@ class OracleSubmitter:
         logger: logging.Logger | None = None,
     ) -> None:
         self.journal = journal
+        self.ready = asyncio.Event()
+        self.failing: str | None = None
         self.executor = executor
         self.sender = sender
         self.rpc = sender.rpc
@@ -349,10 +368,19 @@ class OracleSubmitter:
         return SubmitReport(str(rc["transactionHash"]), len(items), accepted, rejected, values)
 
     async def run(self) -> None:
+        self.ready.set()
         while True:
             try:
                 await self.submit_once()
+                self.failing = None
             except ChainError as exc:
+                self.failing = str(exc)[:200]
                 self.metrics.inc("oracle_submit_failed")
                 event(self.log, "oracle_submit_failed", logging.WARNING, error=str(exc)[:200])
             await asyncio.sleep(self.interval)
+
+    async def stop(self, grace: float = 0.5) -> None:
+        """Nothing to finish: unsubmitted observations stay in the journal for the next run."""
+
+    def health(self) -> Health:
+        return Health("degraded" if self.failing else "up", {"error": self.failing})

@@ -24,6 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers, writeBytes, writeUTF
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.component import Health
 from agent.config import BrokerEndpoint
 from agent.errors import AgentError
 from agent.logs import event
@@ -433,8 +434,15 @@ class MqttResponder:
     async def run(self) -> None:
         await self.conn.run()
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0.3) -> None:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.conn.stop(grace=0.3)
+        await self.conn.stop(grace=grace)
+
+    def health(self) -> Health:
+        up = self.conn.connected.is_set()
+        return Health(
+            "up" if up else "down",
+            {"url": self.conn.endpoint.url, "topic": self.request_topic, "busy": len(self._tasks)},
+        )

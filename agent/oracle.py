@@ -31,10 +31,11 @@ from eth_abi.abi import encode as abi_encode
 
 from agent.attest.eip712 import keccak256
 from agent.attest.observation import VerifiedObservation, verify_envelope
+from agent.coapserver import CoapServer
 from agent.config import BrokerEndpoint
 from agent.errors import AgentError, EnvelopeError, JournalError
 from agent.journal import Journal, JournalEntry
-from agent.logs import RateLimitedLog, event
+from agent.logs import RateLimitedLog
 from agent.metrics import Metrics
 from agent.model import NAME_RE, Observation, label_bytes32
 from agent.mqtt import MqttResponder, publish_json_reply, reply_topic_allowed
@@ -390,20 +391,18 @@ class MqttOracle(MqttResponder):
 # -- CoAP ----------------------------------------------------------------------------------------
 
 
-class CoapOracle:
+class CoapOracle(CoapServer):
     """`GET coap://<bind>/oracle/{device}/{sensor}`, observable: an aiocoap server of its own
     (on its own port: the config refuses one shared with the device source or forwarding)."""
 
     name = "oracle-coap"
+    listening_event = "coap_oracle_listening"
 
     def __init__(
         self, service: OracleService, host: str, port: int, *, logger: logging.Logger | None = None
     ) -> None:
+        super().__init__(host, port, logger or logging.getLogger("agent.oracle.coap"))
         self.service = service
-        self.host, self.port = host, port
-        self.log = logger or logging.getLogger("agent.oracle.coap")
-        self.ready = asyncio.Event()
-        self._stop = asyncio.Event()
 
     def site(self) -> Any:
         import aiocoap
@@ -462,19 +461,3 @@ class CoapOracle:
         site = DirectSite()
         site.add_direct("oracle", OracleResource())
         return site
-
-    async def run(self) -> None:
-        from agent.coapsite import ServerContext
-
-        ctx = await ServerContext.create_server_context(
-            self.site(), bind=(self.host, self.port), loggername="agent.oracle.coap"
-        )
-        event(self.log, "coap_oracle_listening", bind=f"{self.host}:{self.port}")
-        self.ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await ctx.shutdown()
-
-    async def stop(self) -> None:
-        self._stop.set()

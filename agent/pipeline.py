@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.attest.observation import ObservationSigner
+from agent.component import Health
 from agent.devices.codecs.frame import DeviceFrame
 from agent.errors import JournalError, JournalFull, RejectedReading
 from agent.journal import Journal
@@ -82,6 +83,7 @@ class TransportGate:
 class Pipeline:
     """The single path from arrivals to journaled, signed observations."""
 
+    name = "pipeline"
     LINGER_BELOW = 8  # after a batch this small, with a queue this short, wait for company
 
     def __init__(
@@ -116,6 +118,8 @@ class Pipeline:
         self._sinks: list[Callable[[int, list[Observation]], None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
+        self.ready = asyncio.Event()
+        self.drained: bool | None = None  # set by stop(): whether the queue emptied in time
         metrics.gauge("pipeline_queue", lambda: float(self._queue.qsize()))
 
     def add_sink(self, offer: Callable[[int, list[Observation]], None]) -> None:
@@ -165,6 +169,7 @@ class Pipeline:
 
     # -- worker --------------------------------------------------------------------------
     async def run(self) -> None:
+        self.ready.set()
         last = 0  # size of the previous batch
         while True:
             first = await self._queue.get()
@@ -190,6 +195,18 @@ class Pipeline:
             return True
         except TimeoutError:
             return False
+
+    async def stop(self, grace: float = 0.8) -> None:
+        """Drain into the journal (the sources have paused); what is left stays unacknowledged
+        at its source, which delivers it again after the restart."""
+        self.drained = await self.drain(grace)
+
+    def health(self) -> Health:
+        q = self._queue.qsize()
+        return Health(
+            "up" if self._space.is_set() else "degraded",
+            {"queued": q, "bound": self.queue_size, "devices": len(self.device_sources)},
+        )
 
     async def _process(self, batch: list[Arrival]) -> None:
         readings: list[Reading] = []

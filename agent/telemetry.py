@@ -1,9 +1,11 @@
 """What the agent says about itself: the health JSON (for `status`, /health and the retained
 upstream health topic) and the Prometheus text endpoint on loopback.
 
-Everything is read at scrape time from agent/metrics.py's counters and gauges and from the
-journal's stats; the ingest path does no extra work for it. The HTTP server is a minimal
-HTTP/1.0 responder on the agent's own event loop (no thread, no framework).
+Everything is read at scrape time from agent/metrics.py's counters and gauges, from the
+journal's stats and from each component's own `health()` (agent/component.py): every source and
+service appears with its own state without this module naming any of them. The ingest path does
+no extra work for it. The HTTP server is a minimal HTTP/1.0 responder on the agent's own event
+loop (no thread, no framework).
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from agent import __version__
+from agent.component import Component, Detail, Health
 from agent.journal import JournalStats
 from agent.logs import event
 from agent.metrics import Metrics
 
 if TYPE_CHECKING:
-    from agent.runtime import Agent
+    from agent.wiring import Parts
 
 log = logging.getLogger("agent.telemetry")
 
@@ -95,23 +98,37 @@ class HealthSampler:
         return (self.metrics.get("observations_signed") - n0) / dt if dt > 0.5 else 0.0
 
 
-def build_health(agent: Agent, stats: JournalStats, per_second: float) -> dict[str, Any]:
+def _devices_by_source(agent: Parts) -> dict[str, int]:
+    devices: dict[str, int] = {}
+    for source in agent.pipeline.device_sources.values():
+        devices[source] = devices.get(source, 0) + 1
+    return devices
+
+
+def component_health(c: Component) -> Health:
+    """The component's report; one that raises (it must not) reads as down, with the error."""
+    try:
+        return c.health()
+    except Exception as exc:  # a report must never take the health document down with it
+        return Health("down", {"error": f"health() failed: {exc}"[:200]})
+
+
+def build_health(agent: Parts, stats: JournalStats, per_second: float) -> dict[str, Any]:
     """The health document: what `status --json` prints and the health topic carries."""
     m = agent.metrics
     gauges = m.gauges()
     facts = m.facts()
-    devices: dict[str, int] = {}
-    for source in agent.pipeline.device_sources.values():
-        devices[source] = devices.get(source, 0) + 1
+    devices = _devices_by_source(agent)
+    source_names = {s.name for s in agent.sources}
     sources: dict[str, Any] = {}
-    if agent.mqtt is not None:
-        sources["mqtt"] = {
-            "connected": agent.mqtt.conn.connected.is_set(),
-            "url": agent.cfg.mqtt.broker.url,
-            "devices": devices.get("mqtt", 0),
-            "frames": agent.mqtt.received,
-        }
-    for source, count in devices.items():  # sources this branch does not know by name
+    components: dict[str, Any] = {}
+    for c in agent.components:
+        report = component_health(c).as_dict()
+        if c.name in source_names:
+            sources[c.name] = {**report, "devices": devices.get(c.name, 0)}
+        else:
+            components[c.name] = report
+    for source, count in devices.items():  # e.g. readings a test offered to the pipeline
         sources.setdefault(source, {"devices": count})
     bridge = agent.bridge
     height = gauges.get("chain_height")
@@ -124,6 +141,7 @@ def build_health(agent: Agent, stats: JournalStats, per_second: float) -> dict[s
         "uptime_s": round(time.monotonic() - agent.started_at, 1),
         "ready": agent.ready.is_set(),
         "sources": sources,
+        "components": components,
         "devices": {
             "heard": len(agent.pipeline.device_sources),
             "enrolled": None if enrolled is None else int(enrolled),
@@ -155,11 +173,43 @@ def build_health(agent: Agent, stats: JournalStats, per_second: float) -> dict[s
     }
 
 
+STATES = ("starting", "up", "degraded", "down", "stopped")
+
+
+def component_metrics(components: list[Component]) -> Iterator[Metric]:
+    """`edgence_component_state{component,state}` (1 for the current state, as Prometheus
+    enums are exported), `edgence_component_part_up{component,part}`, and each numeric health
+    detail as `edgence_component_detail{component,key}`."""
+    state = Metric(
+        PREFIX + "component_state", "each component's state (1: the current one)", "gauge"
+    )
+    part = Metric(PREFIX + "component_part_up", "1 when a component's part is up", "gauge")
+    detail = Metric(PREFIX + "component_detail", "numeric facts components report", "gauge")
+    for c in components:
+        h = component_health(c)
+        for st in STATES:
+            state.add_sample(
+                PREFIX + "component_state", {"component": c.name, "state": st}, float(h.state == st)
+            )
+        for name, p in h.parts.items():
+            part.add_sample(
+                PREFIX + "component_part_up",
+                {"component": c.name, "part": name},
+                float(p.state == "up"),
+            )
+        for key, value in h.detail.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                detail.add_sample(
+                    PREFIX + "component_detail", {"component": c.name, "key": key}, float(value)
+                )
+    yield from (state, part, detail)
+
+
 class AgentCollector(Collector):
     """Exports agent/metrics.py's counters and gauges plus the last journal stats, read when
     Prometheus scrapes (the endpoint refreshes `stats` just before it calls generate_latest)."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Parts) -> None:
         self.agent = agent
         self.stats: JournalStats | None = None
 
@@ -185,9 +235,8 @@ class AgentCollector(Collector):
         up = Metric(PREFIX + "uptime_seconds", "seconds since the agent started", "gauge")
         up.add_sample(PREFIX + "uptime_seconds", {}, time.monotonic() - self.agent.started_at)
         yield up
-        devices: dict[str, int] = {}
-        for source in self.agent.pipeline.device_sources.values():
-            devices[source] = devices.get(source, 0) + 1
+        yield from component_metrics(self.agent.components)
+        devices = _devices_by_source(self.agent)
         dev = Metric(PREFIX + "devices", "devices accepted since start, by source", "gauge")
         for source, count in sorted(devices.items()):
             dev.add_sample(PREFIX + "devices", {"source": source}, float(count))
@@ -232,11 +281,12 @@ def disk_free(path: os.PathLike[str] | str) -> int | None:
 
 class Telemetry:
     """The loopback HTTP endpoint (/metrics, /health) and the periodic retained health message
-    upstream. `await run()` until cancelled; `port` is the bound port (config may say 0)."""
+    upstream. `await run()` until stopped; `port` is the bound port (config may say 0)."""
 
+    name = "telemetry"
     MAX_REQUEST = 8192
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Parts) -> None:
         self.agent = agent
         self.cfg = agent.cfg.metrics
         self.sampler = HealthSampler(agent.metrics)
@@ -247,13 +297,25 @@ class Telemetry:
         self.registry.register(PlatformCollector(registry=None))
         self.port: int | None = None
         self.listening = asyncio.Event()
+        self.ready = asyncio.Event()
         self.health_published = 0
+        self._stop = asyncio.Event()
 
     async def _stats(self) -> JournalStats:
-        return await self.agent.in_journal_thread(self.agent.journal.stats)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.agent.executor, self.agent.journal.stats)
 
-    async def health(self) -> dict[str, Any]:
+    async def health_document(self) -> dict[str, Any]:
         return build_health(self.agent, await self._stats(), self.sampler.per_second())
+
+    def health(self) -> Health:
+        """This component's own report (the document is `health_document()`)."""
+        up = self.port is not None and self.listening.is_set()
+        detail: dict[str, Detail] = {"url": f"http://{self.cfg.host}:{self.port}" if up else None}
+        return Health("up" if up else "down", detail)
+
+    async def stop(self, grace: float = 0.5) -> None:
+        self._stop.set()
 
     async def metrics_text(self) -> bytes:
         self.collector.stats = await self._stats()
@@ -267,8 +329,14 @@ class Telemetry:
         try:
             self.port = int(server.sockets[0].getsockname()[1])
             self.listening.set()
+            self.ready.set()
             event(log, "metrics_listening", url=f"http://{self.cfg.host}:{self.port}/metrics")
-            await self._publish_health_forever()
+            publisher = asyncio.create_task(self._publish_health_forever())
+            try:
+                await self._stop.wait()
+            finally:
+                publisher.cancel()
+                await asyncio.gather(publisher, return_exceptions=True)
         finally:
             self.sampler.stop()
             self.listening.clear()
@@ -284,7 +352,7 @@ class Telemetry:
         while True:
             # The first message goes out as soon as the link is up, then every interval.
             await bridge.conn.connected.wait()
-            payload = json.dumps(await self.health(), separators=(",", ":")).encode()
+            payload = json.dumps(await self.health_document(), separators=(",", ":")).encode()
             if bridge.publish_retained("health", payload):
                 self.health_published += 1
             await asyncio.sleep(self.cfg.health_interval_s)
@@ -314,6 +382,6 @@ class Telemetry:
         if path == b"/metrics":
             return "200 OK", CONTENT_TYPE, await self.metrics_text()
         if path == b"/health":
-            body = json.dumps(await self.health(), indent=1).encode() + b"\n"
+            body = json.dumps(await self.health_document(), indent=1).encode() + b"\n"
             return "200 OK", "application/json", body
         return "404 Not Found", "text/plain", b"GET /metrics or /health\n"

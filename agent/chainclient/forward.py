@@ -29,9 +29,10 @@ import paho.mqtt.client as paho
 
 from agent.chainclient.methods import DEFAULT_METHODS, forbidden
 from agent.chainclient.rpc import ResponseTooLarge, RpcClient
+from agent.coapserver import CoapServer
 from agent.config import BrokerEndpoint
 from agent.errors import ChainError, NodeUnreachable, RpcTimeout
-from agent.logs import RateLimitedLog, event
+from agent.logs import RateLimitedLog
 from agent.metrics import Metrics
 from agent.mqtt import MqttResponder, publish_json_reply, reply_topic_allowed
 
@@ -580,10 +581,11 @@ class MqttForwarder(MqttResponder):
 # -- CoAP --------------------------------------------------------------------------------------
 
 
-class CoapForwarder:
+class CoapForwarder(CoapServer):
     """`POST coap://<bind>/rpc` (aiocoap server)."""
 
     name = "forward-coap"
+    listening_event = "coap_rpc_listening"
 
     def __init__(
         self,
@@ -593,18 +595,14 @@ class CoapForwarder:
         *,
         logger: logging.Logger | None = None,
     ) -> None:
+        super().__init__(host, port, logger or logging.getLogger("agent.chainclient.forward.coap"))
         self.fwd = forwarder
-        self.host, self.port = host, port
-        self.log = logger or logging.getLogger("agent.chainclient.forward.coap")
-        self.ready = asyncio.Event()
-        self._ctx: Any = None
-        self._stop = asyncio.Event()
 
-    async def run(self) -> None:
+    def site(self) -> Any:
         import aiocoap
         import aiocoap.resource as resource
 
-        from agent.coapsite import DirectSite, ServerContext
+        from agent.coapsite import DirectSite
 
         fwd = self.fwd
 
@@ -624,16 +622,4 @@ class CoapForwarder:
 
         site = DirectSite()
         site.add_direct("rpc", RpcResource())
-        self._ctx = await ServerContext.create_server_context(
-            site, bind=(self.host, self.port), loggername="agent.chainclient.forward.coap"
-        )
-        event(self.log, "coap_rpc_listening", bind=f"{self.host}:{self.port}")
-        self.ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await self._ctx.shutdown()
-            self._ctx = None
-
-    async def stop(self) -> None:
-        self._stop.set()
+        return site

@@ -26,6 +26,7 @@ from typing import Any
 from agent.attest.keys import GatewayKey
 from agent.chainclient.rpc import RpcClient, hex_int
 from agent.chainclient.tx import Eip1559Tx, SignedTx
+from agent.component import Health
 from agent.errors import ChainError, NodeUnreachable, RpcError, RpcTimeout, TransactionError
 from agent.logs import event
 from agent.metrics import Metrics
@@ -182,6 +183,8 @@ class TxSender:
     """`await sender.start()`, then `tx_id = await sender.send(to, data)` and
     `receipt = await sender.wait(tx_id)`; `run()` watches unfinished transactions."""
 
+    name = "tx-sender"
+
     def __init__(
         self,
         rpc: RpcClient,
@@ -210,6 +213,8 @@ class TxSender:
         self.log = logger or logging.getLogger("agent.chainclient.sender")
         self._lock = asyncio.Lock()
         self._next_nonce: int | None = None
+        self.ready = asyncio.Event()  # run() started (a node that is down is retried)
+        self._node_down: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def open(self) -> None:
@@ -218,6 +223,16 @@ class TxSender:
 
     def close(self) -> None:
         self.store.close()
+
+    async def stop(self, grace: float = 0.5) -> None:
+        """Close the store (its task is cancelled after every component stopped)."""
+        self.close()
+
+    def health(self) -> Health:
+        return Health(
+            "down" if self._node_down else "up",
+            {"next_nonce": self._next_nonce, "error": self._node_down},
+        )
 
     async def sync_nonce(self) -> int:
         """next nonce = max(what this store has used + 1, the node's pending count)."""
@@ -468,6 +483,7 @@ class TxSender:
         """Watch every unfinished transaction (resumed after a restart) until cancelled. A node
         on another chain than gateway.chain_id is an error (the supervisor logs it)."""
         self.open()
+        self.ready.set()
         while True:
             try:
                 await self.check_chain()
@@ -481,7 +497,9 @@ class TxSender:
                     await self.sync_nonce()
                 for own in self.store.unfinished(self.chain_id):
                     await self.check(own.id)
+                self._node_down = None
             except (NodeUnreachable, RpcTimeout) as exc:
+                self._node_down = str(exc)[:120]
                 event(self.log, "tx_watch_node_down", logging.WARNING, error=str(exc)[:120])
             except ChainError as exc:
                 event(self.log, "tx_watch_failed", logging.ERROR, error=str(exc)[:200])

@@ -26,6 +26,7 @@ from typing import Any, Generic, TypeVar
 import aiohttp
 
 from agent.chainclient.rpc import RpcClient, hex_int
+from agent.component import Detail, Health
 from agent.errors import ChainError, NodeUnreachable, RpcTimeout
 from agent.logs import event
 from agent.metrics import Metrics
@@ -93,6 +94,8 @@ class _LogSub:
 class ChainWatcher:
     """`feed = watcher.heads()`, `logs = watcher.logs(address=...)`, then `await watcher.run()`."""
 
+    name = "chain-watch"
+
     def __init__(
         self,
         rpc: RpcClient,
@@ -115,6 +118,7 @@ class ChainWatcher:
         self.head: Head | None = None
         self.mode = "starting"
         self.connected = asyncio.Event()  # set while heads flow (WebSocket or polling)
+        self.ready = asyncio.Event()  # run() started: a node that is down is retried
         self._head_feeds: list[Feed[Head]] = []
         self._reorg_feeds: list[Feed[Reorg]] = []
         self._log_subs: list[_LogSub] = []
@@ -256,6 +260,7 @@ class ChainWatcher:
     async def run(self) -> None:
         delay = self.backoff[0]
         self._session = aiohttp.ClientSession()
+        self.ready.set()
         try:
             while True:
                 try:
@@ -370,7 +375,16 @@ class ChainWatcher:
                 await self._on_head(latest)
                 await self._fill_logs(latest.number)
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0.5) -> None:
         with contextlib.suppress(Exception):
             if self._session is not None:
-                await self._session.close()
+                await asyncio.wait_for(self._session.close(), grace)
+
+    def health(self) -> Health:
+        up = self.connected.is_set()
+        detail: dict[str, Detail] = {
+            "url": self.rpc.url,
+            "mode": self.mode,
+            "height": self.head.number if self.head is not None else None,
+        }
+        return Health("up" if up else "down", detail)

@@ -22,6 +22,7 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakDBusError, BleakError
 
+from agent.component import Detail, Health, State
 from agent.config import BleDeviceConfig, BleSourceConfig
 from agent.devices.codecs.bthome import (
     BTHOME_SERVICE_UUID,
@@ -268,7 +269,37 @@ class BleSource:
             self._tasks.clear()
             await self._stop_scanner()
 
-    async def stop(self) -> None:
+    def pause_intake(self) -> None:
+        """Take no more adverts or GATT frames (shutdown; a radio cannot be paused, and nothing
+        not yet accepted is owed to a device: it repeats its adverts)."""
+        self._stopping = True
+
+    def resume_intake(self) -> None:
+        self._stopping = False
+
+    def health(self) -> Health:
+        devices = self.directory.all()
+        parts = {
+            d.device_id: Health("up" if d.device_id in self.connected else "down", {"mac": d.mac})
+            for d in devices
+            if d.mode == "gatt"
+        }
+        scanning = self.scanning.is_set()
+        wants_scan = self.directory.dynamic or any(d.mode == "bthome" for d in devices)
+        state: State = "up"
+        if wants_scan and not scanning:
+            state = "down"
+        elif any(p.state != "up" for p in parts.values()):
+            state = "degraded"
+        detail: dict[str, Detail] = {
+            "scanning": scanning,
+            "scanning_mode": self.scanning_mode,
+            "connected": len(self.connected),
+            "frames": self.received,
+        }
+        return Health(state, detail, parts)
+
+    async def stop(self, grace: float = 2.0) -> None:
         """Stop scanning and close every connection; safe to call twice."""
         self._stopping = True
         if self._watchdog is not None:
@@ -276,7 +307,7 @@ class BleSource:
         await self._stop_scanner()
         for client in list(self._clients):
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.disconnect(), 2)
+                await asyncio.wait_for(client.disconnect(), grace)
         for t in self._tasks:
             t.cancel()
 
@@ -462,7 +493,7 @@ class BleSource:
         return state.last_assigned
 
     def _offer(self, arrival: Arrival) -> None:
-        if self._paused:
+        if self._paused or self._stopping:
             # A radio cannot be paused: while the pipeline is over its bound, adverts are not
             # taken (never accepted, so nothing accepted is lost); devices repeat them anyway.
             self.metrics.inc("ble_dropped_backpressure")

@@ -8,6 +8,7 @@ credentials must send OSCORE-protected requests whose authenticated claim names 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Iterable
@@ -22,6 +23,7 @@ from aiocoap.numbers.codes import Code
 from aiocoap.util.linkformat import Link, LinkFormat
 
 from agent.coapsite import DirectSite, ServerContext
+from agent.component import Health, State
 from agent.config import CoapObserveConfig, CoapSourceConfig
 from agent.devices.codecs.cbor_frame import parse_cbor_frame
 from agent.devices.codecs.frame import DeviceFrame, parse_frame
@@ -363,9 +365,41 @@ class CoapSource:
                     await ctx.shutdown()
             self._client = self._server = None
 
-    def pause(self) -> None:
+    def pause_intake(self) -> None:
         """Answer new POSTs with 5.03 (shutdown: the pipeline drains what it has)."""
         self._accepting = False
+
+    def resume_intake(self) -> None:
+        self._accepting = True
+
+    async def stop(self, grace: float = 0.5) -> None:
+        """Close the server and client contexts (run's task is cancelled after all stops)."""
+        for ctx in (self._client, self._server):
+            if ctx is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ctx.shutdown(), grace)
+        self._client = self._server = None
+
+    def health(self) -> Health:
+        parts = {
+            oc.device: Health("up" if self._registered.get(oc.device) else "down", {"uri": oc.uri})
+            for oc in self.cfg.observe
+        }
+        listening = self._server is not None
+        observing = sum(1 for p in parts.values() if p.state == "up")
+        state: State = "down" if not listening else "up"
+        if listening and observing < len(parts):
+            state = "degraded"
+        return Health(
+            state,
+            {
+                "listening": listening,
+                "bind": f"{self.cfg.bind}:{self.cfg.port}",
+                "frames": self.received,
+                "observing": observing,
+            },
+            parts,
+        )
 
 
 class ObserveLost(AgentError):

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from agent.component import Detail, Health
 from agent.devices.auth import mac_matches
 from agent.devices.registry import (
     DeviceRecord,
@@ -53,7 +54,12 @@ class TokenBucket:
 class EnrollmentGate:
     """A DeviceGate over the registry, plus an optional unauthenticated allowlist (config
     `sources.*.allowed_devices`, for development and benchmarks; such observations are marked
-    auth=allowlist in their envelope)."""
+    auth=allowlist in their envelope).
+
+    As a component ("registry") it reloads the registry when it changes and writes
+    activations and last-seen times; stopping flushes the pending activations."""
+
+    name = "registry"
 
     def __init__(
         self,
@@ -82,6 +88,8 @@ class EnrollmentGate:
         self._activated: set[str] = set()
         self._seen: dict[str, int] = {}
         self._wake = asyncio.Event()
+        self.ready = asyncio.Event()
+        self._error: str | None = None
         self.metrics.gauge("devices_enrolled", lambda: float(len(self._records)))
 
     @property
@@ -191,6 +199,7 @@ class EnrollmentGate:
 
     async def run(self, poll: float = 0.5, touch_every: float = 60.0) -> None:
         """Reload on change, write activations at once and last-seen times once a minute."""
+        self.ready.set()
         if self.registry is None:
             return
         registry = self.registry
@@ -212,7 +221,24 @@ class EnrollmentGate:
                     self.apply(snap)
                     self._marker = marker
                     event(self.log, "registry_loaded", devices=len(snap.records))
+                self._error = None
             except (RegistryError, AgentError, OSError) as exc:
+                self._error = str(exc)[:200]
                 self.metrics.inc("registry_errors")
                 event(self.log, "registry_error", logging.ERROR, error=str(exc))
                 await asyncio.sleep(poll)
+
+    async def stop(self, grace: float = 0.5) -> None:
+        """Write the activations of devices whose first frame arrived (pending -> active)."""
+        try:
+            await asyncio.wait_for(self.flush_activations(), max(grace, 2.0))
+        except (RegistryError, AgentError, OSError, TimeoutError) as exc:
+            event(self.log, "registry_error", logging.ERROR, error=str(exc) or "timeout")
+
+    def health(self) -> Health:
+        detail: dict[str, Detail] = {
+            "enrolled": len(self._records) if self.registry is not None else None,
+            "allowlisted": len(self.allowlist),
+            "error": self._error,
+        }
+        return Health("degraded" if self._error else "up", detail)

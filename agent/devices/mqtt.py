@@ -12,6 +12,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
+from agent.component import Health
 from agent.config import MqttSourceConfig
 from agent.devices.codecs.frame import parse_frame
 from agent.errors import FrameError
@@ -52,6 +53,7 @@ class MqttSource:
         # (filter levels, index of the '+' that names the device); no '#' (config forbids it)
         self._filters = [(t.split("/"), t.split("/").index("+")) for t in cfg.topics]
         self._resume: asyncio.Task[None] | None = None
+        self._intake_paused = False  # pause_intake(): stays paused when the pipeline has room
         self._device_cache: dict[str, str | None] = {}
         self.received = 0
         metrics.gauge("frames_received_mqtt", lambda: float(self.received))
@@ -130,10 +132,28 @@ class MqttSource:
             await self.pipeline.wait_for_space()
         finally:
             self._resume = None
-            self.conn.resume_reading()
+            if not self._intake_paused:
+                self.conn.resume_reading()
 
     async def run(self) -> None:
         await self.conn.run()
 
-    async def stop(self) -> None:
-        await self.conn.stop(grace=0.3)
+    async def stop(self, grace: float = 0.3) -> None:
+        """Disconnect (after the pipeline drained: what it accepted was acknowledged)."""
+        await self.conn.stop(grace=grace)
+
+    def pause_intake(self) -> None:
+        """Stop reading the socket: the broker keeps the rest for the persistent session."""
+        self._intake_paused = True
+        self.conn.pause_reading()
+
+    def resume_intake(self) -> None:
+        self._intake_paused = False
+        self.conn.resume_reading()
+
+    def health(self) -> Health:
+        up = self.conn.connected.is_set()
+        return Health(
+            "up" if up else "down",
+            {"connected": up, "url": self.cfg.broker.url, "frames": self.received},
+        )

@@ -48,7 +48,7 @@ def _broker_auth(cfg: AgentConfig) -> MosquittoAuth | None:
 
 
 def _gateway_address(cfg: AgentConfig) -> str | None:
-    from agent.runtime import load_gateway_key
+    from agent.wiring import load_gateway_key
 
     try:
         return load_gateway_key(cfg).checksum_address

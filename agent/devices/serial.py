@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import serial
 
+from agent.component import Health, State
 from agent.config import SerialPortConfig, SerialSourceConfig
 from agent.devices.codecs.frame import DeviceFrame, parse_frame
 from agent.devices.codecs.nmea import parse_nmea
@@ -77,6 +78,7 @@ class SerialSource:
         self._rl = RateLimitedLog(self.log)
         self.ports = {str(p.path): PortState(p, LineSplitter(p.max_line)) for p in cfg.ports}
         self.ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
         self.lines = 0
         metrics.gauge("serial_lines", lambda: float(self.lines))
 
@@ -218,15 +220,39 @@ class SerialSource:
             delay = min(delay * 2, self.cfg.reopen_max_s)
 
     async def run(self) -> None:
-        tasks = [asyncio.create_task(self._run_port(st)) for st in self.ports.values()]
+        self._tasks = [asyncio.create_task(self._run_port(st)) for st in self.ports.values()]
         self.ready.set()
         try:
-            await asyncio.gather(*tasks)
+            await asyncio.gather(*self._tasks)
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._cancel_ports()
 
-    def close(self) -> None:
-        for st in self.ports.values():
-            st.executor.shutdown(wait=True)
+    async def _cancel_ports(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def pause_intake(self) -> None:
+        """Stop reading every port; what was read is in the pipeline's queue already."""
+        for t in self._tasks:
+            t.cancel()
+
+    def resume_intake(self) -> None:
+        """Ports are read again when the supervisor restarts run() (intake is paused only at
+        shutdown; backpressure waits inside the read loop instead)."""
+
+    async def stop(self, grace: float = 0.5) -> None:
+        await self._cancel_ports()
+        loop = asyncio.get_running_loop()
+        for st in self.ports.values():  # each after the read in flight, in its own thread
+            await loop.run_in_executor(None, st.executor.shutdown, True)
+
+    def health(self) -> Health:
+        parts = {
+            path: Health("up" if st.open else "down", {"device": st.cfg.device})
+            for path, st in self.ports.items()
+        }
+        open_ports = sum(1 for st in self.ports.values() if st.open)
+        state: State = "up" if open_ports == len(parts) else "degraded" if open_ports else "down"
+        return Health(state, {"ports_open": open_ports, "lines": self.lines}, parts)

@@ -32,6 +32,7 @@ from agent.attest.selection import selection_digest
 from agent.chainclient.rpc import RpcClient, hex_int
 from agent.chainclient.sender import TxSender
 from agent.chainclient.subscribe import Feed, Head
+from agent.component import Detail, Health
 from agent.config import ElectionConfig
 from agent.election.board import ElectionBoard, vrf_key_digest
 from agent.election.definite import MAX_REHASH, keccak256
@@ -149,9 +150,12 @@ class ConnectionPublisher:
     """Retained QoS 1 publishes on an MqttConnection: the bridge's upstream link, or the
     election's own (then `run()` keeps it connected)."""
 
+    name = "election-mqtt"
+
     def __init__(self, conn: MqttConnection, *, own: bool) -> None:
         self.conn = conn
         self.own = own
+        self.ready = asyncio.Event()
 
     def is_connected(self) -> bool:
         return self.conn.connected.is_set()
@@ -163,12 +167,17 @@ class ConnectionPublisher:
         return info.rc == paho.MQTT_ERR_SUCCESS
 
     async def run(self) -> None:
+        self.ready.set()
         if self.own:
             await self.conn.run()
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 1.0) -> None:
         if self.own:
-            await self.conn.stop()
+            await self.conn.stop(grace)
+
+    def health(self) -> Health:
+        up = self.conn.connected.is_set()
+        return Health("up" if up else "down", {"url": self.conn.endpoint.url, "own": self.own})
 
 
 class _Retry(Exception):
@@ -176,7 +185,12 @@ class _Retry(Exception):
 
 
 class ElectionRounds:
-    """`await rounds.run()` until cancelled; `results` holds the rounds decided in this run."""
+    """`await rounds.run()` until cancelled; `results` holds the rounds decided in this run.
+
+    `ready` is set when run() starts (a node that is down does not hold up the agent);
+    `registered` once the node's keys are on the board and the schedule is checked."""
+
+    name = "election"
 
     def __init__(
         self,
@@ -211,7 +225,9 @@ class ElectionRounds:
         self.schedule: RoundSchedule | None = None
         self.results: dict[int, RoundResult] = {}
         self.submitted: set[int] = set()
-        self.ready = asyncio.Event()  # registered, schedule checked
+        self.ready = asyncio.Event()
+        self.registered = asyncio.Event()  # registered, schedule checked
+        self._node_down: str | None = None
         self._pool: ProcessPoolExecutor | None = None
         self._followers: set[asyncio.Task[None]] = set()
         self._was_connected = False
@@ -220,16 +236,19 @@ class ElectionRounds:
     # -- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:
         self.store.open(self.board.address, self.cfg.mode)
+        self.ready.set()
         try:
             await self._setup()
-            self.ready.set()
+            self.registered.set()
             while True:
                 try:
                     await self.step(await self._next_head())
+                    self._node_down = None
                 except (NodeUnreachable, RpcTimeout) as exc:
+                    self._node_down = str(exc)[:160]
                     event(self.log, "election_node_down", logging.WARNING, error=str(exc)[:160])
         finally:
-            self.ready.clear()
+            self.registered.clear()
             for task in list(self._followers):
                 task.cancel()
             await asyncio.gather(*self._followers, return_exceptions=True)
@@ -237,6 +256,23 @@ class ElectionRounds:
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = None
+
+    async def stop(self, grace: float = 0.5) -> None:
+        """Nothing to finish: a round under way is decided again from the chain after a
+        restart (its task is cancelled after every component stopped)."""
+
+    def health(self) -> Health:
+        latest = max(self.results) if self.results else None
+        detail: dict[str, Detail] = {
+            "mode": self.cfg.mode,
+            "registered": self.registered.is_set(),
+            "rounds_decided": len(self.results),
+            "latest_round": latest,
+            "error": self._node_down,
+        }
+        if self._node_down:
+            return Health("down", detail)
+        return Health("up" if self.registered.is_set() else "starting", detail)
 
     async def _next_head(self) -> int:
         if self.heads is not None:

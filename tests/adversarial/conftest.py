@@ -1,7 +1,4 @@
-"""Hostile-input tests use the integration tests' real peers (Mosquitto, the agent itself)."""
+"""Hostile input against the real processes: the integration suite's fixtures (real Mosquitto,
+anvil, agents in-process and as child processes) are shared here."""
 
-from tests.integration.conftest import (  # noqa: F401  (fixtures, found by name)
-    collector,
-    start_agent,
-    upstream_broker,
-)
+from tests.integration.conftest import *  # noqa: F403 (fixtures are found by name)

@@ -4,6 +4,7 @@ Mosquitto: the agent's main job, end to end, in process."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 from typing import Any
@@ -152,8 +153,10 @@ async def test_periodic_stats_line_reports_the_known_workload(
     device.publish("devices/dev-3/up", b"not json")
     await async_wait_until(lambda: len(collector.observations()) == 6, 10, "6 observations")
     caplog.set_level(logging.INFO, logger="agent.runtime")
-    # The maintenance loop the agent runs every 10 s, here at a faster pace.
-    task = asyncio.create_task(running.agent._maintain_journal(every=0.05, stats_every=1))
+    # The journal upkeep the agent runs every 10 s, here at a faster pace.
+    upkeep = copy.copy(running.agent.upkeep)
+    upkeep.every, upkeep.stats_every = 0.05, 1
+    task = asyncio.create_task(upkeep.run())
     try:
         await async_wait_until(
             lambda: any("event=stats" in r.getMessage() for r in caplog.records), 5, "stats"

@@ -84,7 +84,7 @@ async def start_election(
     miner.expect = expect
     agents = [await start_agent(cfg, key, name=f"gw{i}") for i, key in enumerate(keys)]
     for a in agents:
-        await asyncio.wait_for(rounds_of(a).ready.wait(), 60)
+        await asyncio.wait_for(rounds_of(a).registered.wait(), 60)
     return agents, keys, cfg, sched, board
 
 
@@ -147,7 +147,7 @@ async def test_five_agents_agree_on_paper_rounds_and_a_restart_does_not_submit_t
     assert head(node) < sched.cutoff(r) - 1
     await agents[0].stop()
     agents[0] = await start_agent(cfg, keys[0], name="gw0")
-    await asyncio.wait_for(rounds_of(agents[0]).ready.wait(), 30)
+    await asyncio.wait_for(rounds_of(agents[0]).registered.wait(), 30)
     miner.resume()
     await async_wait_until(
         lambda: all(r + 1 in rounds_of(a).results for a in agents), 180, f"round {r + 1} decided"

@@ -1,0 +1,415 @@
+"""Which parts a configuration asks for, built once, and the order the runtime runs them in.
+
+`build(cfg, key)` returns `Parts`: every part by name (None where the config does not ask for
+it) and `components`, the list the runtime supervises. The list's order is the start order;
+the runtime stops in reverse, after pausing every source:
+
+    registry gate, journal upkeep, bridge, sources..., pipeline, telemetry, chain parts...
+
+so at shutdown the chain parts go first, then telemetry, then the pipeline drains into the
+journal (sources already paused), then the sources acknowledge what was accepted and
+disconnect, then the bridge waits for in-flight PUBACKs, then the registry flushes activations.
+Modules for parts that are not configured are not imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from agent.attest.keys import GatewayKey, load_key_file
+from agent.attest.observation import ObservationSigner
+from agent.bridge import Bridge
+from agent.component import Component
+from agent.config import AgentConfig
+from agent.devices.gate import EnrollmentGate
+from agent.devices.registry import DeviceRegistry
+from agent.journal import Journal
+from agent.metrics import Metrics
+from agent.model import Eip712Domain, Transport
+from agent.pipeline import DeviceGate, Pipeline, TransportGate
+from agent.secrets import check_secret_mode
+from agent.upkeep import JournalUpkeep
+
+if TYPE_CHECKING:
+    from agent.chainclient.forward import CoapForwarder, MqttForwarder
+    from agent.chainclient.rpc import RpcClient
+    from agent.chainclient.sender import TxSender
+    from agent.chainclient.subscribe import ChainWatcher
+    from agent.devices.ble import BleBackend, BleDeviceDirectory, BleSource
+    from agent.devices.coap import CoapSource
+    from agent.devices.modbus import ModbusSource
+    from agent.devices.mqtt import MqttSource
+    from agent.devices.serial import SerialSource
+    from agent.election.rounds import ConnectionPublisher, ElectionRounds
+    from agent.masternode import HeartbeatTask, OracleSubmitter
+    from agent.oracle import CoapOracle, MqttOracle, OracleService
+    from agent.telemetry import Telemetry
+
+
+def load_gateway_key(cfg: AgentConfig) -> GatewayKey:
+    """The gateway key, refusing loose permissions; the passphrase comes from
+    gateway.passphrase_file (also 0600) or the EDGENCE_KEY_PASSPHRASE environment variable."""
+    passphrase = os.environ.get("EDGENCE_KEY_PASSPHRASE")
+    pf = cfg.gateway.passphrase_file
+    if pf is not None:
+        check_secret_mode(pf)
+        passphrase = pf.read_text(encoding="utf-8").rstrip("\r\n")
+    return load_key_file(cfg.gateway.key_file, passphrase)
+
+
+def domain_of(cfg: AgentConfig) -> Eip712Domain:
+    g = cfg.gateway
+    return Eip712Domain(g.domain_name, g.domain_version, g.chain_id, g.verifying_contract)
+
+
+def client_id(key: GatewayKey, role: str) -> str:
+    """The MQTT client id of one of the agent's connections (unique per gateway and role)."""
+    return f"edgence-{key.address[2:14]}-{role}"
+
+
+@dataclass
+class Parts:
+    """Everything one configuration runs. Optional parts are None when not configured."""
+
+    cfg: AgentConfig
+    key: GatewayKey
+    metrics: Metrics
+    executor: ThreadPoolExecutor
+    journal: Journal
+    signer: ObservationSigner
+    registry: DeviceRegistry | None
+    gate: EnrollmentGate
+    pipeline: Pipeline
+    upkeep: JournalUpkeep
+    bridge: Bridge | None = None
+    mqtt: MqttSource | None = None
+    ble: BleSource | None = None
+    coap: CoapSource | None = None
+    serial: SerialSource | None = None
+    modbus: ModbusSource | None = None
+    rpc: RpcClient | None = None
+    tx_sender: TxSender | None = None
+    chain_watcher: ChainWatcher | None = None
+    forward_mqtt: MqttForwarder | None = None
+    forward_coap: CoapForwarder | None = None
+    election: ElectionRounds | None = None
+    election_publisher: ConnectionPublisher | None = None
+    oracle: OracleService | None = None
+    oracle_mqtt: MqttOracle | None = None
+    oracle_coap: CoapOracle | None = None
+    heartbeat: HeartbeatTask | None = None
+    submitter: OracleSubmitter | None = None
+    telemetry: Telemetry | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def components(self) -> list[Component]:
+        """What the runtime supervises, in start order (it stops them in reverse)."""
+        head: list[Component | None] = [self.gate, self.upkeep, self.bridge]
+        tail: list[Component | None] = [
+            self.pipeline,
+            self.telemetry,
+            self.chain_watcher,
+            self.tx_sender,
+            self.forward_mqtt,
+            self.forward_coap,
+            self.election_publisher
+            if self.election_publisher is not None and self.election_publisher.own
+            else None,
+            self.election,
+            self.oracle_mqtt,
+            self.oracle_coap,
+            self.heartbeat,
+            self.submitter,
+        ]
+        return [c for c in (*head, *self.sources, *tail) if c is not None]
+
+    @property
+    def sources(self) -> list[Component]:
+        sources = (self.mqtt, self.ble, self.coap, self.serial, self.modbus)
+        return [s for s in sources if s is not None]
+
+
+def build(
+    cfg: AgentConfig,
+    key: GatewayKey,
+    *,
+    ble_backend: BleBackend | None = None,
+    ble_devices: BleDeviceDirectory | None = None,
+) -> Parts:
+    """Build every part the configuration asks for, once."""
+    metrics = Metrics()
+    executor = ThreadPoolExecutor(1, thread_name_prefix="journal")
+    journal = Journal(
+        cfg.journal.path,
+        sinks=["bridge"],
+        synchronous=cfg.journal.synchronous,
+        max_bytes=cfg.journal.max_bytes,
+        max_age_s=cfg.journal.max_age_s,
+        overflow=cfg.journal.overflow,
+        logger=logging.getLogger("agent.journal"),
+    )
+    signer = ObservationSigner(key, domain_of(cfg))
+    enr = cfg.enrollment
+    registry = DeviceRegistry(enr.registry_dir) if enr is not None and enr.enabled else None
+    gate = EnrollmentGate(
+        registry,
+        allowlist=cfg.mqtt.allowed_devices,
+        rate=enr.rate if enr is not None else 10.0,
+        burst=enr.burst if enr is not None else 20.0,
+        metrics=metrics,
+    )
+    device_gate: DeviceGate = gate
+    if cfg.ble.enabled:
+        from agent.devices.ble import BleGate, ConfiguredBleDevices, EnrolledBleDevices
+
+        if ble_devices is None:
+            configured = ConfiguredBleDevices(cfg.ble.devices)
+            ble_devices = EnrolledBleDevices(configured, gate) if registry else configured
+        device_gate = TransportGate({Transport.BLE: BleGate(ble_devices, gate)}, gate)
+    if cfg.modbus.devices:  # known to the Modbus source only, never to the shared allowlist
+        from agent.devices.modbus import ModbusGate
+
+        device_gate = TransportGate(
+            {Transport.MODBUS: ModbusGate(cfg.modbus.device_ids)}, device_gate
+        )
+    pipeline = Pipeline(
+        signer=signer,
+        journal=journal,
+        executor=executor,
+        gate=device_gate,
+        metrics=metrics,
+        queue_size=cfg.pipeline.queue_size,
+        batch_max=cfg.pipeline.batch_max,
+        linger=cfg.pipeline.linger_s,
+    )
+    p = Parts(
+        cfg=cfg,
+        key=key,
+        metrics=metrics,
+        executor=executor,
+        journal=journal,
+        signer=signer,
+        registry=registry,
+        gate=gate,
+        pipeline=pipeline,
+        upkeep=JournalUpkeep(journal, executor, metrics, bridge_up=lambda: False),
+    )
+    if cfg.bridge.enabled:
+        p.bridge = Bridge(
+            cfg.bridge, journal=journal, executor=executor, gateway=key.address, metrics=metrics
+        )
+        pipeline.add_sink(p.bridge.offer)
+        bridge = p.bridge
+        p.upkeep.bridge_up = bridge.conn.connected.is_set
+    _sources(p, ble_backend, ble_devices)
+    _chain(p)
+    _oracle(p)
+    if cfg.metrics.enabled:
+        from agent.telemetry import Telemetry  # prometheus-client only when used
+
+        p.telemetry = Telemetry(p)
+    return p
+
+
+def _sources(p: Parts, ble_backend: BleBackend | None, ble: BleDeviceDirectory | None) -> None:
+    cfg, pipeline, metrics = p.cfg, p.pipeline, p.metrics
+    if cfg.mqtt.enabled:
+        from agent.devices.mqtt import MqttSource
+
+        p.mqtt = MqttSource(
+            cfg.mqtt, pipeline=pipeline, metrics=metrics, client_id=client_id(p.key, "devices")
+        )
+    if cfg.ble.enabled:
+        from agent.devices.ble import BleSource
+
+        assert ble is not None
+        p.ble = BleSource(
+            cfg.ble, pipeline=pipeline, metrics=metrics, directory=ble, backend=ble_backend
+        )
+    if cfg.coap.enabled:
+        from agent.devices.coap import CoapSource
+
+        p.coap = CoapSource(cfg.coap, pipeline=pipeline, metrics=metrics, config_file=str(cfg.path))
+    if cfg.serial.ports:
+        from agent.devices.serial import SerialSource
+
+        p.serial = SerialSource(cfg.serial, pipeline=pipeline, metrics=metrics)
+    if cfg.modbus.devices:
+        from agent.devices.modbus import ModbusSource
+
+        p.modbus = ModbusSource(cfg.modbus, pipeline=pipeline, metrics=metrics)
+    # Before enrollment, or for development: the CoAP and serial allowlists (with observed,
+    # OSCORE and port devices) join MQTT's in the gate's shared list of unenrolled devices.
+    p.gate.allowlist = (
+        p.gate.allowlist
+        | (p.coap.allowed_devices if p.coap else frozenset())
+        | cfg.serial.allowed_devices
+    )
+
+
+def _chain(p: Parts) -> None:
+    """[chain], [election] and [forward]: the full node's client, the agent's own
+    transactions, new heads, election rounds and dApp request forwarding."""
+    cfg = p.cfg
+    if not (cfg.chain.enabled or cfg.forward.enabled):
+        return
+    from agent.chainclient.rpc import RpcClient
+
+    c = cfg.chain
+    p.rpc = RpcClient(c.rpc_url, timeout=c.timeout_s)
+    if c.enabled:
+        from agent.chainclient.sender import TxSender
+        from agent.chainclient.subscribe import ChainWatcher
+
+        p.tx_sender = TxSender(
+            p.rpc,
+            p.key,
+            cfg.gateway.chain_id,
+            c.store or cfg.gateway.data_dir / "chain.sqlite",
+            metrics=p.metrics,
+            confirmations=c.confirmations,
+            poll_interval_s=c.poll_interval_s,
+            stuck_after_s=c.stuck_after_s,
+            fee_bump_percent=c.fee_bump_percent,
+        )
+        p.chain_watcher = ChainWatcher(
+            p.rpc, c.ws_url, poll_interval_s=c.poll_interval_s, metrics=p.metrics
+        )
+    _election(p)
+    f = cfg.forward
+    if not f.enabled:
+        return
+    from agent.chainclient.forward import CoapForwarder, Forwarder, ForwardPolicy, MqttForwarder
+
+    forwarder = Forwarder(
+        p.rpc,
+        ForwardPolicy(
+            methods=frozenset(f.methods),
+            max_request_bytes=f.max_request_bytes,
+            max_response_bytes=f.max_response_bytes,
+            max_batch=f.max_batch,
+            max_log_range=f.max_log_range,
+            rate=f.rate,
+            burst=f.burst,
+            timeout_s=f.timeout_s,
+            max_inflight=f.max_inflight,
+        ),
+        p.metrics,
+    )
+    if f.mqtt_enabled and f.mqtt is not None:
+        names = {"prefix": f.topic_prefix, "gateway": p.key.address}
+        p.forward_mqtt = MqttForwarder(
+            forwarder,
+            f.mqtt,
+            request_topic=f"{f.topic_prefix}/{p.key.address}/rpc/req",
+            reply_filters=tuple(t.format(**names) for t in f.reply_topics),
+            client_id=f.mqtt.client_id or client_id(p.key, "rpc"),
+        )
+    if f.coap_enabled:
+        p.forward_coap = CoapForwarder(forwarder, f.coap_host, f.coap_port)
+
+
+def _election(p: Parts) -> None:
+    """[election]: the round loop, publishing results on the bridge's upstream connection,
+    or on its own connection when the bridge is disabled."""
+    e = p.cfg.election
+    if not e.enabled or p.rpc is None or p.tx_sender is None:
+        return
+    from agent.election.rounds import ConnectionPublisher, ElectionRounds
+    from agent.mqtt import MqttConnection
+
+    if p.bridge is not None:
+        publisher = ConnectionPublisher(p.bridge.conn, own=False)
+    else:
+        assert e.mqtt is not None  # the config demands it without a bridge
+        conn = MqttConnection(
+            e.mqtt,
+            client_id=e.mqtt.client_id or client_id(p.key, "election"),
+            clean_start=True,
+            name="election",
+        )
+        publisher = ConnectionPublisher(conn, own=True)
+    p.election_publisher = publisher
+    p.election = ElectionRounds(
+        e,
+        rpc=p.rpc,
+        sender=p.tx_sender,
+        key=p.key,
+        chain_id=p.cfg.gateway.chain_id,
+        publisher=publisher,
+        heads=p.chain_watcher.heads() if p.chain_watcher is not None else None,
+        poll_interval_s=p.cfg.chain.poll_interval_s,
+        metrics=p.metrics,
+    )
+
+
+def _oracle(p: Parts) -> None:
+    """[oracle] queries over MQTT 5 / CoAP, [oracle.submit] on-chain submission and the
+    [masternode] heartbeat (each only when enabled)."""
+    cfg = p.cfg
+    o = cfg.oracle
+    if o.enabled:
+        from agent.oracle import CoapOracle, MqttOracle, OracleService
+
+        gate = p.gate
+        ble_ids = frozenset(d.device_id for d in cfg.ble.devices) | cfg.modbus.device_ids
+
+        def known_device(device: str) -> bool:
+            """Enrolled (the registry view), allowlisted, or a configured BLE or Modbus one."""
+            return device in gate.records or device in gate.allowlist or device in ble_ids
+
+        p.oracle = OracleService(
+            p.journal,
+            p.executor,
+            contract=cfg.gateway.verifying_contract,
+            known_device=known_device,
+            metrics=p.metrics,
+            max_inflight=o.max_inflight,
+        )
+        p.pipeline.add_sink(p.oracle.offer)
+        if o.mqtt_enabled and o.mqtt is not None:
+            names = {"prefix": o.topic_prefix, "gateway": p.key.address}
+            p.oracle_mqtt = MqttOracle(
+                p.oracle,
+                o.mqtt,
+                request_topic=f"{o.topic_prefix}/{p.key.address}/oracle/req",
+                reply_filters=tuple(t.format(**names) for t in o.reply_topics),
+                client_id=o.mqtt.client_id or client_id(p.key, "oracle"),
+            )
+        if o.coap_enabled:
+            p.oracle_coap = CoapOracle(p.oracle, o.coap_host, o.coap_port)
+    if p.tx_sender is None:
+        return
+    from agent.masternode import HeartbeatTask, OracleSubmitter, RegistryClient
+
+    mn = cfg.masternode
+    if mn.registry is not None and mn.heartbeat:
+        assert p.rpc is not None
+        p.heartbeat = HeartbeatTask(
+            RegistryClient(p.rpc, p.tx_sender, mn.registry),
+            every_blocks=mn.heartbeat_every_blocks,
+            check_interval_s=mn.check_interval_s,
+            metrics=p.metrics,
+        )
+    if o.submit_enabled:
+        p.submitter = OracleSubmitter(
+            p.journal,
+            p.executor,
+            p.tx_sender,
+            contract=cfg.gateway.verifying_contract,
+            sensors=o.submit_sensors,
+            interval_s=o.submit_interval_s,
+            max_batch=o.submit_max_batch,
+            metrics=p.metrics,
+        )
+
+
+__all__ = ["Parts", "build", "client_id", "domain_of", "load_gateway_key"]
