@@ -172,6 +172,7 @@ class ModbusSource:
         self._intake = asyncio.Event()
         self._intake.set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._ending = False  # run() is ending: the line tasks finish
         buses = {b.name: b for b in cfg.buses}
         lines: dict[str, Line] = {}
         for d in cfg.devices:
@@ -194,6 +195,7 @@ class ModbusSource:
     # -- the Source interface -------------------------------------------------------------
     async def run(self) -> None:
         self._stopped.clear()
+        self._ending = False
         self._tasks = [asyncio.create_task(self._run_line(ln)) for ln in self.lines]
         self.ready.set()
         stop = asyncio.create_task(self._stopped.wait())
@@ -203,13 +205,17 @@ class ModbusSource:
                 if t is not stop:
                     t.result()  # a line task only ends by a bug: let the supervisor restart us
         finally:
+            # Lines also check the flag: on Python 3.11 a cancellation that arrives as a
+            # pymodbus answer completes can be lost inside asyncio.wait_for.
+            self._ending = True
             stop.cancel()
             for t in self._tasks:
                 t.cancel()
-            await asyncio.gather(stop, *self._tasks, return_exceptions=True)
+            await asyncio.wait([stop, *self._tasks], timeout=2.0)
 
     async def stop(self, grace: float) -> None:
         self._stopped.set()
+        self._ending = True
         tasks = [t for t in self._tasks if not t.done()]
         for t in tasks:
             t.cancel()
@@ -294,7 +300,7 @@ class ModbusSource:
     async def _run_line(self, line: Line) -> None:
         backoff = Backoff(0.5, LINE_BACKOFF_MAX)
         lost = True  # a loss not yet counted: at start, and after the line worked
-        while True:
+        while not self._ending:
             client = self._client(line)
             try:
                 if not await client.connect():
@@ -342,7 +348,7 @@ class ModbusSource:
         for st in line.devices:
             for g in st.groups:
                 g.due = max(g.due, now) if g.due else now
-        while client.connected:
+        while client.connected and not self._ending:
             if not self._intake.is_set():
                 await self._intake.wait()
                 continue
