@@ -18,7 +18,6 @@ import json
 import logging
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -58,14 +57,12 @@ class Bridge:
         cfg: BridgeConfig,
         *,
         journal: Journal,
-        executor: ThreadPoolExecutor,
         gateway: str,
         metrics: Metrics,
         logger: logging.Logger | None = None,
     ) -> None:
         self.cfg = cfg
         self.journal = journal
-        self.executor = executor
         self.gateway = gateway
         self.metrics = metrics
         self.log = logger or logging.getLogger("agent.bridge")
@@ -187,13 +184,10 @@ class Bridge:
         """Persist the acknowledged watermark in the journal."""
         wm = self.watermark
         if wm > self._persisted:
-            await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.journal.ack, SINK, wm
-            )
+            await self.journal.ack(SINK, wm)
             self._persisted = max(self._persisted, wm)
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         # A restart after a failure starts again from the persisted cursor: what paho still
         # holds may go out twice, as identical copies of the same sequences.
         self._pending.clear()
@@ -202,9 +196,7 @@ class Bridge:
         self._fast.clear()
         self._live = False
         self._room.set()
-        self._sent = self.watermark = self._persisted = await loop.run_in_executor(
-            self.executor, self.journal.cursor, SINK
-        )
+        self._sent = self.watermark = self._persisted = await self.journal.cursor(SINK)
         conn_task = asyncio.create_task(self.conn.run())
         self.ready.set()
         try:
@@ -213,7 +205,6 @@ class Bridge:
             conn_task.cancel()
 
     async def _pump(self) -> None:
-        loop = asyncio.get_running_loop()
         prefix = f"{self.base_topic}/obs/"
         publish = self.conn.client.publish
         while True:
@@ -230,12 +221,8 @@ class Bridge:
                 await self._more.wait()
                 continue
             else:
-                entries, newest = await loop.run_in_executor(
-                    self.executor,
-                    self.journal.read_tail,
-                    SINK,
-                    self._sent,
-                    min(room, self.cfg.batch),
+                entries, newest = await self.journal.read_tail(
+                    SINK, self._sent, min(room, self.cfg.batch)
                 )
                 if not entries:
                     # Everything appended so far has been read (the read and the newest

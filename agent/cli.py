@@ -222,15 +222,15 @@ def cmd_election_status(args: argparse.Namespace) -> int:
         raise AgentError(
             f"no election store at {path}: is [election] enabled and has the agent run yet?"
         )
-    store = ElectionStore(path)
-    store.open()
-    try:
-        if args.json:
-            print(json.dumps(result_docs(store, args.round, args.last), indent=1))
-        else:
-            print("\n".join(status_lines(store, args.round, args.last)))
-    finally:
-        store.close()
+
+    async def show() -> None:
+        async with ElectionStore(path) as store:
+            if args.json:
+                print(json.dumps(await result_docs(store, args.round, args.last), indent=1))
+            else:
+                print("\n".join(await status_lines(store, args.round, args.last)))
+
+    run_event_loop(show())
     return 0
 
 
@@ -293,7 +293,7 @@ async def _masternode(args: argparse.Namespace) -> int:
             for line in (await client.status()).describe():
                 print(line)
         finally:
-            sender.close()
+            await sender.close()
     return 0
 
 

@@ -12,7 +12,6 @@ import os
 import pwd
 import secrets
 import shutil
-import sqlite3
 import ssl
 import stat
 import subprocess
@@ -31,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.config import AgentConfig, BrokerEndpoint, load_config
 from agent.errors import AgentError, ConfigError
+from agent.journal import read_newest_created_at
 from agent.secrets import check_secret_mode
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -134,7 +134,7 @@ def _secret_files(cfg: AgentConfig) -> Iterator[tuple[str, Path]]:
     enr = cfg.enrollment
     if enr is not None and enr.enabled and (enr.registry_dir / "keys.json").exists():
         yield "enrollment.registry_dir", enr.registry_dir / "keys.json"
-    for name, ep in (("sources.mqtt", cfg.mqtt.broker), ("bridge", cfg.bridge.broker)):
+    for name, ep in (("sources.mqtt", cfg.sources.mqtt.broker), ("bridge", cfg.bridge.broker)):
         if ep.password_file is not None:
             yield f"{name}.password_file", ep.password_file
         if ep.key_file is not None:
@@ -465,20 +465,6 @@ def _group(p: Path) -> str:
         return str(gid)
 
 
-def _newest_journal_time(path: Path) -> float | None:
-    if not path.exists():
-        return None
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
-        try:
-            row = conn.execute("SELECT max(created_at) FROM entries").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return None
-    return None if row is None or row[0] is None else float(row[0])
-
-
 def _ntp_synchronized() -> bool | None:
     exe = shutil.which("timedatectl")
     if exe is None:
@@ -508,7 +494,7 @@ def check_clock(cfg: AgentConfig | None, clock: Callable[[], float]) -> Check:
             "enable time synchronisation (sudo timedatectl set-ntp true) and wait for it; "
             "observations carry this clock's timestamps",
         )
-    newest = _newest_journal_time(cfg.journal.path) if cfg is not None else None
+    newest = read_newest_created_at(cfg.journal.path) if cfg is not None else None
     if newest is not None and newest > now + 300:
         return Check(
             "clock",
@@ -562,7 +548,13 @@ def run_checks(opts: DoctorOptions) -> list[Check]:
             check_secrets(cfg),
             check_data_dir(cfg),
             check_journal_disk(cfg),
-            check_broker("local", "sources.mqtt", cfg.mqtt.broker, cfg.mqtt.enabled, opts.timeout),
+            check_broker(
+                "local",
+                "sources.mqtt",
+                cfg.sources.mqtt.broker,
+                cfg.sources.mqtt.enabled,
+                opts.timeout,
+            ),
             check_broker("upstream", "bridge", cfg.bridge.broker, cfg.bridge.enabled, opts.timeout),
         ]
     out += [

@@ -3,22 +3,26 @@
 Observations are committed here before any sink sees them; each sink reads in gateway-sequence
 order and acknowledges a watermark, so whatever was not acknowledged is delivered again.
 
-Threading: the agent drives a Journal from ONE dedicated worker thread. The connection is opened
-with ``check_same_thread=False`` so that thread need not be the one that built the object, but
-calls must never overlap: one thread, one call at a time. One process writes a journal file.
+Threading, enforced by structure: `Journal` (used as ``async with Journal(...) as journal``) owns
+one worker thread; the sqlite connection is opened in that thread (``check_same_thread=True``, so
+a call from any other thread raises) and every awaitable method runs there, one at a time. The
+synchronous core `_JournalCore` is private to this module. One process writes a journal file;
+`read_device_counter` and `read_newest_created_at` open it read-only from another process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Literal, Self, TypeVar, TypeVarTuple
 
 from agent.errors import JournalError, JournalFull
 from agent.model import Observation
@@ -131,22 +135,24 @@ class _Removal:
 _NOTHING = _Removal()
 
 
-class Journal:
-    """The agent's durable outbox. See the module docstring for the threading rule."""
+class _JournalCore:
+    """The journal's SQL and in-memory state. Only `Journal`'s worker thread calls it: it is
+    opened there, and its connection refuses every other thread."""
 
     def __init__(
         self,
         path: Path,
         *,
         sinks: Sequence[str],
-        synchronous: Literal["normal", "full"] = "normal",
-        max_bytes: int = 256 * 2**20,
-        max_age_s: float = 7 * 86400,
-        overflow: Literal["drop-oldest", "reject-new"] = "drop-oldest",
-        sequence_block: int = 1000,
-        clock: Callable[[], float] = time.time,
-        logger: logging.Logger | None = None,
+        synchronous: Literal["normal", "full"],
+        max_bytes: int,
+        max_age_s: float,
+        overflow: Literal["drop-oldest", "reject-new"],
+        sequence_block: int,
+        clock: Callable[[], float],
+        logger: logging.Logger | None,
     ) -> None:
+        # No defaults here: Journal's signature is the one place they are written.
         if synchronous not in ("normal", "full"):
             raise ValueError(f"synchronous {synchronous!r} must be 'normal' or 'full'")
         if overflow not in ("drop-oldest", "reject-new"):
@@ -196,7 +202,8 @@ class Journal:
                 "check journal.path and the agent's permissions"
             ) from exc
         try:
-            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            # Opened in the calling thread (Journal's worker), which alone may use it.
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=True)
         except sqlite3.Error as exc:
             raise self._error("open", exc) from exc
         self._conn = conn
@@ -220,18 +227,6 @@ class Journal:
             self._log.warning("event=journal_checkpoint_failed path=%s error=%s", self._path, exc)
         finally:
             conn.close()
-
-    def __enter__(self) -> Self:
-        self.open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- sequences ---------------------------------------------------------------------------
 
@@ -359,6 +354,17 @@ class Journal:
         self._entries += len(rows)
         self._bytes += incoming
         self._last_seq = batch[-1].gateway_sequence
+
+    def append_with(
+        self, count: int, make: Callable[[range], list[Observation]]
+    ) -> tuple[int, list[Observation]]:
+        """Reserve `count` sequences, build their observations with `make` and append them;
+        returns the newest sequence before the batch and the observations."""
+        seqs = self.reserve_sequences(count)
+        observations = make(seqs)
+        previous = self._last_seq
+        self.append(observations)
+        return previous, observations
 
     def ack(self, sink: str, upto_seq: int) -> None:
         """Persist that `sink` delivered everything up to `upto_seq`. Lower values are ignored."""
@@ -522,6 +528,11 @@ class Journal:
             ).fetchone()
         return None if row is None else JournalEntry(*row)
 
+    def latest_each(self, keys: Sequence[tuple[str, str]]) -> list[JournalEntry]:
+        """The newest kept entry of each (device, sensor) that has one, in the order asked."""
+        found = (self.latest(device_id, sensor) for device_id, sensor in keys)
+        return [e for e in found if e is not None]
+
     def entry(self, seq: int) -> JournalEntry | None:
         """The stored entry with gateway sequence `seq`, if it is still kept."""
         with self._guard(f"read entry {seq}") as conn:
@@ -629,7 +640,7 @@ class Journal:
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise JournalError(f"journal {self._path} is not open; call open() first")
+            raise JournalError(f"journal {self._path} is not open; use `async with journal` first")
         return self._conn
 
     @contextmanager
@@ -692,6 +703,179 @@ class Journal:
         return JournalError(f"journal {self._path}: {action} failed: {text}; {hint}")
 
 
+_Ts = TypeVarTuple("_Ts")
+_T = TypeVar("_T")
+
+
+class Journal:
+    """The agent's durable outbox, awaitable from the event loop.
+
+    ``async with Journal(path, sinks=[...]) as journal`` starts the journal's one worker thread,
+    opens (or recovers) the sqlite file in it, and on exit closes the file and ends the thread.
+    Every method runs in that thread, one call at a time, in the order they were awaited; the
+    connection and the thread are held here and nowhere else. `open()` and `close()` are the
+    same two steps for an owner whose lifetime is not one block (the runtime).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        sinks: Sequence[str],
+        synchronous: Literal["normal", "full"] = "normal",
+        max_bytes: int = 256 * 2**20,
+        max_age_s: float = 7 * 86400,
+        overflow: Literal["drop-oldest", "reject-new"] = "drop-oldest",
+        sequence_block: int = 1000,
+        clock: Callable[[], float] = time.time,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._core = _JournalCore(
+            path,
+            sinks=sinks,
+            synchronous=synchronous,
+            max_bytes=max_bytes,
+            max_age_s=max_age_s,
+            overflow=overflow,
+            sequence_block=sequence_block,
+            clock=clock,
+            logger=logger,
+        )
+        self._worker: ThreadPoolExecutor | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._core.path
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Start the thread and create or recover the journal in it. Does nothing if open;
+        calls awaited meanwhile queue behind the opening in the thread."""
+        if self._worker is not None:
+            return
+        worker = ThreadPoolExecutor(1, thread_name_prefix="journal")
+        self._worker = worker
+        try:
+            await asyncio.get_running_loop().run_in_executor(worker, self._core.open)
+        except BaseException:
+            if self._worker is worker:
+                self._worker = None
+            # Also when cancelled while opening: close whatever the thread still opens.
+            worker.submit(self._core.close)
+            worker.shutdown(wait=False)
+            raise
+
+    async def close(self) -> None:
+        """Checkpoint and close the file, then end the thread. Safe to call twice."""
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(worker, self._core.close)
+        except BaseException:
+            worker.shutdown(wait=False)  # the thread finishes the close by itself
+            raise
+        worker.shutdown(wait=True)  # idle by now: calls run in order and the close was last
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _call(self, fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
+        """Run `fn(*args)` in the journal's thread (the only way anything reaches sqlite)."""
+        worker = self._worker
+        if worker is None:
+            raise JournalError(
+                f"journal {self.path} is not open; use `async with journal` or await open() first"
+            )
+        return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def reserve_sequences(self, n: int) -> range:
+        """Gateway sequences for the next n observations; never repeated, even after a crash
+        (the high-water mark is persisted a block ahead before a number is handed out)."""
+        return await self._call(self._core.reserve_sequences, n)
+
+    async def append(self, observations: Sequence[Observation]) -> None:
+        """Store a batch in one transaction, making room first according to the bounds; the
+        sequences must come from reserve_sequences, appended in increasing order. Raises
+        JournalFull (policy reject-new) or JournalError (disk full, read-only, damaged)."""
+        await self._call(self._core.append, observations)
+
+    async def append_with(
+        self, count: int, make: Callable[[range], list[Observation]]
+    ) -> tuple[int, list[Observation]]:
+        """Reserve `count` sequences, call `make(sequences)` IN THE JOURNAL'S THREAD to build
+        (sign) their observations, and append them: one thread hop for the whole batch, and
+        the sequences are durable before anything is signed. Returns the newest sequence before
+        the batch (for sinks that check continuity) and the observations."""
+        return await self._call(self._core.append_with, count, make)
+
+    async def ack(self, sink: str, upto_seq: int) -> None:
+        """Persist that `sink` delivered everything up to `upto_seq`. Lower values are ignored."""
+        await self._call(self._core.ack, sink, upto_seq)
+
+    async def enforce_bounds(self) -> PruneReport:
+        """Apply the size and age bounds (see _JournalCore.enforce_bounds for the policy)."""
+        return await self._call(self._core.enforce_bounds)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def read_after(self, sink: str, after_seq: int, limit: int) -> list[JournalEntry]:
+        """Up to `limit` entries with seq > after_seq, in sequence order."""
+        return await self._call(self._core.read_after, sink, after_seq, limit)
+
+    async def read_tail(
+        self, sink: str, after_seq: int, limit: int
+    ) -> tuple[list[JournalEntry], int]:
+        """read_after plus the newest sequence at the same moment (one hop): a reader that got
+        no entry and sees `last_seq == after_seq` has read everything appended so far."""
+        return await self._call(self._core.read_tail, sink, after_seq, limit)
+
+    async def cursor(self, sink: str) -> int:
+        """The sink's acknowledged watermark (0 before its first ack)."""
+        return await self._call(self._core.cursor, sink)
+
+    async def last_counters(self) -> dict[str, int]:
+        """Device id -> the highest counter journaled for it (kept when entries are pruned)."""
+        return await self._call(self._core.last_counters)
+
+    async def latest(self, device_id: str, sensor: str) -> JournalEntry | None:
+        """The newest stored entry for that device's sensor, if any is still kept."""
+        return await self._call(self._core.latest, device_id, sensor)
+
+    async def latest_each(self, keys: Sequence[tuple[str, str]]) -> list[JournalEntry]:
+        """The newest kept entry of each (device, sensor) that has one, in one hop."""
+        return await self._call(self._core.latest_each, keys)
+
+    async def entry(self, seq: int) -> JournalEntry | None:
+        """The stored entry with gateway sequence `seq`, if it is still kept."""
+        return await self._call(self._core.entry, seq)
+
+    async def latest_at(
+        self, device_id: str, sensor: str, created_at: float
+    ) -> JournalEntry | None:
+        """The newest kept entry for that device's sensor journaled at or before `created_at`."""
+        return await self._call(self._core.latest_at, device_id, sensor, created_at)
+
+    async def sensors_of(self, device_id: str) -> list[str]:
+        """The sensors of a device that have kept entries, sorted."""
+        return await self._call(self._core.sensors_of, device_id)
+
+    async def stats(self) -> JournalStats:
+        return await self._call(self._core.stats)
+
+
 def read_device_counter(path: Path | str, device_id: str) -> int | None:
     """The last counter journaled for a device, read by another process (`pair` tells a
     re-provisioned device where to continue). Read-only; None when there is none."""
@@ -709,3 +893,19 @@ def read_device_counter(path: Path | str, device_id: str) -> int | None:
     except sqlite3.Error as exc:
         raise JournalError(f"cannot read device counters from {p}: {exc}") from None
     return None if row is None else int(row[0]) + _COUNTER_BIAS
+
+
+def read_newest_created_at(path: Path) -> float | None:
+    """When the newest kept entry was journaled, read by another process (`doctor` compares it
+    with the clock). Read-only; None when there is no entry or the file cannot be read."""
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+        try:
+            row = conn.execute("SELECT max(created_at) FROM entries").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return None if row is None or row[0] is None else float(row[0])

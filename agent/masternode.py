@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -270,7 +269,6 @@ class OracleSubmitter:
     def __init__(
         self,
         journal: Journal,
-        executor: Executor,
         sender: TxSender,
         *,
         contract: str,
@@ -283,7 +281,6 @@ class OracleSubmitter:
         self.journal = journal
         self.ready = asyncio.Event()
         self.failing: str | None = None
-        self.executor = executor
         self.sender = sender
         self.rpc = sender.rpc
         self.contract = contract
@@ -307,11 +304,7 @@ class OracleSubmitter:
         return int(decode_result(item, raw)[0])
 
     async def _latest_entries(self) -> list[JournalEntry]:
-        def read() -> list[JournalEntry]:
-            found = (self.journal.latest(d, s) for d, s in self.sensors)
-            return [e for e in found if e is not None]
-
-        return await asyncio.get_running_loop().run_in_executor(self.executor, read)
+        return await self.journal.latest_each(self.sensors)
 
     async def submit_once(self) -> SubmitReport | None:
         floor = max(await self.last_accepted_sequence(), self._sent_upto)

@@ -18,14 +18,12 @@ malformed, unknown_device, unknown_sensor, no_data, not_found, busy, unavailable
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from eth_abi.abi import encode as abi_encode
 
@@ -39,8 +37,6 @@ from agent.logs import RateLimitedLog
 from agent.metrics import Metrics
 from agent.model import NAME_RE, Observation, label_bytes32
 from agent.mqtt import MqttResponder, publish_json_reply, reply_topic_allowed
-
-T = TypeVar("T")
 
 OBSERVATION_TUPLE = "(bytes32,bytes32,int256,int8,bytes32,uint64,uint64,uint64)"
 SUBMIT_SIGNATURE = f"submit(address,{OBSERVATION_TUPLE},bytes)"
@@ -184,13 +180,13 @@ class OracleQuery:
 
 
 class OracleService:
-    """Answers queries from the journal (in its worker thread) and tells stream watchers about
-    new observations (it is a pipeline sink: `offer` is called after every journaled batch)."""
+    """Answers queries from the journal (awaited: the journal runs them in its own thread) and
+    tells stream watchers about new observations (it is a pipeline sink: `offer` is called after
+    every journaled batch)."""
 
     def __init__(
         self,
         journal: Journal,
-        executor: Executor,
         *,
         contract: str,
         known_device: Callable[[str], bool],
@@ -199,7 +195,6 @@ class OracleService:
         logger: logging.Logger | None = None,
     ) -> None:
         self.journal = journal
-        self.executor = executor
         self.contract = contract
         self.known_device = known_device
         self.metrics = metrics
@@ -209,16 +204,13 @@ class OracleService:
         self._watchers: dict[tuple[str, str], set[Callable[[], None]]] = {}
         self.inflight = 0
 
-    async def _db(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
-
     async def find(self, q: OracleQuery) -> JournalEntry:
         """The journal entry the query asks for, or QueryError saying why there is none."""
         j = self.journal
         try:
             if q.sequence is not None:
                 seq = q.sequence
-                entry = await self._db(lambda: j.entry(seq))
+                entry = await j.entry(seq)
                 if entry is not None and (entry.device_id, entry.sensor) != (q.device, q.sensor):
                     raise QueryError(
                         "not_found",
@@ -226,13 +218,12 @@ class OracleService:
                         f"{entry.device_id}/{entry.sensor}, not of {q.device}/{q.sensor}",
                     )
             elif q.at is not None:
-                at = q.at
-                entry = await self._db(lambda: j.latest_at(q.device, q.sensor, at))
+                entry = await j.latest_at(q.device, q.sensor, q.at)
             else:
-                entry = await self._db(lambda: j.latest(q.device, q.sensor))
+                entry = await j.latest(q.device, q.sensor)
             if entry is not None:
                 return entry
-            sensors = await self._db(lambda: j.sensors_of(q.device))
+            sensors = await j.sensors_of(q.device)
         except JournalError as exc:
             raise QueryError("unavailable", f"the journal cannot be read: {exc}") from exc
         if not sensors and not self.known_device(q.device):

@@ -1,9 +1,9 @@
 """Reading -> device check -> sign (EIP-712) -> journal -> sinks, with a bounded queue.
 
 Sources `offer` Arrivals; one worker takes them in batches, checks the device and its counter,
-signs and journals the batch in the journal thread, then acknowledges the sources (only now is a
-reading *accepted*) and wakes the sinks. A journal I/O error holds the batch and retries: nothing
-accepted is dropped and nothing is signed twice for the sinks.
+signs and journals the batch in the journal's thread (one hop per batch), then acknowledges the
+sources (only now is a reading *accepted*) and wakes the sinks. A journal I/O error holds the
+batch and retries: nothing accepted is dropped and nothing is signed twice for the sinks.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.attest.observation import ObservationSigner
 from agent.component import Health
+from agent.config.pipeline import PipelineConfig
 from agent.devices.codecs.frame import DeviceFrame
 from agent.errors import JournalError, JournalFull, RejectedReading
 from agent.journal import Journal
@@ -91,17 +91,15 @@ class Pipeline:
         *,
         signer: ObservationSigner,
         journal: Journal,
-        executor: ThreadPoolExecutor,
         gate: DeviceGate,
         metrics: Metrics,
-        queue_size: int = 20_000,
-        batch_max: int = 256,
+        queue_size: int = PipelineConfig.queue_size,
+        batch_max: int = PipelineConfig.batch_max,
         linger: float = 0.0,
         logger: logging.Logger | None = None,
     ) -> None:
         self.signer = signer
         self.journal = journal
-        self.executor = executor
         self.gate = gate
         self.metrics = metrics
         self.queue_size = queue_size
@@ -130,8 +128,7 @@ class Pipeline:
 
     async def load_state(self) -> None:
         """Last journaled counter per device, so replays are refused across restarts."""
-        loop = asyncio.get_running_loop()
-        self._last_counter = await loop.run_in_executor(self.executor, self.journal.last_counters)
+        self._last_counter = await self.journal.last_counters()
 
     def last_counter(self, device_id: str) -> int | None:
         """The last counter journaled for the device (None: never seen)."""
@@ -245,13 +242,17 @@ class Pipeline:
                 offer(previous, obs)
 
     async def _commit(self, readings: list[Reading]) -> tuple[int, list[Observation]]:
-        loop = asyncio.get_running_loop()
+        sign = self.signer.sign
+
+        def make(seqs: range) -> list[Observation]:
+            # Runs in the journal's thread, after the sequences are persisted: signing there
+            # saves a second thread hop per batch.
+            return [sign(r, s) for r, s in zip(readings, seqs, strict=True)]
+
         delay = 0.1
         while True:
             try:
-                previous, obs = await loop.run_in_executor(
-                    self.executor, self._sign_and_append, readings
-                )
+                previous, obs = await self.journal.append_with(len(readings), make)
             except JournalFull as exc:
                 # Policy reject-new: these readings are refused, deliberately and visibly.
                 for r in readings:
@@ -279,12 +280,3 @@ class Pipeline:
                 continue
             self.metrics.inc("observations_signed", len(obs))
             return previous, obs
-
-    def _sign_and_append(self, readings: list[Reading]) -> tuple[int, list[Observation]]:
-        """Runs in the journal thread: sequences are persisted before anything is signed."""
-        seqs = self.journal.reserve_sequences(len(readings))
-        sign = self.signer.sign
-        obs = [sign(r, s) for r, s in zip(readings, seqs, strict=True)]
-        previous = self.journal.last_seq
-        self.journal.append(obs)
-        return previous, obs

@@ -107,12 +107,14 @@ class Agent(Parts):
         loop = asyncio.get_running_loop()
         try:
             Path(self.cfg.journal.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            await loop.run_in_executor(self.executor, self.journal.open)
+            await self.journal.open()  # its thread starts here; closed last in _shutdown
             await self.pipeline.load_state()
             await loop.run_in_executor(None, self.gate.load)
         except BaseException:
-            self.executor.shutdown(wait=False)
-            self.lock.release()
+            try:
+                await self.journal.close()
+            finally:
+                self.lock.release()
             raise
         j = self.cfg.journal
         event(
@@ -167,8 +169,7 @@ class Agent(Parts):
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.rpc is not None:
             await self.rpc.close()
-        await asyncio.get_running_loop().run_in_executor(self.executor, self.journal.close)
-        self.executor.shutdown(wait=True)
+        await self.journal.close()
         self.lock.release()
         self.watchdog.stop()
         event(

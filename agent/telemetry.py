@@ -302,8 +302,7 @@ class Telemetry:
         self._stop = asyncio.Event()
 
     async def _stats(self) -> JournalStats:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.agent.executor, self.agent.journal.stats)
+        return await self.agent.journal.stats()
 
     async def health_document(self) -> dict[str, Any]:
         return build_health(self.agent, await self._stats(), self.sampler.per_second())

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
 from agent.component import Health
 from agent.errors import JournalError
@@ -16,7 +14,6 @@ from agent.logs import event
 from agent.metrics import Metrics
 
 log = logging.getLogger("agent.runtime")
-T = TypeVar("T")
 
 
 class JournalUpkeep:
@@ -25,7 +22,6 @@ class JournalUpkeep:
     def __init__(
         self,
         journal: Journal,
-        executor: ThreadPoolExecutor,
         metrics: Metrics,
         *,
         bridge_up: Callable[[], bool],
@@ -33,7 +29,6 @@ class JournalUpkeep:
         stats_every: int = 6,
     ) -> None:
         self.journal = journal
-        self.executor = executor
         self.metrics = metrics
         self.bridge_up = bridge_up
         self.every = every
@@ -42,9 +37,6 @@ class JournalUpkeep:
         self.last: JournalStats | None = None
         self.failing: str | None = None
 
-    async def _call(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
-
     async def run(self) -> None:
         self.ready.set()
         rounds = 0
@@ -52,9 +44,9 @@ class JournalUpkeep:
             await asyncio.sleep(self.every)
             rounds += 1
             try:
-                await self._call(self.journal.enforce_bounds)
+                await self.journal.enforce_bounds()
                 if rounds % self.stats_every == 0:
-                    self.last = await self._call(self.journal.stats)
+                    self.last = await self.journal.stats()
                     self._log_stats(self.last)
                 self.failing = None
             except JournalError as exc:  # e.g. a full disk: retried next round

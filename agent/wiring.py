@@ -18,7 +18,6 @@ import asyncio
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -80,7 +79,6 @@ class Parts:
     cfg: AgentConfig
     key: GatewayKey
     metrics: Metrics
-    executor: ThreadPoolExecutor
     journal: Journal
     signer: ObservationSigner
     registry: DeviceRegistry | None
@@ -146,7 +144,6 @@ def build(
 ) -> Parts:
     """Build every part the configuration asks for, once."""
     metrics = Metrics()
-    executor = ThreadPoolExecutor(1, thread_name_prefix="journal")
     journal = Journal(
         cfg.journal.path,
         sinks=["bridge"],
@@ -161,29 +158,28 @@ def build(
     registry = DeviceRegistry(enr.registry_dir) if enr is not None and enr.enabled else None
     gate = EnrollmentGate(
         registry,
-        allowlist=cfg.mqtt.allowed_devices,
+        allowlist=cfg.sources.mqtt.allowed_devices,
         rate=enr.rate if enr is not None else 10.0,
         burst=enr.burst if enr is not None else 20.0,
         metrics=metrics,
     )
     device_gate: DeviceGate = gate
-    if cfg.ble.enabled:
+    if cfg.sources.ble.enabled:
         from agent.devices.ble import BleGate, ConfiguredBleDevices, EnrolledBleDevices
 
         if ble_devices is None:
-            configured = ConfiguredBleDevices(cfg.ble.devices)
+            configured = ConfiguredBleDevices(cfg.sources.ble.devices)
             ble_devices = EnrolledBleDevices(configured, gate) if registry else configured
         device_gate = TransportGate({Transport.BLE: BleGate(ble_devices, gate)}, gate)
-    if cfg.modbus.devices:  # known to the Modbus source only, never to the shared allowlist
+    if cfg.sources.modbus.devices:  # known to the Modbus source only, not the shared allowlist
         from agent.devices.modbus import ModbusGate
 
         device_gate = TransportGate(
-            {Transport.MODBUS: ModbusGate(cfg.modbus.device_ids)}, device_gate
+            {Transport.MODBUS: ModbusGate(cfg.sources.modbus.device_ids)}, device_gate
         )
     pipeline = Pipeline(
         signer=signer,
         journal=journal,
-        executor=executor,
         gate=device_gate,
         metrics=metrics,
         queue_size=cfg.pipeline.queue_size,
@@ -194,18 +190,15 @@ def build(
         cfg=cfg,
         key=key,
         metrics=metrics,
-        executor=executor,
         journal=journal,
         signer=signer,
         registry=registry,
         gate=gate,
         pipeline=pipeline,
-        upkeep=JournalUpkeep(journal, executor, metrics, bridge_up=lambda: False),
+        upkeep=JournalUpkeep(journal, metrics, bridge_up=lambda: False),
     )
     if cfg.bridge.enabled:
-        p.bridge = Bridge(
-            cfg.bridge, journal=journal, executor=executor, gateway=key.address, metrics=metrics
-        )
+        p.bridge = Bridge(cfg.bridge, journal=journal, gateway=key.address, metrics=metrics)
         pipeline.add_sink(p.bridge.offer)
         bridge = p.bridge
         p.upkeep.bridge_up = bridge.conn.connected.is_set
@@ -221,37 +214,42 @@ def build(
 
 def _sources(p: Parts, ble_backend: BleBackend | None, ble: BleDeviceDirectory | None) -> None:
     cfg, pipeline, metrics = p.cfg, p.pipeline, p.metrics
-    if cfg.mqtt.enabled:
+    if cfg.sources.mqtt.enabled:
         from agent.devices.mqtt import MqttSource
 
         p.mqtt = MqttSource(
-            cfg.mqtt, pipeline=pipeline, metrics=metrics, client_id=client_id(p.key, "devices")
+            cfg.sources.mqtt,
+            pipeline=pipeline,
+            metrics=metrics,
+            client_id=client_id(p.key, "devices"),
         )
-    if cfg.ble.enabled:
+    if cfg.sources.ble.enabled:
         from agent.devices.ble import BleSource
 
         assert ble is not None
         p.ble = BleSource(
-            cfg.ble, pipeline=pipeline, metrics=metrics, directory=ble, backend=ble_backend
+            cfg.sources.ble, pipeline=pipeline, metrics=metrics, directory=ble, backend=ble_backend
         )
-    if cfg.coap.enabled:
+    if cfg.sources.coap.enabled:
         from agent.devices.coap import CoapSource
 
-        p.coap = CoapSource(cfg.coap, pipeline=pipeline, metrics=metrics, config_file=str(cfg.path))
-    if cfg.serial.ports:
+        p.coap = CoapSource(
+            cfg.sources.coap, pipeline=pipeline, metrics=metrics, config_file=str(cfg.path)
+        )
+    if cfg.sources.serial.ports:
         from agent.devices.serial import SerialSource
 
-        p.serial = SerialSource(cfg.serial, pipeline=pipeline, metrics=metrics)
-    if cfg.modbus.devices:
+        p.serial = SerialSource(cfg.sources.serial, pipeline=pipeline, metrics=metrics)
+    if cfg.sources.modbus.devices:
         from agent.devices.modbus import ModbusSource
 
-        p.modbus = ModbusSource(cfg.modbus, pipeline=pipeline, metrics=metrics)
+        p.modbus = ModbusSource(cfg.sources.modbus, pipeline=pipeline, metrics=metrics)
     # Before enrollment, or for development: the CoAP and serial allowlists (with observed,
     # OSCORE and port devices) join MQTT's in the gate's shared list of unenrolled devices.
     p.gate.allowlist = (
         p.gate.allowlist
         | (p.coap.allowed_devices if p.coap else frozenset())
-        | cfg.serial.allowed_devices
+        | cfg.sources.serial.allowed_devices
     )
 
 
@@ -360,15 +358,16 @@ def _oracle(p: Parts) -> None:
         from agent.oracle import CoapOracle, MqttOracle, OracleService
 
         gate = p.gate
-        ble_ids = frozenset(d.device_id for d in cfg.ble.devices) | cfg.modbus.device_ids
+        configured = frozenset(d.device_id for d in cfg.sources.ble.devices)
+        configured |= cfg.sources.modbus.device_ids
 
         def known_device(device: str) -> bool:
-            """Enrolled (the registry view), allowlisted, or a configured BLE or Modbus one."""
-            return device in gate.records or device in gate.allowlist or device in ble_ids
+            """Enrolled (the gate's registry view), allowlisted, or a configured BLE or Modbus
+            one."""
+            return device in gate.records or device in gate.allowlist or device in configured
 
         p.oracle = OracleService(
             p.journal,
-            p.executor,
             contract=cfg.gateway.verifying_contract,
             known_device=known_device,
             metrics=p.metrics,
@@ -402,7 +401,6 @@ def _oracle(p: Parts) -> None:
     if o.submit_enabled:
         p.submitter = OracleSubmitter(
             p.journal,
-            p.executor,
             p.tx_sender,
             contract=cfg.gateway.verifying_contract,
             sensors=o.submit_sensors,

@@ -27,9 +27,10 @@ from pymodbus.framer import FramerType
 
 from agent.attest.keys import GatewayKey
 from agent.config import config_from_dict
+from agent.config.reader import Section
+from agent.config.sources.modbus import read_modbus_source
 from agent.devices.modbus import ModbusSource
 from agent.metrics import Metrics
-from agent.modbus_config import read_modbus_source
 from agent.pipeline import Arrival
 from agent.runtime import Agent
 from bench.results import write_section
@@ -178,9 +179,7 @@ async def bare_client(
 
 
 async def source_run(raw: dict[str, Any], file: str) -> tuple[ModbusSource, CountingIntake]:
-    from agent.config import _Section
-
-    cfg = read_modbus_source(_Section(file, "sources.modbus", raw, Path(".")), {})
+    cfg = read_modbus_source(Section(file, "sources.modbus", raw, Path(".")))
     intake = CountingIntake()
     return ModbusSource(cfg, pipeline=intake, metrics=Metrics()), intake
 

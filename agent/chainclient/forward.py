@@ -27,10 +27,10 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from agent.chainclient.methods import DEFAULT_METHODS, forbidden
 from agent.chainclient.rpc import ResponseTooLarge, RpcClient
 from agent.coapserver import CoapServer
 from agent.config import BrokerEndpoint
+from agent.config.forward import DEFAULT_METHODS, forbidden
 from agent.errors import ChainError, NodeUnreachable, RpcTimeout
 from agent.logs import RateLimitedLog
 from agent.metrics import Metrics

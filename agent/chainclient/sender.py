@@ -30,7 +30,7 @@ from agent.component import Health
 from agent.errors import ChainError, NodeUnreachable, RpcError, RpcTimeout, TransactionError
 from agent.logs import event
 from agent.metrics import Metrics
-from agent.sqlitestore import SqliteStore
+from agent.sqlitestore import Sql, SqliteStore
 
 GWEI = 10**9
 
@@ -72,106 +72,133 @@ class OwnTx:
 
 
 class TxStore(SqliteStore):
-    """sqlite file of the agent's own transactions (small writes, fsynced: synchronous=FULL)."""
+    """sqlite file of the agent's own transactions (small writes, fsynced: synchronous=FULL),
+    committed in the store's own thread."""
 
     SCHEMA = _SCHEMA
     WHAT = "transaction store"
     ERROR = ChainError
 
-    def open(self) -> None:
-        self.db = self._connect()
+    async def max_nonce(self) -> int | None:
+        return await self._run(_max_nonce)
 
-    def max_nonce(self) -> int | None:
-        row = self._db().execute("SELECT MAX(nonce) FROM txs").fetchone()
-        return None if row[0] is None else int(row[0])
-
-    def find_by_data(self, to: str | None, data: bytes) -> list[int]:
+    async def find_by_data(self, to: str | None, data: bytes) -> list[int]:
         """Ids of stored transactions with exactly this recipient and call data (a caller whose
         calls are deterministic uses this to never send the same call twice, across restarts)."""
-        rows = self._db().execute(
-            "SELECT id FROM txs WHERE to_addr IS ? AND data=? ORDER BY id", (to, data)
-        )
-        return [int(r[0]) for r in rows.fetchall()]
+        return await self._run(_find_by_data, to, data)
 
-    def insert(self, s: SignedTx, now: float) -> int:
-        t = s.tx
-        db = self._db()
-        with db:
-            cur = db.execute(
-                "INSERT INTO txs(nonce, to_addr, value, data, gas, tip, cap, hash, raw, status,"
-                " broadcast_at) VALUES (?,?,?,?,?,?,?,?,?,'pending',?)",
-                (
-                    t.nonce,
-                    t.to,
-                    str(t.value),
-                    t.data,
-                    t.gas,
-                    str(t.max_priority_fee_per_gas),
-                    str(t.max_fee_per_gas),
-                    s.hash_hex,
-                    s.raw,
-                    now,
-                ),
-            )
-            assert cur.lastrowid is not None
-            db.execute("INSERT INTO tx_hashes VALUES (?, ?)", (cur.lastrowid, s.hash_hex))
-        return cur.lastrowid
+    async def insert(self, s: SignedTx, now: float) -> int:
+        return await self._run(_insert, s, now)
 
-    def delete(self, tx_id: int) -> None:
-        db = self._db()
-        with db:
-            db.execute("DELETE FROM txs WHERE id=?", (tx_id,))
-            db.execute("DELETE FROM tx_hashes WHERE tx_id=?", (tx_id,))
+    async def delete(self, tx_id: int) -> None:
+        await self._run(_delete, tx_id)
 
-    def resigned(self, tx_id: int, s: SignedTx, now: float) -> None:
+    async def resigned(self, tx_id: int, s: SignedTx, now: float) -> None:
         """A replacement (same nonce, higher fees) or the same call under a new nonce."""
-        t = s.tx
-        db = self._db()
-        with db:
-            db.execute(
-                "UPDATE txs SET nonce=?, gas=?, tip=?, cap=?, hash=?, raw=?, status='pending',"
-                " broadcast_at=?, block_number=NULL, block_hash=NULL, mined_hash=NULL WHERE id=?",
-                (
-                    t.nonce,
-                    t.gas,
-                    str(t.max_priority_fee_per_gas),
-                    str(t.max_fee_per_gas),
-                    s.hash_hex,
-                    s.raw,
-                    now,
-                    tx_id,
-                ),
-            )
-            db.execute("INSERT INTO tx_hashes VALUES (?, ?)", (tx_id, s.hash_hex))
+        await self._run(_resigned, tx_id, s, now)
 
-    def set_broadcast(self, tx_id: int, now: float) -> None:
-        self._db().execute("UPDATE txs SET broadcast_at=? WHERE id=?", (now, tx_id))
+    async def set_mined(
+        self, tx_id: int, number: int | None, block: str | None, h: str | None
+    ) -> None:
+        await self._run(_set_mined, tx_id, number, block, h)
 
-    def set_mined(self, tx_id: int, number: int | None, block: str | None, h: str | None) -> None:
-        status = "pending" if number is None else "mined"
-        self._db().execute(
-            "UPDATE txs SET status=?, block_number=?, block_hash=?, mined_hash=? WHERE id=?",
-            (status, number, block, h, tx_id),
-        )
-
-    def get(self, tx_id: int, chain_id: int) -> OwnTx:
-        row = self._db().execute("SELECT * FROM txs WHERE id=?", (tx_id,)).fetchone()
-        if row is None:
+    async def get(self, tx_id: int, chain_id: int) -> OwnTx:
+        own = await self._run(_get, tx_id, chain_id)
+        if own is None:
             raise TransactionError(f"no transaction #{tx_id} in {self.path}")
-        return self._own(row, chain_id)
+        return own
 
-    def unfinished(self, chain_id: int) -> list[OwnTx]:
+    async def unfinished(self, chain_id: int) -> list[OwnTx]:
         """Those not yet seen mined (a reorg found by `wait` puts a mined one back here)."""
-        rows = self._db().execute("SELECT * FROM txs WHERE status='pending' ORDER BY nonce")
-        return [self._own(r, chain_id) for r in rows.fetchall()]
+        return await self._run(_unfinished, chain_id)
 
-    def _own(self, r: tuple[Any, ...], chain_id: int) -> OwnTx:
-        (i, nonce, to, value, data, gas, tip, cap, h, raw, status, at, bn, bh, mh) = r
-        hashes = [
-            str(x[0]) for x in self._db().execute("SELECT hash FROM tx_hashes WHERE tx_id=?", (i,))
-        ]
-        tx = Eip1559Tx(chain_id, nonce, int(tip), int(cap), gas, to, int(value), bytes(data))
-        return OwnTx(i, tx, h, bytes(raw), status, at, hashes, bn, bh, mh)
+
+# -- the store's statements: run in its thread, on its connection --------------------------------
+
+
+def _max_nonce(db: Sql) -> int | None:
+    row = db.execute("SELECT MAX(nonce) FROM txs").fetchone()
+    return None if row[0] is None else int(row[0])
+
+
+def _find_by_data(db: Sql, to: str | None, data: bytes) -> list[int]:
+    rows = db.execute("SELECT id FROM txs WHERE to_addr IS ? AND data=? ORDER BY id", (to, data))
+    return [int(r[0]) for r in rows.fetchall()]
+
+
+def _insert(db: Sql, s: SignedTx, now: float) -> int:
+    t = s.tx
+    with db:
+        cur = db.execute(
+            "INSERT INTO txs(nonce, to_addr, value, data, gas, tip, cap, hash, raw, status,"
+            " broadcast_at) VALUES (?,?,?,?,?,?,?,?,?,'pending',?)",
+            (
+                t.nonce,
+                t.to,
+                str(t.value),
+                t.data,
+                t.gas,
+                str(t.max_priority_fee_per_gas),
+                str(t.max_fee_per_gas),
+                s.hash_hex,
+                s.raw,
+                now,
+            ),
+        )
+        assert cur.lastrowid is not None
+        db.execute("INSERT INTO tx_hashes VALUES (?, ?)", (cur.lastrowid, s.hash_hex))
+    return cur.lastrowid
+
+
+def _delete(db: Sql, tx_id: int) -> None:
+    with db:
+        db.execute("DELETE FROM txs WHERE id=?", (tx_id,))
+        db.execute("DELETE FROM tx_hashes WHERE tx_id=?", (tx_id,))
+
+
+def _resigned(db: Sql, tx_id: int, s: SignedTx, now: float) -> None:
+    t = s.tx
+    with db:
+        db.execute(
+            "UPDATE txs SET nonce=?, gas=?, tip=?, cap=?, hash=?, raw=?, status='pending',"
+            " broadcast_at=?, block_number=NULL, block_hash=NULL, mined_hash=NULL WHERE id=?",
+            (
+                t.nonce,
+                t.gas,
+                str(t.max_priority_fee_per_gas),
+                str(t.max_fee_per_gas),
+                s.hash_hex,
+                s.raw,
+                now,
+                tx_id,
+            ),
+        )
+        db.execute("INSERT INTO tx_hashes VALUES (?, ?)", (tx_id, s.hash_hex))
+
+
+def _set_mined(db: Sql, tx_id: int, number: int | None, block: str | None, h: str | None) -> None:
+    status = "pending" if number is None else "mined"
+    db.execute(
+        "UPDATE txs SET status=?, block_number=?, block_hash=?, mined_hash=? WHERE id=?",
+        (status, number, block, h, tx_id),
+    )
+
+
+def _get(db: Sql, tx_id: int, chain_id: int) -> OwnTx | None:
+    row = db.execute("SELECT * FROM txs WHERE id=?", (tx_id,)).fetchone()
+    return None if row is None else _own(db, row, chain_id)
+
+
+def _unfinished(db: Sql, chain_id: int) -> list[OwnTx]:
+    rows = db.execute("SELECT * FROM txs WHERE status='pending' ORDER BY nonce")
+    return [_own(db, r, chain_id) for r in rows.fetchall()]
+
+
+def _own(db: Sql, r: tuple[Any, ...], chain_id: int) -> OwnTx:
+    (i, nonce, to, value, data, gas, tip, cap, h, raw, status, at, bn, bh, mh) = r
+    hashes = [str(x[0]) for x in db.execute("SELECT hash FROM tx_hashes WHERE tx_id=?", (i,))]
+    tx = Eip1559Tx(chain_id, nonce, int(tip), int(cap), gas, to, int(value), bytes(data))
+    return OwnTx(i, tx, h, bytes(raw), status, at, hashes, bn, bh, mh)
 
 
 def _is(exc: RpcError, *needles: str) -> bool:
@@ -217,16 +244,15 @@ class TxSender:
         self._node_down: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def open(self) -> None:
-        if self.store.db is None:
-            self.store.open()
+    async def open(self) -> None:
+        await self.store.open()
 
-    def close(self) -> None:
-        self.store.close()
+    async def close(self) -> None:
+        await self.store.close()
 
     async def stop(self, grace: float = 0.5) -> None:
         """Close the store (its task is cancelled after every component stopped)."""
-        self.close()
+        await self.close()
 
     def health(self) -> Health:
         return Health(
@@ -236,11 +262,11 @@ class TxSender:
 
     async def sync_nonce(self) -> int:
         """next nonce = max(what this store has used + 1, the node's pending count)."""
-        self.open()
+        await self.open()
         node = hex_int(
             await self.rpc.call("eth_getTransactionCount", [self.key.address, "pending"])
         )
-        mine = self.store.max_nonce()
+        mine = await self.store.max_nonce()
         self._next_nonce = max(node, -1 if mine is None else mine + 1)
         event(
             self.log,
@@ -277,7 +303,7 @@ class TxSender:
     ) -> int:
         """Sign and broadcast; returns the id by which to wait for it. Raises TransactionError
         if the node refuses it for a reason no retry fixes (reverts in estimation, no funds)."""
-        self.open()
+        await self.open()
         async with self._lock:
             if self._next_nonce is None:
                 await self.sync_nonce()
@@ -298,13 +324,20 @@ class TxSender:
             assert self._next_nonce is not None
             tx = Eip1559Tx(self.chain_id, self._next_nonce, tip, cap, gas, to, value, data)
             signed = tx.sign(self.key)
-            tx_id = self.store.insert(signed, time.time())  # persisted before it leaves
+            # Taken before the store's await: if this task is cancelled meanwhile, the insert
+            # may still commit, and the nonce must not be handed out again (the watcher sends
+            # a stored, unbroadcast transaction like one lost by a crash).
             self._next_nonce += 1
+            try:
+                tx_id = await self.store.insert(signed, time.time())  # persisted before it leaves
+            except Exception:
+                self._next_nonce = tx.nonce  # not stored: the nonce is free again
+                raise
             try:
                 await self._broadcast(tx_id, signed)
             except TransactionError:
                 # Refused outright: the nonce was not consumed; give it back.
-                self.store.delete(tx_id)
+                await self.store.delete(tx_id)
                 self._next_nonce = tx.nonce
                 raise
             self.metrics.inc("own_tx_sent")
@@ -355,7 +388,7 @@ class TxSender:
         nonce = max(node, self._next_nonce or 0)
         self._next_nonce = nonce + 1
         new = replace(signed.tx, nonce=nonce).sign(self.key)
-        self.store.resigned(tx_id, new, time.time())
+        await self.store.resigned(tx_id, new, time.time())
         self.metrics.inc("own_tx_renonced")
         event(
             self.log,
@@ -378,7 +411,7 @@ class TxSender:
             max_fee_per_gas=max(bumped.max_fee_per_gas, cap, tip),
         )
         new = tx.sign(self.key)
-        self.store.resigned(own.id, new, time.time())
+        await self.store.resigned(own.id, new, time.time())
         self.metrics.inc("own_tx_replaced", reason=reason)
         event(
             self.log,
@@ -396,7 +429,7 @@ class TxSender:
     # -- watching ------------------------------------------------------------------------------
     async def check(self, tx_id: int) -> OwnTx:
         """Look at one transaction once: mined (on the canonical chain)? dropped? stuck?"""
-        own = self.store.get(tx_id, self.chain_id)
+        own = await self.store.get(tx_id, self.chain_id)
         receipts = await self.rpc.batch([("eth_getTransactionReceipt", [h]) for h in own.hashes])
         for h, rc in zip(own.hashes, receipts, strict=True):
             if isinstance(rc, dict) and rc.get("blockHash"):
@@ -404,7 +437,7 @@ class TxSender:
                 canon = await self.rpc.call("eth_getBlockByNumber", [hex(bn), False])
                 if isinstance(canon, dict) and canon.get("hash") == rc["blockHash"]:
                     if own.status != "mined" or own.block_hash != rc["blockHash"]:
-                        self.store.set_mined(own.id, bn, rc["blockHash"], h)
+                        await self.store.set_mined(own.id, bn, rc["blockHash"], h)
                         event(
                             self.log,
                             "tx_mined",
@@ -414,10 +447,10 @@ class TxSender:
                             block=bn,
                             status=rc.get("status"),
                         )
-                    return self.store.get(tx_id, self.chain_id)
+                    return await self.store.get(tx_id, self.chain_id)
         if own.status == "mined":
             # Its block is no longer canonical: back to pending, watched again.
-            self.store.set_mined(own.id, None, None, None)
+            await self.store.set_mined(own.id, None, None, None)
             self.metrics.inc("own_tx_reorged")
             event(
                 self.log,
@@ -427,7 +460,7 @@ class TxSender:
                 hash=own.mined_hash,
                 block=own.block_number,
             )
-            own = self.store.get(tx_id, self.chain_id)
+            own = await self.store.get(tx_id, self.chain_id)
         known = await self.rpc.call("eth_getTransactionByHash", [own.hash])
         if known is None:
             latest = hex_int(
@@ -444,7 +477,7 @@ class TxSender:
         elif time.time() - own.broadcast_at > self.stuck_after:
             async with self._lock:
                 await self._replace(own, "stuck")
-        return self.store.get(tx_id, self.chain_id)
+        return await self.store.get(tx_id, self.chain_id)
 
     async def wait(
         self, tx_id: int, confirmations: int | None = None, limit_s: float | None = None
@@ -482,7 +515,7 @@ class TxSender:
     async def run(self) -> None:
         """Watch every unfinished transaction (resumed after a restart) until cancelled. A node
         on another chain than gateway.chain_id is an error (the supervisor logs it)."""
-        self.open()
+        await self.open()
         self.ready.set()
         while True:
             try:
@@ -495,7 +528,7 @@ class TxSender:
             try:
                 if self._next_nonce is None:
                     await self.sync_nonce()
-                for own in self.store.unfinished(self.chain_id):
+                for own in await self.store.unfinished(self.chain_id):
                     await self.check(own.id)
                 self._node_down = None
             except (NodeUnreachable, RpcTimeout) as exc:

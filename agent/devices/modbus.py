@@ -25,6 +25,7 @@ from pymodbus.pdu import ModbusPDU
 
 from agent.backoff import Backoff
 from agent.component import Detail, Health, State
+from agent.config.sources.modbus import ModbusBusConfig, ModbusDeviceConfig, ModbusSourceConfig
 from agent.devices.codecs.frame import DeviceFrame, SensorValue
 from agent.devices.codecs.modbus import (
     Point,
@@ -37,7 +38,6 @@ from agent.devices.codecs.modbus import (
 from agent.errors import FrameError, RejectedReading
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
-from agent.modbus_config import ModbusBusConfig, ModbusDeviceConfig, ModbusSourceConfig
 from agent.model import AuthMethod, Transport
 from agent.pipeline import Arrival
 
@@ -242,8 +242,9 @@ class ModbusSource:
             state = "down"
         else:
             state = "degraded"
+        # "configured": the health document's own `devices` counts those heard
         detail: dict[str, Detail] = {
-            "devices": len(self.devices),
+            "configured": len(self.devices),
             "lines_up": sum(ln.connected for ln in self.lines),
             "lines": len(self.lines),
             "polls": self.polls,

@@ -81,7 +81,7 @@ def build_bundle(
     if gw:
         bundle["gateway"] = gw
     if rec.transport is Transport.MQTT:
-        b = cfg.mqtt.broker
+        b = cfg.sources.mqtt.broker
         topic = (
             cfg.enrollment.broker_auth.device_topic if cfg.enrollment else "devices/{id}/up"
         ).format(id=rec.id)
@@ -92,7 +92,7 @@ def build_bundle(
     elif rec.transport is Transport.COAP:
         bundle["coap"] = {
             "host": host or "",
-            "port": cfg.coap.port,
+            "port": cfg.sources.coap.port,
             "path": rec.address or f"/up/{rec.id}",
         }
     elif rec.transport is Transport.SERIAL:

@@ -56,7 +56,7 @@ from agent.errors import (
 from agent.logs import event
 from agent.metrics import Metrics
 from agent.mqtt import MqttConnection
-from agent.sqlitestore import SqliteStore
+from agent.sqlitestore import Sql, SqliteStore
 
 VRF_SECRET_TAG = b"edgence/election/vrf-secret/v1"
 # A round whose reads keep failing is given up once its cutoff is this many blocks old.
@@ -75,69 +75,84 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 
 
 class ElectionStore(SqliteStore):
-    """sqlite file of decided rounds and the next round to decide, for one board."""
+    """sqlite file of decided rounds and the next round to decide, for one board; committed in
+    the store's own thread."""
 
     SCHEMA = _SCHEMA
     WHAT = "election store"
     ERROR = ElectionError
 
-    def open(self, board: str | None = None, mode: str | None = None) -> None:
+    async def open(self, board: str | None = None, mode: str | None = None) -> None:
         """Open (creating it); with `board`, refuse a store that belongs to another board."""
-        if self.db is None:
-            self.db = self._connect()
+        await super().open()
         if board is None:
             return
         for k, want in (("board", board), ("mode", mode)):
-            have = self.meta(k)
+            have = await self.meta(k)
             if have is None and want is not None:
-                self.set_meta(k, want)
+                await self.set_meta(k, want)
             elif have != want:
+                await self.close()
                 raise ElectionError(
                     f"{self.path} holds the rounds of {k} {have}, but election.{k} is {want}: "
                     "point election.store at another file for another board"
                 )
 
-    def save(self, result: RoundResult) -> None:
+    async def save(self, result: RoundResult) -> None:
         """The result and the next round to decide, in one transaction."""
-        db = self._db()
-        with db:
-            db.execute(
-                "INSERT OR REPLACE INTO results(round, body, published, decided_at) "
-                "VALUES (?, ?, 0, ?)",
-                (result.round, result.to_json(), time.time()),
-            )
-            db.execute(
-                "INSERT OR REPLACE INTO meta(k, v) VALUES ('next_round', ?)",
-                (str(result.round + 1),),
-            )
+        await self._run(_save, result.round, result.to_json(), time.time())
 
-    def next_round(self) -> int | None:
-        v = self.meta("next_round")
+    async def next_round(self) -> int | None:
+        v = await self.meta("next_round")
         return None if v is None else int(v)
 
-    def set_next_round(self, round: int) -> None:
-        self.set_meta("next_round", str(round))
+    async def set_next_round(self, round: int) -> None:
+        await self.set_meta("next_round", str(round))
 
-    def mark_published(self, round: int) -> None:
-        self._db().execute("UPDATE results SET published=1 WHERE round=?", (round,))
+    async def mark_published(self, round: int) -> None:
+        await self._run(_mark_published, round)
 
-    def unpublished(self) -> list[RoundResult]:
-        rows = self._db().execute("SELECT body FROM results WHERE published=0 ORDER BY round")
-        return [RoundResult.from_json(bytes(r[0])) for r in rows.fetchall()]
+    async def unpublished(self) -> list[RoundResult]:
+        return [RoundResult.from_json(b) for b in await self._run(_unpublished)]
 
-    def result(self, round: int) -> tuple[RoundResult, bool] | None:
-        row = (
-            self._db()
-            .execute("SELECT body, published FROM results WHERE round=?", (round,))
-            .fetchone()
+    async def result(self, round: int) -> tuple[RoundResult, bool] | None:
+        row = await self._run(_result, round)
+        return None if row is None else (RoundResult.from_json(row[0]), row[1])
+
+    async def latest(self, count: int) -> list[tuple[RoundResult, bool]]:
+        return [(RoundResult.from_json(b), p) for b, p in await self._run(_latest, count)]
+
+
+# -- the store's statements: run in its thread, on its connection --------------------------------
+
+
+def _save(db: Sql, round: int, body: bytes, decided_at: float) -> None:
+    with db:
+        db.execute(
+            "INSERT OR REPLACE INTO results(round, body, published, decided_at) "
+            "VALUES (?, ?, 0, ?)",
+            (round, body, decided_at),
         )
-        return None if row is None else (RoundResult.from_json(bytes(row[0])), bool(row[1]))
+        db.execute("INSERT OR REPLACE INTO meta(k, v) VALUES ('next_round', ?)", (str(round + 1),))
 
-    def latest(self, count: int) -> list[tuple[RoundResult, bool]]:
-        rows = self._db().execute(
-            "SELECT body, published FROM results ORDER BY round DESC LIMIT ?", (count,)
-        )
-        return [(RoundResult.from_json(bytes(b)), bool(p)) for b, p in rows.fetchall()]
+
+def _mark_published(db: Sql, round: int) -> None:
+    db.execute("UPDATE results SET published=1 WHERE round=?", (round,))
+
+
+def _unpublished(db: Sql) -> list[bytes]:
+    rows = db.execute("SELECT body FROM results WHERE published=0 ORDER BY round")
+    return [bytes(r[0]) for r in rows.fetchall()]
+
+
+def _result(db: Sql, round: int) -> tuple[bytes, bool] | None:
+    row = db.execute("SELECT body, published FROM results WHERE round=?", (round,)).fetchone()
+    return None if row is None else (bytes(row[0]), bool(row[1]))
+
+
+def _latest(db: Sql, count: int) -> list[tuple[bytes, bool]]:
+    rows = db.execute("SELECT body, published FROM results ORDER BY round DESC LIMIT ?", (count,))
+    return [(bytes(b), bool(p)) for b, p in rows.fetchall()]
 
 
 class ResultPublisher(Protocol):
@@ -235,7 +250,7 @@ class ElectionRounds:
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:
-        self.store.open(self.board.address, self.cfg.mode)
+        await self.store.open(self.board.address, self.cfg.mode)
         self.ready.set()
         try:
             await self._setup()
@@ -252,7 +267,7 @@ class ElectionRounds:
             for task in list(self._followers):
                 task.cancel()
             await asyncio.gather(*self._followers, return_exceptions=True)
-            self.store.close()
+            await self.store.close()
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = None
@@ -337,8 +352,8 @@ class ElectionRounds:
             vrf_private.public_key.format(compressed=False)[1:],
             proof,
         )
-        self.sender.open()
-        known = self.sender.store.find_by_data(self.board.address, data)
+        await self.sender.open()
+        known = await self.sender.store.find_by_data(self.board.address, data)
         tx_id = known[-1] if known else await self.sender.send(self.board.address, data)
         event(self.log, "election_registering", node=self.node, tx=tx_id)
         try:
@@ -365,11 +380,11 @@ class ElectionRounds:
             await self._submit(current)
         last = sched.last_final_round(head)
         if last is not None:
-            nxt = self.store.next_round()
+            nxt = await self.store.next_round()
             if nxt is None:
                 # First start on this board: decide from the current round on.
                 nxt = current if current is not None else 0
-                self.store.set_next_round(nxt)
+                await self.store.set_next_round(nxt)
             if last - nxt >= self.cfg.catch_up_rounds:
                 skip_to = last - self.cfg.catch_up_rounds + 1
                 event(
@@ -381,7 +396,7 @@ class ElectionRounds:
                     why="more than election.catch_up_rounds behind",
                 )
                 nxt = skip_to
-                self.store.set_next_round(nxt)
+                await self.store.set_next_round(nxt)
             for q in range(nxt, last + 1):
                 try:
                     result = await self.decide(q)
@@ -402,12 +417,12 @@ class ElectionRounds:
                     )
                     if not gone:
                         break
-                    self.store.set_next_round(q + 1)
+                    await self.store.set_next_round(q + 1)
                     continue
-                self.store.save(result)
+                await self.store.save(result)
                 self.results[q] = result
                 self._report(result)
-        self._publish_pending()
+        await self._publish_pending()
 
     async def _block_hash(self, number: int) -> bytes:
         block = await self.rpc.call("eth_getBlockByNumber", [hex(number), False])
@@ -440,8 +455,8 @@ class ElectionRounds:
             data = self.board.proof_data(
                 round, ecvrf.prove(self.vrf_secret, vrf_alpha(chain32, round, seed))
             )
-        self.sender.open()
-        known = self.sender.store.find_by_data(self.board.address, data)
+        await self.sender.open()
+        known = await self.sender.store.find_by_data(self.board.address, data)
         if known:
             self.submitted.add(round)  # sent before a restart: follow it again
             self._follow(round, known[-1])
@@ -553,34 +568,34 @@ class ElectionRounds:
             elected=",".join(r.elected) or "none",
         )
 
-    def _publish_pending(self) -> None:
+    async def _publish_pending(self) -> None:
         connected = self.publisher.is_connected()
         if connected and not self._was_connected:
             # (Re)connected: publish again what is retained, in case the broker lost it.
-            for res, _published in reversed(self.store.latest(1)):
+            for res, _published in reversed(await self.store.latest(1)):
                 self.publisher.publish(self.topic(res.round), res.to_json())
         self._was_connected = connected
         if not connected:
             return
-        for res in self.store.unpublished():
+        for res in await self.store.unpublished():
             if self.publisher.publish(self.topic(res.round), res.to_json()):
-                self.store.mark_published(res.round)
+                await self.store.mark_published(res.round)
             else:
                 self.metrics.inc("election_publish_failed")
                 break
 
 
-def status_lines(store: ElectionStore, round: int | None, count: int) -> list[str]:
+async def status_lines(store: ElectionStore, round: int | None, count: int) -> list[str]:
     """Human-readable lines for `edgence-agent election status`."""
     rows: list[tuple[RoundResult, bool]]
     if round is not None:
-        one = store.result(round)
+        one = await store.result(round)
         rows = [] if one is None else [one]
     else:
-        rows = store.latest(count)
+        rows = await store.latest(count)
     lines: list[str] = []
-    nxt = store.next_round()
-    board, mode = store.meta("board"), store.meta("mode")
+    nxt = await store.next_round()
+    board, mode = await store.meta("board"), await store.meta("mode")
     lines.append(f"board {board} mode {mode} next round to decide {nxt}")
     if not rows:
         lines.append("no decided round" + (f" {round}" if round is not None else "") + " yet")
@@ -597,10 +612,10 @@ def status_lines(store: ElectionStore, round: int | None, count: int) -> list[st
     return lines
 
 
-def result_docs(store: ElectionStore, round: int | None, count: int) -> list[dict[str, Any]]:
+async def result_docs(store: ElectionStore, round: int | None, count: int) -> list[dict[str, Any]]:
     import json
 
-    rows = [store.result(round)] if round is not None else list(store.latest(count))
+    rows = [await store.result(round)] if round is not None else list(await store.latest(count))
     return [
         {**json.loads(res.to_json()), "published": published}
         for item in rows

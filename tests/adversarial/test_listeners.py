@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiocoap
@@ -50,7 +49,6 @@ def oracle(port: int, tmp: Path) -> CoapServer:
     journal = Journal(tmp / "journal.sqlite", sinks=["bridge"])
     service = OracleService(
         journal,
-        ThreadPoolExecutor(1),
         contract="0x" + "00" * 20,
         known_device=lambda d: False,
         metrics=Metrics(),

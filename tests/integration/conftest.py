@@ -9,11 +9,12 @@ import itertools
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,33 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-async def async_wait_until(pred: Callable[[], bool], limit: float, what: str) -> None:
+async def async_wait_until(
+    pred: Callable[[], bool | Awaitable[bool]], limit: float, what: str
+) -> None:
+    """Poll `pred` (a plain or an async predicate) until it is true, or fail after `limit` s."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        if pred():
+        got = pred()
+        if got if isinstance(got, bool) else await got:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"timed out after {limit}s waiting for {what}")
+
+
+class JournalStall:
+    """Stalls a running agent's journal for real: another connection takes sqlite's write lock,
+    so the journal thread's next write waits in sqlite's busy handler (after 5 s it fails with
+    SQLITE_BUSY, which the pipeline holds and retries). A stalled disk, which is what this
+    stands for, cannot be produced on demand. `release()` ends the stall."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(path, isolation_level=None)
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def release(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.rollback()
+        self._conn.close()
 
 
 _collector_ids = itertools.count()

@@ -285,10 +285,10 @@ async def test_missing_bluez_gives_one_clear_error_and_the_agent_keeps_running(
 
     metrics = Metrics()
     source = BleSource(
-        cfg.ble,
+        cfg.sources.ble,
         pipeline=NoPipeline(),  # type: ignore[arg-type]
         metrics=metrics,
-        directory=ConfiguredBleDevices(cfg.ble.devices),
+        directory=ConfiguredBleDevices(cfg.sources.ble.devices),
     )
     caplog.set_level(logging.ERROR, logger="agent.devices.ble")
     task = asyncio.create_task(source.run())

@@ -294,7 +294,7 @@ def reading(counter: int) -> bytes:
 async def journal_backlog(running: Any) -> int:
     """Observations in the running agent's journal not yet acknowledged upstream."""
     agent: Agent = running.agent
-    stats = await asyncio.get_running_loop().run_in_executor(agent.executor, agent.journal.stats)
+    stats = await agent.journal.stats()
     return stats.backlog["bridge"]
 
 

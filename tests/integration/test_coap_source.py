@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import socket
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from agent.devices.registry import DeviceRegistry
 from agent.localbroker import LocalMosquitto
 from agent.model import Transport
 
-from .conftest import Collector, async_wait_until
+from .conftest import Collector, JournalStall, async_wait_until
 
 
 def free_udp_port() -> int:
@@ -202,14 +201,12 @@ async def test_a_saturated_pipeline_answers_5_03_with_max_age_and_loses_nothing_
     cfg["pipeline"] = {"queue_size": 16, "batch_max": 4}
     running = await start_agent(cfg)
     agent = running.agent
-    # A stalled disk, which cannot be produced on demand: the journal thread is held busy.
-    stall = threading.Event()
-    agent.executor.submit(stall.wait, 30)
+    stall = JournalStall(agent.cfg.journal.path)  # the journal's writes wait
     pending = [asyncio.create_task(post(client, port, f"up/{d}", frame(1))) for d in devices]
     await async_wait_until(lambda: not agent.pipeline.has_space(), 10, "the queue bound")
     busy = await post(client, port, "up/dev-2", frame(1))
     assert busy.code == Code.SERVICE_UNAVAILABLE and busy.opt.max_age == 7
-    stall.set()
+    stall.release()
     answers = await asyncio.gather(*pending)
     accepted = {d for d, a in zip(devices, answers, strict=True) if a.code == Code.CHANGED}
     others = {a.code for a in answers if a.code != Code.CHANGED}

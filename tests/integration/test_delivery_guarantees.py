@@ -106,12 +106,13 @@ def wait_for_all_readings(collector: Collector, sent: int) -> None:
 
 
 def journal_entries(data_dir: Path) -> list[tuple[int, bytes]]:
-    j = Journal(data_dir / "journal.sqlite", sinks=["bridge"])
-    j.open()
-    try:
-        return [(e.seq, e.envelope) for e in j.read_after("bridge", 0, 10**9)]
-    finally:
-        j.close()
+    """Everything a stopped agent's journal holds, read through the journal's own API."""
+
+    async def read() -> list[tuple[int, bytes]]:
+        async with Journal(data_dir / "journal.sqlite", sinks=["bridge"]) as j:
+            return [(e.seq, e.envelope) for e in await j.read_after("bridge", 0, 10**9)]
+
+    return asyncio.run(read())
 
 
 @pytest.mark.slow

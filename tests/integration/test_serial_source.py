@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import threading
 import tty
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from agent.devices.codecs.nmea import encode_nmea
 from agent.devices.codecs.serial_line import encode_serial_frame
 from agent.localbroker import LocalMosquitto
 
-from .conftest import Collector, async_wait_until
+from .conftest import Collector, JournalStall, async_wait_until
 
 
 class PtyDevice:
@@ -196,14 +195,12 @@ async def test_a_full_pipeline_pauses_reading_the_port_and_loses_nothing(
         running = await start_agent(cfg)
         agent = running.agent
         await async_wait_until(lambda: agent.metrics.get("serial_opened") == 1, 10, "opened")
-        # A stalled disk, which cannot be produced on demand: the journal thread is held busy.
-        stall = threading.Event()
-        agent.executor.submit(stall.wait, 30)
+        stall = JournalStall(agent.cfg.journal.path)  # the journal's writes wait
         writing = asyncio.create_task(dev.write(b"".join(frame_line(n) for n in range(1, 301))))
         await async_wait_until(
             lambda: agent.metrics.get("source_paused", source="serial") > 0, 10, "paused"
         )
-        stall.set()
+        stall.release()
         await writing
         await async_wait_until(
             lambda: counters(collector, "ser-1") == list(range(1, 301)), 20, "all 300 frames"

@@ -127,7 +127,7 @@ def test_init_writes_chain_id_and_broker_options_into_the_config(tmp_path: Path)
     assert result.returncode == 0, result.stderr
     cfg = load_config(d / "agent.toml")
     assert cfg.gateway.chain_id == 8453
-    assert (cfg.mqtt.broker.host, cfg.mqtt.broker.port) == ("10.0.0.5", 1999)
+    assert (cfg.sources.mqtt.broker.host, cfg.sources.mqtt.broker.port) == ("10.0.0.5", 1999)
     assert (cfg.bridge.broker.host, cfg.bridge.broker.port, cfg.bridge.broker.tls) == (
         "up.example",
         8884,

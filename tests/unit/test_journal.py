@@ -5,6 +5,8 @@ Every test uses a real sqlite file under tmp_path; observations carry fake envel
 
 from __future__ import annotations
 
+import ast
+import asyncio
 import logging
 import os
 import shutil
@@ -13,8 +15,10 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import pytest
 
@@ -22,6 +26,7 @@ from agent.errors import JournalError, JournalFull
 from agent.journal import ROW_OVERHEAD_BYTES, Journal, PruneReport
 from agent.model import AuthMethod, Observation, Reading, Transport
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = "0x" + "ab" * 20
 ENVELOPE_SIZE = 136
@@ -70,17 +75,29 @@ def observation(
     )
 
 
-def append_new(
+async def append_new(
     journal: Journal, n: int, *, device: str = "dev-1", sensor: str = "temp"
 ) -> list[int]:
-    seqs = list(journal.reserve_sequences(n))
-    journal.append([observation(s, device=device, sensor=sensor) for s in seqs])
+    seqs = list(await journal.reserve_sequences(n))
+    await journal.append([observation(s, device=device, sensor=sensor) for s in seqs])
     return seqs
 
 
-def stored_seqs(journal: Journal) -> list[int]:
+async def stored_seqs(journal: Journal) -> list[int]:
     """Every stored sequence, read as the "bridge" sink that all these journals have."""
-    return [e.seq for e in journal.read_after("bridge", 0, 10_000)]
+    return [e.seq for e in await journal.read_after("bridge", 0, 10_000)]
+
+
+async def on_connection(journal: Journal, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """White-box: run `fn` on the journal's own connection, in the journal's own thread (the
+    only thread the connection accepts)."""
+
+    def call() -> T:
+        conn = journal._core._conn
+        assert conn is not None
+        return fn(conn)
+
+    return await journal._call(call)
 
 
 def drop_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -95,64 +112,68 @@ def path(tmp_path: Path) -> Path:
 # -- sequences -------------------------------------------------------------------------------
 
 
-def test_sequences_start_at_one_and_increase_across_close_and_reopen(path: Path) -> None:
+async def test_sequences_start_at_one_and_increase_across_close_and_reopen(path: Path) -> None:
     handed_out: list[int] = []
-    with Journal(path, sinks=["bridge"], sequence_block=10) as journal:
-        first = journal.reserve_sequences(3)
+    async with Journal(path, sinks=["bridge"], sequence_block=10) as journal:
+        first = await journal.reserve_sequences(3)
         assert list(first) == [1, 2, 3]
-        journal.append([observation(s) for s in first])
+        await journal.append([observation(s) for s in first])
         handed_out += first
-        handed_out += journal.reserve_sequences(9)  # crosses the first block
+        handed_out += await journal.reserve_sequences(9)  # crosses the first block
     for _ in range(2):
-        with Journal(path, sinks=["bridge"], sequence_block=10) as journal:
-            handed_out += journal.reserve_sequences(4)
+        async with Journal(path, sinks=["bridge"], sequence_block=10) as journal:
+            handed_out += await journal.reserve_sequences(4)
     assert handed_out == sorted(set(handed_out))
     assert len(handed_out) == 3 + 9 + 4 + 4
 
 
-def test_sequences_increase_after_a_fake_crash(path: Path, tmp_path: Path) -> None:
+async def test_sequences_increase_after_a_fake_crash(path: Path, tmp_path: Path) -> None:
     """Fake crash: while the first journal is still open (never closed, never checkpointed), its
     database and -wal files are copied elsewhere, which is what a SIGKILL leaves on disk, and a
     second Journal opens the copy."""
     journal = Journal(path, sinks=["bridge"], sequence_block=5)
-    journal.open()
-    appended = append_new(journal, 7)
-    reserved_only = list(journal.reserve_sequences(2))
+    await journal.open()
+    appended = await append_new(journal, 7)
+    reserved_only = list(await journal.reserve_sequences(2))
     crashed = tmp_path / "crashed" / "journal.sqlite"
     crashed.parent.mkdir()
     for suffix in ("", "-wal"):
         shutil.copyfile(f"{path}{suffix}", f"{crashed}{suffix}")
-    journal.close()
+    await journal.close()
 
-    with Journal(crashed, sinks=["bridge"], sequence_block=5) as recovered:
-        assert stored_seqs(recovered) == appended
-        after = list(recovered.reserve_sequences(3))
+    async with Journal(crashed, sinks=["bridge"], sequence_block=5) as recovered:
+        assert await stored_seqs(recovered) == appended
+        after = list(await recovered.reserve_sequences(3))
         assert min(after) > max(appended + reserved_only)
-        recovered.append([observation(s) for s in after])
-        assert stored_seqs(recovered) == appended + after
+        await recovered.append([observation(s) for s in after])
+        assert await stored_seqs(recovered) == appended + after
 
 
-def test_sigkill_between_reserve_and_append_never_reuses_a_sequence(path: Path) -> None:
+async def test_sigkill_between_reserve_and_append_never_reuses_a_sequence(path: Path) -> None:
     """A real crash: a child process appends, reserves more, and is killed with SIGKILL before it
     appends the second reservation."""
     child = textwrap.dedent(
         """
-        import os, signal, sys
+        import asyncio, os, signal, sys
         from pathlib import Path
         from agent.journal import Journal
         from tests.unit.test_journal import observation
 
-        journal = Journal(Path(sys.argv[1]), sinks=["bridge"], sequence_block=4)
-        journal.open()
-        appended = list(journal.reserve_sequences(3))
-        journal.append([observation(s) for s in appended])
-        reserved = list(journal.reserve_sequences(3))
-        print(" ".join(map(str, appended + reserved)), flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
+        async def main():
+            journal = Journal(Path(sys.argv[1]), sinks=["bridge"], sequence_block=4)
+            await journal.open()
+            appended = list(await journal.reserve_sequences(3))
+            await journal.append([observation(s) for s in appended])
+            reserved = list(await journal.reserve_sequences(3))
+            print(" ".join(map(str, appended + reserved)), flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        asyncio.run(main())
         """
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
+    done = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-c", child, str(path)],
         cwd=ROOT,
         env=env,
@@ -164,125 +185,123 @@ def test_sigkill_between_reserve_and_append_never_reuses_a_sequence(path: Path) 
     handed_out = [int(s) for s in done.stdout.split()]
     assert handed_out == [1, 2, 3, 4, 5, 6]
 
-    with Journal(path, sinks=["bridge"], sequence_block=4) as journal:
-        assert stored_seqs(journal) == [1, 2, 3]
-        again = list(journal.reserve_sequences(5))
+    async with Journal(path, sinks=["bridge"], sequence_block=4) as journal:
+        assert await stored_seqs(journal) == [1, 2, 3]
+        again = list(await journal.reserve_sequences(5))
     assert min(again) > max(handed_out)
 
 
-def test_append_refuses_sequences_not_reserved_or_not_above_the_last(path: Path) -> None:
-    with Journal(path, sinks=["bridge"]) as journal:
-        seqs = journal.reserve_sequences(3)
+async def test_append_refuses_sequences_not_reserved_or_not_above_the_last(path: Path) -> None:
+    async with Journal(path, sinks=["bridge"]) as journal:
+        seqs = await journal.reserve_sequences(3)
         with pytest.raises(JournalError, match="never handed out"):
-            journal.append([observation(seqs[-1] + 1)])
-        journal.append([observation(seqs[1])])
+            await journal.append([observation(seqs[-1] + 1)])
+        await journal.append([observation(seqs[1])])
         with pytest.raises(JournalError, match="not above 2"):
-            journal.append([observation(seqs[0])])
+            await journal.append([observation(seqs[0])])
         with pytest.raises(JournalError, match="not above"):
-            journal.append([observation(seqs[2]), observation(seqs[2])])
-        assert stored_seqs(journal) == [2]
+            await journal.append([observation(seqs[2]), observation(seqs[2])])
+        assert await stored_seqs(journal) == [2]
 
 
 # -- appending and reading -------------------------------------------------------------------
 
 
-def test_append_then_read_after_returns_entries_in_sequence_order(path: Path) -> None:
+async def test_append_then_read_after_returns_entries_in_sequence_order(path: Path) -> None:
     clock = FakeClock()
-    with Journal(path, sinks=["bridge"], clock=clock) as journal:
-        seqs = list(journal.reserve_sequences(6))
+    async with Journal(path, sinks=["bridge"], clock=clock) as journal:
+        seqs = list(await journal.reserve_sequences(6))
         batch = [observation(s, device=f"dev-{s % 2}") for s in seqs]
-        journal.append([batch[i] for i in (3, 0, 5, 1, 4, 2)])
+        await journal.append([batch[i] for i in (3, 0, 5, 1, 4, 2)])
 
-        entries = journal.read_after("bridge", 0, 100)
+        entries = await journal.read_after("bridge", 0, 100)
         assert [e.seq for e in entries] == seqs
         assert [e.envelope for e in entries] == [o.envelope for o in batch]
         assert entries[1].device_id == "dev-0" and entries[1].sensor == "temp"
         assert {e.created_at for e in entries} == {T0}
-        assert [e.seq for e in journal.read_after("bridge", 3, 2)] == [4, 5]
-        assert journal.read_after("bridge", 6, 10) == []
+        assert [e.seq for e in await journal.read_after("bridge", 3, 2)] == [4, 5]
+        assert await journal.read_after("bridge", 6, 10) == []
 
 
-def test_a_batch_of_256_is_one_transaction(path: Path) -> None:
-    with Journal(path, sinks=["bridge"]) as journal:
-        seqs = journal.reserve_sequences(256)
+async def test_a_batch_of_256_is_one_transaction(path: Path) -> None:
+    async with Journal(path, sinks=["bridge"]) as journal:
+        seqs = await journal.reserve_sequences(256)
         statements: list[str] = []
-        assert journal._conn is not None  # white-box: trace what sqlite executes
-        journal._conn.set_trace_callback(statements.append)
-        journal.append([observation(s) for s in seqs])
-        journal._conn.set_trace_callback(None)
+        await on_connection(journal, lambda c: c.set_trace_callback(statements.append))
+        await journal.append([observation(s) for s in seqs])
+        await on_connection(journal, lambda c: c.set_trace_callback(None))
         assert [s for s in statements if s.startswith(("BEGIN", "COMMIT"))] == [
             "BEGIN IMMEDIATE",
             "COMMIT",
         ]
-        assert journal.stats().entries == 256
+        assert (await journal.stats()).entries == 256
 
 
-def test_latest_returns_the_newest_entry_for_a_device_sensor(path: Path) -> None:
-    with Journal(path, sinks=["bridge"]) as journal:
-        append_new(journal, 2, device="dev-a", sensor="temp")
-        append_new(journal, 1, device="dev-a", sensor="hum")
-        append_new(journal, 3, device="dev-b", sensor="temp")
-        latest = journal.latest("dev-a", "temp")
+async def test_latest_returns_the_newest_entry_for_a_device_sensor(path: Path) -> None:
+    async with Journal(path, sinks=["bridge"]) as journal:
+        await append_new(journal, 2, device="dev-a", sensor="temp")
+        await append_new(journal, 1, device="dev-a", sensor="hum")
+        await append_new(journal, 3, device="dev-b", sensor="temp")
+        latest = await journal.latest("dev-a", "temp")
         assert latest is not None and latest.seq == 2
-        hum = journal.latest("dev-a", "hum")
+        hum = await journal.latest("dev-a", "hum")
         assert hum is not None and hum.seq == 3
-        assert journal.latest("dev-c", "temp") is None
+        assert await journal.latest("dev-c", "temp") is None
 
 
-def test_unknown_sink_raises_journal_error(path: Path) -> None:
-    with Journal(path, sinks=["bridge"]) as journal:
-        append_new(journal, 1)
-        for call in (
-            lambda: journal.ack("oracle", 1),
-            lambda: journal.cursor("oracle"),
-            lambda: journal.read_after("oracle", 0, 10),
-        ):
-            with pytest.raises(JournalError, match="unknown sink 'oracle'"):
-                call()
+async def test_unknown_sink_raises_journal_error(path: Path) -> None:
+    async with Journal(path, sinks=["bridge"]) as journal:
+        await append_new(journal, 1)
+        with pytest.raises(JournalError, match="unknown sink 'oracle'"):
+            await journal.ack("oracle", 1)
+        with pytest.raises(JournalError, match="unknown sink 'oracle'"):
+            await journal.cursor("oracle")
+        with pytest.raises(JournalError, match="unknown sink 'oracle'"):
+            await journal.read_after("oracle", 0, 10)
 
 
 # -- acknowledgements ------------------------------------------------------------------------
 
 
-def test_ack_persists_and_the_backlog_replays_in_order_after_reopen(path: Path) -> None:
+async def test_ack_persists_and_the_backlog_replays_in_order_after_reopen(path: Path) -> None:
     sinks = ["bridge", "chain"]
-    with Journal(path, sinks=sinks) as journal:
-        append_new(journal, 10)
-        assert journal.cursor("bridge") == 0
-        journal.ack("bridge", 4)
-        journal.ack("bridge", 2)  # lower: ignored
-        assert journal.cursor("bridge") == 4
+    async with Journal(path, sinks=sinks) as journal:
+        await append_new(journal, 10)
+        assert await journal.cursor("bridge") == 0
+        await journal.ack("bridge", 4)
+        await journal.ack("bridge", 2)  # lower: ignored
+        assert await journal.cursor("bridge") == 4
         with pytest.raises(JournalError, match="last appended is 10"):
-            journal.ack("bridge", 11)
+            await journal.ack("bridge", 11)
 
-    with Journal(path, sinks=sinks) as journal:
-        assert journal.cursor("bridge") == 4
-        assert journal.cursor("chain") == 0
-        replay = journal.read_after("bridge", journal.cursor("bridge"), 100)
+    async with Journal(path, sinks=sinks) as journal:
+        assert await journal.cursor("bridge") == 4
+        assert await journal.cursor("chain") == 0
+        replay = await journal.read_after("bridge", await journal.cursor("bridge"), 100)
         assert [e.seq for e in replay] == [5, 6, 7, 8, 9, 10]
-        stats = journal.stats()
+        stats = await journal.stats()
         assert stats.backlog == {"bridge": 6, "chain": 10}
         assert stats.last_seq == 10
 
 
-def test_acknowledged_entries_stay_until_the_bounds_need_their_room(path: Path) -> None:
-    with Journal(path, sinks=["bridge"]) as journal:
-        append_new(journal, 5)
-        journal.ack("bridge", 5)
-        assert journal.enforce_bounds() == PruneReport(0, 0, None)
-        assert journal.stats().entries == 5
-        latest = journal.latest("dev-1", "temp")
+async def test_acknowledged_entries_stay_until_the_bounds_need_their_room(path: Path) -> None:
+    async with Journal(path, sinks=["bridge"]) as journal:
+        await append_new(journal, 5)
+        await journal.ack("bridge", 5)
+        assert await journal.enforce_bounds() == PruneReport(0, 0, None)
+        assert (await journal.stats()).entries == 5
+        latest = await journal.latest("dev-1", "temp")
         assert latest is not None and latest.seq == 5
 
 
 # -- device counters -------------------------------------------------------------------------
 
 
-def test_last_counters_survive_reopen_and_pruning(path: Path) -> None:
+async def test_last_counters_survive_reopen_and_pruning(path: Path) -> None:
     clock = FakeClock()
-    with Journal(path, sinks=["bridge"], max_bytes=100 * ROW, clock=clock) as journal:
-        seqs = journal.reserve_sequences(4)
-        journal.append(
+    async with Journal(path, sinks=["bridge"], max_bytes=100 * ROW, clock=clock) as journal:
+        seqs = await journal.reserve_sequences(4)
+        await journal.append(
             [
                 observation(seqs[0], device="dev-a", counter=7),
                 observation(seqs[1], device="dev-a", counter=9),
@@ -291,138 +310,142 @@ def test_last_counters_survive_reopen_and_pruning(path: Path) -> None:
             ]
         )
         expected = {"dev-a": 9, "dev-b": 2**64 - 1}
-        assert journal.last_counters() == expected
-        journal.ack("bridge", 4)
+        assert await journal.last_counters() == expected
+        await journal.ack("bridge", 4)
 
     clock.now += 30 * DAY
-    with Journal(path, sinks=["bridge"], max_bytes=100 * ROW, clock=clock) as journal:
-        assert journal.last_counters() == expected
-        assert journal.enforce_bounds().delivered_removed == 4
-        assert journal.stats().entries == 0
-        assert journal.last_counters() == expected
-        assert journal.stats().last_seq == 4
-    with Journal(path, sinks=["bridge"]) as journal:
-        assert journal.last_counters() == expected
-        assert journal.stats().last_seq == 4
+    async with Journal(path, sinks=["bridge"], max_bytes=100 * ROW, clock=clock) as journal:
+        assert await journal.last_counters() == expected
+        assert (await journal.enforce_bounds()).delivered_removed == 4
+        assert (await journal.stats()).entries == 0
+        assert await journal.last_counters() == expected
+        assert (await journal.stats()).last_seq == 4
+    async with Journal(path, sinks=["bridge"]) as journal:
+        assert await journal.last_counters() == expected
+        assert (await journal.stats()).last_seq == 4
 
 
 # -- bounds ----------------------------------------------------------------------------------
 
 
-def test_drop_oldest_removes_delivered_first_then_oldest_undelivered_with_one_log_line(
+async def test_drop_oldest_removes_delivered_first_then_oldest_undelivered_with_one_log_line(
     path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="agent.journal")
-    with Journal(path, sinks=["bridge"], max_bytes=10 * ROW, overflow="drop-oldest") as journal:
-        append_new(journal, 8)
-        journal.ack("bridge", 3)
-        append_new(journal, 4)  # needs 2 rows of room: delivered 1 and 2 go, nothing else
-        assert stored_seqs(journal) == list(range(3, 13))
+    async with Journal(
+        path, sinks=["bridge"], max_bytes=10 * ROW, overflow="drop-oldest"
+    ) as journal:
+        await append_new(journal, 8)
+        await journal.ack("bridge", 3)
+        await append_new(journal, 4)  # needs 2 rows of room: delivered 1 and 2 go, nothing else
+        assert await stored_seqs(journal) == list(range(3, 13))
         assert drop_lines(caplog) == []
 
-        append_new(journal, 3)  # needs 3 rows: delivered 3, then undelivered 4 and 5
-        assert stored_seqs(journal) == list(range(6, 16))
+        await append_new(journal, 3)  # needs 3 rows: delivered 3, then undelivered 4 and 5
+        assert await stored_seqs(journal) == list(range(6, 16))
         assert drop_lines(caplog) == [
             "event=journal_drop policy=drop-oldest dropped=2 seq_from=4 seq_to=5 reason=max_bytes"
         ]
-        stats = journal.stats()
+        stats = await journal.stats()
         assert (stats.entries, stats.bytes) == (10, 10 * ROW)
 
 
-def test_enforce_bounds_drops_to_a_smaller_max_bytes_after_reopen(
+async def test_enforce_bounds_drops_to_a_smaller_max_bytes_after_reopen(
     path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="agent.journal")
-    with Journal(path, sinks=["bridge"]) as journal:
-        append_new(journal, 10)
-        journal.ack("bridge", 2)
-    with Journal(path, sinks=["bridge"], max_bytes=5 * ROW) as journal:
-        assert journal.enforce_bounds() == PruneReport(2, 3, (3, 5))
-        assert stored_seqs(journal) == [6, 7, 8, 9, 10]
-        assert journal.enforce_bounds() == PruneReport(0, 0, None)
+    async with Journal(path, sinks=["bridge"]) as journal:
+        await append_new(journal, 10)
+        await journal.ack("bridge", 2)
+    async with Journal(path, sinks=["bridge"], max_bytes=5 * ROW) as journal:
+        assert await journal.enforce_bounds() == PruneReport(2, 3, (3, 5))
+        assert await stored_seqs(journal) == [6, 7, 8, 9, 10]
+        assert await journal.enforce_bounds() == PruneReport(0, 0, None)
     assert len(drop_lines(caplog)) == 1
 
 
-def test_reject_new_raises_journal_full_and_keeps_old_entries(
+async def test_reject_new_raises_journal_full_and_keeps_old_entries(
     path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="agent.journal")
-    with Journal(path, sinks=["bridge"], max_bytes=10 * ROW, overflow="reject-new") as journal:
-        append_new(journal, 10)
-        before = journal.stats()
-        (extra,) = journal.reserve_sequences(1)
+    async with Journal(
+        path, sinks=["bridge"], max_bytes=10 * ROW, overflow="reject-new"
+    ) as journal:
+        await append_new(journal, 10)
+        before = await journal.stats()
+        (extra,) = await journal.reserve_sequences(1)
         with pytest.raises(JournalFull) as raised:
-            journal.append([observation(extra)])
+            await journal.append([observation(extra)])
         message = str(raised.value)
         for needle in (str(path), "journal.max_bytes", "journal.overflow", str(10 * ROW)):
             assert needle in message
-        assert stored_seqs(journal) == list(range(1, 11))
-        assert journal.stats() == before
-        assert journal.enforce_bounds() == PruneReport(0, 0, None)
+        assert await stored_seqs(journal) == list(range(1, 11))
+        assert await journal.stats() == before
+        assert await journal.enforce_bounds() == PruneReport(0, 0, None)
 
-        journal.ack("bridge", 1)  # room now comes from a delivered entry
-        journal.append([observation(extra)])
-        assert stored_seqs(journal) == list(range(2, 12))
+        await journal.ack("bridge", 1)  # room now comes from a delivered entry
+        await journal.append([observation(extra)])
+        assert await stored_seqs(journal) == list(range(2, 12))
     assert drop_lines(caplog) == []
 
 
-def test_max_age_removes_delivered_then_drops_old_undelivered(
+async def test_max_age_removes_delivered_then_drops_old_undelivered(
     path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="agent.journal")
     clock = FakeClock()
-    with Journal(path, sinks=["bridge"], max_age_s=7 * DAY, clock=clock) as journal:
-        append_new(journal, 3)
+    async with Journal(path, sinks=["bridge"], max_age_s=7 * DAY, clock=clock) as journal:
+        await append_new(journal, 3)
         clock.now += 2 * DAY
-        append_new(journal, 3)
-        journal.ack("bridge", 2)
+        await append_new(journal, 3)
+        await journal.ack("bridge", 2)
         clock.now = T0 + 7 * DAY - 1
-        assert journal.enforce_bounds() == PruneReport(0, 0, None)
+        assert await journal.enforce_bounds() == PruneReport(0, 0, None)
         clock.now = T0 + 7 * DAY + 3600
-        assert journal.enforce_bounds() == PruneReport(2, 1, (3, 3))
-        assert stored_seqs(journal) == [4, 5, 6]
-        oldest = journal.stats().oldest_created_at
+        assert await journal.enforce_bounds() == PruneReport(2, 1, (3, 3))
+        assert await stored_seqs(journal) == [4, 5, 6]
+        oldest = (await journal.stats()).oldest_created_at
         assert oldest == T0 + 2 * DAY
     assert drop_lines(caplog) == [
         "event=journal_drop policy=drop-oldest dropped=1 seq_from=3 seq_to=3 reason=max_age"
     ]
 
 
-def test_max_age_with_reject_new_keeps_undelivered_entries(path: Path) -> None:
+async def test_max_age_with_reject_new_keeps_undelivered_entries(path: Path) -> None:
     clock = FakeClock()
-    with Journal(
+    async with Journal(
         path, sinks=["bridge"], max_age_s=7 * DAY, overflow="reject-new", clock=clock
     ) as journal:
-        append_new(journal, 4)
-        journal.ack("bridge", 2)
+        await append_new(journal, 4)
+        await journal.ack("bridge", 2)
         clock.now += 8 * DAY
-        assert journal.enforce_bounds() == PruneReport(2, 0, None)
-        assert stored_seqs(journal) == [3, 4]
+        assert await journal.enforce_bounds() == PruneReport(2, 0, None)
+        assert await stored_seqs(journal) == [3, 4]
 
 
-def test_without_sinks_everything_counts_as_delivered(
+async def test_without_sinks_everything_counts_as_delivered(
     path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="agent.journal")
-    with Journal(path, sinks=[], max_bytes=3 * ROW) as journal:
+    async with Journal(path, sinks=[], max_bytes=3 * ROW) as journal:
         for _ in range(5):
-            append_new(journal, 1)
-        assert journal.stats().entries == 3
-        newest = journal.latest("dev-1", "temp")
+            await append_new(journal, 1)
+        assert (await journal.stats()).entries == 3
+        newest = await journal.latest("dev-1", "temp")
         assert newest is not None and newest.seq == 5
     assert drop_lines(caplog) == []
 
 
-def test_size_accounting_is_recomputed_the_same_on_open(path: Path) -> None:
-    with Journal(path, sinks=["bridge"], max_bytes=10_000) as journal:
+async def test_size_accounting_is_recomputed_the_same_on_open(path: Path) -> None:
+    async with Journal(path, sinks=["bridge"], max_bytes=10_000) as journal:
         for size in (100, 250, 4000, 17, 3000, 900, 2500):
-            (seq,) = journal.reserve_sequences(1)
-            journal.append([observation(seq, size=size)])
-        journal.ack("bridge", 3)
-        running = journal.stats()
+            (seq,) = await journal.reserve_sequences(1)
+            await journal.append([observation(seq, size=size)])
+        await journal.ack("bridge", 3)
+        running = await journal.stats()
         assert running.bytes <= 10_000
-    with Journal(path, sinks=["bridge"], max_bytes=10_000) as journal:
-        assert journal.stats() == running
+    async with Journal(path, sinks=["bridge"], max_bytes=10_000) as journal:
+        assert await journal.stats() == running
     raw = sqlite3.connect(path)
     try:
         (envelope_bytes,) = raw.execute("SELECT sum(length(envelope)) FROM entries").fetchone()
@@ -434,13 +457,15 @@ def test_size_accounting_is_recomputed_the_same_on_open(path: Path) -> None:
 # -- the file --------------------------------------------------------------------------------
 
 
-def test_the_file_is_in_wal_mode_with_the_chosen_synchronous_level(path: Path) -> None:
+async def test_the_file_is_in_wal_mode_with_the_chosen_synchronous_level(path: Path) -> None:
     levels: tuple[tuple[Literal["normal", "full"], int], ...] = (("full", 2), ("normal", 1))
     for level, pragma_value in levels:
-        with Journal(path, sinks=["bridge"], synchronous=level) as journal:
-            append_new(journal, 1)  # the first reservation syncs at FULL, then restores
-            assert journal._conn is not None  # white-box: the journal's own connection
-            assert journal._conn.execute("PRAGMA synchronous").fetchone()[0] == pragma_value
+        async with Journal(path, sinks=["bridge"], synchronous=level) as journal:
+            await append_new(journal, 1)  # the first reservation syncs at FULL, then restores
+            synchronous = await on_connection(
+                journal, lambda c: c.execute("PRAGMA synchronous").fetchone()[0]
+            )
+            assert synchronous == pragma_value
     raw = sqlite3.connect(path)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -448,94 +473,213 @@ def test_the_file_is_in_wal_mode_with_the_chosen_synchronous_level(path: Path) -
         raw.close()
 
 
-def test_open_is_idempotent_close_is_safe_twice_and_closed_calls_fail(path: Path) -> None:
+async def test_open_is_idempotent_close_is_safe_twice_and_closed_calls_fail(path: Path) -> None:
     journal = Journal(path, sinks=["bridge"])
-    journal.open()
-    append_new(journal, 2)
-    journal.open()
-    assert journal.stats().entries == 2
-    journal.close()
-    journal.close()
+    await journal.open()
+    await append_new(journal, 2)
+    await journal.open()
+    assert (await journal.stats()).entries == 2
+    await journal.close()
+    await journal.close()
     with pytest.raises(JournalError, match="not open"):
-        journal.reserve_sequences(1)
+        await journal.reserve_sequences(1)
     with pytest.raises(JournalError, match="not open"):
-        journal.stats()
+        await journal.stats()
 
 
-def test_a_file_that_is_not_a_database_raises_journal_error(path: Path) -> None:
-    path.write_bytes(b"this is not sqlite" * 100)
+async def test_a_file_that_is_not_a_database_raises_journal_error(path: Path) -> None:
+    await asyncio.to_thread(path.write_bytes, b"this is not sqlite" * 100)
     journal = Journal(path, sinks=["bridge"])
     with pytest.raises(JournalError, match=str(path)):
-        journal.open()
+        await journal.open()
     with pytest.raises(JournalError, match="not open"):
-        journal.stats()
+        await journal.stats()
 
 
-def test_disk_full_raises_journal_error_stores_nothing_and_stays_usable(path: Path) -> None:
+async def test_disk_full_raises_journal_error_stores_nothing_and_stays_usable(path: Path) -> None:
     """SQLITE_FULL is produced for real by capping the database with PRAGMA max_page_count (a
     real sqlite limit, cheaper than filling a filesystem); the cap is set on the journal's own
     connection."""
-    with Journal(path, sinks=["bridge"]) as journal:
-        append_new(journal, 3)
-        before = journal.stats()
-        seqs = journal.reserve_sequences(256)
+    async with Journal(path, sinks=["bridge"]) as journal:
+        await append_new(journal, 3)
+        before = await journal.stats()
+        seqs = await journal.reserve_sequences(256)
         batch = [observation(s, size=4000) for s in seqs]
-        conn = journal._conn
-        assert conn is not None
-        conn.execute("PRAGMA max_page_count = 1")  # clamps to the current size
+        # clamps to the current size
+        await on_connection(journal, lambda c: c.execute("PRAGMA max_page_count = 1"))
         with pytest.raises(JournalError) as raised:
-            journal.append(batch)
+            await journal.append(batch)
         assert not isinstance(raised.value, JournalFull)
         assert str(path) in str(raised.value)
         assert "full" in str(raised.value)
-        assert journal.stats() == before
-        assert stored_seqs(journal) == [1, 2, 3]
+        assert await journal.stats() == before
+        assert await stored_seqs(journal) == [1, 2, 3]
 
-        conn.execute("PRAGMA max_page_count = 1073741823")
-        journal.append(batch)
-        assert stored_seqs(journal) == [1, 2, 3, *seqs]
-    with Journal(path, sinks=["bridge"]) as journal:
-        assert journal.stats().entries == 3 + 256
+        await on_connection(journal, lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+        await journal.append(batch)
+        assert await stored_seqs(journal) == [1, 2, 3, *seqs]
+    async with Journal(path, sinks=["bridge"]) as journal:
+        assert (await journal.stats()).entries == 3 + 256
 
 
-def test_a_read_only_database_raises_journal_error_and_recovers(path: Path) -> None:
+async def test_a_read_only_database_raises_journal_error_and_recovers(path: Path) -> None:
     """Read-only is produced with PRAGMA query_only on the journal's connection (real sqlite
     SQLITE_READONLY): file permissions cannot stop the root user these tests may run as."""
-    with Journal(path, sinks=["bridge"], sequence_block=5) as journal:
-        appended = append_new(journal, 5)
-        conn = journal._conn
-        assert conn is not None
-        conn.execute("PRAGMA query_only = 1")
+    async with Journal(path, sinks=["bridge"], sequence_block=5) as journal:
+        appended = await append_new(journal, 5)
+        await on_connection(journal, lambda c: c.execute("PRAGMA query_only = 1"))
         with pytest.raises(JournalError, match="read-only"):
-            journal.reserve_sequences(1)  # needs a new block: the mark cannot be written
+            await journal.reserve_sequences(1)  # needs a new block: the mark cannot be written
         with pytest.raises(JournalError, match=str(path)):
-            journal.ack("bridge", 5)
-        assert journal.cursor("bridge") == 0
-        conn.execute("PRAGMA query_only = 0")
-        after = journal.reserve_sequences(2)
+            await journal.ack("bridge", 5)
+        assert await journal.cursor("bridge") == 0
+        await on_connection(journal, lambda c: c.execute("PRAGMA query_only = 0"))
+        after = await journal.reserve_sequences(2)
         assert min(after) > max(appended)
-        journal.append([observation(s) for s in after])
-        journal.ack("bridge", 5)
-        assert stored_seqs(journal) == [*appended, *after]
+        await journal.append([observation(s) for s in after])
+        await journal.ack("bridge", 5)
+        assert await stored_seqs(journal) == [*appended, *after]
 
 
 # -- lookups for the oracle ------------------------------------------------------------------
 
 
-def test_oracle_lookups_by_sequence_journal_time_and_sensor(path: Path) -> None:
+async def test_oracle_lookups_by_sequence_journal_time_and_sensor(path: Path) -> None:
     clock = FakeClock()
-    with Journal(path, sinks=["bridge"], clock=clock) as j:
-        first = append_new(j, 2, sensor="temp")
+    async with Journal(path, sinks=["bridge"], clock=clock) as j:
+        first = await append_new(j, 2, sensor="temp")
         clock.now += 60
-        second = append_new(j, 1, sensor="temp") + append_new(j, 1, sensor="hum")
-        append_new(j, 1, device="dev-2", sensor="co2")
-        entry = j.entry(first[1])
+        second = await append_new(j, 1, sensor="temp") + await append_new(j, 1, sensor="hum")
+        await append_new(j, 1, device="dev-2", sensor="co2")
+        entry = await j.entry(first[1])
         assert entry is not None and (entry.device_id, entry.sensor) == ("dev-1", "temp")
-        assert j.entry(999) is None
-        at_t0 = j.latest_at("dev-1", "temp", T0)
+        assert await j.entry(999) is None
+        at_t0 = await j.latest_at("dev-1", "temp", T0)
         assert at_t0 is not None and at_t0.seq == first[1]
-        later = j.latest_at("dev-1", "temp", T0 + 60)
+        later = await j.latest_at("dev-1", "temp", T0 + 60)
         assert later is not None and later.seq == second[0]
-        assert j.latest_at("dev-1", "temp", T0 - 1) is None
-        assert j.sensors_of("dev-1") == ["hum", "temp"]
-        assert j.sensors_of("dev-3") == []
+        assert await j.latest_at("dev-1", "temp", T0 - 1) is None
+        assert await j.sensors_of("dev-1") == ["hum", "temp"]
+        assert await j.sensors_of("dev-3") == []
+
+
+# -- the thread rule -------------------------------------------------------------------------
+
+
+async def test_append_with_builds_the_batch_in_the_journal_thread_in_one_call(path: Path) -> None:
+    seen: dict[str, object] = {}
+
+    def make(seqs: range) -> list[Observation]:
+        seen["thread"] = threading.current_thread()
+        seen["seqs"] = list(seqs)
+        return [observation(s, counter=10 + s) for s in seqs]
+
+    async with Journal(path, sinks=["bridge"]) as journal:
+        await append_new(journal, 2)
+        previous, obs = await journal.append_with(3, make)
+        assert previous == 2
+        assert [o.gateway_sequence for o in obs] == seen["seqs"] == [3, 4, 5]
+        assert await stored_seqs(journal) == [1, 2, 3, 4, 5]
+        assert (await journal.last_counters())["dev-1"] == 15
+    worker = seen["thread"]
+    assert isinstance(worker, threading.Thread)
+    assert worker is not threading.current_thread()
+    assert worker.name.startswith("journal")
+    assert not worker.is_alive()  # leaving the block ended the journal's thread
+
+
+async def test_a_failing_builder_appends_nothing_and_its_sequences_are_never_reused(
+    path: Path,
+) -> None:
+    def broken(seqs: range) -> list[Observation]:
+        raise ValueError("the signer failed")
+
+    async with Journal(path, sinks=["bridge"]) as journal:
+        with pytest.raises(ValueError, match="signer failed"):
+            await journal.append_with(2, broken)
+        previous, obs = await journal.append_with(1, lambda seqs: [observation(seqs[0])])
+        assert previous == 0
+        assert obs[0].gateway_sequence == 3
+        assert await stored_seqs(journal) == [3]
+
+
+async def test_the_connection_refuses_every_thread_but_the_journals(path: Path) -> None:
+    async with Journal(path, sinks=["bridge"]) as journal:
+        await append_new(journal, 1)
+        conn = journal._core._conn  # white-box: reach past the thread rule on purpose
+        assert conn is not None
+        with pytest.raises(sqlite3.ProgrammingError, match="thread"):
+            conn.execute("SELECT count(*) FROM entries")  # from the event loop's thread
+        with pytest.raises(sqlite3.ProgrammingError, match="thread"):
+            await asyncio.to_thread(conn.execute, "SELECT count(*) FROM entries")
+        assert (
+            await on_connection(
+                journal, lambda c: c.execute("SELECT count(*) FROM entries").fetchone()[0]
+            )
+            == 1
+        )
+
+
+async def test_latest_each_reads_several_sensors_in_one_call(path: Path) -> None:
+    async with Journal(path, sinks=["bridge"]) as journal:
+        await append_new(journal, 2, device="dev-a", sensor="temp")
+        await append_new(journal, 1, device="dev-b", sensor="hum")
+        found = await journal.latest_each([("dev-b", "hum"), ("dev-c", "temp"), ("dev-a", "temp")])
+        assert [(e.device_id, e.sensor, e.seq) for e in found] == [
+            ("dev-b", "hum", 3),
+            ("dev-a", "temp", 2),
+        ]
+
+
+# Modules that may import sqlite3: the journal, and the small stores' base (agent/sqlitestore.py).
+SQLITE_OWNERS = {"agent/journal.py", "agent/sqlitestore.py"}
+# What reaches the journal's connection or thread: the facade's core, worker and thread call.
+JOURNAL_PRIVATE = {"_core", "_worker", "_call", "_JournalCore"}
+
+
+def thread_rule_breaches(rel: str, source: str) -> list[str]:
+    """Where module `rel` (a path under the repository) could reach the journal's sqlite
+    connection without going through its thread: importing sqlite3 (for a module that is not an
+    owner), importing a private name of agent.journal, or using the facade's private parts."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == "sqlite3" and rel not in SQLITE_OWNERS:
+                    found.append(f"{rel}:{node.lineno} imports sqlite3")
+        elif isinstance(node, ast.ImportFrom):
+            if node.module == "sqlite3" and rel not in SQLITE_OWNERS:
+                found.append(f"{rel}:{node.lineno} imports from sqlite3")
+            if node.module == "agent.journal" and rel != "agent/journal.py":
+                for alias in node.names:
+                    if alias.name.startswith("_"):
+                        found.append(f"{rel}:{node.lineno} imports agent.journal.{alias.name}")
+        elif isinstance(node, ast.Attribute | ast.Name) and rel != "agent/journal.py":
+            name = node.attr if isinstance(node, ast.Attribute) else node.id
+            if name in JOURNAL_PRIVATE:
+                found.append(f"{rel}:{node.lineno} uses {name}")
+    return found
+
+
+def test_no_module_but_the_journal_touches_its_connection_or_its_thread() -> None:
+    breaches: list[str] = []
+    for file in sorted((ROOT / "agent").rglob("*.py")):
+        rel = file.relative_to(ROOT).as_posix()
+        breaches += thread_rule_breaches(rel, file.read_text(encoding="utf-8"))
+    assert breaches == []
+
+
+def test_the_thread_rule_check_finds_a_module_that_breaks_it() -> None:
+    """The check above would see a breach: here are three, in a module that is not the journal."""
+    rogue = textwrap.dedent(
+        """
+        import sqlite3
+        from agent.journal import _JournalCore
+
+        async def peek(journal):
+            return journal._core._conn.execute("SELECT 1")
+        """
+    )
+    assert len(thread_rule_breaches("agent/bridge.py", rogue)) == 3
+    journal_source = (ROOT / "agent" / "journal.py").read_text(encoding="utf-8")
+    assert thread_rule_breaches("agent/journal.py", journal_source) == []

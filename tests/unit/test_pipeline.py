@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,12 @@ DOMAIN = Eip712Domain("Edgence", "1", 31337, "0x" + "00" * 20)
 
 class Harness:
     def __init__(self, tmp: Path, **journal_opts: object) -> None:
-        self.executor = ThreadPoolExecutor(1)
         self.journal = Journal(tmp / "j.sqlite", sinks=["bridge"], **journal_opts)  # type: ignore[arg-type]
-        self.journal.open()
         self.key = GatewayKey.generate()
         self.metrics = Metrics()
         self.pipeline = Pipeline(
             signer=ObservationSigner(self.key, DOMAIN),
             journal=self.journal,
-            executor=self.executor,
             gate=AllowlistGate(["dev-1", "dev-2"]),
             metrics=self.metrics,
         )
@@ -49,9 +45,21 @@ class Harness:
     async def settle(self) -> None:
         assert await self.pipeline.drain(grace=10)
 
-    def journaled(self) -> list[tuple[str, int]]:
+    async def start(self) -> None:
+        await self.journal.open()
+        await self.pipeline.load_state()
+        self.task = asyncio.create_task(self.pipeline.run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        await self.journal.close()
+
+    async def journaled(self) -> list[tuple[str, int]]:
+        """What the journal holds, read through its own thread like every other reader."""
         out = []
-        for e in self.journal.read_after("bridge", 0, 10_000):
+        for e in await self.journal.read_after("bridge", 0, 10_000):
             r = verify_envelope(e.envelope).reading
             out.append((r.device_id, r.counter))
         return out
@@ -60,12 +68,9 @@ class Harness:
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     h = Harness(tmp_path)
-    await h.pipeline.load_state()
-    h.task = asyncio.create_task(h.pipeline.run())
+    await h.start()
     yield h
-    h.task.cancel()
-    h.journal.close()
-    h.executor.shutdown()
+    await h.stop()
 
 
 async def test_frames_are_signed_in_order_and_every_arrival_is_acknowledged(
@@ -74,7 +79,7 @@ async def test_frames_are_signed_in_order_and_every_arrival_is_acknowledged(
     for n in range(1, 6):
         harness.offer("dev-1", n, n_values=2)
     await harness.settle()
-    assert harness.journaled() == [("dev-1", n) for n in range(1, 6) for _ in range(2)]
+    assert await harness.journaled() == [("dev-1", n) for n in range(1, 6) for _ in range(2)]
     assert harness.acked == [1, 2, 3, 4, 5]
     assert harness.metrics.get("observations_signed") == 10
 
@@ -90,7 +95,7 @@ async def test_replays_within_and_across_batches_and_unknown_devices_are_refused
     harness.offer("dev-1", 4)  # a later batch, below the last accepted
     harness.offer("dev-1", 6)
     await harness.settle()
-    assert harness.journaled() == [("dev-1", 5), ("dev-2", 1), ("dev-1", 6)]
+    assert await harness.journaled() == [("dev-1", 5), ("dev-2", 1), ("dev-1", 6)]
     reasons = harness.metrics.by_label("frames_rejected", "reason")
     assert reasons == {"replay": 2, "unknown_device": 1}
     assert sorted(harness.acked) == [1, 1, 4, 5, 5, 6]  # refused frames are acked too
@@ -98,30 +103,27 @@ async def test_replays_within_and_across_batches_and_unknown_devices_are_refused
 
 async def test_counters_survive_a_restart_of_the_pipeline(tmp_path: Path) -> None:
     first = Harness(tmp_path)
-    await first.pipeline.load_state()
-    task = asyncio.create_task(first.pipeline.run())
+    await first.start()
     first.offer("dev-1", 9)
     await first.settle()
-    task.cancel()
-    first.journal.close()
+    await first.stop()
     second = Harness(tmp_path)
-    await second.pipeline.load_state()
-    task = asyncio.create_task(second.pipeline.run())
-    second.offer("dev-1", 9)
-    second.offer("dev-1", 10)
-    await second.settle()
-    task.cancel()
-    assert [c for _, c in second.journaled()] == [9, 10]
-    assert second.metrics.by_label("frames_rejected", "reason") == {"replay": 1}
-    second.journal.close()
+    await second.start()
+    try:
+        second.offer("dev-1", 9)
+        second.offer("dev-1", 10)
+        await second.settle()
+        assert [c for _, c in await second.journaled()] == [9, 10]
+        assert second.metrics.by_label("frames_rejected", "reason") == {"replay": 1}
+    finally:
+        await second.stop()
 
 
 async def test_a_frame_refused_by_a_full_journal_is_accepted_when_it_comes_again(
     tmp_path: Path,
 ) -> None:
     h = Harness(tmp_path, max_bytes=4_000, overflow="reject-new")
-    await h.pipeline.load_state()
-    task = asyncio.create_task(h.pipeline.run())
+    await h.start()
     try:
         n = 0
         while h.metrics.get("frames_rejected") == 0:
@@ -130,12 +132,11 @@ async def test_a_frame_refused_by_a_full_journal_is_accepted_when_it_comes_again
             await h.settle()
         refused = n
         assert h.metrics.by_label("frames_rejected", "reason") == {"journal_full": 1}
-        assert ("dev-1", refused) not in h.journaled()
+        assert ("dev-1", refused) not in await h.journaled()
         # The bridge delivers everything; delivered entries make room; the device retries.
-        h.journal.ack("bridge", h.journal.stats().last_seq)
+        await h.journal.ack("bridge", (await h.journal.stats()).last_seq)
         h.offer("dev-1", refused)
         await h.settle()
-        assert ("dev-1", refused) in h.journaled()
+        assert ("dev-1", refused) in await h.journaled()
     finally:
-        task.cancel()
-        h.journal.close()
+        await h.stop()

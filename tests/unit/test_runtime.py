@@ -88,7 +88,6 @@ def test_wiring_orders_the_pipeline_after_the_sources_and_sources_are_sources(
     for c in parts.components:
         assert isinstance(c, Component), c.name
     assert [c.name for c in parts.components if isinstance(c, Source)] == sources
-    parts.executor.shutdown()
 
 
 def test_no_module_imports_the_runtime_but_the_cli() -> None:

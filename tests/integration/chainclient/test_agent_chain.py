@@ -81,7 +81,7 @@ async def test_nonces_continue_across_an_agent_restart(
     first = await start_agent(cfg, key, name="gw")
     sender = first.agent.tx_sender
     ids = [await sender.send(counter.address, inc, gas=100_000) for _ in range(2)]
-    assert [sender.store.get(i, 31337).tx.nonce for i in ids] == [0, 1]
+    assert [(await sender.store.get(i, 31337)).tx.nonce for i in ids] == [0, 1]
     await first.stop()
 
     # While the agent is down the node forgets both pending transactions.
@@ -92,7 +92,7 @@ async def test_nonces_continue_across_an_agent_restart(
     sender = second.agent.tx_sender
     third = await sender.send(counter.address, inc, gas=100_000)
     # Not 0 again (what the node alone would say): the store remembers 0 and 1.
-    assert sender.store.get(third, 31337).tx.nonce == 2
+    assert (await sender.store.get(third, 31337)).tx.nonce == 2
 
     # The restarted agent sends 0 and 1 again by itself (they were dropped): mine them all.
     def pooled() -> int:

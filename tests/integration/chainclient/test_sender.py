@@ -70,8 +70,8 @@ async def test_send_and_wait_with_confirmations(
         await s.send(counter.address, b"\xde\xad\xbe\xef")
     tx2 = await s.send(counter.address, encode_call(counter.artifact.function("increment")))
     await s.wait(tx2)
-    assert s.store.get(tx2, 31337).tx.nonce == 1
-    s.close()
+    assert (await s.store.get(tx2, 31337)).tx.nonce == 1
+    await s.close()
 
 
 async def test_dropped_transaction_is_replaced_with_higher_fees(
@@ -87,7 +87,7 @@ async def test_dropped_transaction_is_replaced_with_higher_fees(
     rpc = rpc_of(node)
     s = sender(rpc, key, tmp_path / "chain.sqlite")
     tx_id = await s.send(counter.address, encode_call(counter.artifact.function("increment")))
-    first = s.store.get(tx_id, 31337)
+    first = await s.store.get(tx_id, 31337)
     assert await rpc.call("eth_getTransactionByHash", [first.hash]) is not None
     node.rpc("anvil_dropTransaction", [first.hash])
     assert await rpc.call("eth_getTransactionByHash", [first.hash]) is None
@@ -103,7 +103,7 @@ async def test_dropped_transaction_is_replaced_with_higher_fees(
     assert receipt["transactionHash"] == after.hash
     assert s.metrics.get("own_tx_replaced", reason="dropped") == 1
     assert await number(rpc, counter) == 1
-    s.close()
+    await s.close()
 
 
 def deploy_counter_mined(node: LocalAnvil, artifacts: Path) -> Deployed:
@@ -140,7 +140,7 @@ async def test_nonce_too_low_is_recovered(
         await asyncio.sleep(0.02)
     tx_id = await s.send(counter.address, encode_call(counter.artifact.function("increment")))
     receipt = await asyncio.wait_for(s.wait(tx_id), 10)
-    assert s.store.get(tx_id, 31337).tx.nonce == 1
+    assert (await s.store.get(tx_id, 31337)).tx.nonce == 1
     assert receipt["status"] == "0x1" and await number(rpc, counter) == 1
     assert s.metrics.get("own_tx_renonced") == 1
-    s.close()
+    await s.close()

@@ -45,8 +45,12 @@ async def test_a_shallow_reorg_that_drops_the_submissions_changes_nothing(
     for k in keys:
         assert await board.submission_count(r, k.address) == 1
     senders = [rounds_of(a).sender for a in agents]
+
+    async def all_mined() -> bool:
+        return all([not await s.store.unfinished(node.chain_id) for s in senders])
+
     await async_wait_until(
-        lambda: all(not s.store.unfinished(node.chain_id) for s in senders),
+        all_mined,
         60,
         "every agent sees its submission mined",
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from agent.chainclient.forward import ForwardPolicy, TokenBuckets, topic_matches
-from agent.chainclient.methods import DEFAULT_METHODS, forbidden
+from agent.config.forward import DEFAULT_METHODS, forbidden
 
 
 @pytest.mark.parametrize(

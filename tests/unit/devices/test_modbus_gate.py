@@ -3,6 +3,8 @@ the configured Modbus devices: the agent's own gate, as the runtime wires it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,27 @@ def test_the_modbus_source_is_a_source_with_a_health_part_per_device(agent: Agen
     assert set(health.parts) == {"meter-1"}
     assert health.parts["meter-1"].detail["line"] == "tcp:127.0.0.1:502"
     assert "meter-1" not in agent.gate.allowlist  # not in the shared (MQTT/CoAP/serial) list
+
+
+def test_without_modbus_devices_neither_the_source_nor_pymodbus_is_imported(
+    tmp_path: Path,
+) -> None:
+    """In a fresh interpreter (this one may have imported them for other tests). The config
+    reader and the pure codec it checks register maps with are always imported."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from agent.attest.keys import GatewayKey\n"
+        "from agent.config import config_from_dict\n"
+        "from agent.runtime import Agent\n"
+        "d = Path(sys.argv[1])\n"
+        "raw = {'gateway': {'key_file': 'k'}, 'metrics': {'enabled': False}}\n"
+        "agent = Agent(config_from_dict(raw, str(d / 'agent.toml'), d), GatewayKey.generate())\n"
+        "assert agent.modbus is None\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pymodbus'\n"
+        "             or m == 'agent.devices.modbus'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout

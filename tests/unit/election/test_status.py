@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -36,12 +37,16 @@ def result(round: int) -> RoundResult:
 def make_agent_dir(tmp_path: Path, rounds: list[int]) -> Path:
     cfg = tmp_path / "agent.toml"
     cfg.write_text(f'[gateway]\nkey_file = "gateway.key"\n[election]\nboard = "{BOARD}"\n')
-    store = ElectionStore(tmp_path / "data" / "election.sqlite")
-    store.open(BOARD, "paper")
-    for r in rounds:
-        store.save(result(r))
-    store.mark_published(rounds[0])
-    store.close()
+
+    async def fill() -> None:
+        store = ElectionStore(tmp_path / "data" / "election.sqlite")
+        async with store:
+            await store.open(BOARD, "paper")
+            for r in rounds:
+                await store.save(result(r))
+            await store.mark_published(rounds[0])
+
+    asyncio.run(fill())
     return cfg
 
 
@@ -79,19 +84,24 @@ def test_status_without_a_store_says_why(tmp_path: Path) -> None:
 
 def test_status_of_an_undecided_round(tmp_path: Path) -> None:
     make_agent_dir(tmp_path, [1])
-    store = ElectionStore(tmp_path / "data" / "election.sqlite")
-    store.open()
-    try:
-        assert status_lines(store, 9, 5)[1] == "no decided round 9 yet"
-    finally:
-        store.close()
+
+    async def lines() -> list[str]:
+        async with ElectionStore(tmp_path / "data" / "election.sqlite") as store:
+            return await status_lines(store, 9, 5)
+
+    assert asyncio.run(lines())[1] == "no decided round 9 yet"
 
 
 def test_a_store_of_another_board_is_refused(tmp_path: Path) -> None:
     make_agent_dir(tmp_path, [1])
     store = ElectionStore(tmp_path / "data" / "election.sqlite")
-    try:
-        with pytest.raises(ElectionError, match="another board"):
-            store.open("0x" + "00" * 20, "paper")
-    finally:
-        store.close()
+
+    async def open_for_another_board() -> None:
+        try:
+            await store.open("0x" + "00" * 20, "paper")
+        finally:
+            await store.close()
+
+    with pytest.raises(ElectionError, match="another board"):
+        asyncio.run(open_for_another_board())
+    assert not store.is_open

@@ -1,6 +1,7 @@
-"""[sources.modbus]: buses, devices and register maps load into dataclasses, and every refusal
-names the file and the key (overlapping ranges, a type that does not fit its count, an
-address out of range, an unknown bus, a device id another source already lists...)."""
+"""[sources.modbus] (agent/config/sources/modbus.py): buses, devices and register maps load into
+dataclasses with the fields' defaults, and every refusal names the file and the key (overlapping
+ranges, a type that does not fit its count, an address out of range, an unknown bus, a device id
+another source already lists: that last one is agent/config/checks.py's)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
+from agent.config import (
+    ModbusBusConfig,
+    ModbusDeviceConfig,
+    ModbusRegisterConfig,
+    ModbusSourceConfig,
+)
 from agent.devices.codecs.modbus import DataType, Order, Table
-from agent.errors import ConfigError
+from tests.unit.config.helpers import MINIMAL, load, refusal
 
-BASE = '[gateway]\nkey_file = "gateway.key"\n[sources.mqtt]\nallowed_devices = ["dev-1"]\n'
+BASE = MINIMAL + '[sources.mqtt]\nallowed_devices = ["dev-1"]\n'
 
 METER = """
 [sources.modbus]
@@ -62,25 +68,12 @@ unit = "1"
 """
 
 
-def load_text(tmp_path: Path, text: str) -> object:
-    path = tmp_path / "agent.toml"
-    path.write_text(BASE + text, encoding="utf-8")
-    return load_config(path)
-
-
-def refusal(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "agent.toml"
-    path.write_text(BASE + text, encoding="utf-8")
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert info.value.file == str(path)
-    return str(info.value)
+def refused(tmp_path: Path, text: str) -> str:
+    return refusal(tmp_path, BASE + text)[1]
 
 
 def test_a_meter_on_a_bus_and_a_plc_over_tcp_load_with_their_maps(tmp_path: Path) -> None:
-    path = tmp_path / "agent.toml"
-    path.write_text(BASE + METER, encoding="utf-8")
-    cfg = load_config(path).modbus
+    cfg = load(tmp_path, BASE + METER).sources.modbus
     (bus,) = cfg.buses
     assert (bus.name, bus.port, bus.baud, bus.parity, bus.stopbits) == (
         "rs485",
@@ -102,9 +95,34 @@ def test_a_meter_on_a_bus_and_a_plc_over_tcp_load_with_their_maps(tmp_path: Path
 
 
 def test_no_modbus_section_means_no_devices(tmp_path: Path) -> None:
-    path = tmp_path / "agent.toml"
-    path.write_text(BASE, encoding="utf-8")
-    assert load_config(path).modbus.devices == ()
+    assert load(tmp_path, BASE).sources.modbus == ModbusSourceConfig()
+    assert ModbusSourceConfig().devices == ()
+
+
+def test_unset_keys_take_the_dataclass_defaults(tmp_path: Path) -> None:
+    text = (
+        '[[sources.modbus.buses]]\nname = "b"\nport = "/dev/x"\n'
+        '[[sources.modbus.devices]]\nid = "r"\nbus = "b"\n'
+        '[[sources.modbus.devices.registers]]\nsensor = "a"\naddress = 0\ntype = "int16"\n'
+        'unit = "V"\n'
+        '[[sources.modbus.devices]]\nid = "t"\nhost = "h"\n'
+        '[[sources.modbus.devices.registers]]\nsensor = "a"\naddress = 0\ntype = "int16"\n'
+        'unit = "V"\n'
+    )
+    cfg = load(tmp_path, BASE + text).sources.modbus
+    assert cfg.backoff_max_s == ModbusSourceConfig.backoff_max_s
+    (bus,) = cfg.buses
+    assert bus == ModbusBusConfig(name="b", port=Path("/dev/x"))
+    assert (bus.baud, bus.bytesize, bus.parity, bus.stopbits) == (9600, 8, "E", 1)  # 8E1
+    rtu, tcp = cfg.devices
+    (reg,) = rtu.registers
+    assert reg.interval_s == ModbusRegisterConfig.interval_s == 10.0
+    assert reg.point.table is Table.HOLDING and reg.point.word_order is Order.BIG
+    assert rtu == ModbusDeviceConfig(
+        device_id="r", registers=rtu.registers, bus="b", timeout_s=bus.timeout_s
+    )
+    assert tcp == ModbusDeviceConfig(device_id="t", registers=tcp.registers, host="h")
+    assert (tcp.unit, tcp.port, tcp.timeout_s) == (1, 502, 1.0)
 
 
 def device(registers: str, head: str = 'id = "m"\nhost = "127.0.0.1"\n') -> str:
@@ -207,16 +225,36 @@ REG = 'sensor = "{s}"\naddress = {a}\ntype = "{t}"\nunit = "V"\n'
     ],
 )
 def test_refusals_name_the_key(tmp_path: Path, text: str, key: str, words: str) -> None:
-    msg = refusal(tmp_path, "[sources.modbus]\n" + text)
+    msg = refused(tmp_path, "[sources.modbus]\n" + text)
     assert f"[{key}]" in msg and words in msg, msg
 
 
 def test_an_rtu_unit_must_be_1_to_247(tmp_path: Path) -> None:
     bus = '[[sources.modbus.buses]]\nname = "b"\nport = "/dev/x"\n'
-    msg = refusal(
+    msg = refused(
         tmp_path,
         "[sources.modbus]\n"
         + bus
         + device(REG.format(s="a", a=0, t="int16"), 'id = "m"\nbus = "b"\nunit = 0\n'),
     )
     assert "[sources.modbus.devices[0].unit] must be between 1 and 247" in msg
+
+
+@pytest.mark.parametrize(
+    ("other", "where"),
+    [
+        ('[sources.coap]\nallowed_devices = ["m"]\n', "sources.coap.allowed_devices"),
+        (
+            '[[sources.coap.observe]]\ndevice = "m"\nuri = "coap://192.0.2.1/s"\n',
+            "sources.coap.observe",
+        ),
+        ('[[sources.serial.ports]]\npath = "p"\ndevice = "m"\n', "sources.serial.ports"),
+        ('[sources.ble.devices.m]\nmac = "AA:BB:CC:DD:EE:FF"\n', "sources.ble.devices.m"),
+    ],
+)
+def test_a_modbus_device_id_listed_by_another_source_is_refused(
+    tmp_path: Path, other: str, where: str
+) -> None:
+    msg = refused(tmp_path, other + device(REG.format(s="a", a=0, t="int16")))
+    assert "[sources.modbus.devices[0].id]" in msg, msg
+    assert f"'m' is also listed in {where}" in msg and "its own id" in msg, msg

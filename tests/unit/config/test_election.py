@@ -1,4 +1,5 @@
-"""[election] configuration: defaults, values, and refusals naming file and key."""
+"""[election] (agent/config/election.py): defaults, values, and refusals naming file and key.
+That an enabled election needs [chain] and a broker is in test_checks.py."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_config import MINIMAL, load, refusal
+from tests.unit.config.helpers import MINIMAL, load, refusal
 
 BOARD = "0x" + "Ab" * 20
 CHAIN_ON = "[chain]\nenabled = true\n"
@@ -56,19 +57,6 @@ def test_board_must_be_an_address(tmp_path: Path) -> None:
     assert "[election.board]" in msg and "40 hex digits" in msg
 
 
-def test_enabled_election_needs_a_board_and_the_chain(tmp_path: Path) -> None:
+def test_enabled_election_needs_a_board(tmp_path: Path) -> None:
     _, msg = refusal(tmp_path, MINIMAL + CHAIN_ON + "[election]\nenabled = true\n")
     assert "[election.board] is required" in msg
-    _, msg = refusal(tmp_path, MINIMAL + f'[election]\nenabled = true\nboard = "{BOARD}"\n')
-    assert "[election.enabled]" in msg and "[chain] enabled = true" in msg
-
-
-def test_without_the_bridge_results_need_their_own_broker(tmp_path: Path) -> None:
-    _, msg = refusal(
-        tmp_path,
-        MINIMAL
-        + CHAIN_ON
-        + "[bridge]\nenabled = false\n"
-        + f'[election]\nenabled = true\nboard = "{BOARD}"\n',
-    )
-    assert "[election.mqtt]" in msg

@@ -1,4 +1,5 @@
-"""[chain] and [forward] configuration: defaults, and refusals naming file and key."""
+"""[forward] (agent/config/forward.py, with the MQTT 5 / CoAP settings of agent/config/service.py):
+defaults, values, and refusals naming file and key."""
 
 from __future__ import annotations
 
@@ -6,34 +7,29 @@ from pathlib import Path
 
 import pytest
 
-from agent.chainclient.methods import DEFAULT_METHODS
-from tests.unit.test_config import MINIMAL, load, refusal
+from agent.config.forward import DEFAULT_METHODS
+from tests.unit.config.helpers import MINIMAL, load, refusal
 
 
-def test_chain_and_forward_are_off_by_default_with_documented_defaults(tmp_path: Path) -> None:
+def test_forward_is_off_by_default_with_documented_defaults(tmp_path: Path) -> None:
     cfg = load(tmp_path, MINIMAL)
-    assert not cfg.chain.enabled and not cfg.forward.enabled
-    assert cfg.chain.rpc_url == "http://127.0.0.1:8545" and cfg.chain.ws_url is None
-    assert cfg.chain.store == tmp_path / "data" / "chain.sqlite"
+    assert not cfg.forward.enabled
     assert cfg.forward.methods == DEFAULT_METHODS
     assert cfg.forward.mqtt is not None and cfg.forward.mqtt.protocol == 5
-    assert cfg.forward.mqtt.url == cfg.mqtt.broker.url  # the local broker unless told
+    assert cfg.forward.mqtt.url == cfg.sources.mqtt.broker.url  # the local broker unless told
     assert (cfg.forward.coap_host, cfg.forward.coap_port) == ("127.0.0.1", 5683)
+    assert cfg.forward.reply_topics == ("{prefix}/{gateway}/rpc/res/#",)
 
 
-def test_chain_and_forward_values_are_read(tmp_path: Path) -> None:
+def test_forward_values_are_read(tmp_path: Path) -> None:
     cfg = load(
         tmp_path,
         MINIMAL
-        + '[chain]\nenabled = true\nrpc_url = "http://10.0.0.5:8545"\nws_url = "ws://10.0.0.5:8546"\n'
-        'confirmations = 3\ntimeout = "2s"\n'
-        '[forward]\nenabled = true\nmethods = ["eth_chainId"]\nmax_request_bytes = "8 KiB"\n'
+        + '[forward]\nenabled = true\nmethods = ["eth_chainId"]\nmax_request_bytes = "8 KiB"\n'
         "rate = 5\nburst = 10\n"
         '[forward.mqtt]\nurl = "mqtt://127.0.0.1:1999"\n'
         '[forward.coap]\nenabled = true\nbind = "[::]:5684"\n',
     )
-    assert cfg.chain.ws_url == "ws://10.0.0.5:8546" and cfg.chain.confirmations == 3
-    assert cfg.chain.timeout_s == 2.0
     assert cfg.forward.methods == ("eth_chainId",) and cfg.forward.max_request_bytes == 8192
     assert cfg.forward.rate == 5.0 and cfg.forward.burst == 10
     assert cfg.forward.mqtt is not None and cfg.forward.mqtt.port == 1999
@@ -43,10 +39,6 @@ def test_chain_and_forward_values_are_read(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "text, key, words",
     [
-        ('[chain]\nrpc_url = "ws://x:1"\n', "chain.rpc_url", "http://"),
-        ('[chain]\nws_url = "http://x:1"\n', "chain.ws_url", "ws://"),
-        ('[chain]\nrpc_url = "http://u:p@x:1"\n', "chain.rpc_url", "credentials"),
-        ("[chain]\nconfirmations = 0\n", "chain.confirmations", "between"),
         ('[forward]\nmethods = ["eth_chainId", "debug_traceCall"]\n', "forward.methods", "never"),
         ('[forward]\nmethods = ["eth_sendTransaction"]\n', "forward.methods", "never"),
         ('[forward]\nmethods = ["anvil_mine"]\n', "forward.methods", "never"),
@@ -57,7 +49,7 @@ def test_chain_and_forward_values_are_read(tmp_path: Path) -> None:
         ("[forward]\nfoo = 1\n", "forward.foo", "not a known key"),
     ],
 )
-def test_bad_values_are_refused_naming_the_key(
+def test_bad_forward_values_are_refused_naming_the_key(
     tmp_path: Path, text: str, key: str, words: str
 ) -> None:
     _, msg = refusal(tmp_path, MINIMAL + text)

@@ -1,0 +1,85 @@
+"""Checks that span sections, in one place: each section's reader checks only its own keys."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from agent.config.load import AgentConfig
+
+_ANY_HOST = {"0.0.0.0", "::"}
+
+
+def check_config(cfg: AgentConfig) -> None:
+    """Refuse combinations of sections that cannot work; the error names the key to change."""
+    file = str(cfg.path)
+    _coap_ports(cfg, file)
+    _modbus_ids(cfg, file)
+    e = cfg.election
+    if e.enabled and not cfg.chain.enabled:
+        raise ConfigError(
+            file, "election.enabled", "needs the full node: set [chain] enabled = true"
+        )
+    if e.enabled and not cfg.bridge.enabled and e.mqtt is None:
+        raise ConfigError(
+            file,
+            "election.mqtt",
+            "is needed when the bridge is disabled: results are published on an MQTT broker "
+            '(add [election.mqtt] url = "mqtt://HOST:PORT")',
+        )
+    if cfg.oracle.submit_enabled and not cfg.chain.enabled:
+        raise ConfigError(
+            file,
+            "oracle.submit.enabled",
+            "needs [chain] enabled = true (submissions are transactions)",
+        )
+    if cfg.oracle.submit_enabled and int(cfg.gateway.verifying_contract, 16) == 0:
+        raise ConfigError(
+            file,
+            "oracle.submit.enabled",
+            "needs gateway.verifying_contract set to the ObservationOracle's address "
+            "(observations are signed for it); it is the zero address",
+        )
+
+
+def _coap_ports(cfg: AgentConfig, file: str) -> None:
+    """Three CoAP servers may run (device source, dApp forwarding, oracle queries): each needs
+    its own UDP port on overlapping addresses."""
+    src, fwd, orc = cfg.sources.coap, cfg.forward, cfg.oracle
+    servers: list[tuple[str, str, str, int]] = []
+    if src.enabled:
+        servers.append(("sources.coap.port", "[sources.coap]", src.bind, src.port))
+    if fwd.enabled and fwd.coap_enabled:
+        servers.append(("forward.coap.bind", "[forward.coap]", fwd.coap_host, fwd.coap_port))
+    if orc.enabled and orc.coap_enabled:
+        servers.append(("oracle.coap.bind", "[oracle.coap]", orc.coap_host, orc.coap_port))
+    for i, (key, name, host, port) in enumerate(servers):
+        for _, other, other_host, other_port in servers[:i]:
+            if port == other_port and (host == other_host or {host, other_host} & _ANY_HOST):
+                raise ConfigError(
+                    file,
+                    key,
+                    f"{name} and {other} both use UDP port {port} on {host} / {other_host}; "
+                    f"each CoAP server needs its own port: give {name} another one",
+                )
+
+
+def _modbus_ids(cfg: AgentConfig, file: str) -> None:
+    """A Modbus device is known to the Modbus source only (its gate admits its readings from
+    that transport alone): its id may not also be listed by another source."""
+    src = cfg.sources
+    elsewhere = {d: "sources.mqtt.allowed_devices" for d in src.mqtt.allowed_devices}
+    elsewhere |= {d: "sources.coap.allowed_devices" for d in src.coap.allowed_devices}
+    elsewhere |= {o.device: "sources.coap.observe" for o in src.coap.observe}
+    elsewhere |= {d: "sources.serial.ports" for d in src.serial.allowed_devices}
+    elsewhere |= {d.device_id: f"sources.ble.devices.{d.device_id}" for d in src.ble.devices}
+    for i, dev in enumerate(src.modbus.devices):
+        if dev.device_id in elsewhere:
+            raise ConfigError(
+                file,
+                f"sources.modbus.devices[{i}].id",
+                f"{dev.device_id!r} is also listed in {elsewhere[dev.device_id]}; a device is "
+                "known to one transport only: give the Modbus device its own id",
+            )
