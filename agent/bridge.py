@@ -48,7 +48,8 @@ def status_payload(gateway: str, state: str) -> bytes:
 
 
 class Bridge:
-    """The upstream sink. `wake()` after each journal commit; `run()` until cancelled."""
+    """The upstream sink: the pipeline `offer()`s each batch it journaled; `run()` until
+    cancelled (or `stop()`)."""
 
     name = "bridge"
 

@@ -141,8 +141,12 @@ async def _demo(
             file=out,
         )
     print(
-        "  every line below is an observation received upstream and verified with ecrecover;"
-        " Ctrl-C stops\n",
+        "\n  Lines below, Ctrl-C stops:\n"
+        "    ✓ signed by   an observation as it arrived on the upstream broker, its signature\n"
+        "                  checked here with ecrecover; latency = sensor publish -> upstream\n"
+        "    ✗ refused     a frame the gateway did not sign (the demo's intruder, replayed and\n"
+        "                  forged frames), with the reason and how many so far\n"
+        "    dApp          a dApp's JSON-RPC request over MQTT 5 and the gateway's answer\n",
         file=out,
     )
     out.flush()
@@ -172,7 +176,7 @@ async def _demo(
             if r.sensor == _last_sensor(r.device_id)
             else sent_at.get((r.device_id, r.counter))
         )
-        lat = f"{(time.monotonic() - t0) * 1000:5.1f} ms" if t0 else "   -    "
+        lat = f"{(time.monotonic() - t0) * 1000:5.1f} ms" if t0 else "       -"
         signer = f"{v.signer[:6]}…{v.signer[-4:]}"
         print(
             f"  {time.strftime('%H:%M:%S')}  seq {v.gateway_sequence:<5} {r.device_id:<6} "
@@ -217,6 +221,12 @@ async def _demo(
         await asyncio.wait_for(publisher.connected.wait(), 10)
         if node is not None:
             await _dapp_requests(local.port, key.address, out)
+        print(
+            f"\n  {'time':<8}  {'gw seq':<9} {'device':<6} {'sensor':<12} {'value':>10} "
+            f"{'unit':<4} {'signature':<23}  {'latency':>8}",
+            file=out,
+        )
+        out.flush()
         i = 0
         while not stop.is_set():
             if duration is not None and time.monotonic() - started >= duration:

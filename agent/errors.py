@@ -1,24 +1,41 @@
 """The agent's exception tree: every error the agent raises on purpose derives from AgentError.
 
-Messages say what was wrong, where (config key, device id, topic, file) and what to do.
+Messages say what was wrong and where (config key, device id, topic, file); what to do, when
+there is one thing to do, is the `fix` field (a command or a setting), never parsed out of the
+text. `str(error)` shows both; `error.description` is the message alone.
 """
 
 from __future__ import annotations
 
 
 class AgentError(Exception):
-    """Base of every error the agent raises on purpose."""
+    """Base of every error the agent raises on purpose; `fix` says what to do, if known."""
+
+    def __init__(self, *args: object, fix: str | None = None) -> None:
+        super().__init__(*args)
+        self.fix = fix
+
+    @property
+    def description(self) -> str:
+        """What was wrong, without the fix."""
+        return super().__str__()
+
+    def __str__(self) -> str:
+        text = self.description
+        return f"{text}; fix: {self.fix}" if self.fix else text
 
 
 class ConfigError(AgentError):
     """A configuration file is missing, unreadable or holds a value that is not allowed."""
 
-    def __init__(self, file: str, key: str | None, problem: str) -> None:
+    def __init__(self, file: str, key: str | None, problem: str, *, fix: str | None = None) -> None:
         self.file = file
         self.key = key
         self.problem = problem
         # key None: the problem is the file as a whole (missing, unreadable, not TOML)
-        super().__init__(f"{file}: {problem}" if key is None else f"{file}: [{key}] {problem}")
+        super().__init__(
+            f"{file}: {problem}" if key is None else f"{file}: [{key}] {problem}", fix=fix
+        )
 
 
 class KeyFileError(AgentError):
@@ -89,5 +106,5 @@ class TransactionError(ChainError):
 
 
 class BleUnavailable(AgentError):
-    """The Bluetooth stack (BlueZ over D-Bus, or the adapter) cannot be used; the message says
-    what to install or start."""
+    """The Bluetooth stack (BlueZ over D-Bus, or the adapter) cannot be used; `fix` says what to
+    install or start."""

@@ -28,8 +28,8 @@ def find_mosquitto() -> str:
         if path:
             return path
     raise BrokerError(
-        "mosquitto is not installed: install it with `sudo apt-get install mosquitto` "
-        "(scripts/demo and scripts/test do this for you)"
+        "mosquitto is not installed",
+        fix="sudo apt-get install mosquitto (scripts/demo and scripts/test do this for you)",
     )
 
 

@@ -95,23 +95,48 @@ def setup_logging(level: str = "info", stream: Any = None) -> None:
 
 class RateLimitedLog:
     """Logs the first event per key at once, then at most one line per `interval` seconds
-    carrying how many were suppressed in between (so a hostile device cannot flood the log)."""
+    carrying how many were suppressed in between (so a hostile device cannot flood the log).
+    Suppressed events still go out at debug level, each one, for whoever debugs a device.
 
-    def __init__(self, log: logging.Logger, interval: float = 60.0) -> None:
+    `group` bounds how many distinct keys of one group (a device and a reason, whose detail
+    varies per frame) log at `level` per interval: past `group_limit` they go to debug only."""
+
+    def __init__(self, log: logging.Logger, interval: float = 60.0, group_limit: int = 8) -> None:
         self._log = log
         self._interval = interval
+        self._group_limit = group_limit
         self._state: dict[tuple[str, ...], tuple[float, int]] = {}
+        self._groups: dict[tuple[str, ...], tuple[float, int]] = {}
 
     def event(
-        self, key: tuple[str, ...], name: str, level: int = logging.WARNING, **fields: Any
+        self,
+        key: tuple[str, ...],
+        name: str,
+        level: int = logging.WARNING,
+        *,
+        group: tuple[str, ...] | None = None,
+        **fields: Any,
     ) -> bool:
         now = time.monotonic()
         last, suppressed = self._state.get(key, (-1e18, 0))
-        if now - last < self._interval:
+        if now - last < self._interval or not self._group_allows(group, now):
             self._state[key] = (last, suppressed + 1)
+            event(self._log, name, logging.DEBUG, **fields)
             return False
         if len(self._state) > 10_000:  # bound memory under a flood of distinct device ids
             self._state.clear()
+            self._groups.clear()
         self._state[key] = (now, 0)
         event(self._log, name, level, **fields, suppressed=suppressed or None)
+        return True
+
+    def _group_allows(self, group: tuple[str, ...] | None, now: float) -> bool:
+        if group is None:
+            return True
+        start, count = self._groups.get(group, (now, 0))
+        if now - start >= self._interval:
+            start, count = now, 0
+        if count >= self._group_limit:
+            return False
+        self._groups[group] = (start, count + 1)
         return True

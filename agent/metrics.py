@@ -15,7 +15,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self._counters: defaultdict[tuple[str, tuple[tuple[str, str], ...]], int] = defaultdict(int)
-        self._gauges: dict[str, Callable[[], float]] = {}
+        self._gauges: dict[str, Callable[[], float | None]] = {}
         self._facts: dict[str, Callable[[], str | None]] = {}
 
     def inc(self, name: str, amount: int = 1, **labels: str) -> None:
@@ -35,7 +35,9 @@ class Metrics:
                 out[key] = out.get(key, 0) + v
         return out
 
-    def gauge(self, name: str, fn: Callable[[], float]) -> None:
+    def gauge(self, name: str, fn: Callable[[], float | None]) -> None:
+        """A level read at scrape time; `fn` returns None while it is unknown (then the gauge is
+        left out of exports, and the health document shows null)."""
         self._gauges[name] = fn
 
     def fact(self, name: str, fn: Callable[[], str | None]) -> None:
@@ -47,7 +49,8 @@ class Metrics:
         return [(n, dict(labels), v) for (n, labels), v in list(self._counters.items())]
 
     def gauges(self) -> dict[str, float]:
-        return {name: float(fn()) for name, fn in list(self._gauges.items())}
+        levels = {name: fn() for name, fn in list(self._gauges.items())}
+        return {name: float(v) for name, v in levels.items() if v is not None}
 
     def facts(self) -> dict[str, str | None]:
         return {name: fn() for name, fn in list(self._facts.items())}
@@ -57,6 +60,5 @@ class Metrics:
         for (name, labels), v in self._counters.items():
             suffix = ",".join(f"{k}={val}" for k, val in labels)
             out[f"{name}{{{suffix}}}" if suffix else name] = v
-        for name, fn in self._gauges.items():
-            out[name] = fn()
+        out.update(self.gauges())
         return out

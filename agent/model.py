@@ -59,6 +59,16 @@ def decimal_string(value: int, exponent: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class ClockSkew:
+    """How far a frame's `ts` may be from the gateway's clock: `past_s` behind, `future_s`
+    ahead (config `pipeline.max_ts_age`, `pipeline.max_ts_ahead`; a frame outside is
+    refused as `bad_time`)."""
+
+    past_s: float = 86_400.0
+    future_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
 class Reading:
     """One sensor value as a device reported it. The value is exact: value * 10**exponent."""
 

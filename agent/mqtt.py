@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import socket
 import ssl
@@ -24,15 +25,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers, writeBytes, writeUTF
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.backoff import Backoff
 from agent.component import Health
 from agent.config import BrokerEndpoint
-from agent.errors import AgentError
 from agent.logs import event
 from agent.secrets import check_secret_mode
-
-
-class MqttError(AgentError):
-    """An MQTT operation failed (bad credentials file, refused connection...)."""
 
 
 def read_secret_file(path: Any) -> str:
@@ -141,7 +138,7 @@ class MqttConnection:
         max_inflight: int = 20,
         session_expiry: int = 7 * 86400,
         logger: logging.Logger | None = None,
-        backoff: tuple[float, float] = (0.25, 30.0),
+        backoff: tuple[float, float] = (0.25, 30.0),  # (initial, maximum) reconnect delay, s
         nodelay: bool = False,
     ) -> None:
         self.endpoint = endpoint
@@ -150,7 +147,9 @@ class MqttConnection:
         self.log = logger or logging.getLogger(f"agent.mqtt.{name}")
         self._clean_start = clean_start
         self._session_expiry = session_expiry
-        self._backoff = backoff
+        # Full jitter (a delay d sleeps uniformly in [0, d]): fleets don't reconnect in step.
+        # A session that came up resets it explicitly, never by the clock.
+        self._backoff = Backoff(backoff[0], backoff[1], jitter=1.0, reset_after=math.inf)
         v5 = endpoint.protocol == 5
         protocol = MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311
         client_id = (
@@ -326,7 +325,7 @@ class MqttConnection:
         """Connect, keep connected, reconnect with backoff and jitter; returns after stop()."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        delay = self._backoff[0]
+        self._backoff.succeeded()  # a new run starts from the shortest delay
         misc = asyncio.create_task(self._misc())
         try:
             while not self._stopping:
@@ -337,7 +336,7 @@ class MqttConnection:
                 except (OSError, ssl.SSLError, ValueError) as exc:
                     if self._stopping:
                         break
-                    wait = random.uniform(0, delay)  # full jitter: fleets don't reconnect in step
+                    wait = self._backoff.next_delay()
                     self._report(
                         "mqtt_connect_failed",
                         logging.WARNING,
@@ -345,17 +344,14 @@ class MqttConnection:
                         retry_in=f"{wait:.2f}s",
                     )
                     await asyncio.sleep(wait)
-                    delay = min(delay * 2, self._backoff[1])
                     continue
                 await self._lost.wait()
                 self.connected.clear()
                 if self._established:
-                    delay = self._backoff[0]  # a session that came up resets the backoff
+                    self._backoff.succeeded()  # a session that came up resets the backoff
                     self._established = False
-                else:
-                    delay = min(delay * 2, self._backoff[1])
                 if not self._stopping:
-                    await asyncio.sleep(random.uniform(0, delay))
+                    await self._backoff.wait()
         finally:
             misc.cancel()
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from agent.attest.observation import ObservationSigner
+from agent.backoff import Backoff
 from agent.component import Health
 from agent.config.pipeline import PipelineConfig
-from agent.devices.codecs.frame import DeviceFrame
 from agent.errors import JournalError, JournalFull, RejectedReading
+from agent.frame import DeviceFrame, counter_violation
 from agent.journal import Journal
 from agent.logs import RateLimitedLog
 from agent.metrics import Metrics
@@ -38,7 +40,6 @@ class Arrival:
     device_id: str
     transport: Transport
     source: str
-    received_at: float = field(default_factory=time.time)
     ack: Callable[[], None] | None = None
     rejected: str | None = None
     # Set by a source that authenticated the frame itself (a BTHome advert's AES-CCM MIC).
@@ -153,11 +154,13 @@ class Pipeline:
         return self._space.is_set()
 
     def reject(self, source: str, device: str, reason: str, detail: str) -> None:
-        """Count and (rate-limited) log a frame a source could not even parse."""
+        """Count and log a refused frame: each distinct (device, reason, detail) once a minute,
+        every one at debug level."""
         self.metrics.inc("frames_rejected", reason=reason, source=source)
         self._rl.event(
-            (device, reason),
+            (device, reason, detail),
             "frame_rejected",
+            group=(device, reason),
             source=source,
             device=device,
             reason=reason,
@@ -212,12 +215,10 @@ class Pipeline:
         for arr in batch:
             try:
                 auth = self.gate.check(arr)
-                last = updates.get(arr.device_id, self._last_counter.get(arr.device_id, -1))
-                if arr.frame.counter <= last:
-                    raise RejectedReading(
-                        "replay",
-                        f"counter {arr.frame.counter} is not above the last accepted {last}",
-                    )
+                last = updates.get(arr.device_id, self._last_counter.get(arr.device_id))
+                replay = counter_violation(arr.frame.counter, last)
+                if replay is not None:
+                    raise RejectedReading(replay.reason, replay.detail)
                 readings.extend(arr.frame.readings(arr.device_id, arr.transport, auth, now))
                 updates[arr.device_id] = arr.frame.counter
             except (RejectedReading, ValueError) as exc:
@@ -249,7 +250,7 @@ class Pipeline:
             # saves a second thread hop per batch.
             return [sign(r, s) for r, s in zip(readings, seqs, strict=True)]
 
-        delay = 0.1
+        retry = Backoff(0.1, 5.0, jitter=0.0, reset_after=math.inf)  # the one local journal
         while True:
             try:
                 previous, obs = await self.journal.append_with(len(readings), make)
@@ -266,6 +267,7 @@ class Pipeline:
                 )
                 return 0, []
             except JournalError as exc:
+                delay = retry.next_delay()
                 self.metrics.inc("journal_errors")
                 self._rl.event(
                     ("journal", "error"),
@@ -276,7 +278,6 @@ class Pipeline:
                     detail=str(exc),
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
                 continue
             self.metrics.inc("observations_signed", len(obs))
             return previous, obs

@@ -20,6 +20,6 @@ def check_secret_mode(path: Path | str) -> None:
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o077:
         raise KeyFileError(
-            f"{path}: secret file has mode {mode:04o}, readable by others; "
-            f"fix it with: chmod 600 {path}"
+            f"{path}: secret file has mode {mode:04o}, readable by others",
+            fix=f"chmod 600 {path}",
         )

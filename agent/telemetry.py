@@ -285,6 +285,10 @@ class Telemetry:
 
     name = "telemetry"
     MAX_REQUEST = 8192
+    # How long the first health message waits for the agent to become ready once the upstream
+    # link is up: the sources usually subscribe within moments, and a first retained document
+    # saying "ready": false for that moment misleads whoever reads it.
+    READY_GRACE_S = 5.0
 
     def __init__(self, agent: Parts) -> None:
         self.agent = agent
@@ -348,13 +352,24 @@ class Telemetry:
         if bridge is None:  # no upstream: the endpoint alone
             await asyncio.Event().wait()
             return
+        ready = self.agent.ready
+        interval = self.cfg.health_interval_s
         while True:
-            # The first message goes out as soon as the link is up, then every interval.
+            # The first message goes out as soon as the link is up and the agent is ready (or
+            # after READY_GRACE_S without), then every interval, and at once when it becomes
+            # ready.
             await bridge.conn.connected.wait()
+            if not ready.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ready.wait(), min(interval, self.READY_GRACE_S))
             payload = json.dumps(await self.health_document(), separators=(",", ":")).encode()
             if bridge.publish_retained("health", payload):
                 self.health_published += 1
-            await asyncio.sleep(self.cfg.health_interval_s)
+            if ready.is_set():
+                await asyncio.sleep(interval)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ready.wait(), interval)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

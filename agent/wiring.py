@@ -162,6 +162,7 @@ def build(
         rate=enr.rate if enr is not None else 10.0,
         burst=enr.burst if enr is not None else 20.0,
         metrics=metrics,
+        skew=cfg.pipeline.clock_skew,
     )
     device_gate: DeviceGate = gate
     if cfg.sources.ble.enabled:

@@ -65,7 +65,7 @@ def bare_server(port: int, ready: Connection) -> None:
         finally:
             await ctx.shutdown()
 
-    from agent.cli import run_event_loop
+    from agent.cli.run import run_event_loop
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     run_event_loop(main())
@@ -86,7 +86,7 @@ def client(
         ]
         frames = [
             [
-                encode_frame(n, [("t", n, -2, "Cel")], timestamp=1_764_000_000)
+                encode_frame(n, [("t", n, -2, "Cel")], timestamp=int(time.time()))
                 for n in range(1, per_loop + 1)
             ]
             for _ in range(concurrency)

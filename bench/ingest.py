@@ -55,15 +55,19 @@ def device_key(dev: int) -> bytes:
     return hashlib.sha256(b"edgence-bench-device-%d" % dev).digest()
 
 
+# Frames carry the gateway's clock of this run: a `ts` outside pipeline.max_ts_age is refused.
+BENCH_TS = int(time.time())
+
+
 def bench_frame(i: int, signed: bool) -> bytes:
     """Frame i of the run: device i % DEVICES, value i (latency is matched by it)."""
     dev, counter = i % DEVICES, i // DEVICES + 1
     values = [("t", i, -2, "Cel")]
     if signed:
         return encode_signed_frame(
-            device_key(dev), f"dev-{dev}", counter, values, timestamp=1_764_000_000
+            device_key(dev), f"dev-{dev}", counter, values, timestamp=BENCH_TS
         )
-    return encode_frame(counter, values, timestamp=1_764_000_000)
+    return encode_frame(counter, values, timestamp=BENCH_TS)
 
 
 INFLIGHT = int(os.environ.get("BENCH_BROKER_INFLIGHT", "1000"))

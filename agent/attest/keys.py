@@ -218,8 +218,8 @@ def load_key_file(path: str | os.PathLike[str], passphrase: str | None = None) -
         raise KeyFileError(f"key file {path} does not exist") from None
     except PermissionError:
         raise KeyFileError(
-            f"cannot read key file {path}: permission denied "
-            "(run the agent as the user that owns it)"
+            f"cannot read key file {path}: permission denied",
+            fix="run the agent as the user that owns it",
         ) from None
     except OSError as exc:
         raise KeyFileError(f"cannot open key file {path}: {exc.strerror}") from None
@@ -230,8 +230,8 @@ def load_key_file(path: str | os.PathLike[str], passphrase: str | None = None) -
         mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
             raise KeyFileError(
-                f"key file {path} has mode {mode:04o}, so other users may read it; "
-                f"run `chmod 600 {path}` and check who else could have copied the key"
+                f"key file {path} has mode {mode:04o}, so other users may read it",
+                fix=f"chmod 600 {path}, and check who else could have copied the key",
             )
         try:
             raw = os.read(fd, _MAX_KEY_FILE_BYTES + 1)

@@ -43,8 +43,8 @@ def find_anvil(root: Path = ROOT) -> str:
     if found:
         return found
     raise ChainError(
-        f"anvil is not installed: run `npm ci` in {root} (scripts/test and scripts/demo do); "
-        "it comes from the npm package @foundry-rs/anvil"
+        "anvil is not installed (it comes from the npm package @foundry-rs/anvil)",
+        fix=f"`npm ci` in {root} (scripts/test and scripts/demo do)",
     )
 
 

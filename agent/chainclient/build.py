@@ -45,7 +45,7 @@ def node_bin(name: str, root: Path = ROOT) -> Path:
     path = root / "node_modules" / ".bin" / name
     if not path.exists():
         raise BuildError(
-            f"{path} is missing: run `npm ci` in {root} (scripts/test and scripts/demo do)"
+            f"{path} is missing", fix=f"`npm ci` in {root} (scripts/test and scripts/demo do)"
         )
     return path
 

@@ -21,11 +21,8 @@ import asyncio
 import json
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
-
-import paho.mqtt.client as paho
 
 from agent.chainclient.rpc import ResponseTooLarge, RpcClient
 from agent.coapserver import CoapServer
@@ -35,6 +32,7 @@ from agent.errors import ChainError, NodeUnreachable, RpcTimeout
 from agent.logs import RateLimitedLog
 from agent.metrics import Metrics
 from agent.mqtt import MqttResponder, publish_json_reply, reply_topic_allowed
+from agent.ratelimit import KeyedBuckets
 
 # JSON-RPC 2.0 and EIP-1474 error codes
 PARSE_ERROR = -32700
@@ -83,29 +81,6 @@ class Refusal(Exception):
                 "data": {"reason": self.reason, **self.data},
             },
         }
-
-
-class TokenBuckets:
-    """One token bucket per client key; the least recently seen are forgotten past max_clients."""
-
-    def __init__(self, rate: float, burst: int, max_clients: int) -> None:
-        self.rate, self.burst, self.max_clients = rate, burst, max_clients
-        self._b: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def take(self, client: str, n: int = 1, now: float | None = None) -> float:
-        """0.0 when `n` tokens were taken; otherwise the seconds until they would be there."""
-        now = time.monotonic() if now is None else now
-        tokens, last = self._b.pop(client, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-        wait = 0.0
-        if tokens >= n:
-            tokens -= n
-        else:
-            wait = (n - tokens) / self.rate
-        self._b[client] = (tokens, now)
-        if len(self._b) > self.max_clients:
-            self._b.popitem(last=False)
-        return wait
 
 
 @dataclass
@@ -242,7 +217,7 @@ class Forwarder:
         self.metrics = metrics
         self.log = logger or logging.getLogger("agent.chainclient.forward")
         self._rl_log = RateLimitedLog(self.log, interval=30.0)
-        self.buckets = TokenBuckets(policy.rate, policy.burst, policy.max_clients)
+        self.buckets = KeyedBuckets(policy.rate, policy.burst, max_keys=policy.max_clients)
         self._head = _Head()
         self._down_until = 0.0
         self._down_hold = down_hold_s
@@ -498,10 +473,6 @@ def _wants(item: Any) -> bool:
 
 
 # -- MQTT --------------------------------------------------------------------------------------
-
-
-def topic_matches(filt: str, topic: str) -> bool:
-    return bool(paho.topic_matches_sub(filt, topic))
 
 
 class MqttForwarder(MqttResponder):

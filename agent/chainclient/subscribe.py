@@ -18,13 +18,14 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import aiohttp
 
+from agent.backoff import Backoff
 from agent.chainclient.rpc import RpcClient, hex_int
 from agent.component import Detail, Health
 from agent.errors import ChainError, NodeUnreachable, RpcTimeout
@@ -111,7 +112,8 @@ class ChainWatcher:
         self.ws_url = ws_url
         self.poll_interval = poll_interval_s
         self.keep = keep_blocks
-        self.backoff = backoff
+        # (initial, maximum) s between reconnections, each delay d jittered into [d/2, d].
+        self.backoff = Backoff(backoff[0], backoff[1], jitter=0.5, reset_after=math.inf)
         self.metrics = metrics or Metrics()
         self.log = logger or logging.getLogger("agent.chainclient.subscribe")
         self.hashes: OrderedDict[int, str] = OrderedDict()
@@ -124,6 +126,7 @@ class ChainWatcher:
         self._log_subs: list[_LogSub] = []
         self._seen_logs: OrderedDict[tuple[str, str, bool], None] = OrderedDict()
         self._session: aiohttp.ClientSession | None = None
+        self.metrics.gauge("chain_height", lambda: None if self.head is None else self.head.number)
 
     # -- consumers -----------------------------------------------------------------------------
     def heads(self, maxsize: int = 4096) -> Feed[Head]:
@@ -258,7 +261,7 @@ class ChainWatcher:
 
     # -- transports ----------------------------------------------------------------------------
     async def run(self) -> None:
-        delay = self.backoff[0]
+        self.backoff.succeeded()  # a new run starts from the shortest delay
         self._session = aiohttp.ClientSession()
         self.ready.set()
         try:
@@ -268,7 +271,7 @@ class ChainWatcher:
                         await self._run_ws(self.ws_url)
                     else:
                         await self._run_poll()
-                    delay = self.backoff[0]
+                    self.backoff.succeeded()
                 except aiohttp.WSServerHandshakeError as exc:
                     self.mode = "poll"
                     event(
@@ -292,8 +295,7 @@ class ChainWatcher:
                         event(self.log, "chain_link_lost", logging.WARNING, error=str(exc)[:160])
                     self.connected.clear()
                     self.metrics.inc("chain_link_lost")
-                await asyncio.sleep(random.uniform(delay / 2, delay))
-                delay = min(delay * 2, self.backoff[1])
+                await self.backoff.wait()
         finally:
             self.connected.clear()
             await self._session.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 
-from agent.devices.codecs.frame import DeviceFrame
+from agent.frame import DeviceFrame
 
 KEY_BYTES = 32
 CANONICAL_PREFIX = b"EDGENCE-FRAME-1\n"

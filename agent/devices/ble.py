@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +22,7 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakDBusError, BleakError
 
+from agent.backoff import Backoff
 from agent.component import Detail, Health, State
 from agent.config import BleDeviceConfig, BleSourceConfig
 from agent.devices.codecs.bthome import (
@@ -31,10 +32,11 @@ from agent.devices.codecs.bthome import (
     mac_bytes,
     parse_bthome,
 )
-from agent.devices.codecs.frame import DeviceFrame, SensorValue, parse_frame
+from agent.devices.codecs.frame import parse_frame
 from agent.devices.gate import EnrollmentGate
 from agent.devices.registry import DeviceStatus
 from agent.errors import BleUnavailable, FrameError, KeyFileError, RejectedReading
+from agent.frame import DeviceFrame, SensorValue
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
 from agent.model import AuthMethod, Transport
@@ -42,7 +44,6 @@ from agent.pipeline import Arrival, Pipeline
 from agent.secrets import check_secret_mode
 
 INSTALL_HINT = (
-    "BLE needs BlueZ reachable over the system D-Bus: "
     "sudo apt-get install bluez dbus && sudo systemctl enable --now bluetooth "
     "(in a container, mount /run/dbus/system_bus_socket); or set [sources.ble] enabled = false"
 )
@@ -313,7 +314,7 @@ class BleSource:
 
     # -- scanning ------------------------------------------------------------------------
     async def _scan_forever(self) -> None:
-        delay = 1.0
+        backoff = Backoff(1.0, 60.0, jitter=0.0, reset_after=math.inf)
         while not self._stopping:
             try:
                 await self._start_scanner()
@@ -324,12 +325,12 @@ class BleSource:
                 else:
                     self.metrics.inc("ble_scanner_failures")
                     key, name = ("ble", "scanner"), "ble_scanner_failed"
+                delay = backoff.next_delay()
                 self._rl.event(key, name, logging.ERROR, error=str(exc)[:400], retry_s=delay)
                 self.ready.set()
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
                 continue
-            delay = 1.0
+            backoff.succeeded()
             self.ready.set()
             self._restart.clear()
             self._arm_watchdog()
@@ -369,7 +370,11 @@ class BleSource:
                 await scanner.start()
             except Exception as exc:
                 if _unavailable(exc):
-                    raise BleUnavailable(f"{type(exc).__name__}: {exc}; {INSTALL_HINT}") from exc
+                    raise BleUnavailable(
+                        f"BLE needs BlueZ reachable over the system D-Bus: "
+                        f"{type(exc).__name__}: {exc}",
+                        fix=INSTALL_HINT,
+                    ) from exc
                 if mode == "passive" and len(modes) > 1:
                     event(self.log, "ble_passive_unsupported", error=str(exc)[:200])
                     continue
@@ -511,7 +516,7 @@ class BleSource:
 
     # -- GATT ----------------------------------------------------------------------------
     async def _gatt_forever(self, dev: BleDevice) -> None:
-        delay = 1.0
+        backoff = Backoff(1.0, self.cfg.reconnect_max_s, jitter=0.5, reset_after=math.inf)
         while not self._stopping:
             had_connection = False
             async with self._slots:  # adapters have few connection slots
@@ -526,8 +531,9 @@ class BleSource:
                         mac=dev.mac,
                         error=f"{type(exc).__name__}: {exc}"[:200],
                     )
-            delay = 1.0 if had_connection else min(delay * 2, self.cfg.reconnect_max_s)
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            if had_connection:
+                backoff.succeeded()
+            await backoff.wait()
 
     async def _connect(self, dev: BleDevice, disconnected: asyncio.Event) -> BleakClient:
         """A fresh client per attempt (a failed BlueZ connection leaves state behind), at most
@@ -536,6 +542,7 @@ class BleSource:
         if self.cfg.adapter:
             kwargs["adapter"] = self.cfg.adapter
         last: BaseException | None = None
+        backoff = Backoff(0.5, 2.0, jitter=0.0, reset_after=math.inf)
         for attempt in range(1, self.cfg.connect_attempts + 1):
             client = BleakClient(
                 dev.mac,
@@ -553,7 +560,7 @@ class BleSource:
                 with contextlib.suppress(Exception):
                     await client.disconnect()
                 if attempt < self.cfg.connect_attempts:
-                    await asyncio.sleep(min(0.25 * 2**attempt, 2.0))
+                    await backoff.wait()
         assert last is not None
         raise last
 

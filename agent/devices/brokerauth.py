@@ -33,9 +33,7 @@ def find_mosquitto_passwd() -> str:
         path = shutil.which(c) or (c if Path(c).is_file() else None)
         if path:
             return path
-    raise BrokerAuthError(
-        "mosquitto_passwd is not installed: install it with `sudo apt-get install mosquitto`"
-    )
+    raise BrokerAuthError("mosquitto_passwd is not installed", fix="sudo apt-get install mosquitto")
 
 
 def acl_text(cfg: BrokerAuthConfig, devices: Iterable[DeviceRecord]) -> str:

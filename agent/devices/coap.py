@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,14 @@ from aiocoap.blockwise import Block1Spool
 from aiocoap.numbers.codes import Code
 from aiocoap.util.linkformat import Link, LinkFormat
 
+from agent.backoff import Backoff
 from agent.coapsite import DirectSite, ServerContext
 from agent.component import Health, State
 from agent.config import CoapObserveConfig, CoapSourceConfig
 from agent.devices.codecs.cbor_frame import parse_cbor_frame
-from agent.devices.codecs.frame import DeviceFrame, parse_frame
+from agent.devices.codecs.frame import parse_frame
 from agent.errors import AgentError, ConfigError, FrameError
+from agent.frame import DeviceFrame
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
 from agent.model import NAME_RE, Transport
@@ -306,7 +308,7 @@ class CoapSource:
 
     async def _observe(self, ctx: aiocoap.Context, oc: CoapObserveConfig) -> None:
         """One device's observation, re-registered with backoff; independent of all others."""
-        delay = 0.5
+        backoff = Backoff(0.5, self.cfg.backoff_max_s, jitter=0.25, reset_after=math.inf)
         while True:
             self._registered[oc.device] = False
             try:
@@ -315,7 +317,8 @@ class CoapSource:
             except (ObserveLost, aiocoap.error.Error, OSError, TimeoutError) as exc:
                 why = str(exc) or type(exc).__name__
             if self._registered[oc.device]:
-                delay = 0.5  # it worked until now: the first retry comes soon
+                backoff.succeeded()  # it worked until now: the first retry comes soon
+            delay = backoff.next_delay()
             self.metrics.inc("coap_observe_lost", device=oc.device)
             self._rl.event(
                 ("observe", oc.device),
@@ -325,8 +328,7 @@ class CoapSource:
                 reason=why[:120],
                 retry_in=f"{delay:.1f}s",
             )
-            await asyncio.sleep(delay * random.uniform(0.75, 1.0))
-            delay = min(delay * 2, self.cfg.backoff_max_s)
+            await asyncio.sleep(delay)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def run(self) -> None:

@@ -1,8 +1,9 @@
 """The enrollment gate: every frame must come from an enrolled device and verify with its key.
 
-Checks, cheapest first: known device, not revoked, right transport, HMAC (or the BLE source's
-own BTHome verification), join window for pending devices, per-device rate. The counter check
-follows in the pipeline, against the counters kept in the journal. The registry is re-read
+Checks (agent/devices/check.py, shared with `devices check`): known device, not revoked, right
+transport, HMAC (or the BLE source's own BTHome verification), declared sensors, join window for
+pending devices, the device clock; then the per-device rate. The counter check follows in the
+pipeline, against the counters kept in the journal. The registry is re-read
 whenever its files change (`edgence-agent pair` runs as another process).
 """
 
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from agent.component import Detail, Health
-from agent.devices.auth import mac_matches
+from agent.devices.check import DEFAULT_SKEW, frame_violations
 from agent.devices.registry import (
     DeviceRecord,
     DeviceRegistry,
@@ -27,28 +28,9 @@ from agent.devices.registry import (
 from agent.errors import AgentError, RejectedReading
 from agent.logs import event
 from agent.metrics import Metrics
-from agent.model import AuthMethod
+from agent.model import AuthMethod, ClockSkew
 from agent.pipeline import Arrival
-
-
-class TokenBucket:
-    """`rate` frames per second on average, bursts up to `burst`."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+from agent.ratelimit import KeyedBuckets
 
 
 class EnrollmentGate:
@@ -72,6 +54,7 @@ class EnrollmentGate:
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        skew: ClockSkew = DEFAULT_SKEW,
     ) -> None:
         self.registry = registry
         self.allowlist = frozenset(allowlist)
@@ -81,10 +64,14 @@ class EnrollmentGate:
         self.log = logger or logging.getLogger("agent.devices.gate")
         self.clock = clock
         self.wall = wall
+        self.skew = skew
         self._records: dict[str, DeviceRecord] = {}
         self._keys: dict[str, bytes] = {}
-        self._buckets: dict[str, TokenBucket] = {}
+        # Unbounded: only enrolled and allowlisted devices get this far, and apply() forgets
+        # the buckets of devices that left the registry.
+        self._buckets = KeyedBuckets(rate, burst, clock=clock)
         self._marker: tuple[int, ...] | None = None
+        self._logged: frozenset[tuple[str, str, str]] = frozenset()
         self._activated: set[str] = set()
         self._seen: dict[str, int] = {}
         self._wake = asyncio.Event()
@@ -106,49 +93,32 @@ class EnrollmentGate:
     def check(self, arrival: Arrival) -> AuthMethod:
         device = arrival.device_id
         rec = self._records.get(device)
+        now = self.wall()
+        # The same rules `edgence-agent devices check` prints; the first one broken refuses.
+        problems = frame_violations(
+            device,
+            arrival.frame,
+            arrival.transport,
+            record=rec,
+            key=self._keys.get(device),
+            allowlisted=device in self.allowlist,
+            verified=arrival.verified,
+            now=now,
+            skew=self.skew,
+        )
+        if problems:
+            raise RejectedReading(problems[0].reason, problems[0].detail)
         if rec is None:
-            if device in self.allowlist:
-                self._rate_limit(device)
-                return AuthMethod.ALLOWLIST
-            raise RejectedReading("unknown_device", f"device {device!r} is not enrolled")
-        if rec.status is DeviceStatus.REVOKED:
-            raise RejectedReading("revoked", f"device {device!r} was revoked")
-        if rec.transport != arrival.transport:
-            raise RejectedReading(
-                "wrong_transport",
-                f"device {device!r} is enrolled for {rec.transport}, frame came over "
-                f"{arrival.transport}",
-            )
-        if rec.key_kind is KeyKind.BTHOME:
-            # The BLE source decrypts with the bindkey; a plaintext advert is a downgrade.
-            if arrival.verified is not AuthMethod.BTHOME:
-                raise RejectedReading("bad_mac", f"device {device!r} sent no encrypted advert")
-            method = AuthMethod.BTHOME
-        else:
-            key = self._keys.get(device)
-            if arrival.frame.mac is None:
-                raise RejectedReading("missing_mac", f"device {device!r} sent no mac")
-            if key is None or not mac_matches(key, device, arrival.frame):
-                raise RejectedReading("bad_mac", f"mac of counter {arrival.frame.counter}")
-            method = AuthMethod.HMAC
+            self._rate_limit(device)
+            return AuthMethod.ALLOWLIST
         if rec.status is DeviceStatus.PENDING:
-            if not rec.join_open(self.wall()):
-                raise RejectedReading(
-                    "not_active",
-                    f"device {device!r} is pending and its join window has closed; "
-                    f"open it again with `edgence-agent pair --reopen {device}`",
-                )
             self._activate(rec)
         self._rate_limit(device)
-        self._seen[device] = int(self.wall())
-        return method
+        self._seen[device] = int(now)
+        return AuthMethod.BTHOME if rec.key_kind is KeyKind.BTHOME else AuthMethod.HMAC
 
     def _rate_limit(self, device: str) -> None:
-        now = self.clock()
-        bucket = self._buckets.get(device)
-        if bucket is None:
-            bucket = self._buckets[device] = TokenBucket(self.rate, self.burst, now)
-        if not bucket.take(now):
+        if self._buckets.take(device):
             raise RejectedReading(
                 "rate_limited", f"device {device!r} is above {self.rate:g} frames/s"
             )
@@ -172,9 +142,7 @@ class EnrollmentGate:
                 self._records[d] = DeviceRecord(
                     **{**rec.__dict__, "status": DeviceStatus.ACTIVE, "join_until": None}
                 )
-        for d in list(self._buckets):
-            if d not in self._records and d not in self.allowlist:
-                del self._buckets[d]
+        self._buckets.retain(lambda d: d in self._records or d in self.allowlist)
 
     def load(self) -> None:
         """Read the registry now (blocking: at start, or in a worker thread)."""
@@ -184,6 +152,7 @@ class EnrollmentGate:
         snap = self.registry.snapshot()
         self.apply(snap)
         self._marker = marker
+        self._logged = _enrollment(self._records)
 
     async def flush_activations(self) -> None:
         """Write pending -> active for devices whose first frame verified (also at shutdown)."""
@@ -193,6 +162,7 @@ class EnrollmentGate:
         loop = asyncio.get_running_loop()
         done = await loop.run_in_executor(None, self.registry.activate, ids)
         self._activated.difference_update(ids)
+        self._logged = _enrollment(self._records)  # device_activated says it; not a reload
         for d in done:
             self.metrics.inc("devices_activated")
             event(self.log, "device_activated", device=d)
@@ -220,7 +190,12 @@ class EnrollmentGate:
                     snap = await loop.run_in_executor(None, registry.snapshot)
                     self.apply(snap)
                     self._marker = marker
-                    event(self.log, "registry_loaded", devices=len(snap.records))
+                    # The file also changes for last-seen times and activations the gate wrote
+                    # itself: say so only when enrollment changed (devices, status, keys).
+                    now = _enrollment(self._records)
+                    if now != self._logged:
+                        self._logged = now
+                        event(self.log, "registry_loaded", devices=len(snap.records))
                 self._error = None
             except (RegistryError, AgentError, OSError) as exc:
                 self._error = str(exc)[:200]
@@ -242,3 +217,8 @@ class EnrollmentGate:
             "error": self._error,
         }
         return Health("degraded" if self._error else "up", detail)
+
+
+def _enrollment(records: dict[str, DeviceRecord]) -> frozenset[tuple[str, str, str]]:
+    """What an operator changes in the registry: each device's id, status and key."""
+    return frozenset((r.id, str(r.status), r.key_ref) for r in records.values())

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
@@ -26,7 +26,6 @@ from pymodbus.pdu import ModbusPDU
 from agent.backoff import Backoff
 from agent.component import Detail, Health, State
 from agent.config.sources.modbus import ModbusBusConfig, ModbusDeviceConfig, ModbusSourceConfig
-from agent.devices.codecs.frame import DeviceFrame, SensorValue
 from agent.devices.codecs.modbus import (
     Point,
     ReadRequest,
@@ -36,6 +35,7 @@ from agent.devices.codecs.modbus import (
     plan_requests,
 )
 from agent.errors import FrameError, RejectedReading
+from agent.frame import DeviceFrame, SensorValue
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
 from agent.model import AuthMethod, Transport
@@ -473,7 +473,7 @@ class ModbusSource:
                 else max(group.interval_s, st.backoff.next_delay())
             )
             group.due = now + wait
-            fields = {
+            fields: dict[str, Any] = {
                 "device": dev.device_id,
                 "line": line.name,
                 "unit": dev.unit,

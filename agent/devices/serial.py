@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import serial
 
+from agent.backoff import Backoff
 from agent.component import Health, State
 from agent.config import SerialPortConfig, SerialSourceConfig
-from agent.devices.codecs.frame import DeviceFrame, parse_frame
+from agent.devices.codecs.frame import parse_frame
 from agent.devices.codecs.nmea import parse_nmea
 from agent.devices.codecs.serial_line import LineKind, LineSplitter, classify_line, frame_payload
 from agent.errors import FrameError
+from agent.frame import DeviceFrame
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
 from agent.model import Transport
@@ -43,7 +45,6 @@ class PortState:
     gps_seen_gga: bool = False  # GGA is the position source once a receiver sends it
     gps_counter: int = 0
     open: bool = False
-    opened: int = 0
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="serial")
     )
@@ -171,11 +172,13 @@ class SerialSource:
     async def _run_port(self, st: PortState) -> None:
         loop = asyncio.get_running_loop()
         ex = st.executor
-        delay = 0.1
+        # Reopen delays from 0.1 s up to reopen_max, each jittered into [0.75 d, d].
+        backoff = Backoff(0.1, self.cfg.reopen_max_s, jitter=0.25, reset_after=math.inf)
         while True:
             try:
                 port = await loop.run_in_executor(ex, self._open, st.cfg)
             except (serial.SerialException, OSError, ValueError) as exc:
+                delay = backoff.next_delay()
                 self.metrics.inc("serial_open_failed", port=str(st.cfg.path))
                 self._rl.event(
                     ("serial", str(st.cfg.path)),
@@ -184,13 +187,11 @@ class SerialSource:
                     error=str(exc)[:160],
                     retry_in=f"{delay:.1f}s",
                 )
-                await asyncio.sleep(delay * random.uniform(0.75, 1.0))
-                delay = min(delay * 2, self.cfg.reopen_max_s)
+                await asyncio.sleep(delay)
                 continue
             opened_at = time.monotonic()
             st.splitter.reset()  # a partial line from before belongs to another stream
             st.open = True
-            st.opened += 1
             self.metrics.inc("serial_opened", port=str(st.cfg.path))
             event(self.log, "serial_opened", port=str(st.cfg.path), baud=st.cfg.baud)
             try:
@@ -215,9 +216,8 @@ class SerialSource:
             # A port that worked for a while comes back quickly; one that fails as soon as it
             # is opened (a flapping cable) backs off like one that cannot be opened.
             if time.monotonic() - opened_at > STABLE_AFTER:
-                delay = 0.1
-            await asyncio.sleep(delay * random.uniform(0.75, 1.0))
-            delay = min(delay * 2, self.cfg.reopen_max_s)
+                backoff.succeeded()
+            await backoff.wait()
 
     async def run(self) -> None:
         self._tasks = [asyncio.create_task(self._run_port(st)) for st in self.ports.values()]

@@ -247,6 +247,20 @@ class ElectionRounds:
         self._followers: set[asyncio.Task[None]] = set()
         self._was_connected = False
         self._topic_prefix = f"{cfg.topic_prefix}/election"
+        self.metrics.fact("election_role", lambda: self.role)
+
+    @property
+    def role(self) -> str | None:
+        """This node's role: None until it is registered on the board; then "candidate", or,
+        once a round is decided in this run, "elected" or "excluded" as that latest round says."""
+        if not self.results:
+            return "candidate" if self.ready.is_set() else None
+        latest = self.results[max(self.results)]
+        if self.node in latest.elected:
+            return "elected"
+        if any(node == self.node for node, _ in latest.excluded):
+            return "excluded"
+        return "candidate"
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:

@@ -1,17 +1,33 @@
 # Runs first at every reset. Safe mode (a file named SAFE in flash, or the safe-mode pin held
 # low at reset: GPIO0/BOOT on ESP32, GP15 on the Pico W) skips the watchdog and main.py's loop,
 # leaving the REPL free for mpremote / `edgence-agent firmware deploy`. Without a valid
-# config.json the watchdog is not armed either: the board waits at the REPL to be provisioned.
+# config.json, on a board the firmware does not support, or with a counter in flash that
+# cannot be trusted, the watchdog is not armed either: the board says why and waits at the
+# REPL (a watchdog would only reset it into the same error, again and again).
 import sys
 
 import machine
-from edgence import config, watchdog
+from edgence import config, counter, watchdog
 
 try:
     _fw = config.load("config.json").firmware
 except config.ConfigError as exc:
     print("edgence event=config_error error=%s" % exc)
     _fw = None
+
+if _fw is not None and not watchdog.board_supported():
+    print(
+        "edgence event=unsupported_board platform=%s supported=%s"
+        % (sys.platform, ",".join(watchdog.SUPPORTED))
+    )
+    _fw = None
+
+if _fw is not None:
+    try:
+        counter.BlockCounter(".", 0, 1)  # reads counter.a/.b (and a 0.1 counter.dat): no write
+    except counter.CounterError as exc:
+        print("edgence event=counter_error error=%s" % exc)
+        _fw = None
 
 _pin = (_fw or {}).get("safe_pin")
 if _pin is None:

@@ -46,13 +46,15 @@ def test_counters_are_reserved_in_blocks_and_never_reused_after_a_reboot(
     assert c["after_reboot"] == [18] and c["writes_after_reboot"] == 1
     # Deep sleep keeps the exact counter in RTC memory: no block skipped, no flash write.
     assert c["deep_sleep"] == [22, 23, 24] and c["deep_sleep_writes"] == 0
-    # RTC memory is read once: a watchdog reset after that wake never reuses 23 or 24.
-    assert c["reset_after_wake"] == 26
+    # RTC memory holds the next unused counter, written before each one goes out: after a
+    # watchdog reset the board goes on at exactly 25, never reusing 24 nor skipping to 26.
+    assert c["reset_after_wake"] == 25
     assert c["rotated"] == 1000  # a new bundle's counter_start ahead of flash wins
-    # Leftover counter.dat.tmp (power cut mid-write): complete and larger wins (2000), torn or
-    # smaller is ignored (1004 stays); alone, it is the value (the file was removed after it
-    # was complete).
-    assert c["tmp_cases"] == [2000, 1004, 1004, 1]
+    # A torn newest slot (power cut mid-write) gives the previous end; both torn is refused
+    # with the way out; 0.1's counter.dat is taken over once, and refused when torn.
+    assert c["power_cut_cases"] == [
+        4, "CounterError", 500, ["counter.a"], "CounterError"
+    ]  # fmt: skip
 
 
 def test_the_outbox_keeps_the_newest_frames_in_flash_and_leaves_no_file_when_empty(
@@ -62,7 +64,25 @@ def test_the_outbox_keeps_the_newest_frames_in_flash_and_leaves_no_file_when_emp
     assert o["frames"] == ['{"i":2}', '{"i":3}', '{"i":4}'] and o["dropped"] == 2
     assert o["reloaded"] == o["frames"]
     assert o["after_pop"] == ['{"i":3}', '{"i":4}']
-    assert o["file_left"] is False
+    assert o["files_left"] == []
+
+
+def test_the_outbox_drops_whole_old_segments_resumes_after_reboot_and_skips_bad_records(
+    on_micropython: Any,
+) -> None:
+    o = on_micropython["outbox"]
+    # 11 frames into a budget of 8 in segments of 2: the two oldest segments went.
+    assert o["seg_frames"] == [f'{{"i":{i}}}' for i in range(4, 11)] and o["seg_dropped"] == 4
+    assert o["seg_files"] == 4
+    # Frame 4 delivered; after a reboot delivery resumes at 5, nothing sent twice.
+    assert o["seg_pop"] == '{"i":4}' and o["seg_after_reboot"] == ['{"i":5}', 6]
+    assert o["seg_torn_tail"] == 6  # the cut record is not a frame
+    frames, dropped = o["seg_corrupt"]
+    assert frames == [f'{{"i":{i}}}' for i in (7, 8, 9, 10)] and dropped == 1
+    assert o["seg_files_left"] == []
+    # Frames a 0.1 firmware left in outbox.txt are taken over (a cut last line is not a frame).
+    frames, files = o["migrated"]
+    assert frames == ['{"n":1}', '{"n":2}'] and len(files) == 1 and files[0].startswith("ob.")
 
 
 def test_bthome_encrypted_payload_matches_the_spec_example(on_micropython: Any) -> None:

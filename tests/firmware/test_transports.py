@@ -174,7 +174,11 @@ async def coap_server(resource: UpResource) -> tuple[aiocoap.Context, int]:
     site = aiocoap_resource.Site()
     site.add_resource(["up", "dev-1"], resource)
     port = free_udp_port()
-    ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port))
+    # UDP only: aiocoap's default transports would also bind TCP on this port and WebSocket on
+    # port + 3000, ports another test may hold (address already in use).
+    ctx = await aiocoap.Context.create_server_context(
+        site, bind=("127.0.0.1", port), transports=["udp6"]
+    )
     return ctx, port
 
 

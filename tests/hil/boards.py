@@ -20,7 +20,7 @@ import tty
 from pathlib import Path
 from typing import Protocol
 
-from agent.devices.deploy import BoardFile, default_source, deploy, firmware_files
+from agent.cli.firmware import BoardFile, default_source, deploy, firmware_files
 from tests.conftest import ROOT
 from tests.hil.rig import BoardSpec
 from tests.support.raw_repl_board import RawReplBoard
@@ -47,6 +47,14 @@ class UartEnd:
     def close(self) -> None:
         if self.owns:
             os.close(self.fd)
+
+
+def relay_argv(spec: BoardSpec, on: bool) -> list[str]:
+    """The `gpioset` command (libgpiod 1.6, Debian bookworm's `gpiod` package) that switches
+    the board's power relay on or off, honouring the rig's `power_relay_active_low`."""
+    assert spec.power_relay_gpio is not None, f"{spec.name}: rig has no power_relay_gpio"
+    level = int(on) ^ int(spec.power_relay_active_low)
+    return ["gpioset", "gpiochip0", f"{spec.power_relay_gpio}={level}"]
 
 
 class Board(Protocol):
@@ -159,25 +167,25 @@ class SerialBoard:
 
     def power_on(self) -> None:
         if self.spec.power_relay_gpio is not None:
-            self._relay(1)
+            self._relay(True)
         self._stop.clear()
         self._reader = threading.Thread(target=self._read_console, daemon=True)
         self._reader.start()
 
-    def _relay(self, on: int) -> None:
-        subprocess.run(["gpioset", "gpiochip0", f"{self.spec.power_relay_gpio}={on}"], check=True)
+    def _relay(self, on: bool) -> None:
+        subprocess.run(relay_argv(self.spec, on), check=True)
 
     def power_off(self) -> None:
         self._stop.set()
         if self._reader is not None:
             self._reader.join(5)
         if self.spec.power_relay_gpio is not None:
-            self._relay(0)
+            self._relay(False)
             time.sleep(1)
 
     def power_cycle(self) -> None:
         if self.spec.power_relay_gpio is None:
-            from agent.devices.rawrepl import RawRepl
+            from agent.cli.rawrepl import RawRepl
 
             self.power_off()
             assert self.spec.port is not None

@@ -18,6 +18,7 @@ import pytest
 from agent.attest.observation import verify_envelope
 from agent.localbroker import LocalMosquitto
 from tests.hil.boards import Board, EmulatedBoard, SerialBoard
+from tests.hil.preflight import preflight, report
 from tests.hil.rig import Rig, load_rig
 from tests.integration.conftest import AgentProcess, Collector, to_toml, write_agent_dir
 from tests.integration.test_coap_source import free_udp_port
@@ -32,7 +33,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def rig(request: pytest.FixtureRequest) -> Rig:
-    return load_rig(Path(request.config.getoption("--rig")))
+    """The rig, once `python -m tests.hil.preflight`'s checks pass on this machine: otherwise
+    every field test fails with what is missing, in words (not a broker's bind error)."""
+    loaded = load_rig(Path(request.config.getoption("--rig")))
+    findings = preflight(loaded)
+    if not all(f.ok for f in findings):
+        pytest.fail(report(loaded, findings), pytrace=False)
+    return loaded
 
 
 @pytest.fixture
@@ -158,6 +165,15 @@ def gateway(tmp_path: Path, rig: Rig) -> Iterator[Gateway]:
         finally:
             gw.agent.kill()
             gw.collector.close()
+
+
+def sensor_args(board: Board) -> list[str]:
+    """`pair --sensor` declarations for what the board's firmware sensors send (the gateway
+    refuses undeclared sensors)."""
+    declared = ["temperature:Cel"]
+    if "bme280" in board.spec.sensors:
+        declared += ["humidity:%", "pressure:hPa"]
+    return [arg for d in declared for arg in ("--sensor", d)]
 
 
 def settings_for(board: Board, **over: Any) -> dict[str, Any]:

@@ -27,6 +27,8 @@ class BoardSpec:
     fixtures: tuple[str, ...]
     uart_port: str | None = None  # the host's end of the board's UART (uart_loopback)
     power_relay_gpio: int | None = None  # host GPIO switching the board's power (power_cycle)
+    # Many opto-isolated relay modules switch on when their input is LOW: then set this.
+    power_relay_active_low: bool = False
     wifi_ssid: str | None = None
     wifi_password_file: str | None = None
 
@@ -97,7 +99,7 @@ def load_rig(path: Path) -> Rig:
     gw.only({"host", "mqtt_port", "coap_port"})
     board_keys = {
         "name", "kind", "port", "transports", "sensors", "fixtures", "uart_port",
-        "power_relay_gpio", "wifi_ssid", "wifi_password_file",
+        "power_relay_gpio", "power_relay_active_low", "wifi_ssid", "wifi_password_file",
     }  # fmt: skip
     boards = []
     for i, raw in enumerate(top.get("board", list)):
@@ -121,6 +123,7 @@ def load_rig(path: Path) -> Rig:
                 fixtures=b.names("fixtures", FIXTURES),
                 uart_port=b.get("uart_port", str, None),
                 power_relay_gpio=b.get("power_relay_gpio", int, None),
+                power_relay_active_low=b.get("power_relay_active_low", bool, False),
                 wifi_ssid=b.get("wifi_ssid", str, None),
                 wifi_password_file=b.get("wifi_password_file", str, None),
             )

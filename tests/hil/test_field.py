@@ -16,8 +16,12 @@ import pytest
 from agent.devices.auth import mac_matches
 from agent.devices.codecs.frame import parse_frame
 from tests.hil.boards import Board
-from tests.hil.conftest import Gateway, settings_for
+from tests.hil.conftest import Gateway, sensor_args, settings_for
 from tests.integration.conftest import wait_until
+
+# A field test brings up a board and a gateway of real parts, then waits through outages:
+# up to 29 s each on the emulated rig on a busy machine; real boards (flashing, Wi-Fi) are slower.
+pytestmark = pytest.mark.timeout(120)
 
 
 def starts(board: Board) -> list[tuple[str, int]]:
@@ -29,7 +33,7 @@ def starts(board: Board) -> list[tuple[str, int]]:
 
 
 def bring_up(gateway: Gateway, board: Board, device: str, **settings: object) -> None:
-    bundle = gateway.pair(device, "--sensor", "temperature:Cel", **settings_for(board, **settings))
+    bundle = gateway.pair(device, *sensor_args(board), **settings_for(board, **settings))
     board.deploy(json.dumps(bundle).encode())
     gateway.agent.start()
     board.power_on()
@@ -83,6 +87,7 @@ def test_readings_taken_while_the_broker_is_down_arrive_after_it_returns(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)  # four waits of up to 30 s each, through a broker outage and a reset
 @pytest.mark.needs("mqtt", "link_loss")
 def test_the_watchdog_resets_a_board_cut_off_too_long_and_flash_keeps_its_readings(
     gateway: Gateway, board: Board
@@ -130,7 +135,7 @@ def test_a_board_paired_for_coap_posts_its_readings_to_the_agents_coap_source(
 ) -> None:
     port = gateway.serve_coap()
     bundle = gateway.pair(
-        "field-8", "--transport", "coap", "--sensor", "temperature:Cel", **settings_for(board)
+        "field-8", "--transport", "coap", *sensor_args(board), **settings_for(board)
     )
     # The bundle alone tells the firmware where the agent's CoAP source is.
     assert bundle["coap"] == {"host": gateway.rig.gateway_host, "port": port, "path": "/up/field-8"}
@@ -151,7 +156,7 @@ def test_a_board_paired_for_serial_writes_its_readings_to_the_agents_serial_sour
     path = board.uart_path()
     gateway.read_serial(path, "field-9")
     bundle = gateway.pair(
-        "field-9", "--transport", "serial", "--address", path, "--sensor", "temperature:Cel",
+        "field-9", "--transport", "serial", "--address", path, *sensor_args(board),
         **settings_for(board),
     )  # fmt: skip
     assert bundle["serial"] == {"port": path}

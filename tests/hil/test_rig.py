@@ -20,6 +20,7 @@ def test_the_shipped_rigs_load() -> None:
     real = load_rig(RIGS / "pi4-esp32.toml")
     b = real.boards[0]
     assert (b.kind, b.uart_port, b.power_relay_gpio) == ("esp32", "/dev/ttyAMA0", 17)
+    assert b.power_relay_active_low and not emu.boards[0].power_relay_active_low
     assert b.has("bme280") and b.has("ble") and real.gateway_mqtt_port == 18830
     assert real.gateway_coap_port == 5683
 
@@ -50,3 +51,28 @@ def test_rig_mistakes_name_the_file_and_key(tmp_path: Path, text: str, message: 
     with pytest.raises(ConfigError, match=message) as e:
         load_rig(p)
     assert str(p) in str(e.value)
+
+
+def test_the_shipped_access_point_files_match_the_pi_rig() -> None:
+    """hardware/ap/ gives the Pi the rig's gateway.host, serves the rig's wifi_ssid, and leases
+    addresses in the same /24 (hardware/README.md, 'Access point')."""
+    import ipaddress
+
+    rig = load_rig(RIGS / "pi4-esp32.toml")
+    ap = ROOT / "hardware" / "ap"
+
+    def values(name: str, key: str) -> list[str]:
+        lines = (ap / name).read_text().splitlines()
+        return [ln.split("=", 1)[1] for ln in lines if ln.startswith(f"{key}=")]
+
+    assert values("hostapd.conf", "ssid") == [rig.boards[0].wifi_ssid]
+    assert values("hostapd.conf", "interface") == values("dnsmasq.conf", "interface") == ["wlan0"]
+    (address,) = values("10-edgence-hil.network", "Address")
+    net = ipaddress.ip_interface(address)
+    assert str(net.ip) == rig.gateway_host
+    (dhcp,) = values("dnsmasq.conf", "dhcp-range")
+    first, last = (ipaddress.ip_address(x) for x in dhcp.split(",")[:2])
+    assert first in net.network and last in net.network and net.ip not in (first, last)
+    # hostapd reads a comment after a value as part of the value
+    hostapd = (ap / "hostapd.conf").read_text().splitlines()
+    assert not [ln for ln in hostapd if "#" in ln and not ln.startswith("#")]

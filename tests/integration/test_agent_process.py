@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.attest.observation import verify_envelope
 from agent.devices.codecs.frame import encode_frame
 from agent.localbroker import LocalMosquitto
@@ -27,6 +29,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+@pytest.mark.timeout(120)  # scrypt twice (init, then the agent's start): 28 s on a busy machine
 def test_init_with_an_encrypted_key_then_run_signs_with_that_key(
     tmp_path: Path,
     local_broker: LocalMosquitto,
@@ -56,7 +59,7 @@ def test_init_with_an_encrypted_key_then_run_signs_with_that_key(
     assert json.loads((d / "gateway.key").read_text())["crypto"]["kdf"] == "scrypt"
     cfg = d / "agent.toml"
     cfg.write_text(
-        cfg.read_text().replace('allowed_devices = ["sim-1"]', 'allowed_devices = ["dev-1"]')
+        cfg.read_text().replace("allowed_devices = []", 'allowed_devices = ["dev-1"]', 1)
     )
     proc: AgentProcess = agent_process(cfg)
     proc.start()  # the config init wrote names the passphrase file

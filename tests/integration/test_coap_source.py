@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ def by_counter(collector: Collector, device: str) -> dict[int, list[dict[str, An
 
 
 def frame(n: int, value: int = 2137) -> bytes:
-    return encode_frame(n, [("temperature", value, -2, "Cel")], timestamp=1_764_000_000)
+    return encode_frame(n, [("temperature", value, -2, "Cel")], timestamp=int(time.time()))
 
 
 async def test_json_and_cbor_posts_from_aiocoap_are_answered_2_04_and_signed_upstream(

@@ -16,8 +16,20 @@ def test_demo_shows_verified_observations_arriving_upstream_and_cleans_up() -> N
         timeout=60,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    lines = [ln for ln in out.stdout.splitlines() if "✓ signed by" in ln]
+    lines = [
+        ln
+        for ln in out.stdout.splitlines()
+        if re.match(r"  \d\d:\d\d:\d\d  seq .* ✓ signed by", ln)
+    ]
     assert len(lines) >= 10, out.stdout[-2000:]
+    # The header names every kind of line the demo prints, and the columns, latency included.
+    assert "✓ signed by   an observation" in out.stdout
+    assert "✗ refused     a frame the gateway did not sign" in out.stdout
+    assert "dApp          a dApp's JSON-RPC request" in out.stdout
+    assert "latency = sensor publish -> upstream" in out.stdout
+    (columns,) = [ln for ln in out.stdout.splitlines() if ln.split()[:2] == ["time", "gw"]]
+    assert columns.split()[-2:] == ["signature", "latency"]
+    assert len(columns) == len(lines[0])  # the latency heading ends where the figures end
     assert {"temperature", "humidity", "pressure"} <= {ln.split()[4] for ln in lines}
     # The demo also tries an unknown device, a replayed frame and a forged one: all refused,
     # never signed.

@@ -55,6 +55,7 @@ async def test_source_resubscribes_after_the_local_broker_restarts_without_its_s
         device.close()
 
 
+@pytest.mark.timeout(120)  # a flood through a paused source: 15-26 s on a busy machine
 async def test_a_flood_beyond_the_queue_bound_pauses_the_source_and_loses_nothing(
     local_broker: LocalMosquitto,
     upstream_broker: LocalMosquitto,

@@ -7,6 +7,7 @@ import asyncio
 import copy
 import json
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -28,12 +29,13 @@ async def test_reading_becomes_observation_upstream_signed_by_gateway(
 ) -> None:
     key = GatewayKey.generate()
     await start_agent(agent_config_dict(local_broker, upstream_broker), key)
+    ts = int(time.time())  # within the gateway's allowed clock skew (pipeline.max_ts_age)
     device.publish(
         "devices/dev-1/up",
         encode_frame(
             7,
             [("temperature", 2137, -2, "Cel"), ("humidity", 455, -1, "%")],
-            timestamp=1_764_000_000,
+            timestamp=ts,
         ),
     )
     await async_wait_until(lambda: len(collector.observations()) == 2, 10, "2 observations")
@@ -58,7 +60,7 @@ async def test_reading_becomes_observation_upstream_signed_by_gateway(
         2137,
         -2,
     )
-    assert v.reading.counter == 7 and v.reading.timestamp == 1_764_000_000
+    assert v.reading.counter == 7 and v.reading.timestamp == ts
     assert first["reading"]["value"] == "21.37" and first["reading"]["unit"] == "Cel"
     seqs = [o["message"]["gatewaySequence"] for o in collector.observations()]
     assert seqs == sorted(seqs) and len(set(seqs)) == 2

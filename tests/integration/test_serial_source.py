@@ -8,6 +8,7 @@ import asyncio
 import os
 import random
 import tty
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +89,12 @@ def counters(collector: Collector, device: str) -> list[int]:
     )
 
 
-GGA = encode_nmea("GPGGA,123519.00,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,")
-RMC = encode_nmea("GPRMC,123519.00,A,4807.038,N,01131.000,E,022.4,084.4,251126,003.1,W")
+# A fix of a minute ago: the gateway refuses a time further off its clock (bad_time).
+FIX = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+GGA = encode_nmea(f"GPGGA,{FIX:%H%M%S}.00,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,")
+RMC = encode_nmea(
+    f"GPRMC,{FIX:%H%M%S}.00,A,4807.038,N,01131.000,E,022.4,084.4,{FIX:%d%m%y},003.1,W"
+)
 
 
 async def test_valid_frames_survive_bad_crc_noise_a_64k_line_and_interleaved_nmea(
@@ -142,8 +147,8 @@ async def test_valid_frames_survive_bad_crc_noise_a_64k_line_and_interleaved_nme
             "fix_quality": "1",
             "satellites": "8",
         }
-        # The fix time is the GGA's time of day on the RMC's date (2026-11-25 12:35:19 UTC).
-        assert {v["message"]["timestamp"] for v in gps.values()} == {1795610119}
+        # The fix time is the GGA's time of day on the RMC's date.
+        assert {v["message"]["timestamp"] for v in gps.values()} == {int(FIX.timestamp())}
         for o in gps.values():
             assert verify_envelope(o).reading.transport == "serial"
         rejected = m.by_label("frames_rejected", "reason")

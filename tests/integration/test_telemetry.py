@@ -7,14 +7,17 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.attest.keys import GatewayKey
+from agent.config import config_from_dict
 from agent.devices.codecs.frame import encode_frame
 from agent.localbroker import LocalMosquitto
+from agent.runtime import Agent
 
 from .conftest import Collector, Device, agent_config_dict, async_wait_until
 
@@ -180,3 +183,38 @@ async def test_first_health_message_goes_out_when_the_link_comes_up_not_an_inter
     )
     first = health_messages(collector, key.address)[0]
     assert first["gateway"] == key.address and first["upstream"]["connected"] is True
+    assert first["ready"] is True  # the agent was ready: the first document says so
+
+
+async def test_an_agent_that_is_not_ready_still_publishes_health_saying_so_then_ready(
+    tmp_path: Path,
+    local_broker: LocalMosquitto,
+    upstream_broker: LocalMosquitto,
+    collector: Collector,
+) -> None:
+    """Waiting for readiness before the first health message never hides an agent that is
+    stuck: with the local broker down, the documents say "ready": false until it is back."""
+    local_broker.stop()
+    key = GatewayKey.generate()
+    cfg = config_from_dict(
+        agent_config_dict(local_broker, upstream_broker, metrics={"health_interval": "0.5"}),
+        str(tmp_path / "agent.toml"),
+        tmp_path,
+    )
+    agent = Agent(cfg, key)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await async_wait_until(
+            lambda: bool(health_messages(collector, key.address)), 20, "a health message"
+        )
+        assert health_messages(collector, key.address)[0]["ready"] is False
+        local_broker.start()
+        await async_wait_until(
+            lambda: health_messages(collector, key.address)[-1]["ready"] is True,
+            30,
+            "a health message saying ready",
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)

@@ -3,7 +3,9 @@
 is sent with CPython against a directory standing in for the board's flash.
 
 A fake, because no board is attached here: it stands in for the board only; the serial line
-(pty) and the agent's pyserial code are real.
+(pty) and the agent's pyserial code are real. Asked for `sys.implementation`, it answers as the
+MicroPython it simulates (`runtime`, default 1.27.0 with .mpy v6, what the WebAssembly port in
+the tests runs).
 """
 
 from __future__ import annotations
@@ -12,16 +14,21 @@ import builtins
 import contextlib
 import io
 import os
+import sys
 import threading
 import traceback
 import tty
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+MICROPYTHON_1_27 = SimpleNamespace(name="micropython", version=(1, 27, 0, ""), _mpy=0x306)
 
 
 class RawReplBoard:
-    def __init__(self, flash: Path) -> None:
+    def __init__(self, flash: Path, runtime: SimpleNamespace = MICROPYTHON_1_27) -> None:
         self.flash = flash
+        self.board_sys = SimpleNamespace(**{**vars(sys), "implementation": runtime})
         self.flash.mkdir(parents=True, exist_ok=True)
         self.master, self.slave = os.openpty()
         tty.setraw(self.slave)
@@ -74,6 +81,8 @@ class RawReplBoard:
         def board_import(name: str, *args: Any, **kw: Any) -> Any:
             if name in ("os", "uos"):
                 return board_os
+            if name == "sys":
+                return self.board_sys
             return builtins.__import__(name, *args, **kw)
 
         env: dict[str, Any] = {

@@ -55,9 +55,13 @@ class Captured:
     def lines(self) -> list[str]:
         return self.stream.getvalue().splitlines()
 
-    def messages(self) -> list[str]:
-        """Each line without its ts/level/logger prefix."""
-        return [line.split(f"logger={self.logger.name} ", 1)[1] for line in self.lines()]
+    def messages(self, debug: bool = False) -> list[str]:
+        """Each line without its ts/level/logger prefix (debug lines only when asked)."""
+        return [
+            line.split(f"logger={self.logger.name} ", 1)[1]
+            for line in self.lines()
+            if debug or " level=debug " not in line
+        ]
 
 
 @pytest.fixture
@@ -183,7 +187,26 @@ def test_rate_limited_log_suppresses_repeats_within_the_interval(
     for step in range(5):
         clock.now += 1.9
         assert limited.event(key, "frame_rejected", device="dev-1") is False, step
-    assert len(captured.lines()) == 1
+    levels = [line.split()[1] for line in captured.lines()]
+    assert levels == ["level=warning"] + ["level=debug"] * 5
+
+
+def test_rate_limited_log_logs_distinct_keys_of_a_group_up_to_its_limit(
+    clock: FakeClock, captured: Captured
+) -> None:
+    limited = RateLimitedLog(captured.logger, interval=10.0, group_limit=3)
+    shown = [
+        limited.event(
+            ("dev-1", "bad_mac", f"detail {i}"), "frame_rejected", group=("dev-1", "bad_mac")
+        )
+        for i in range(5)
+    ]
+    assert shown == [True, True, True, False, False]
+    clock.now += 10.0
+    assert limited.event(
+        ("dev-1", "bad_mac", "detail 9"), "frame_rejected", group=("dev-1", "bad_mac")
+    )
+    assert [line.split()[1] for line in captured.lines()].count("level=debug") == 2
 
 
 def test_rate_limited_log_reports_the_suppressed_count_after_the_interval(

@@ -4,6 +4,7 @@ replays, and what a full journal under `reject-new` does to counters."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -140,3 +141,29 @@ async def test_a_frame_refused_by_a_full_journal_is_accepted_when_it_comes_again
         assert ("dev-1", refused) in await h.journaled()
     finally:
         await h.stop()
+
+
+async def test_a_first_frame_may_use_counter_zero(harness: Harness) -> None:
+    harness.offer("dev-1", 0)
+    harness.offer("dev-1", 0)
+    await harness.settle()
+    assert await harness.journaled() == [("dev-1", 0)]
+
+
+async def test_each_distinct_rejection_is_logged_and_repeats_go_to_debug(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="agent.pipeline")
+    harness.offer("dev-1", 5)
+    await harness.settle()
+    for n in (3, 4, 4, 2):  # three distinct details, one repeated
+        harness.offer("dev-1", n)
+    await harness.settle()
+    lines = [
+        (r.levelno, r.getMessage()) for r in caplog.records if "frame_rejected" in r.getMessage()
+    ]
+    warned = [m for lvl, m in lines if lvl == logging.WARNING]
+    assert len(warned) == 3 and all("reason=replay" in m for m in warned)
+    assert [m for lvl, m in lines if lvl == logging.DEBUG] == [
+        m for m in warned if "counter 4 " in m
+    ]

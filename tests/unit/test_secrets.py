@@ -33,7 +33,8 @@ def test_modes_open_to_group_or_others_are_refused_with_the_chmod_fix(
     with pytest.raises(KeyFileError) as info:
         check_secret_mode(path)
     message = str(info.value)
-    assert f"chmod 600 {path}" in message
+    assert info.value.fix == f"chmod 600 {path}"
+    assert "chmod" not in info.value.description  # the fix is a field, not in the text
     assert f"mode {mode:04o}" in message
     assert message.startswith(str(path))
 

@@ -4,8 +4,8 @@ defaults, so they are written once, beside the format they bound."""
 from __future__ import annotations
 
 from agent.config.reader import Section
-from agent.devices.codecs.frame import DEFAULT_MAX_BYTES as MAX_PAYLOAD
-from agent.devices.codecs.frame import DEFAULT_MAX_VALUES as MAX_VALUES_PER_FRAME
+from agent.frame import DEFAULT_MAX_BYTES as MAX_PAYLOAD
+from agent.frame import DEFAULT_MAX_VALUES as MAX_VALUES_PER_FRAME
 
 __all__ = ["MAX_PAYLOAD", "MAX_VALUES_PER_FRAME", "read_max_values"]
 

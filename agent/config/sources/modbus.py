@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 from agent.config.reader import Section
-from agent.devices.codecs.modbus import (
+from agent.modbusmap import (
     MAX_READ_REGISTERS,
     DataType,
     Order,

@@ -1,7 +1,8 @@
 """The device frame as CBOR (content-format 60 over CoAP): same fields as the JSON form.
 
 Pure: no I/O. CBOR is decoded strictly (no trailing bytes, no duplicate keys, bounded nesting)
-and then validated by the JSON form's own rules, so both forms accept exactly the same frames.
+and then checked by the JSON form's validator (agent/frame.py), so both forms accept exactly the
+same frames.
 """
 
 from __future__ import annotations
@@ -12,14 +13,9 @@ from typing import Any
 
 import cbor2
 
-from agent.devices.codecs.frame import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_VALUES,
-    MAX_DEPTH,
-    DeviceFrame,
-    frame_from_object,
-)
+from agent.devices.codecs.frame import MAX_DEPTH
 from agent.errors import FrameError
+from agent.frame import DEFAULT_MAX_BYTES, DEFAULT_MAX_VALUES, DeviceFrame, frame_from_object
 
 
 def _decimal_fraction(value: Any, immutable: bool) -> Decimal:

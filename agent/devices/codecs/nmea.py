@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from agent.devices.codecs.frame import SensorValue
 from agent.errors import FrameError
+from agent.frame import SensorValue
 
 COORD_EXPONENT = -7
 _Q = Decimal(1).scaleb(COORD_EXPONENT)

@@ -30,11 +30,15 @@ class Uart:  # stands in for machine.UART: the far end takes bytes only while `u
     def __init__(self):
         self.up = True
         self.lines = []
+        self.part = ""
 
     def write(self, data):
         if not self.up:
             return 0
-        self.lines.append(bytes(data).decode())
+        self.part += bytes(data).decode()
+        if self.part.endswith("\r\n"):
+            self.lines.append(self.part)
+            self.part = ""
         return len(data)
 
 

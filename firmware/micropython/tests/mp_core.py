@@ -7,16 +7,27 @@ import os
 
 from edgence import bthome, coap, frame, serialline
 from edgence.aes import ecb
-from edgence.counter import BlockCounter
+from edgence.counter import BlockCounter, CounterError
 from edgence.outbox import Outbox
+from edgence.slots import Slots
 
 FLASH = globals().get("FLASH", "/flash")
 out = {}
 
 
 def stored():
-    with open(FLASH + "/counter.dat") as f:
-        return int(f.read())
+    return Slots(FLASH + "/counter").read()[0]
+
+
+def write(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def new_dir(name):
+    d = FLASH + "/" + name
+    os.mkdir(d)
+    return d
 
 
 class RTC:  # stands in for machine.RTC: memory that survives deep sleep
@@ -43,20 +54,38 @@ c.retain()
 c = BlockCounter(FLASH, start=10, block=4, rtc=rtc)  # deep sleep: RTC memory survived
 out["counter"]["deep_sleep"] = [n, c.next(), c.next()]
 out["counter"]["deep_sleep_writes"] = c.writes
-c = BlockCounter(FLASH, start=10, block=4, rtc=rtc)  # a reset without retain(): no reuse
+c = BlockCounter(FLASH, start=10, block=4, rtc=rtc)  # a watchdog reset: exact, no reuse
 out["counter"]["reset_after_wake"] = c.next()
 out["counter"]["rotated"] = BlockCounter(FLASH, start=1000, block=4).next()
-# A power cut mid-write on a filesystem without atomic rename leaves a .tmp copy beside (or
-# instead of) the file: the larger complete value wins, a torn one is ignored.
-tmp_cases = []
-for tmp_text in ("2000\n", "x", "1"):
-    with open(FLASH + "/counter.dat.tmp", "w") as f:
-        f.write(tmp_text)
-    tmp_cases.append(BlockCounter(FLASH, start=0, block=4).peek())
-os.remove(FLASH + "/counter.dat")
-tmp_cases.append(BlockCounter(FLASH, start=0, block=4).peek())
-os.remove(FLASH + "/counter.dat.tmp")
-out["counter"]["tmp_cases"] = tmp_cases
+# A power cut mid-write tears only the newest of the two slot files: the previous end is
+# read (its block was never used, the write comes first). Both torn is not a power cut.
+cases = []
+d = new_dir("pc")
+c = BlockCounter(d, start=0, block=4)
+for _ in range(5):
+    c.next()  # ends 4 (counter.a) and 8 (counter.b) written
+write(d + "/counter.b", b"1 8 ")
+cases.append(BlockCounter(d, start=0, block=4).peek())
+write(d + "/counter.a", b"0 4 00")
+try:
+    BlockCounter(d, start=0, block=4)
+    cases.append("accepted")
+except CounterError:
+    cases.append("CounterError")
+# Firmware 0.1's counter.dat is read once and replaced by the slots; a torn one is refused.
+d = new_dir("old")
+write(d + "/counter.dat", b"500\n")
+c = BlockCounter(d, start=0, block=4)
+cases.append(c.next())
+cases.append(sorted(os.listdir(d)))
+d = new_dir("oldbad")
+write(d + "/counter.dat", b"5x")
+try:
+    BlockCounter(d, start=0, block=4)
+    cases.append("accepted")
+except CounterError:
+    cases.append("CounterError")
+out["counter"]["power_cut_cases"] = cases
 
 o = Outbox(FLASH, capacity=3)
 for i in range(5):
@@ -68,7 +97,39 @@ o.pop()
 box["after_pop"] = [f.decode() for f in Outbox(FLASH, capacity=3).frames()]
 o.pop()
 o.pop()
-box["file_left"] = "outbox.txt" in os.listdir(FLASH)
+box["files_left"] = [n for n in os.listdir(FLASH) if n.startswith("ob.")]
+# Segments of two records (capacity 8): the oldest segment goes whole when over budget; a
+# partial delivery is resumed after a reboot; a torn tail and a corrupt record are skipped.
+d = new_dir("ob8")
+o = Outbox(d, capacity=8)
+for i in range(11):
+    o.put(b'{"i":%d}' % i)
+box["seg_frames"] = [f.decode() for f in o.frames()]
+box["seg_dropped"] = o.dropped
+box["seg_files"] = len([n for n in os.listdir(d) if n.startswith("ob.")])
+box["seg_pop"] = o.pop().decode()
+o.commit()
+o = Outbox(d, capacity=8)
+box["seg_after_reboot"] = [o.peek().decode(), len(o)]
+last = sorted(n for n in os.listdir(d) if n.startswith("ob."))[-1]
+with open(d + "/" + last, "ab") as f:
+    f.write(b"\x00\x30{partial")  # a record cut short by a power cut
+o = Outbox(d, capacity=8)
+box["seg_torn_tail"] = len(o)
+o.pop()
+with open(d + "/" + sorted(n for n in os.listdir(d) if n.startswith("ob."))[0], "r+b") as f:
+    f.seek(3)
+    f.write(b"X")  # flips a byte of the next record: its CRC fails
+o = Outbox(d, capacity=8)
+got = []
+while len(o):
+    got.append(o.pop().decode())
+box["seg_corrupt"] = [got, o.dropped]
+box["seg_files_left"] = [n for n in os.listdir(d) if n.startswith("ob.")]
+d = new_dir("ob01")
+write(d + "/outbox.txt", b'{"n":1}\n{"n":2}\n{"n":')  # firmware 0.1's, cut by a power loss
+o = Outbox(d, capacity=8)
+box["migrated"] = [[f.decode() for f in o.frames()], sorted(os.listdir(d))]
 out["outbox"] = box
 
 readings = [("temperature", 2506, -2, "Cel"), ("humidity", 50551, -3, "%")]

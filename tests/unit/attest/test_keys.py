@@ -188,8 +188,9 @@ def test_load_refuses_a_group_or_world_readable_file_with_the_chmod_hint(
     with pytest.raises(KeyFileError) as caught:
         load_key_file(path)
     message = str(caught.value)
-    assert "0644" in message
-    assert f"`chmod 600 {path}`" in message
+    assert "0644" in caught.value.description
+    assert caught.value.fix is not None and caught.value.fix.startswith(f"chmod 600 {path}")
+    assert f"chmod 600 {path}" in message  # str() shows the fix too
     assert secret_hex not in message
 
 

@@ -21,7 +21,7 @@ from agent.config import (
     load_config,
 )
 from agent.config.broker import LOCAL_BROKER
-from agent.devices.codecs.frame import DEFAULT_MAX_BYTES, DEFAULT_MAX_VALUES
+from agent.frame import DEFAULT_MAX_BYTES, DEFAULT_MAX_VALUES
 from tests.unit.config.helpers import EXAMPLE, MINIMAL, load
 
 
@@ -81,7 +81,8 @@ def test_the_shipped_example_writes_the_defaults_except_its_development_allowlis
     defaults = config_from_dict(
         {"gateway": {"key_file": "gateway.key"}}, str(EXAMPLE), EXAMPLE.resolve().parent
     )
-    assert example.sources.mqtt.allowed_devices == ("sim-1",)
+    # a generated or installed config allowlists no one
+    assert example.sources.mqtt.allowed_devices == ()
     mqtt = replace(example.sources.mqtt, allowed_devices=())
     assert replace(example, sources=replace(example.sources, mqtt=mqtt)) == defaults
 

@@ -170,3 +170,76 @@ async def test_registry_changes_from_another_writer_are_picked_up(
     finally:
         task.cancel()
     assert gate.check(arrival("late", 1, key)) is AuthMethod.HMAC
+
+
+async def test_registry_loaded_is_logged_when_enrollment_changes_not_on_every_rewrite(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Last-seen times and the gate's own activations rewrite the registry file too; only an
+    operator's change (a device enrolled, revoked, re-keyed) is a `registry_loaded` line."""
+    import asyncio
+    import logging
+
+    gate, reg = make_gate(tmp_path, clock)
+    _, key = reg.enroll("dev-a", transport=Transport.MQTT, now=clock.t)
+    gate.load()
+
+    async def settle() -> None:  # until the gate has read the file as it is now
+        for _ in range(500):
+            if gate._marker == reg.change_marker():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the gate did not reload the registry")
+
+    def loaded() -> int:
+        return sum("event=registry_loaded" in r.getMessage() for r in caplog.records)
+
+    caplog.set_level(logging.INFO, logger="agent.devices.gate")
+    task = asyncio.create_task(gate.run(poll=0.01))
+    try:
+        assert gate.check(arrival("dev-a", 1, key)) is AuthMethod.HMAC  # activates dev-a
+        for _ in range(500):
+            if reg.get("dev-a").status is DeviceStatus.ACTIVE:  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.01)
+        await settle()
+        for t in range(3):
+            reg.touch({"dev-a": 2000 + t})
+            await settle()
+        assert loaded() == 0
+        reg.enroll("dev-b", transport=Transport.MQTT, now=clock.t)
+        await settle()
+        assert loaded() == 1
+        reg.revoke("dev-b")
+        await settle()
+        assert loaded() == 2
+    finally:
+        task.cancel()
+
+
+def test_the_gate_refuses_a_millisecond_timestamp_even_from_an_allowlisted_device(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    clock.t = 1_764_000_000
+    gate, _ = make_gate(tmp_path, clock, allowlist=["sim-1"])
+    gate.load()
+    ms = parse_frame(encode_frame(1, [("t", 1, 0, "Cel")], timestamp=1_764_000_000_000))
+    with pytest.raises(RejectedReading, match="milliseconds") as info:
+        gate.check(Arrival(ms, "sim-1", Transport.MQTT, "mqtt"))
+    assert info.value.reason == "bad_time"
+    ok = parse_frame(encode_frame(2, [("t", 1, 0, "Cel")], timestamp=1_764_000_000))
+    assert gate.check(Arrival(ok, "sim-1", Transport.MQTT, "mqtt")) is AuthMethod.ALLOWLIST
+
+
+def test_the_gate_refuses_a_sensor_not_declared_at_pair(tmp_path: Path, clock: FakeClock) -> None:
+    gate, reg = make_gate(tmp_path, clock)
+    _, key = reg.enroll("dev-1", transport=Transport.MQTT, sensors=[("t", "Cel")], now=clock.t)
+    reg.activate(["dev-1"])
+    gate.load()
+    assert gate.check(arrival("dev-1", 1, key)) is AuthMethod.HMAC
+    values = [("pressure", 1, 0, "hPa")]
+    mac = frame_mac(key, "dev-1", parse_frame(encode_frame(2, values)))
+    frame = parse_frame(encode_frame(2, values, mac=mac))
+    with pytest.raises(RejectedReading, match="--sensor pressure:hPa") as info:
+        gate.check(Arrival(frame, "dev-1", Transport.MQTT, "mqtt"))
+    assert info.value.reason == "undeclared_sensor"

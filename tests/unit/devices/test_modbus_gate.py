@@ -12,8 +12,8 @@ import pytest
 from agent.attest.keys import GatewayKey
 from agent.component import Source
 from agent.config import config_from_dict
-from agent.devices.codecs.frame import DeviceFrame, SensorValue
 from agent.errors import RejectedReading
+from agent.frame import DeviceFrame, SensorValue
 from agent.model import AuthMethod, Transport
 from agent.pipeline import Arrival
 from agent.runtime import Agent

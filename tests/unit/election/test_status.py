@@ -11,7 +11,7 @@ import pytest
 from agent.election.rounds import ElectionStore, status_lines
 from agent.election.tally import RoundResult
 from agent.errors import ElectionError
-from tests.unit.test_cli import cli
+from tests.unit.cli.test_run import cli
 
 BOARD = "0x" + "ab" * 20
 A, B, C = ("0x" + c * 40 for c in "123")

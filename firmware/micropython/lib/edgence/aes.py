@@ -29,6 +29,7 @@ def _make_sbox():
 
 
 SBOX = _make_sbox()
+XTIME = bytes(_xtime(a) & 0xFF for a in range(256))  # multiplication by 2 in GF(2^8)
 
 
 def expand_key(key):
@@ -47,23 +48,30 @@ def expand_key(key):
 
 
 def encrypt_block(round_keys, block):
-    s = bytearray(a ^ b for a, b in zip(block, round_keys[:16]))
+    # Two 16-byte states and small integers only: no slices or generators per round.
+    s = bytearray(16)
+    t = bytearray(16)
+    for i in range(16):
+        s[i] = block[i] ^ round_keys[i]
     for rnd in range(1, 11):
         # SubBytes + ShiftRows (state is column-major: byte r + 4c)
-        t = bytearray(16)
         for c in range(4):
             for r in range(4):
                 t[r + 4 * c] = SBOX[s[r + 4 * ((c + r) % 4)]]
         if rnd < 10:  # MixColumns
-            for c in range(4):
-                a0, a1, a2, a3 = t[4 * c : 4 * c + 4]
+            for c in range(0, 16, 4):
+                a0 = t[c]
+                a1 = t[c + 1]
+                a2 = t[c + 2]
+                a3 = t[c + 3]
                 x = a0 ^ a1 ^ a2 ^ a3
-                t[4 * c] = a0 ^ x ^ _xtime(a0 ^ a1) & 0xFF
-                t[4 * c + 1] = a1 ^ x ^ _xtime(a1 ^ a2) & 0xFF
-                t[4 * c + 2] = a2 ^ x ^ _xtime(a2 ^ a3) & 0xFF
-                t[4 * c + 3] = a3 ^ x ^ _xtime(a3 ^ a0) & 0xFF
-        k = round_keys[16 * rnd : 16 * rnd + 16]
-        s = bytearray(a ^ b for a, b in zip(t, k))
+                t[c] = a0 ^ x ^ XTIME[a0 ^ a1]
+                t[c + 1] = a1 ^ x ^ XTIME[a1 ^ a2]
+                t[c + 2] = a2 ^ x ^ XTIME[a2 ^ a3]
+                t[c + 3] = a3 ^ x ^ XTIME[a3 ^ a0]
+        k = 16 * rnd
+        for i in range(16):
+            s[i] = t[i] ^ round_keys[k + i]
     return bytes(s)
 
 

@@ -4,6 +4,10 @@ Pure: no radio. Encryption follows the BTHome v2 spec: nonce = MAC (6) + UUID (d
 device info (1) + counter (4, little endian); AES-CCM with a 4-byte MIC and no associated
 data. CCM is built here from an AES-ECB block function (RFC 3610), because MicroPython's
 `cryptolib` offers only ECB/CBC/CTR; `aes_ecb` is any callable encrypting one 16-byte block.
+
+A legacy advertisement is at most 31 bytes: `plain_adverts` and `encrypted_adverts` split the
+objects of one reading over as many adverts as needed (each with its own packet id or
+counter), and a plain advert carries the device name only when it still fits.
 """
 
 import struct
@@ -12,6 +16,11 @@ UUID16 = b"\xd2\xfc"  # 0xFCD2, little endian as it is sent
 INFO_PLAIN = 0x40  # version 2, not encrypted, sent regularly
 INFO_ENCRYPTED = 0x41
 MIC_LEN = 4
+ADV_MAX = 31
+# Room for objects: flags (3) + service data header (len, 0x16, UUID, info: 5); encrypted
+# adverts also carry the counter (4) and the MIC (4).
+PLAIN_ROOM = ADV_MAX - 3 - 5
+SEALED_ROOM = PLAIN_ROOM - 4 - MIC_LEN
 
 # object id: (struct format, factor exponent) — the value sent is reading * 10^-exp
 OBJECTS = {
@@ -74,6 +83,49 @@ def objects_from_readings(readings, packet_id=None):
     return b"".join(encode_object(o, raw) for o, _, raw in ordered)
 
 
+def encoded_objects(readings):
+    """Each reading as one encoded BTHome object, sorted by object id (v2 wants ids rising)."""
+    objs = []
+    for i in range(len(readings)):
+        s, v, e, u = readings[i]
+        if u not in BY_UNIT:
+            raise BTHomeError("%s: unit %s has no BTHome object here" % (s, u))
+        oid = BY_UNIT[u]
+        objs.append((oid, i, encode_object(oid, scaled(v, e, OBJECTS[oid][1]))))
+    objs.sort()  # the position breaks ties, since MicroPython's sort is not stable
+    return [o[2] for o in objs]
+
+
+def groups(objs, room):
+    """Consecutive runs of encoded objects, each at most `room` bytes."""
+    out, cur, used = [], [], 0
+    for o in objs:
+        if cur and used + len(o) > room:
+            out.append(b"".join(cur))
+            cur, used = [], 0
+        cur.append(o)
+        used += len(o)
+    if cur:
+        out.append(b"".join(cur))
+    return out
+
+
+def plain_adverts(readings, next_id, name=None):
+    """Plain adverts for one reading; `next_id()` numbers each (its low byte is the packet
+    id). The name goes into an advert only where it fits."""
+    out = []
+    for g in groups(encoded_objects(readings), PLAIN_ROOM - 2):
+        out.append(advertisement(encode_object(0x00, next_id() & 0xFF) + g, name=name))
+    return out
+
+
+def encrypted_adverts(aes_ecb, mac, readings, next_counter):
+    out = []
+    for g in groups(encoded_objects(readings), SEALED_ROOM):
+        out.append(encrypted_advertisement(aes_ecb, mac, next_counter() & 0xFFFFFFFF, g))
+    return out
+
+
 def service_data(objects, info=INFO_PLAIN):
     """The service data AD structure for plain objects: len, 0x16, UUID, info, objects."""
     body = b"\x16" + UUID16 + bytes((info,)) + objects
@@ -81,12 +133,12 @@ def service_data(objects, info=INFO_PLAIN):
 
 
 def advertisement(objects, name=None):
-    """Flags + service data (+ complete local name): the bytes handed to gap_advertise."""
+    """Flags + service data (+ complete local name, if it still fits): the bytes handed to
+    gap_advertise."""
     adv = b"\x02\x01\x06" + service_data(objects)
-    if name:
-        n = name.encode()
-        adv += bytes((len(n) + 1, 0x09)) + n
-    if len(adv) > 31:
+    if name and len(adv) + 2 + len(name) <= ADV_MAX:
+        adv += bytes((len(name) + 1, 0x09)) + name.encode()
+    if len(adv) > ADV_MAX:
         raise BTHomeError("advertisement is %d bytes, legacy advertising allows 31" % len(adv))
     return adv
 
@@ -134,7 +186,7 @@ def encrypted_service_payload(aes_ecb, mac, counter, objects):
 def encrypted_advertisement(aes_ecb, mac, counter, objects):
     body = b"\x16" + UUID16 + encrypted_service_payload(aes_ecb, mac, counter, objects)
     adv = b"\x02\x01\x06" + bytes((len(body),)) + body
-    if len(adv) > 31:
+    if len(adv) > ADV_MAX:
         raise BTHomeError("advertisement is %d bytes, legacy advertising allows 31" % len(adv))
     return adv
 
@@ -149,7 +201,5 @@ def aes_ecb(key):
 
         return aes.ecb(key)
 
-    def enc(block):
-        return cryptolib.aes(key, 1).encrypt(block)  # mode 1 = ECB; fresh object per call
-
-    return enc
+    cipher = cryptolib.aes(key, 1)  # mode 1 = ECB: stateless, so one object serves every block
+    return cipher.encrypt

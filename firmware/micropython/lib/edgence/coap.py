@@ -85,6 +85,7 @@ class CoapLink:
         self.host, self.port, self.path = host, port, path
         self.ack_timeout = ack_timeout
         self.sock = None
+        self.addr = None
         self.mid = int.from_bytes(os.urandom(2), "big")
         self.refused = 0
         self.separate = 0  # answers that came apart from their ACK (the agent was slow)
@@ -93,7 +94,10 @@ class CoapLink:
 
     def connect(self):
         s = self.socket_mod
-        self.addr = s.getaddrinfo(self.host, self.port)[0][-1]
+        if self.addr is None:  # looked up once: a name lookup is a wait that cannot be sliced
+            if self.idle is not None:
+                self.idle()
+            self.addr = s.getaddrinfo(self.host, self.port)[0][-1]
         self.sock = s.socket(s.AF_INET, s.SOCK_DGRAM)
 
     def send(self, frame):

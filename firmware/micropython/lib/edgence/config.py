@@ -22,7 +22,7 @@ DEFAULTS = {
     "interval_s": 60,
     "deep_sleep": False,
     "counter_block": 64,
-    "outbox": 32,
+    "outbox": 256,
     "watchdog_s": 300,
     "sensors": [["simulated", {}]],
     "wifi": None,

@@ -1,56 +1,48 @@
 """The frame counter, kept across reboots with few flash writes.
 
-Counters are reserved in blocks: flash holds only the end of the reserved block and is written
-once per `block` frames. After a reboot the device continues from the stored end (the rest of
-the old block is skipped), so a counter is never reused even if power fails mid-block.
-Between deep sleeps (ESP32) the exact counter also sits in RTC memory, which survives deep
-sleep but not power loss; it is read once after waking and used only inside the reserved block.
+Counters are reserved in blocks: flash holds only the end of the reserved block, written once
+per `block` frames into two alternating files with a CRC (edgence.slots), so a power cut
+mid-write on littlefs or FAT leaves the previous end readable. After a reboot the device
+continues from the stored end (the rest of the old block is skipped): a counter is never reused.
+Where the board has RTC memory (ESP32), it holds the next unused counter, written at every
+next() before that counter is handed out: it survives deep sleep and watchdog or soft resets
+(not power loss), so after those the board continues at the exact counter instead of skipping
+to the end of the block. It names a counter that never went out, so it cannot cause reuse,
+and it is used only inside the reserved block.
 """
 
 import os
 
-FILE = "counter.dat"
+from edgence.slots import Slots
+
+FILE = "counter"  # counter.a / counter.b (edgence.slots)
+LEGACY = "counter.dat"
 _RTC_MAGIC = b"EDGC"
 
 
 class CounterError(Exception):
-    """The stored counter is unreadable: the device must be re-provisioned (rotate-key)."""
+    """No stored counter can be trusted: the device must be re-paired (devices rotate-key)."""
 
 
-def _read_int(path, strict=True):
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-    except OSError:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        if not strict:
-            return None  # a temporary file cut short by a power loss
-        raise CounterError(
-            "%s holds %r, not a counter: re-pair the device" % (path, text[:20])
-        ) from None
-
-
-def read_stored(path):
-    """The stored block end: the larger of the file and a complete temporary copy (a power cut
-    between the two steps of a write on a filesystem without atomic rename leaves either)."""
-    values = [v for v in (_read_int(path), _read_int(path + ".tmp", strict=False)) if v is not None]
-    return max(values) if values else None
-
-
-def write_atomic(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "wb" if isinstance(text, bytes) else "w") as f:
-        f.write(text)
-    try:
-        os.rename(tmp, path)  # littlefs (ESP32, RP2 defaults) replaces atomically
-    except OSError:
-        # FAT refuses to rename onto an existing file: drop the old one first; the complete
-        # .tmp is what read_stored() finds if power fails in between.
-        os.remove(path)
-        os.rename(tmp, path)
+def _read_legacy(path):
+    """counter.dat (and its .tmp) as firmware 0.1 wrote them: the larger complete value, None
+    if neither exists; a counter.dat that is there but unreadable is an error."""
+    best, bad = None, False
+    for p in (path, path + ".tmp"):
+        try:
+            with open(p) as f:
+                text = f.read(32)
+        except OSError:
+            continue
+        try:
+            v = int(text.strip())
+        except ValueError:
+            bad = bad or p == path  # a torn .tmp is a cut write; a torn counter.dat is not
+            continue
+        best = v if best is None or v > best else best
+    if best is None and bad:
+        raise CounterError("%s is unreadable: re-pair the device (devices rotate-key)" % path)
+    return best
 
 
 class BlockCounter:
@@ -59,11 +51,22 @@ class BlockCounter:
     def __init__(self, directory, start=0, block=64, rtc=None):
         if block < 1:
             raise ValueError("block must be at least 1")
-        self.path = directory.rstrip("/") + "/" + FILE
+        base = directory.rstrip("/") + "/"
+        self.slots = Slots(base + FILE)
+        self.legacy = base + LEGACY
         self.block = block
         self.rtc = rtc
         self.writes = 0
-        stored = read_stored(self.path)
+        got = self.slots.read()
+        if got is None and self.slots.corrupt():
+            raise CounterError(
+                "%s.a and .b are both unreadable: re-pair the device (devices rotate-key)"
+                % (base + FILE)
+            )
+        stored = got[0] if got else None
+        old = _read_legacy(self.legacy)
+        if old is not None and (stored is None or old > stored):
+            stored = old
         # counter_start from a (new) bundle wins when it is ahead: rotate-key continues there.
         self._end = max(start, stored if stored is not None else 0)
         self._next = self._end
@@ -77,10 +80,6 @@ class BlockCounter:
         mem = bytes(self.rtc.memory())
         if len(mem) != 12 or mem[:4] != _RTC_MAGIC:
             return None
-        # Used once: RTC memory also survives a watchdog or reset-button reset, after which the
-        # counter it holds may already have gone out. Only retain() just before deep sleep
-        # makes it valid again.
-        self.rtc.memory(bytes(12))
         return int.from_bytes(mem[4:], "little")
 
     def peek(self):
@@ -90,12 +89,19 @@ class BlockCounter:
         n = self._next
         if n >= self._end:
             self._end = n + self.block
-            write_atomic(self.path, "%d\n" % self._end)
+            self.slots.write((self._end,))
             self.writes += 1
+            if self.writes == 1:
+                for p in (self.legacy, self.legacy + ".tmp"):  # migrated: the slots hold it
+                    try:
+                        os.remove(p)
+                    except OSError:
+                        pass
         self._next = n + 1
+        self.retain()  # before n goes out: RTC memory names a counter never used
         return n
 
     def retain(self):
-        """Before deep sleep: keep the exact next counter in RTC memory (no flash write)."""
+        """Keep the exact next counter in RTC memory (no flash write); next() calls it."""
         if self.rtc is not None:
             self.rtc.memory(_RTC_MAGIC + self._next.to_bytes(8, "little"))

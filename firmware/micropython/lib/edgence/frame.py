@@ -29,37 +29,48 @@ def hex_of(data):
     return "".join("%02x" % b for b in data)
 
 
+# 1 where a byte may appear in a name (A-Z a-z 0-9 _ . : -): one lookup per byte, no
+# allocation per character.
+_NAME_OK = bytes(1 if chr(i) in _NAME_CHARS else 0 for i in range(128))
+
+
 def check_name(text, what):
-    if not isinstance(text, str) or not 1 <= len(text) <= 32:
-        raise FrameError("%s must be 1-32 characters: %r" % (what, text))
-    for c in text:
-        if c not in _NAME_CHARS:
-            raise FrameError("%s %r: only A-Z a-z 0-9 _ . : - allowed" % (what, text))
-    return text
+    if isinstance(text, str) and 1 <= len(text) <= 32:
+        for b in text.encode():
+            if b > 127 or not _NAME_OK[b]:
+                raise FrameError("%s %r: only A-Z a-z 0-9 _ . : - allowed" % (what, text))
+        return text
+    raise FrameError("%s must be 1-32 characters: %r" % (what, text))
 
 
 def check_unit(text):
-    if not isinstance(text, str) or not 1 <= len(text) <= 32:
-        raise FrameError("unit must be 1-32 characters: %r" % (text,))
-    for c in text:
-        if not 0x21 <= ord(c) <= 0x7E:
-            raise FrameError("unit %r: printable ASCII without space only" % (text,))
-    return text
+    if isinstance(text, str) and 1 <= len(text) <= 32:
+        for b in text.encode():
+            if not 0x21 <= b <= 0x7E:
+                raise FrameError("unit %r: printable ASCII without space only" % (text,))
+        return text
+    raise FrameError("unit must be 1-32 characters: %r" % (text,))
 
 
-def _check_int(n, lo, hi, what):
+def _check_int(n, lo, hi, what, name=""):
     # bool is an int subclass on CPython: a True value is a bug in a driver, not a reading.
-    if not isinstance(n, int) or isinstance(n, bool) or not lo <= n <= hi:
-        raise FrameError("%s must be an integer in %d..%d: %r" % (what, lo, hi, n))
-    return n
+    # The message is built only when raising (no string per reading on the hot path).
+    if isinstance(n, int) and not isinstance(n, bool) and lo <= n <= hi:
+        return n
+    span = "-2^255..2^255-1" if hi == _VMAX else "%d..%d" % (lo, hi)
+    raise FrameError("%s%s must be an integer in %s: %s" % (what, name, span, repr(n)[:24]))
+
+
+_VMAX = (1 << 255) - 1
+_VMIN = -(1 << 255)
 
 
 def check_reading(reading):
     """reading: (sensor, value, exponent, unit) with an exact integer value."""
     s, v, e, u = reading
     check_name(s, "sensor name")
-    _check_int(v, -(1 << 255), (1 << 255) - 1, "value of " + s)
-    _check_int(e, -128, 127, "exponent of " + s)
+    _check_int(v, _VMIN, _VMAX, "value of ", s)
+    _check_int(e, -128, 127, "exponent of ", s)
     check_unit(u)
     return reading
 
@@ -74,23 +85,36 @@ def _json_str(text):
 
 def canonical_bytes(device_id, counter, timestamp, readings):
     """What the MAC covers (docs/device-frame.md, "Authentication")."""
-    parts = [device_id, "\n", str(counter), "\n"]
-    if timestamp is not None:
-        parts.append(str(timestamp))
-    parts.append("\n")
+    text = "%s\n%d\n%s\n" % (device_id, counter, "" if timestamp is None else timestamp)
     for s, v, e, u in readings:
-        parts.append("%s\t%d\t%d\t%s\n" % (s, v, e, u))
-    return CANONICAL_PREFIX + "".join(parts).encode()
+        text += "%s\t%d\t%d\t%s\n" % (s, v, e, u)
+    return CANONICAL_PREFIX + text.encode()
+
+
+_pads = [None, None, None]  # key, inner pad, outer pad: built once per key, not per frame
+
+
+def _pads_for(key):
+    if _pads[0] is not key and _pads[0] != key:
+        k = key if len(key) <= _BLOCK else hashlib.sha256(key).digest()
+        ipad = bytearray(_BLOCK)
+        opad = bytearray(_BLOCK)
+        for i in range(len(k)):
+            ipad[i] = k[i]
+            opad[i] = k[i]
+        for i in range(_BLOCK):
+            ipad[i] ^= 0x36
+            opad[i] ^= 0x5C
+        _pads[0], _pads[1], _pads[2] = key, bytes(ipad), bytes(opad)
+    return _pads[1], _pads[2]
 
 
 def hmac_sha256(key, msg):
     """RFC 2104 HMAC with SHA-256 from hashlib.sha256 only."""
-    if len(key) > _BLOCK:
-        key = hashlib.sha256(key).digest()
-    key = key + bytes(_BLOCK - len(key))
-    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    ipad, opad = _pads_for(key)
+    inner = hashlib.sha256(ipad)
     inner.update(msg)
-    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    outer = hashlib.sha256(opad)
     outer.update(inner.digest())
     return outer.digest()
 
@@ -102,38 +126,92 @@ def check_frame(counter, readings, timestamp=None):
         _check_int(timestamp, 0, _UINT64_MAX, "timestamp")
     if not 1 <= len(readings) <= MAX_VALUES:
         raise FrameError("a frame carries 1-%d readings, not %d" % (MAX_VALUES, len(readings)))
-    seen = []
-    for r in readings:
+    for i in range(len(readings)):
+        r = readings[i]
         check_reading(r)
-        if r[0] in seen:
-            raise FrameError("sensor %r twice in one frame" % (r[0],))
-        seen.append(r[0])
+        for j in range(i):
+            if readings[j][0] == r[0]:
+                raise FrameError("sensor %r twice in one frame" % (r[0],))
+
+
+def _body(counter, readings, timestamp, device_id):
+    out = '{"v":1'
+    if device_id is not None:
+        out += ',"id":' + _json_str(device_id)
+    out += ',"n":%d' % counter
+    if timestamp is not None:
+        out += ',"ts":%d' % timestamp
+    out += ',"r":['
+    first = True
+    for s, v, e, u in readings:
+        out += '%s{"s":%s,"v":%d,"e":%d,"u":%s}' % (
+            "" if first else ",",
+            _json_str(s),
+            v,
+            e,
+            _json_str(u),
+        )
+        first = False
+    return out + "]"
 
 
 def encode_frame(counter, readings, timestamp=None, mac=None, device_id=None):
     """The frame's JSON bytes, key order and separators as the agent's encode_frame."""
     check_frame(counter, readings, timestamp)
-    out = ['{"v":1']
     if device_id is not None:
-        out.append(',"id":' + _json_str(check_name(device_id, "device id")))
-    out.append(',"n":%d' % counter)
-    if timestamp is not None:
-        out.append(',"ts":%d' % timestamp)
-    out.append(',"r":[')
-    for i, (s, v, e, u) in enumerate(readings):
-        if i:
-            out.append(",")
-        out.append('{"s":%s,"v":%d,"e":%d,"u":%s}' % (_json_str(s), v, e, _json_str(u)))
-    out.append("]")
+        check_name(device_id, "device id")
+    out = _body(counter, readings, timestamp, device_id)
     if mac is not None:
-        out.append(',"mac":"' + hex_of(mac) + '"')
-    out.append("}")
-    return "".join(out).encode()
+        out += ',"mac":"' + hex_of(mac) + '"'
+    return (out + "}").encode()
+
+
+# Hot path (one signed frame per reading): the JSON and the canonical text are each made by
+# one %-format from a template cached per (number of readings, timestamp present), and the
+# canonical text goes into the hash without being copied where the port's hashlib takes str.
+_templates = {}
+try:
+    hashlib.sha256().update("")
+    _HASH_STR = True  # MicroPython: str has the buffer protocol
+except TypeError:
+    _HASH_STR = False
+
+
+def _templates_for(n, has_ts):
+    t = _templates.get(n * 2 + has_ts)
+    if t is None:
+        canon = "%s\n%d\n" + ("%d" if has_ts else "") + "\n" + "%s\t%d\t%d\t%s\n" * n
+        r = ",".join(['{"s":"%s","v":%d,"e":%d,"u":"%s"}'] * n)
+        body = '{"v":1,"n":%d' + (',"ts":%d' if has_ts else "") + ',"r":[' + r + '],"mac":"%s"}'
+        t = _templates[n * 2 + has_ts] = (canon, body)
+    return t
 
 
 def encode_signed_frame(key, device_id, counter, readings, timestamp=None):
-    """A frame with its `mac`, as the agent's encode_signed_frame builds it."""
+    """A frame with its `mac`, as the agent's encode_signed_frame builds it. The fields are
+    checked once; the MAC's pads are cached per key (frame.hmac_sha256)."""
     check_name(device_id, "device id")
     check_frame(counter, readings, timestamp)
-    body = canonical_bytes(device_id, counter, timestamp, readings)
-    return encode_frame(counter, readings, timestamp=timestamp, mac=hmac_sha256(key, body))
+    for r in readings:
+        u = r[3]
+        if '"' in u or "\\" in u:  # a unit that needs JSON escapes: the general path
+            canon = canonical_bytes(device_id, counter, timestamp, readings)
+            return encode_frame(counter, readings, timestamp, mac=hmac_sha256(key, canon))
+    has_ts = timestamp is not None
+    canon_t, body_t = _templates_for(len(readings), has_ts)
+    args = [device_id, counter]
+    if has_ts:
+        args.append(timestamp)
+    for r in readings:
+        args.extend(r)
+    ipad, opad = _pads_for(key)
+    h = hashlib.sha256(ipad)
+    h.update(CANONICAL_PREFIX)
+    text = canon_t % tuple(args)
+    h.update(text if _HASH_STR else text.encode())
+    text = None
+    outer = hashlib.sha256(opad)
+    outer.update(h.digest())
+    args[0] = hex_of(outer.digest())  # becomes the last argument below
+    args.append(args.pop(0))
+    return (body_t % tuple(args)).encode()

@@ -3,10 +3,17 @@ QoS 1 waiting for its PUBACK, PINGREQ, DISCONNECT. Nothing else (no subscription
 
 A PUBACK means the broker holds the frame; the agent takes it from the broker at QoS 1 and
 acknowledges only once it is signed and journaled (docs/device-frame.md, "Over MQTT").
-Works with MicroPython's `socket` and CPython's alike (only sendall/recv/settimeout are used).
+Works with MicroPython's `socket` and CPython's alike.
+
+Every wait is bounded and sliced (netwait): the connect is non-blocking and polled, reads time
+out after `SLICE_S` and call `idle` (the watchdog) before waiting again, up to `timeout` in
+all. An unreachable broker therefore costs `timeout` seconds and a buffered frame, never a
+starved watchdog. The broker's address is looked up once and kept.
 """
 
 import struct
+
+from edgence import netwait
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PINGREQ, PINGRESP, DISCONNECT = 1, 2, 3, 4, 12, 13, 14
 
@@ -73,11 +80,25 @@ class MQTTClient:
         self.keepalive, self.timeout = keepalive, timeout
         self.sock = None
         self.pid = 0
+        self.addr = None
+        self.idle = None  # called about once a second while waiting (feeds the watchdog)
 
     def _recv_exact(self, n):
         buf = b""
+        waited = 0
         while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
+            try:
+                chunk = self.sock.recv(n - len(buf))
+            except OSError as exc:
+                if not netwait.timed_out(exc):
+                    raise
+                waited += netwait.SLICE_S
+                if waited >= self.timeout:
+                    raise MQTTError(
+                        "no answer from %s:%d in %d s" % (self.host, self.port, waited)
+                    ) from None
+                netwait.call(self.idle)
+                continue
             if not chunk:
                 raise MQTTError("the broker closed the connection")
             buf += chunk
@@ -98,12 +119,13 @@ class MQTTClient:
 
     def connect(self):
         s = self.socket_mod
-        addr = s.getaddrinfo(self.host, self.port)[0][-1]
+        if self.addr is None:
+            netwait.call(self.idle)
+            self.addr = s.getaddrinfo(self.host, self.port)[0][-1]
         sock = s.socket()
-        sock.settimeout(self.timeout)
+        self.sock = sock  # closed by close() on any failure below
         try:
-            sock.connect(addr)
-            self.sock = sock
+            netwait.connect(sock, self.addr, self.timeout, self.idle)
             sock.sendall(
                 connect_packet(self.client_id, self.username, self.password, self.keepalive)
             )
@@ -172,6 +194,14 @@ class MqttLink:
             sock_module=sock_module,
         )
         self.connected = False
+
+    @property
+    def idle(self):
+        return self.client.idle
+
+    @idle.setter
+    def idle(self, fn):
+        self.client.idle = fn
 
     def connect(self):
         self.client.connect()

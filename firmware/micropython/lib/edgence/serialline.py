@@ -39,9 +39,13 @@ class UartLink:
         pass
 
     def send(self, frame):
-        line = encode_line(frame)
-        n = self.uart.write(line)
-        return n is None or n == len(line)
+        # Written in two pieces (frame, then '*CRC\r\n'): no copy of the frame is made.
+        if b"\n" in frame or b"\r" in frame:
+            raise ValueError("a serial frame must be on one line")
+        n1 = self.uart.write(frame)
+        tail = b"*%08x\r\n" % crc32(frame)
+        n2 = self.uart.write(tail)
+        return (n1 is None or n1 == len(frame)) and (n2 is None or n2 == len(tail))
 
     def close(self):
         pass

@@ -6,11 +6,19 @@ reading that actually went out is recent (`window_s`): a board that has lost its
 longer than that resets itself, which also recovers a wedged Wi-Fi or network stack. Its
 readings meanwhile sit in the outbox in flash and survive the reset.
 
-The hardware timeout is short on some ports (RP2040: at most 8.3 s), so the loop calls
-`feed()` often while it sleeps; `feed()` decides from the last delivery, not from being called.
+The hardware timeout is short on some ports (RP2040: at most 8.3 s), so every wait of the
+firmware (sleep slices, Wi-Fi association, connect, socket reads) is cut into slices of at most
+a second and calls `feed()` between them through one idle hook (Node.idle); `feed()` decides
+from the last delivery, not from being called. A loop that hangs outside such a wait stops
+feeding, and the board resets.
+
+Supported boards (`SUPPORTED`, by sys.platform): ESP32 (esp32) and Raspberry Pi Pico W (rp2).
+The ESP8266 is not: its 38 KB heap does not hold the firmware, and its watchdog takes only a
+5000 ms timeout; boot.py refuses it with a line saying so.
 """
 
 import os
+import sys
 
 try:
     import utime as time
@@ -18,7 +26,22 @@ except ImportError:  # pragma: no cover
     import time
 
 SAFE_FILE = "SAFE"
-MAX_HW_TIMEOUT_MS = 8000  # fits every port (RP2040's limit is 8388 ms)
+MAX_HW_TIMEOUT_MS = 8000  # the longest timeout used on any board
+# The longest hardware watchdog timeout each port accepts, where below MAX_HW_TIMEOUT_MS.
+HW_LIMIT_MS = {"rp2": 8388, "esp8266": 5000}
+SUPPORTED = ("esp32", "rp2")
+
+
+def board_supported(platform=None):
+    """True on the supported boards, and on a host (CPython) running the firmware emulated."""
+    p = sys.platform if platform is None else platform
+    return p in SUPPORTED or p in ("linux", "darwin", "win32", "webassembly")
+
+
+def hw_timeout_ms(window_s, platform=None):
+    p = sys.platform if platform is None else platform
+    ms = min(MAX_HW_TIMEOUT_MS, HW_LIMIT_MS.get(p, MAX_HW_TIMEOUT_MS))
+    return min(ms, max(2000, int(window_s * 1000)))
 
 
 def safe_mode(pin=None):
@@ -59,9 +82,8 @@ def arm(machine, window_s, safe_pin=None):
     global _current
     wdt = None
     if not safe_mode(safe_pin):
-        # Long enough for a 1 s sleep slice plus a send; never above what every port allows.
-        hw_ms = min(MAX_HW_TIMEOUT_MS, max(2000, int(window_s * 1000)))
-        wdt = machine.WDT(timeout=hw_ms)
+        # Long enough for a 1 s wait slice; never above what the port allows.
+        wdt = machine.WDT(timeout=hw_timeout_ms(window_s))
     _current = Watchdog(wdt, window_s)
     return _current
 

@@ -12,15 +12,9 @@ from typing import Any
 
 import pytest
 
-from agent.devices.codecs.frame import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_VALUES,
-    DeviceFrame,
-    SensorValue,
-    encode_frame,
-    parse_frame,
-)
+from agent.devices.codecs.frame import encode_frame, parse_frame
 from agent.errors import FrameError
+from agent.frame import DEFAULT_MAX_BYTES, DEFAULT_MAX_VALUES, DeviceFrame, SensorValue
 from agent.model import INT256_MAX, INT256_MIN, UINT64_MAX, AuthMethod, Transport
 
 NAME_CHARS = string.ascii_letters + string.digits + "_.:-"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.devices.codecs.frame import SensorValue
 from agent.devices.codecs.nmea import encode_nmea, parse_nmea
 from agent.errors import FrameError
+from agent.frame import SensorValue
 
 
 def line(body: str) -> bytes:

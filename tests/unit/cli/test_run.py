@@ -97,6 +97,20 @@ def test_init_creates_a_0600_key_and_a_config_that_loads(agent_dir: Path) -> Non
     assert (agent_dir / "data").is_dir()
 
 
+def test_init_writes_a_config_that_accepts_no_device_without_authentication(
+    agent_dir: Path,
+) -> None:
+    cfg = load_config(agent_dir / "agent.toml")
+    assert cfg.sources.mqtt.allowed_devices == ()
+    assert cfg.sources.coap.allowed_devices == ()
+    assert cfg.sources.serial.allowed_devices == frozenset()
+    doctor = cli(
+        "doctor", "--config", str(agent_dir / "agent.toml"), "--timeout", "0.5", cwd=agent_dir
+    )
+    (line,) = [ln for ln in doctor.stdout.splitlines() if ln.split()[1] == "allowlist"]
+    assert line.startswith("ok    allowlist  no device is accepted without authentication")
+
+
 def test_init_prints_the_checksummed_address_of_the_key_it_wrote(tmp_path: Path) -> None:
     d = tmp_path / "etc"
     result = cli("init", "--dir", str(d), cwd=tmp_path)

@@ -1,5 +1,7 @@
 """`edgence-agent firmware deploy`: copy the MicroPython firmware (boot.py, main.py, lib/) and
 a device's provisioning bundle (config.json) onto a board through its raw REPL, with progress.
+The library goes as .mpy compiled for the board's MicroPython (agent/fwbuild.py), or as
+sources with --sources.
 
 The board is put in safe mode first (a `SAFE` file: boot.py then arms no watchdog and main.py
 does not start), so a board whose watchdog bites mid-copy comes back copyable; the flag is
@@ -17,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.devices.rawrepl import RawRepl, RawReplError
+from agent import fwbuild
+from agent.cli.rawrepl import RawRepl, RawReplError
 from agent.errors import AgentError
 
 SAFE_FLAG = "SAFE"
@@ -28,8 +31,8 @@ class DeployError(AgentError):
 
 
 def default_source() -> Path:
-    """The firmware of this checkout (firmware/micropython beside the agent package)."""
-    return Path(__file__).resolve().parents[2] / "firmware" / "micropython"
+    """The firmware shipped in the installed package (or this checkout's, when editable)."""
+    return fwbuild.shipped_firmware()
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,8 @@ def firmware_files(source: Path) -> list[BoardFile]:
     reset mid-copy never runs a main.py newer than its library)."""
     if not (source / "main.py").is_file() or not (source / "lib").is_dir():
         raise DeployError(
-            f"{source} is not the MicroPython firmware (needs main.py and lib/); "
-            "pass --source firmware/micropython of an edgence-agent checkout"
+            f"{source} is not the MicroPython firmware (needs main.py and lib/)",
+            fix="pass --source firmware/micropython of an edgence-agent checkout",
         )
     lib = sorted(p for p in (source / "lib").rglob("*.py") if "__pycache__" not in p.parts)
     files = [BoardFile(p.relative_to(source).as_posix(), p.read_bytes()) for p in lib]
@@ -104,6 +107,20 @@ def _watchdog_armed(repl: RawRepl) -> bool:
     return out.strip() == b"1"
 
 
+def board_runtime(port: str, open_repl: Callable[[str], RawRepl] = RawRepl) -> fwbuild.BoardRuntime:
+    """Which MicroPython the board runs (asked through its raw REPL)."""
+    repl = open_repl(port)
+    try:
+        repl.enter_raw()
+        out = repl.exec(fwbuild.BOARD_QUERY)
+        repl.exit_raw()
+    except RawReplError as exc:
+        raise DeployError(f"{exc}; the board did not say which MicroPython it runs") from None
+    finally:
+        repl.close()
+    return fwbuild.parse_board_runtime(out.decode(errors="replace"))
+
+
 def deploy(
     port: str,
     files: list[BoardFile],
@@ -111,6 +128,7 @@ def deploy(
     progress: Progress | None = None,
     reset: bool = True,
     open_repl: Callable[[str], RawRepl] = RawRepl,
+    remove: list[str] | None = None,
 ) -> None:
     repl = open_repl(port)
     try:
@@ -129,6 +147,8 @@ def deploy(
             repl.write_file(f.path, f.content)
             if progress is not None:
                 progress(i, len(files), f.path, len(f.content))
+        for path in remove or []:  # a stale twin (.py beside a new .mpy) would win the import
+            repl.exec(f"import os\ntry:\n os.remove({path!r})\nexcept OSError:\n pass\n")
         repl.exec(f"import os\nos.remove({SAFE_FLAG!r})\n")
         repl.exit_raw()
         if reset:
@@ -136,7 +156,8 @@ def deploy(
             repl._read_until(b"soft reboot", "soft reboot after the deploy")
     except RawReplError as exc:
         raise DeployError(
-            f"{exc}; the board is left in safe mode (file SAFE): run the deploy again"
+            f"{exc.description}; the board is left in safe mode (file SAFE)",
+            fix="run the deploy again",
         ) from None
     finally:
         repl.close()
@@ -154,9 +175,16 @@ def cmd_firmware_deploy(args: argparse.Namespace) -> int:
         files.insert(0, BoardFile("config.json", with_settings(raw, args.setting or [])))
     elif args.setting:
         raise DeployError("--setting needs --bundle (settings go into the board's config.json)")
+    if not args.sources:
+        runtime = board_runtime(args.port)
+        compiled = fwbuild.compiled_files(source, runtime)
+        files = files[:1] if args.bundle is not None else []
+        files += [BoardFile(p, c) for p, c in compiled]
+        print(f"compiled for {runtime.describe()} with mpy-cross", file=out)
+    stale = fwbuild.stale_on_board([(f.path, f.content) for f in files])
     total = sum(len(f.content) for f in files)
     print(f"deploying {len(files)} files ({total} bytes) from {source} to {args.port}", file=out)
-    deploy(args.port, files, progress=print_progress(out), reset=not args.no_reset)
+    deploy(args.port, files, progress=print_progress(out), reset=not args.no_reset, remove=stale)
     print(f"done: {args.port} runs the new firmware" if not args.no_reset else "done", file=out)
     return 0
 
@@ -173,6 +201,11 @@ def add_parsers(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="firmware setting for config.json, e.g. interval_s=30 (repeat)",
     )
-    s.add_argument("--source", type=Path, help="firmware dir (default: this checkout's)")
+    s.add_argument("--source", type=Path, help="firmware dir (default: the one installed)")
+    s.add_argument(
+        "--sources",
+        action="store_true",
+        help="copy lib/ as .py sources instead of .mpy compiled for the board's MicroPython",
+    )
     s.add_argument("--no-reset", action="store_true", help="do not soft-reset afterwards")
     s.set_defaults(fn=cmd_firmware_deploy)

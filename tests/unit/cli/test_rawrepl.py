@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.devices.rawrepl import RawRepl, RawReplError, provision_over_serial
+from agent.cli.rawrepl import RawRepl, RawReplError, provision_over_serial
 from tests.support.raw_repl_board import RawReplBoard
 
 

@@ -1,5 +1,7 @@
 """`edgence-agent doctor` on a healthy gateway (real Mosquitto brokers, a running agent, a
-JSON-RPC node) passes; each injected fault is reported on its own line with its fix.
+JSON-RPC node) passes; each injected fault is reported on its own line with its fix, and what
+is not broken but unsafe or not yet working (an allowlisted device, an agent not ready, its
+upstream link down) is a WARN line.
 
 The full node is a real anvil. Bluetooth adapters are a directory laid out like
 /sys/class/bluetooth: there is no radio on this machine.
@@ -18,10 +20,10 @@ from typing import Any
 import pytest
 
 from agent.chainclient.anvil import LocalAnvil
-from agent.doctor import Check, DoctorOptions, run_checks
+from agent.cli.doctor import Check, DoctorOptions, run_checks
 from agent.localbroker import LocalMosquitto, free_port
 
-from .conftest import AgentProcess, agent_config_dict, to_toml, write_agent_dir
+from ..conftest import AgentProcess, agent_config_dict, to_toml, wait_until, write_agent_dir
 
 
 @pytest.fixture
@@ -43,6 +45,7 @@ def gateway(
             journal={"max_bytes": "4 MiB"},
             metrics={"listen": f"127.0.0.1:{free_port()}"},
         )
+        cfg["sources"]["mqtt"]["allowed_devices"] = []  # an installed gateway allowlists none
         for section, values in over.items():
             cfg.setdefault(section, {}).update(values)
         path, _ = write_agent_dir(tmp_path / name, cfg)
@@ -67,6 +70,10 @@ def cli_doctor(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def line_of(out: subprocess.CompletedProcess[str], name: str) -> str:
+    return next(x for x in out.stdout.splitlines() if x.split()[1] == name)
+
+
 # -- healthy ----------------------------------------------------------------------------
 
 
@@ -81,13 +88,14 @@ def test_healthy_gateway_passes_every_check_and_exits_0(
     out = cli_doctor(config, "--chain-url", node.url)
     assert out.returncode == 0, out.stdout + out.stderr
     lines = {line.split()[1]: line for line in out.stdout.splitlines()}
-    for name in ("config", "key", "data", "disk", "local", "upstream", "chain", "agent"):
+    for name in ("config", "key", "allowlist", "data", "disk", "local", "upstream", "chain"):
         assert lines[name].startswith("ok "), lines[name]
     assert "chain id 31337, block 0" in lines["chain"]
-    assert "running, ready, upstream connected, backlog 0" in lines["agent"]
+    assert lines["agent"].startswith("ok    agent      running, ready, upstream connected, ")
+    assert "no device is accepted without authentication" in lines["allowlist"]
     for name in ("secrets", "bluetooth", "serial"):
         assert lines[name].startswith("skip "), lines[name]  # not configured here
-    assert not any(line.startswith("FAIL") for line in out.stdout.splitlines())
+    assert not any(line.startswith(("FAIL", "WARN")) for line in out.stdout.splitlines())
     as_json = json.loads(cli_doctor(config, "--chain-url", node.url, "--json").stdout)
     assert {c["name"]: c["status"] for c in as_json}["local"] == "ok"
 
@@ -271,9 +279,9 @@ def test_configured_serial_port_missing_fails_and_a_real_pty_passes(
         port = os.ttyname(slave)
         config = gateway()
         base = config.read_text()
-        config.write_text(base + f'[sources.serial]\nports = ["{port}"]\n')
+        config.write_text(base + f'[[sources.serial.ports]]\npath = "{port}"\n')
         assert doctor(config)["serial"].status == "ok"
-        config.write_text(base + '[sources.serial]\nports = ["/dev/ttyUSB-not-there"]\n')
+        config.write_text(base + '[[sources.serial.ports]]\npath = "/dev/ttyUSB-not-there"\n')
         c = doctor(config)["serial"]
         assert c.status == "fail" and "/dev/ttyUSB-not-there does not exist" in c.detail
         assert c.fix is not None and "/dev/serial/by-id/" in c.fix
@@ -285,7 +293,9 @@ def test_configured_serial_port_missing_fails_and_a_real_pty_passes(
 def test_missing_and_invalid_config_fail_with_init_or_edit(tmp_path: Path) -> None:
     missing = tmp_path / "nope" / "agent.toml"
     c = doctor(missing)["config"]
-    assert c.status == "fail" and c.fix == f"sudo edgence-agent init --dir {missing.parent}"
+    assert c.status == "fail" and c.fix is not None
+    assert c.fix.startswith(f"sudo edgence-agent init --dir {missing.parent}, ")
+    assert "--config" in c.fix and "EDGENCE_CONFIG" in c.fix
     bad = tmp_path / "bad.toml"
     bad.write_text('[gateway]\nkey_file = "k"\n[bridge]\nurl = "http://x"\n')
     c = doctor(bad)["config"]
@@ -330,3 +340,53 @@ def test_data_file_owned_by_another_user_fails_with_chown(gateway: Callable[...,
     c = doctor(config)["data"]
     assert c.status == "fail" and "registry.json is owned by root" in c.detail
     assert c.fix == f"chown -R 4321: {data}"
+
+
+# -- warnings ---------------------------------------------------------------------------
+
+
+def test_allowlisted_devices_are_a_warning_naming_each_id_and_its_key(
+    gateway: Callable[..., Path],
+) -> None:
+    config = gateway()
+    config.write_text(
+        config.read_text().replace("allowed_devices = []", 'allowed_devices = ["sim-1", "x-2"]')
+    )
+    out = cli_doctor(config)
+    line = line_of(out, "allowlist")
+    assert line.startswith("WARN  allowlist  accepted WITHOUT authentication")
+    assert "sim-1, x-2 in sources.mqtt.allowed_devices" in line
+    assert line.endswith(
+        "-- fix: enroll each device (`edgence-agent pair ID`) and remove it from the list"
+    )
+    assert out.returncode == 0  # a warning, not a failure
+
+
+def test_a_running_agent_whose_upstream_is_down_is_a_warning_not_ok(
+    gateway: Callable[..., Path],
+    upstream_broker: LocalMosquitto,
+    agent_process: Callable[[Path], AgentProcess],
+) -> None:
+    config = gateway()
+    agent = agent_process(config)
+    agent.start()
+    upstream_broker.stop()
+    wait_until(lambda: "upstream DOWN" in line_of(cli_doctor(config), "agent"), 30, "link down")
+    line = line_of(cli_doctor(config), "agent")
+    assert line.startswith("WARN  agent      running, ready, upstream DOWN, backlog ")
+    assert "readings wait in the journal -- fix: check bridge.url" in line
+
+
+def test_an_agent_not_ready_yet_is_a_warning(
+    gateway: Callable[..., Path],
+    local_broker: LocalMosquitto,
+    agent_process: Callable[[Path], AgentProcess],
+) -> None:
+    config = gateway()
+    local_broker.stop()  # the MQTT source cannot subscribe: the agent never becomes ready
+    agent = agent_process(config)
+    agent.start(wait_ready=False)
+    wait_until(lambda: "event=metrics_listening" in agent.log_text(), 30, "metrics endpoint")
+    line = line_of(cli_doctor(config), "agent")
+    assert line.startswith("WARN  agent      running, NOT READY (a source has not connected yet)")
+    assert "-- fix: wait a few seconds and run doctor again" in line

@@ -1,9 +1,10 @@
 """`edgence-agent pair` and `edgence-agent devices ...`: enrolling sensors and managing them.
 
 Pairing records the device as pending, opens its join window and hands out a provisioning
-bundle (JSON for the firmware's config.json, also as a terminal QR code, or written straight
-onto a MicroPython board). The device becomes active only when the running agent has verified
-a live frame with the new key; until then, and after the window closes, it stays pending.
+bundle (JSON for the firmware's config.json, written 0600, or straight onto a MicroPython
+board; its device id, key and counter also as a terminal QR code). The device becomes active
+only when the running agent has verified a live frame with the new key; until then, and after
+the window closes, it stays pending.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from agent.config import AgentConfig, load_config
-from agent.devices.brokerauth import MosquittoAuth
+from agent.cli.options import load
+from agent.cli.qr import print_qr
 from agent.devices.registry import (
     MAX_JOIN_WINDOW_S,
     DeviceRecord,
@@ -28,8 +29,11 @@ from agent.devices.registry import (
     atomic_write,
 )
 from agent.errors import AgentError
-from agent.journal import read_device_counter
 from agent.model import Transport
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
+    from agent.devices.brokerauth import MosquittoAuth
 
 BUNDLE_VERSION = 1
 
@@ -44,6 +48,8 @@ def _broker_auth(cfg: AgentConfig) -> MosquittoAuth | None:
     ba = cfg.enrollment.broker_auth if cfg.enrollment else None
     if ba is None or ba.password_file is None:
         return None
+    from agent.devices.brokerauth import MosquittoAuth
+
     return MosquittoAuth(ba)
 
 
@@ -109,13 +115,6 @@ def write_bundle(path: Path, bundle: dict[str, Any]) -> bytes:
     return data
 
 
-def print_qr(data: bytes, out: TextIO) -> None:
-    import segno
-
-    qr = segno.make(data.decode(), error="l")
-    qr.terminal(out=out, compact=True)
-
-
 def wait_for_first_frame(
     registry: DeviceRegistry, device_id: str, until: float, out: TextIO, poll: float = 0.25
 ) -> DeviceRecord | None:
@@ -164,6 +163,8 @@ def issue_bundle(
     if auth is not None and rec.transport is Transport.MQTT:
         password = auth.set_password(rec.id)
         _sync_broker(cfg, registry)
+    from agent.journal import read_device_counter
+
     last = read_device_counter(cfg.journal.path, rec.id)
     bundle = build_bundle(
         cfg,
@@ -193,7 +194,7 @@ def _sync_broker(cfg: AgentConfig, registry: DeviceRegistry) -> MosquittoAuth | 
 
 
 def cmd_pair(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg = load(args)
     registry = _registry(cfg)
     out: TextIO = sys.stdout
     window = args.window or (cfg.enrollment.join_window_s if cfg.enrollment else 120.0)
@@ -201,11 +202,17 @@ def cmd_pair(args: argparse.Namespace) -> int:
     existing = registry.get(args.device_id)
     if args.reopen:
         if existing is None:
-            raise RegistryError(f"no device {args.device_id!r} to reopen; pair it first")
+            raise RegistryError(
+                f"no device {args.device_id!r} to reopen",
+                fix=f"pair it first: edgence-agent pair {args.device_id}",
+            )
         rec = registry.reopen(args.device_id, window)
         key = registry.key_of(args.device_id)
         if key is None:
-            raise RegistryError(f"device {args.device_id!r} has no key; rotate its key")
+            raise RegistryError(
+                f"device {args.device_id!r} has no key",
+                fix=f"edgence-agent devices rotate-key {args.device_id}",
+            )
         print(f"join window of {rec.id} open again for {window:.0f} s (same key)", file=out)
     else:
         if transport is Transport.BLE and not re.fullmatch(
@@ -232,20 +239,30 @@ def cmd_pair(args: argparse.Namespace) -> int:
         print(f"enrolled {rec.id} ({transport}) as pending; key {rec.key_ref}", file=out)
         print(f"provisioning bundle (holds the device key, mode 0600): {bundle_path}", file=out)
         if args.qr or (args.qr is None and out.isatty()):
-            print_qr(data, out)
+            print_qr(json.loads(data), out)
         if args.serial:
-            from agent.devices.rawrepl import provision_over_serial
+            from agent.cli.rawrepl import provision_over_serial
 
             print(f"writing config.json to the board on {args.serial} ...", file=out)
             provision_over_serial(args.serial, data + b"\n")
             print(f"config.json written to the board on {args.serial}; it restarts", file=out)
+    bundle_path = args.bundle or cfg.gateway.data_dir / "bundles" / f"{rec.id}.json"
     if args.no_wait:
         print(
-            f"join window closes in {window:.0f} s; check with `edgence-agent devices show "
-            f"{rec.id}`",
+            f"join window closes in {window:.0f} s: put the bundle on the device "
+            f"(edgence-agent firmware deploy --port PORT --bundle {bundle_path}) and let it "
+            f"send; check with `edgence-agent devices show {rec.id}`; if the window closed "
+            f"first: `edgence-agent pair {rec.id} --reopen`",
             file=out,
         )
         return 0
+    print(
+        f"waiting up to {window:.0f} s for {rec.id}'s first frame (the agent must be running). "
+        f"Put the bundle on the device now from a second terminal (edgence-agent firmware "
+        f"deploy --port PORT --bundle {bundle_path}), or press Ctrl-C (the device stays "
+        f"pending) and run `edgence-agent pair {rec.id} --reopen` when it is ready to send.",
+        file=out,
+    )
     got = wait_for_first_frame(registry, rec.id, rec.join_until or time.time(), out)
     if got is None:
         print(
@@ -264,7 +281,7 @@ def _fmt_time(t: float | None) -> str:
 
 
 def cmd_devices_list(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg = load(args)
     recs = _registry(cfg).all()
     if args.json:
         print(json.dumps([r.to_doc() for r in recs], indent=1))
@@ -277,12 +294,14 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
 
 
 def cmd_devices_show(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg = load(args)
     rec = _registry(cfg).get(args.device_id)
     if rec is None:
         raise RegistryError(f"no device {args.device_id!r}")
     doc = rec.to_doc()
     doc["key_ref"] = rec.key_ref
+    from agent.journal import read_device_counter
+
     doc["last_counter"] = read_device_counter(cfg.journal.path, rec.id)
     if args.json:
         print(json.dumps(doc, indent=1))
@@ -300,7 +319,7 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
 
 
 def cmd_devices_revoke(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg = load(args)
     registry = _registry(cfg)
     rec = registry.revoke(args.device_id)
     auth = _broker_auth(cfg)
@@ -312,7 +331,7 @@ def cmd_devices_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_devices_rotate_key(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg = load(args)
     registry = _registry(cfg)
     window = args.window or (cfg.enrollment.join_window_s if cfg.enrollment else 120.0)
     rec, key = registry.rotate_key(args.device_id, window_s=window)
@@ -322,10 +341,43 @@ def cmd_devices_rotate_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: Any, config_arg: Any) -> None:
-    """Adds `pair` and `devices` to the top-level parser (`config_arg(parser)` adds --config)."""
-    s = sub.add_parser("pair", help="enroll a sensor and wait for its first verified frame")
-    config_arg(s)
+def cmd_devices_check(args: argparse.Namespace) -> int:
+    """Print the canonical bytes, the expected MAC and every rule FRAME breaks."""
+    from agent.devices.check import check_report
+
+    try:
+        bundle = json.loads(Path(args.bundle).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AgentError(f"--bundle {args.bundle}: cannot read a JSON bundle ({exc})") from None
+    if args.frame == "-":
+        payload = sys.stdin.buffer.read()
+    elif Path(args.frame).is_file():
+        payload = Path(args.frame).read_bytes()
+    else:
+        payload = args.frame.encode()
+    try:
+        lines, problems = check_report(
+            bundle,
+            payload,
+            now=time.time() if args.now is None else args.now,
+            last_counter=args.last_counter,
+        )
+    except ValueError as exc:
+        raise AgentError(f"--bundle {args.bundle}: {exc}") from None
+    print("\n".join(lines))
+    return 1 if problems else 0
+
+
+def add_parsers(sub: Any, config: argparse.ArgumentParser) -> None:
+    """`pair` and `devices`; `config` is the parent parser holding --config."""
+    s = sub.add_parser(
+        "pair",
+        parents=[config],
+        help="enroll a sensor and wait for its first verified frame",
+        epilog="pair waits (up to the join window) until the device's first frame verifies: "
+        "put the bundle on the device from a second terminal (firmware deploy), or pass "
+        "--no-wait now and `pair ID --reopen` once the device is ready to send.",
+    )
     s.add_argument("device_id", help="device id: 1-32 of A-Z a-z 0-9 _ . : -")
     s.add_argument(
         "--transport",
@@ -352,26 +404,37 @@ def add_parsers(sub: Any, config_arg: Any) -> None:
 
     d = sub.add_parser("devices", help="list, show, revoke enrolled devices, rotate their keys")
     dsub = d.add_subparsers(dest="devices_command", required=True)
-    s = dsub.add_parser("list", help="every enrolled device")
-    config_arg(s)
+    s = dsub.add_parser("list", parents=[config], help="every enrolled device")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_devices_list)
-    s = dsub.add_parser("show", help="one device")
-    config_arg(s)
+    s = dsub.add_parser("show", parents=[config], help="one device")
     s.add_argument("device_id")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_devices_show)
-    s = dsub.add_parser("revoke", help="refuse a device's frames from now on")
-    config_arg(s)
+    s = dsub.add_parser("revoke", parents=[config], help="refuse a device's frames from now on")
     s.add_argument("device_id")
     s.set_defaults(fn=cmd_devices_revoke)
-    s = dsub.add_parser("rotate-key", help="give a device a new key (and a new bundle)")
-    config_arg(s)
+    s = dsub.add_parser(
+        "rotate-key", parents=[config], help="give a device a new key (and a new bundle)"
+    )
     s.add_argument("device_id")
     s.add_argument("--window", type=float)
     s.add_argument("--bundle", type=Path)
     s.add_argument("--host")
     s.set_defaults(fn=cmd_devices_rotate_key)
+    s = dsub.add_parser(
+        "check",
+        help="check a frame as the gateway would: canonical bytes, expected mac, every rule broken",
+    )
+    s.add_argument("--bundle", type=Path, required=True, help="the device's provisioning bundle")
+    s.add_argument("frame", help="the frame: JSON text, CBOR as hex, a file, or - for stdin")
+    s.add_argument("--now", type=float, help="the gateway's clock, Unix seconds (default: now)")
+    s.add_argument(
+        "--last-counter",
+        type=int,
+        help="the last counter the gateway accepted (default: the bundle's counter_start - 1)",
+    )
+    s.set_defaults(fn=cmd_devices_check)
 
 
 __all__ = ["add_parsers", "build_bundle"]

@@ -19,7 +19,7 @@ import pytest
 from agent.devices.codecs.frame import encode_frame
 from agent.localbroker import LocalMosquitto, free_port
 
-from .conftest import (
+from ..conftest import (
     AgentProcess,
     Collector,
     Device,

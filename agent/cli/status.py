@@ -3,6 +3,7 @@ shown as text (redrawn in place on a terminal) or printed as JSON for scripts.""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -10,7 +11,8 @@ import urllib.error
 import urllib.request
 from typing import Any, TextIO
 
-from agent.errors import AgentError
+from agent.cli.options import find_config
+from agent.errors import AgentError, ConfigError
 
 
 def fetch_health(base_url: str, timeout: float = 3.0) -> dict[str, Any]:
@@ -20,8 +22,8 @@ def fetch_health(base_url: str, timeout: float = 3.0) -> dict[str, Any]:
             doc = json.loads(resp.read(1 << 20))
     except (OSError, urllib.error.URLError, ValueError) as exc:
         raise AgentError(
-            f"the agent is not answering at {url} ({getattr(exc, 'reason', exc)}); is it running "
-            "(systemctl status edgence-agent) with metrics.enabled = true?"
+            f"the agent is not answering at {url} ({getattr(exc, 'reason', exc)})",
+            fix="is it running (systemctl status edgence-agent) with metrics.enabled = true?",
         ) from None
     if not isinstance(doc, dict) or doc.get("v") != 1:
         raise AgentError(f"{url} did not answer an edgence-agent health document")
@@ -120,3 +122,53 @@ def watch(base_url: str, interval: float, out: TextIO = sys.stdout) -> None:
         out.write(f"\x1b[H\x1b[2J{text}\n\n{stamp}  refreshing every {interval:g}s, Ctrl-C quits\n")
         out.flush()
         time.sleep(interval)
+
+
+def status_url(args: argparse.Namespace) -> str:
+    """--url, else metrics.listen of the config (--config must load; $EDGENCE_CONFIG or a
+    default file may be unreadable, as /etc/edgence-agent is for a normal user), else the
+    default address."""
+    from agent.config import MetricsConfig, load_config
+
+    if args.url:
+        return str(args.url)
+    try:
+        path, _ = find_config(args)
+        cfg = load_config(path)
+    except ConfigError:
+        if args.config is not None:
+            raise
+        return MetricsConfig().url
+    if not cfg.metrics.enabled:
+        raise AgentError(f"{cfg.path}: [metrics.enabled] is false; status reads that endpoint")
+    return cfg.metrics.url
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    url = status_url(args)
+    if args.json:
+        print(json.dumps(fetch_health(url), indent=1))
+        return 0
+    if sys.stdout.isatty() and not args.once:
+        try:
+            watch(url, args.interval)
+        except KeyboardInterrupt:
+            return 0
+        return 0
+    print(render(fetch_health(url)))
+    return 0
+
+
+def add_parsers(sub: Any, config: argparse.ArgumentParser) -> None:
+    s = sub.add_parser(
+        "status",
+        parents=[config],
+        help="the running agent's health (live on a terminal)",
+        epilog="Without --url: metrics.listen of the config; when no config is readable (and "
+        "none was named with --config), http://127.0.0.1:9464.",
+    )
+    s.add_argument("--url", help="the agent's metrics base URL (default: from the config)")
+    s.add_argument("--json", action="store_true", help="print the health document as JSON")
+    s.add_argument("--once", action="store_true", help="print once even on a terminal")
+    s.add_argument("--interval", type=float, default=2.0, help="refresh period (default 2 s)")
+    s.set_defaults(fn=cmd_status)

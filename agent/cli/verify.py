@@ -1,0 +1,48 @@
+"""`edgence-agent verify`: check signed observation envelopes (one, or JSON lines) offline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent.errors import AgentError, EnvelopeError
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from agent.attest.observation import verify_envelope
+
+    data = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+    text = data.strip()
+    if not text:
+        raise AgentError("no envelope given")
+    # One envelope (possibly pretty-printed), or JSON lines. Each is handed over as text so
+    # that the verifier sees it exactly (duplicate keys included).
+    try:
+        json.loads(text)
+        docs = [text]
+    except json.JSONDecodeError:
+        docs = [line for line in text.splitlines() if line.strip()]
+    bad = 0
+    for i, doc in enumerate(docs, 1):
+        try:
+            v = verify_envelope(doc)
+        except EnvelopeError as exc:
+            bad += 1
+            print(f"INVALID #{i}: {exc}")
+            continue
+        r = v.reading
+        print(
+            f"ok signer={v.signer} seq={v.gateway_sequence} device={r.device_id} "
+            f"sensor={r.sensor} value={r.decimal} unit={r.unit} counter={r.counter} "
+            f"timestamp={r.timestamp} chainId={v.domain.chain_id}"
+        )
+    return 1 if bad else 0
+
+
+def add_parsers(sub: Any) -> None:
+    s = sub.add_parser("verify", help="check a signed observation envelope (FILE or -)")
+    s.add_argument("file")
+    s.set_defaults(fn=cmd_verify)
