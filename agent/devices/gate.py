@@ -150,6 +150,10 @@ class EnrollmentGate:
                 )
             raise RejectedReading(first.reason, first.detail)
         if rec is None:
+            # Listed, not enrolled: only a transport that authenticated it (OSCORE with the
+            # device's own context) lifts it above unauthenticated.
+            if arrival.verified is AuthMethod.OSCORE:
+                return AuthMethod.OSCORE
             return AuthMethod.ALLOWLIST
         return AuthMethod.BTHOME if rec.key_kind is KeyKind.BTHOME else AuthMethod.HMAC
 
