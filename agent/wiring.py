@@ -159,11 +159,12 @@ def build(
     registry = DeviceRegistry(enr.registry_dir) if enr is not None and enr.enabled else None
     gate = EnrollmentGate(
         registry,
-        allowlist=cfg.sources.mqtt.allowed_devices,
+        allowlists={Transport.MQTT: cfg.sources.mqtt.allowed_devices},
         rate=enr.rate if enr is not None else 10.0,
         burst=enr.burst if enr is not None else 20.0,
         metrics=metrics,
         skew=cfg.pipeline.clock_skew,
+        data_dir=cfg.gateway.data_dir,
     )
     device_gate: DeviceGate = gate
     if cfg.sources.ble.enabled:
@@ -188,6 +189,7 @@ def build(
         batch_max=cfg.pipeline.batch_max,
         linger=cfg.pipeline.linger_s,
     )
+    gate.reset_counters = pipeline.reset_counters
     p = Parts(
         cfg=cfg,
         key=key,
@@ -246,13 +248,11 @@ def _sources(p: Parts, ble_backend: BleBackend | None, ble: BleDeviceDirectory |
         from agent.devices.modbus import ModbusSource
 
         p.modbus = ModbusSource(cfg.sources.modbus, pipeline=pipeline, metrics=metrics)
-    # Before enrollment, or for development: the CoAP and serial allowlists (with observed,
-    # OSCORE and port devices) join MQTT's in the gate's shared list of unenrolled devices.
-    p.gate.allowlist = (
-        p.gate.allowlist
-        | (p.coap.allowed_devices if p.coap else frozenset())
-        | cfg.sources.serial.allowed_devices
-    )
+    # Before enrollment, or for development: devices accepted without a key of their own, each
+    # on its own transport only (CoAP: listed, observed and OSCORE devices; serial: the devices
+    # bound to a port, which the serial source checks per port; Modbus: its own gate).
+    p.gate.allowlists[Transport.COAP] = p.coap.allowed_devices if p.coap else frozenset()
+    p.gate.allowlists[Transport.SERIAL] = cfg.sources.serial.allowed_devices
 
 
 def _chain(p: Parts) -> None:
