@@ -74,8 +74,8 @@ _UNITS: dict[str, tuple[str | None, str | None, str]] = {
     "d": ("d", "duration", "measurement"),
     "kg": ("kg", "weight", "measurement"),
     "g": ("g", "weight", "measurement"),
-    "L": ("L", "volume", "measurement"),
-    "m3": ("m³", "volume", "measurement"),
+    "L": ("L", "volume_storage", "measurement"),
+    "m3": ("m³", "volume_storage", "measurement"),
     "1": (None, None, "measurement"),  # UCUM's dimensionless unit: a count, no unit in HA
 }
 
