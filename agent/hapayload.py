@@ -36,7 +36,7 @@ def join_ids(*labels: str) -> str:
 
 # UCUM-ish unit of a frame -> (HA unit_of_measurement or None for a count, device_class or
 # None, state_class). Sensor-name hints refine "%" and "ppm" below.
-_UNITS: dict[str, tuple[str | None, str | None, str]] = {
+UNITS: dict[str, tuple[str | None, str | None, str]] = {
     "Cel": ("°C", "temperature", "measurement"),
     "[degF]": ("°F", "temperature", "measurement"),
     "K": ("K", "temperature", "measurement"),
@@ -83,7 +83,7 @@ _UNITS: dict[str, tuple[str | None, str | None, str]] = {
 def ha_unit(unit: str, sensor: str = "") -> tuple[str | None, str | None, str]:
     """(unit_of_measurement, device_class, state_class) for a frame's unit; an unknown unit is
     passed through as it is, without a device class."""
-    mapped = _UNITS.get(unit)
+    mapped = UNITS.get(unit)
     if mapped is None:
         return unit, None, "measurement"
     ha, device_class, state_class = mapped

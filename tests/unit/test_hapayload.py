@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from agent.hapayload import (
+    UNITS,
     DeviceAction,
     StateCoalescer,
     Topics,
-    _UNITS,
     button_config,
     gateway_config,
     ha_unit,
@@ -98,7 +98,7 @@ def check_keys(doc: dict[str, Any], allowed: set[str], required: set[str]) -> No
     json.dumps(doc)  # serialisable as it is
 
 
-@pytest.mark.parametrize("unit", sorted(_UNITS) + ["furlong", "[iU]"])
+@pytest.mark.parametrize("unit", [*sorted(UNITS), "furlong", "[iU]"])
 @pytest.mark.parametrize("sensor", ["t", "hum", "battery", "co2", "pm25", "x.y:z-w_v"])
 def test_every_sensor_config_uses_only_documented_keys_and_fitting_units(
     unit: str, sensor: str
