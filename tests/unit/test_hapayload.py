@@ -103,7 +103,7 @@ def check_keys(doc: dict[str, Any], allowed: set[str], required: set[str]) -> No
 def test_every_sensor_config_uses_only_documented_keys_and_fitting_units(
     unit: str, sensor: str
 ) -> None:
-    doc = sensor_config(T, "dev-1", "Kitchen", sensor, unit, "0.1.0")
+    doc: dict[str, Any] = sensor_config(T, "dev-1", "Kitchen", sensor, unit, "0.1.0")
     check_keys(doc, SENSOR_KEYS, SENSOR_REQUIRED)
     assert doc["state_class"] in STATE_CLASSES
     cls = doc.get("device_class")
@@ -120,7 +120,7 @@ def test_every_sensor_config_uses_only_documented_keys_and_fitting_units(
 def test_button_and_gateway_configs_use_only_documented_keys() -> None:
     action = DeviceAction("reboot", command_topic="edgence/gw/cmd/dev-1/reboot")
     check_keys(button_config(T, "dev-1", "Kitchen", action, "0.1.0"), BUTTON_KEYS, BUTTON_REQUIRED)
-    gw = gateway_config(T, "0.1.0")
+    gw: dict[str, Any] = gateway_config(T, "0.1.0")
     check_keys(gw, SENSOR_KEYS, SENSOR_REQUIRED)
     assert gw["entity_category"] == "diagnostic"  # the only category HA allows on sensors
     assert gw["device"]["identifiers"] == [T.gateway_identifier]
@@ -158,7 +158,7 @@ def test_object_ids_are_one_to_one_across_devices_and_sensors() -> None:
 
 
 def test_value_template_reads_a_sensor_name_with_dots_and_colons() -> None:
-    doc = sensor_config(T, "d", "d", "pm2.5:a-b", "ug/m3", "0.1.0")
+    doc: dict[str, Any] = sensor_config(T, "d", "d", "pm2.5:a-b", "ug/m3", "0.1.0")
     assert doc["value_template"] == "{{ value_json['pm2.5:a-b'] }}"
     assert json.loads(state_document({"pm2.5:a-b": "7"})) == {"pm2.5:a-b": 7}
 
