@@ -42,6 +42,9 @@ from agent.model import Observation
 from agent.mqtt import MqttConnection
 
 REVOKED = "revoked"
+# Entities per device: a device may name any sensor in its frames; Home Assistant should not
+# get an unbounded number of entities from one of them (each is a retained config).
+MAX_SENSORS_PER_DEVICE = 64
 
 
 class EnrolledDevice(Protocol):
@@ -101,6 +104,7 @@ class HomeAssistantDiscovery:
         # device -> config and state topics cleared at revocation (cleared again on connect)
         self._revoked: dict[str, set[str]] = {}
         self._registry_view: dict[str, tuple[str, str, tuple[tuple[str, str], ...]]] = {}
+        self._over_limit: set[str] = set()  # devices told about the limit (logged once)
         self._timer: asyncio.TimerHandle | None = None
         self._online = False
         self._stopping = False
@@ -115,8 +119,10 @@ class HomeAssistantDiscovery:
             r = obs.reading
             if r.device_id in self._revoked:
                 continue
-            if (r.device_id, r.sensor) not in self._units:
-                self._announce_sensor(r.device_id, r.sensor, r.unit)
+            if (r.device_id, r.sensor) not in self._units and not self._announce_sensor(
+                r.device_id, r.sensor, r.unit
+            ):
+                continue
             per_device.setdefault(r.device_id, []).append((r.sensor, r.decimal))
         for device, values in per_device.items():
             self.states.offer(device, values)
@@ -127,10 +133,23 @@ class HomeAssistantDiscovery:
     def _device_name(self, device: str) -> str:
         return self._names.get(device, device)
 
-    def _announce_sensor(self, device: str, sensor: str, unit: str) -> None:
+    def _announce_sensor(self, device: str, sensor: str, unit: str) -> bool:
+        """Announce one entity; False when the device has reached MAX_SENSORS_PER_DEVICE."""
         t = self.topics
         new_device = device not in self._configs
         configs = self._configs.setdefault(device, {})
+        if len(configs) >= MAX_SENSORS_PER_DEVICE + len(self.actions.get(device, ())):
+            if device not in self._over_limit:
+                self._over_limit.add(device)
+                event(
+                    self.log,
+                    "ha_sensor_limit",
+                    logging.WARNING,
+                    device=device,
+                    sensor=sensor,
+                    limit=MAX_SENSORS_PER_DEVICE,
+                )
+            return False
         if new_device:  # its buttons too
             for action in self.actions.get(device, ()):
                 doc = button_config(t, device, self._device_name(device), action, __version__)
@@ -144,6 +163,7 @@ class HomeAssistantDiscovery:
         self._publish_config(topic, configs[topic])
         event(self.log, "ha_entity_announced", device=device, sensor=sensor, unit=unit)
         self._publish(t.gateway_state, encode({"devices": len(self._configs)}))
+        return True
 
     def _publish_config(self, topic: str, payload: bytes) -> None:
         if self._publish(topic, payload):
@@ -158,6 +178,7 @@ class HomeAssistantDiscovery:
         }
         topics.add(t.state(device))
         self._revoked[device] = topics
+        self._over_limit.discard(device)
         for key in [k for k in self._units if k[0] == device]:
             del self._units[key]
         self.states.forget(device)
