@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from agent.devices.mqtt import MqttSource
     from agent.devices.serial import SerialSource
     from agent.election.rounds import ConnectionPublisher, ElectionRounds
+    from agent.hadiscovery import HomeAssistantDiscovery
     from agent.masternode import HeartbeatTask, OracleSubmitter
     from agent.oracle import CoapOracle, MqttOracle, OracleService
     from agent.telemetry import Telemetry
@@ -105,6 +106,7 @@ class Parts:
     heartbeat: HeartbeatTask | None = None
     submitter: OracleSubmitter | None = None
     telemetry: Telemetry | None = None
+    homeassistant: HomeAssistantDiscovery | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.monotonic)
 
@@ -115,6 +117,7 @@ class Parts:
         tail: list[Component | None] = [
             self.pipeline,
             self.telemetry,
+            self.homeassistant,
             self.chain_watcher,
             self.tx_sender,
             self.forward_mqtt,
@@ -209,11 +212,29 @@ def build(
     _sources(p, ble_backend, ble_devices)
     _chain(p)
     _oracle(p)
+    if cfg.homeassistant.enabled:
+        _homeassistant(p)
     if cfg.metrics.enabled:
         from agent.telemetry import Telemetry  # prometheus-client only when used
 
         p.telemetry = Telemetry(p)
     return p
+
+
+def _homeassistant(p: Parts) -> None:
+    """[homeassistant]: discovery of enrolled and accepted devices, a sink of the pipeline."""
+    from agent.hadiscovery import HomeAssistantDiscovery
+
+    ha, gate = p.cfg.homeassistant, p.gate
+    own_id = ha.mqtt.client_id if ha.mqtt is not None else None
+    p.homeassistant = HomeAssistantDiscovery(
+        ha,
+        gateway=p.key.address,
+        enrolled=lambda: gate.records,
+        agent_ready=p.ready,
+        client_id=own_id or client_id(p.key, "homeassistant"),
+    )
+    p.pipeline.add_sink(p.homeassistant.offer)
 
 
 def _sources(p: Parts, ble_backend: BleBackend | None, ble: BleDeviceDirectory | None) -> None:
