@@ -207,7 +207,7 @@ class OracleAsker:
         from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
         self.name = f"dapp-{uuid.uuid4().hex[:8]}"
-        self.req_topic = f"edgence/{gateway}/oracle/req"
+        self.req_topic = f"edgence/{gateway}/oracle/req/{self.name}"
         self.reply_topic = f"edgence/{gateway}/oracle/res/{self.name}"
         self.answers: dict[bytes, bytes] = {}
         self.cv = threading.Condition()
