@@ -1,9 +1,11 @@
 """Per-device broker credentials: a Mosquitto password file and ACL that let each device publish
-only on its own topic, so one device cannot speak as another even before the HMAC check.
+only on its own topic, so one device cannot speak as another even before the HMAC check; the
+same ACL binds dApps' forwarding and oracle requests and answers to their own username.
 
 The password file is maintained with Mosquitto's own `mosquitto_passwd` (its hash format is
-Mosquitto's business; the password goes on its stdin, never its command line); the ACL is generated from the registry in full on every change, then the
-broker is told to reload both with SIGHUP.
+Mosquitto's business; the password goes on its stdin, never its command line). The ACL is
+generated from the registry in full on every change, then the broker is told to reload both
+with SIGHUP.
 """
 
 from __future__ import annotations

@@ -88,9 +88,13 @@ class Client:
         c.username_pw_set(login.username, login.password)
         c.on_message = self._on_message
         subscribed = threading.Event()
+
         # paho drops the connection when the broker refuses a publish (PUBACK 0x87) and
         # reconnects: subscribe on every connection.
-        c.on_connect = lambda *a: c.subscribe([(s, 1) for s in subscriptions])
+        def on_connect(*a: Any) -> None:
+            c.subscribe([(s, 1) for s in subscriptions])
+
+        c.on_connect = on_connect
         c.on_subscribe = lambda *a: subscribed.set()
         connected = threading.Event()
         if not subscriptions:
@@ -118,9 +122,9 @@ class Client:
         p.CorrelationData = corr
         self.client.publish(topic, json.dumps(body), qos=qos, properties=p).wait_for_publish(10)
 
-    async def answer(self, corr: bytes, timeout: float = 10) -> Any:
+    async def answer(self, corr: bytes) -> Any:
         # waited for in a thread: the agent runs on this test's event loop
-        return await asyncio.to_thread(self._answer, corr, timeout)
+        return await asyncio.to_thread(self._answer, corr, 10.0)
 
     def _answer(self, corr: bytes, timeout: float) -> Any:
         with self.cv:
@@ -232,7 +236,7 @@ async def test_varying_the_response_topic_does_not_escape_the_rate_limit(
     start_agent: Callable[..., Any],
 ) -> None:
     # A bucket of 3 that refills once in 100 s: within the test only 3 requests pass.
-    running, gw = await start(start_agent, generated, upstream_broker, anvil, rate=0.01, burst=3)
+    _running, gw = await start(start_agent, generated, upstream_broker, anvil, rate=0.01, burst=3)
     base = f"edgence/{gw}/rpc"
     bob = Client(generated, "bob", [f"{base}/res/bob/#"])
     alice = Client(generated, "alice", [f"{base}/res/alice/#"])
