@@ -170,7 +170,16 @@ class Coalescer:
                 body, max_response_bytes=limit, deadline=self.policy.timeout_s
             )
             if not fut.done():
-                fut.set_result(raw)
+                # Passed on byte for byte, but only a JSON-RPC answer: a proxy's HTML page or a
+                # truncated body becomes the gateway's own error, never the dApp's "answer".
+                try:
+                    ok = isinstance(json.loads(raw), dict)
+                except (ValueError, UnicodeDecodeError):
+                    ok = False
+                if ok:
+                    fut.set_result(raw)
+                else:
+                    fut.set_exception(ChainError("the node's answer is not a JSON-RPC object"))
             return
         self.batches += 1
         sent = [{**item, "id": k} for k, (item, _) in enumerate(batch)]
