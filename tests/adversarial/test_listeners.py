@@ -23,6 +23,7 @@ from agent.chainclient.rpc import RpcClient
 from agent.coapserver import CoapServer
 from agent.journal import Journal
 from agent.localbroker import LocalMosquitto
+from agent.localbroker import free_port as tcp_free_port
 from agent.metrics import Metrics
 from agent.oracle import CoapOracle, OracleService
 from tests.integration.conftest import agent_config_dict, write_agent_dir
@@ -127,7 +128,11 @@ def test_doctor_names_every_socket_the_agent_listens_on_and_device_coap_is_loopb
     upstream_broker: LocalMosquitto,
     agent_process: Any,
 ) -> None:
-    src, fwd, orc, met = free_port(), free_port(), free_port(), free_port()
+    src, orc = free_port(), free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.bind(("0.0.0.0", 0))  # free on every interface, as forward.coap binds it
+        fwd = int(u.getsockname()[1])
+    met = tcp_free_port()
     cfg = agent_config_dict(
         local_broker,
         upstream_broker,
@@ -139,7 +144,10 @@ def test_doctor_names_every_socket_the_agent_listens_on_and_device_coap_is_loopb
     cfg["oracle"] = {"enabled": True, "coap": {"enabled": True, "bind": f"127.0.0.1:{orc}"}}
     config, _ = write_agent_dir(tmp_path / "gw", cfg)
     agent = agent_process(config)
-    agent.start()
+    try:
+        agent.start()
+    except AssertionError:
+        raise AssertionError(agent.log_text()[-3000:]) from None
     assert agent.proc is not None
     expected = {
         ("tcp", "127.0.0.1", met),
