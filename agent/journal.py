@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self, TypeVar, TypeVarTuple
@@ -134,6 +135,24 @@ class _Removal:
 
 
 _NOTHING = _Removal()
+DROP_LOG_INTERVAL_S = 60.0  # at most one journal_drop line per minute while drops go on
+
+
+@dataclass
+class _DropSummary:
+    """Drops not logged yet: their count, sequence span, reasons and commits."""
+
+    first_seq: int
+    last_seq: int = 0
+    count: int = 0
+    commits: int = 0
+    reasons: set[str] = field(default_factory=set)
+
+    def add(self, r: _Removal) -> None:
+        self.count += r.count
+        self.last_seq = r.last_seq
+        self.commits += 1
+        self.reasons.update(r.reason.split(","))
 
 
 class _JournalCore:
@@ -184,6 +203,8 @@ class _JournalCore:
         self._next_seq = 1
         self._seq_mark = 0
         self._cursors: dict[str, int] = {}
+        self._drops_pending: _DropSummary | None = None
+        self._drop_logged_at = -math.inf
 
     @property
     def path(self) -> Path:
@@ -218,6 +239,7 @@ class _JournalCore:
 
     def close(self) -> None:
         """Checkpoint the WAL into the database file and close. Safe to call twice."""
+        self._flush_drops(time.monotonic())
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -476,14 +498,44 @@ class _JournalCore:
         self._bytes -= removal.freed
 
     def _log_drop(self, dropped: _Removal) -> None:
+        """The first drop after a quiet minute is logged at once; the drops of the following
+        commits (a full journal drops on every append) are added up into one summary line, once
+        a minute while they last and at close, so the log shows every dropped range without a
+        line per commit."""
+        now = time.monotonic()
+        pending = self._drops_pending
         if dropped.count:
-            self._log.warning(
-                "event=journal_drop policy=drop-oldest dropped=%d seq_from=%d seq_to=%d reason=%s",
-                dropped.count,
-                dropped.first_seq,
-                dropped.last_seq,
-                dropped.reason,
-            )
+            if pending is None and now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
+                self._drop_logged_at = now
+                self._log.warning(
+                    "event=journal_drop policy=drop-oldest dropped=%d seq_from=%d seq_to=%d "
+                    "reason=%s",
+                    dropped.count,
+                    dropped.first_seq,
+                    dropped.last_seq,
+                    dropped.reason,
+                )
+                return
+            if pending is None:
+                pending = self._drops_pending = _DropSummary(first_seq=dropped.first_seq)
+            pending.add(dropped)
+        if pending is not None and now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
+            self._flush_drops(now)
+
+    def _flush_drops(self, now: float) -> None:
+        pending, self._drops_pending = self._drops_pending, None
+        if pending is None:
+            return
+        self._drop_logged_at = now
+        self._log.warning(
+            "event=journal_drop policy=drop-oldest dropped=%d seq_from=%d seq_to=%d reason=%s "
+            "commits=%d",
+            pending.count,
+            pending.first_seq,
+            pending.last_seq,
+            ",".join(sorted(pending.reasons)),
+            pending.commits,
+        )
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -326,7 +326,7 @@ def _chain(p: Parts) -> None:
         p.metrics,
     )
     if f.mqtt_enabled and f.mqtt is not None:
-        names = {"prefix": f.topic_prefix, "gateway": p.key.address}
+        names = {"prefix": f.topic_prefix, "gateway": p.key.address, "client": "{client}"}
         p.forward_mqtt = MqttForwarder(
             forwarder,
             f.mqtt,
@@ -398,7 +398,7 @@ def _oracle(p: Parts) -> None:
         )
         p.pipeline.add_sink(p.oracle.offer)
         if o.mqtt_enabled and o.mqtt is not None:
-            names = {"prefix": o.topic_prefix, "gateway": p.key.address}
+            names = {"prefix": o.topic_prefix, "gateway": p.key.address, "client": "{client}"}
             p.oracle_mqtt = MqttOracle(
                 p.oracle,
                 o.mqtt,

@@ -50,7 +50,9 @@ def _broker_auth(cfg: AgentConfig) -> MosquittoAuth | None:
         return None
     from agent.devices.brokerauth import MosquittoAuth
 
-    return MosquittoAuth(ba)
+    # The forwarding and oracle topics are in the ACL whether or not they are enabled now.
+    services = [f"{cfg.forward.topic_prefix}/+/rpc", f"{cfg.oracle.topic_prefix}/+/oracle"]
+    return MosquittoAuth(ba, services)
 
 
 def _gateway_address(cfg: AgentConfig) -> str | None:
