@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from agent.election.rounds import ConnectionPublisher, ElectionRounds
     from agent.masternode import HeartbeatTask, OracleSubmitter
     from agent.oracle import CoapOracle, MqttOracle, OracleService
+    from agent.rewards import RewardCheckIn
     from agent.telemetry import Telemetry
 
 
@@ -100,6 +101,7 @@ class Parts:
     oracle_mqtt: MqttOracle | None = None
     oracle_coap: CoapOracle | None = None
     heartbeat: HeartbeatTask | None = None
+    rewards: RewardCheckIn | None = None
     submitter: OracleSubmitter | None = None
     telemetry: Telemetry | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -123,6 +125,7 @@ class Parts:
             self.oracle_mqtt,
             self.oracle_coap,
             self.heartbeat,
+            self.rewards,
             self.submitter,
         ]
         return [c for c in (*head, *self.sources, *tail) if c is not None]
@@ -339,7 +342,7 @@ def _election(p: Parts) -> None:
 
 def _oracle(p: Parts) -> None:
     """[oracle] queries over MQTT 5 / CoAP, [oracle.submit] on-chain submission and the
-    [masternode] heartbeat (each only when enabled)."""
+    [masternode] heartbeat and reward check-in (each only when enabled)."""
     cfg = p.cfg
     o = cfg.oracle
     if o.enabled:
@@ -381,6 +384,16 @@ def _oracle(p: Parts) -> None:
         p.heartbeat = HeartbeatTask(
             RegistryClient(p.rpc, p.tx_sender, mn.registry),
             every_blocks=mn.heartbeat_every_blocks,
+            check_interval_s=mn.check_interval_s,
+            metrics=p.metrics,
+        )
+    if mn.registry is not None and mn.rewards is not None:
+        from agent.rewards import RewardCheckIn, RewardsClient
+
+        assert p.rpc is not None
+        p.rewards = RewardCheckIn(
+            RewardsClient(p.rpc, p.tx_sender, mn.rewards),
+            RegistryClient(p.rpc, p.tx_sender, mn.registry),
             check_interval_s=mn.check_interval_s,
             metrics=p.metrics,
         )
