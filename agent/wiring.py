@@ -36,6 +36,7 @@ from agent.secrets import check_secret_mode
 from agent.upkeep import JournalUpkeep
 
 if TYPE_CHECKING:
+    from agent.chainclient.approvals import DappApprovals
     from agent.chainclient.forward import CoapForwarder, MqttForwarder
     from agent.chainclient.rpc import RpcClient
     from agent.chainclient.sender import TxSender
@@ -93,6 +94,7 @@ class Parts:
     rpc: RpcClient | None = None
     tx_sender: TxSender | None = None
     chain_watcher: ChainWatcher | None = None
+    dapp_approvals: DappApprovals | None = None
     forward_mqtt: MqttForwarder | None = None
     forward_coap: CoapForwarder | None = None
     election: ElectionRounds | None = None
@@ -115,6 +117,7 @@ class Parts:
             self.pipeline,
             self.telemetry,
             self.chain_watcher,
+            self.dapp_approvals,
             self.tx_sender,
             self.forward_mqtt,
             self.forward_coap,
@@ -278,6 +281,19 @@ def _chain(p: Parts) -> None:
         return
     from agent.chainclient.forward import CoapForwarder, Forwarder, ForwardPolicy, MqttForwarder
 
+    if cfg.masternode.dapps is not None:
+        # Transactions only to the contracts of dApps the masternodes approved, followed from
+        # the chain (a watcher of its own when [chain] is not enabled).
+        from agent.chainclient.approvals import DappApprovals
+        from agent.chainclient.subscribe import ChainWatcher
+
+        if p.chain_watcher is None:
+            p.chain_watcher = ChainWatcher(
+                p.rpc, c.ws_url, poll_interval_s=c.poll_interval_s, metrics=p.metrics
+            )
+        p.dapp_approvals = DappApprovals(
+            p.rpc, cfg.masternode.dapps, p.chain_watcher, metrics=p.metrics
+        )
     forwarder = Forwarder(
         p.rpc,
         ForwardPolicy(
@@ -292,6 +308,7 @@ def _chain(p: Parts) -> None:
             max_inflight=f.max_inflight,
         ),
         p.metrics,
+        raw_tx_check=None if p.dapp_approvals is None else p.dapp_approvals.check_raw_transaction,
     )
     if f.mqtt_enabled and f.mqtt is not None:
         names = {"prefix": f.topic_prefix, "gateway": p.key.address}
