@@ -15,6 +15,7 @@ import pytest
 from agent.attest.keys import GatewayKey, write_key_file
 from agent.chainclient.anvil import LocalAnvil
 from agent.cli import main as cli_main
+from agent.cli.status import render
 from agent.localbroker import LocalMosquitto
 from tests.integration.conftest import agent_config_dict, async_wait_until, to_toml
 from tests.integration.masternode.conftest import FAIL_EPOCHS, REWARD, Layer
@@ -89,6 +90,16 @@ async def test_agents_check_in_each_epoch_and_claim_equal_shares_while_in_servic
         lambda: heartbeat.health().detail["in_service"] is False,
         30,
         "the agent's own view of its standing",
+    )
+    telemetry = agents[2].agent.telemetry
+    assert telemetry is not None
+    shown = render(await telemetry.health_document())
+    assert "masternode registered  service OUT OF SERVICE" in shown
+    assert "rewards    epoch" in shown
+    conf2 = str(tmp_path / "mn2" / "agent.toml")
+    assert await cli("masternode", "status", "--config", conf2) == 0
+    assert f"service       OUT OF SERVICE: {FAIL_EPOCHS} failed epoch(s) in a row" in (
+        capsys.readouterr().out
     )
     # Its own RewardCheckIn does not try while it is inactive; the epoch passes without it.
     epoch = layer.next_epoch()
