@@ -49,17 +49,17 @@ class Layer:
         return e + 1
 
 
-def deploy_layer(chain: Chain, committee_size: int = 3) -> Layer:
+def deploy_layer(chain: Chain, committee_size: int = 3, epoch_blocks: int = EPOCH_BLOCKS) -> Layer:
     committee = [GatewayKey.generate() for _ in range(committee_size)]
     for k in committee:
         chain.fund(k)
     registry = chain.deploy("MasternodeRegistry", COLLATERAL, WINDOW_BLOCKS)
     first = chain.block_number()
     standing = chain.deploy(
-        "ServiceStanding", EPOCH_BLOCKS, first, FAIL_EPOCHS, [k.address for k in committee]
+        "ServiceStanding", epoch_blocks, first, FAIL_EPOCHS, [k.address for k in committee]
     )
     chain.transact(chain.dev, registry, "attachServiceStanding", standing.address)
-    rewards = chain.deploy("RewardPool", registry.address, REWARD, EPOCH_BLOCKS, first)
+    rewards = chain.deploy("RewardPool", registry.address, REWARD, epoch_blocks, first)
     dapps = chain.deploy("DappRegistry", registry.address)
     return Layer(chain, registry, standing, rewards, dapps, committee)
 
