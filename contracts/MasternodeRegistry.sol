@@ -131,7 +131,7 @@ contract MasternodeRegistry {
     function attachServiceStanding(address standing) external {
         if (msg.sender != deployer) revert NotDeployer(msg.sender);
         if (address(serviceStanding) != address(0)) revert StandingAlreadyAttached(address(serviceStanding));
-        require(standing != address(0), "standing must be a contract");
+        require(standing.code.length != 0, "standing must be a contract");
         serviceStanding = IServiceStanding(standing);
         emit ServiceStandingAttached(standing);
     }

@@ -138,6 +138,13 @@ def test_only_the_committee_submits_verdicts_and_only_for_recent_epochs(layer: L
     with pytest.raises(Reverted) as exc:
         c.transact(c.dev, layer.registry, "attachServiceStanding", n.address)
     assert exc.value.name == "StandingAlreadyAttached"
+    with pytest.raises(Reverted) as exc:
+        c.transact(n, layer.registry, "attachServiceStanding", layer.standing.address)
+    assert exc.value.name == "NotDeployer"
+    fresh = c.deploy("MasternodeRegistry", 10**18, 100)
+    with pytest.raises(Reverted) as exc:
+        c.transact(c.dev, fresh, "attachServiceStanding", n.address)  # not a contract
+    assert exc.value.reason == "standing must be a contract"
 
 
 def test_dapp_is_approved_by_a_majority_of_active_masternodes_and_revoked_by_vote(
