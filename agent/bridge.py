@@ -294,18 +294,26 @@ class Bridge:
                     # Offered straight from the pipeline: durable before it leaves the box.
                     self._durable = await self.journal.sync()
             elif self._live:
-                # Woken by an offer, or once a second to look for new drop records.
+                # Woken by an offer, or once a second to look for new drop records and for
+                # entries committed but not offered yet (a batch stored in parts is offered
+                # whole, after its last part): those are read from the journal.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._more.wait(), 1.0)
+                if not self._fast and self.journal.last_seq > self._tail:
+                    self._live = False
                 continue
             else:
                 entries, newest = await self.journal.read_tail(
                     SINK, self._sent, min(room, self.cfg.batch)
                 )
                 if not entries:
-                    # Everything appended so far has been read (the read and the newest
-                    # sequence come from the journal thread at one moment): go live.
-                    self._live, self._tail = True, max(self._sent, newest)
+                    # Everything appended up to `newest` has been read (the read and the
+                    # newest sequence come from the journal thread at one moment). A batch
+                    # committed since may have been offered while the read was on its way
+                    # back (and ignored, not being live): then read again, else go live.
+                    tail = max(self._sent, newest)
+                    if self.journal.last_seq <= tail:
+                        self._live, self._tail = True, tail
                     continue
                 batch = [(e.seq, e.device_id, e.sensor, e.envelope) for e in entries]
             for seq, device, sensor, body in batch:

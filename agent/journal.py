@@ -35,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self, TypeVar, TypeVarTuple
 
-from agent.errors import JournalError, JournalFull, JournalHeld
+from agent.errors import JournalBatchTooLarge, JournalError, JournalFull, JournalHeld
 from agent.model import Observation
 
 # Estimated cost of a row beyond its envelope (seq, ids, counter, timestamp, index entry).
@@ -324,7 +324,7 @@ class _JournalCore:
                 )
         incoming = sum(len(o.envelope) + ROW_OVERHEAD_BYTES for o in batch)
         if incoming > self._max_bytes:
-            raise JournalError(
+            raise JournalBatchTooLarge(
                 f"journal {self._path}: a batch of {len(batch)} observations ({incoming} bytes) "
                 f"is larger than journal.max_bytes = {self._max_bytes}; raise journal.max_bytes"
             )
@@ -899,6 +899,12 @@ class Journal:
     async def drops(self) -> list[tuple[DropRecord, bool]]:
         """Every kept drop record and whether it was announced."""
         return await self._call(self._core.drops)
+
+    @property
+    def last_seq(self) -> int:
+        """The newest appended sequence, read from the loop without a thread hop (an int the
+        journal's thread replaces after each commit)."""
+        return self._core.last_seq
 
     @property
     def drops_recorded(self) -> int:

@@ -24,7 +24,13 @@ from agent.attest.observation import ObservationSigner
 from agent.backoff import Backoff
 from agent.component import Health
 from agent.config.pipeline import PipelineConfig
-from agent.errors import JournalError, JournalFull, JournalHeld, RejectedReading
+from agent.errors import (
+    JournalBatchTooLarge,
+    JournalError,
+    JournalFull,
+    JournalHeld,
+    RejectedReading,
+)
 from agent.frame import DeviceFrame, counter_violation
 from agent.journal import Journal
 from agent.logs import RateLimitedLog, event
@@ -234,7 +240,7 @@ class Pipeline:
                 reason = exc.reason if isinstance(exc, RejectedReading) else "bad_value"
                 arr.rejected = reason
                 self.reject(arr.source, arr.device_id, reason, str(exc))
-        previous, obs = await self._commit(readings) if readings else (0, [])
+        obs = await self._commit(readings) if readings else []
         if readings and not obs:  # the journal refused them (full, policy reject-new)
             for arr in batch:
                 arr.rejected = arr.rejected or "journal_full"
@@ -247,11 +253,10 @@ class Pipeline:
         for arr in batch:
             if arr.ack is not None:
                 arr.ack()
-        if obs:
-            for offer in self._sinks:
-                offer(previous, obs)
 
-    async def _commit(self, readings: list[Reading]) -> tuple[int, list[Observation]]:
+    async def _commit(self, readings: list[Reading]) -> list[Observation]:
+        """Sign and journal `readings`, offering each committed part to the sinks at once;
+        returns the observations ([] when the journal refused them: policy reject-new)."""
         sign = self.signer.sign
 
         def make(seqs: range) -> list[Observation]:
@@ -259,10 +264,17 @@ class Pipeline:
             # saves a second thread hop per batch.
             return [sign(r, s) for r, s in zip(readings, seqs, strict=True)]
 
-        retry = Backoff(0.1, 2.0, jitter=0.0, reset_after=math.inf)  # the one local journal
+        retry = Backoff(0.05, 1.0, jitter=0.0, reset_after=math.inf)  # the one local journal
         while True:
             try:
                 previous, obs = await self.journal.append_with(len(readings), make)
+            except JournalBatchTooLarge:
+                if len(readings) == 1:
+                    raise
+                # A small journal.max_bytes: store the batch in two parts, in order.
+                half = len(readings) // 2
+                first = await self._commit(readings[:half])
+                return first + await self._commit(readings[half:]) if first else []
             except JournalHeld as exc:
                 # Policy pause: keep the batch, stop intake, try again once sinks delivered.
                 if not self._held:
@@ -291,7 +303,7 @@ class Pipeline:
                     refused=len(readings),
                     detail=str(exc),
                 )
-                return 0, []
+                return []
             except JournalError as exc:
                 delay = retry.next_delay()
                 self.metrics.inc("journal_errors")
@@ -309,4 +321,6 @@ class Pipeline:
                 self._held = False
                 event(self.log, "journal_room_again", held=len(readings))
             self.metrics.inc("observations_signed", len(obs))
-            return previous, obs
+            for offer in self._sinks:
+                offer(previous, obs)
+            return obs
