@@ -292,7 +292,7 @@ device = "s-1"
 url = "{upstream.url}"
 
 [journal]
-max_bytes = {JOURNAL_BYTES}
+max_bytes = {opts["journal_bytes"]}
 overflow = "{opts["overflow"]}"
 
 [enrollment]
@@ -484,7 +484,9 @@ def account(
     return Accounting(rows, failures)
 
 
-def soak(minutes: float, seed: int, overflow: str, workdir: Path) -> tuple[Accounting, str]:
+def soak(
+    minutes: float, seed: int, overflow: str, workdir: Path, journal_bytes: int = JOURNAL_BYTES
+) -> tuple[Accounting, str]:
     rng = random.Random(seed)
     faults: Counter[str] = Counter()
     etc = workdir / "etc"
@@ -509,6 +511,7 @@ def soak(minutes: float, seed: int, overflow: str, workdir: Path) -> tuple[Accou
             coap_port=coap_port,
             tty=os.ttyname(slave),
             overflow=overflow,
+            journal_bytes=journal_bytes,
         )
         consumer = Upstream(upstream.port, key.address)
         agent = Agent(config, workdir)
@@ -559,7 +562,11 @@ def soak(minutes: float, seed: int, overflow: str, workdir: Path) -> tuple[Accou
     skipped = [] if disk.mounted else ["disk_full (needs root to mount a tmpfs)"]
     skipped += ["clock jumps (not without faking the clock)", "node restarts (no chain part)"]
     result.rows[:0] = [
-        ("duration", f"{minutes:g} min, seed {seed}, journal.overflow = {overflow}"),
+        (
+            "duration",
+            f"{minutes:g} min, seed {seed}, journal.overflow = {overflow}, "
+            f"journal.max_bytes = {journal_bytes}",
+        ),
         ("faults", fault_text),
         ("faults left out", "; ".join(skipped)),
         ("agent starts", str(agent.starts)),
