@@ -57,7 +57,8 @@ async def test_the_bridge_fails_over_to_the_second_broker_and_back_losing_nothin
                 await asyncio.to_thread(device.publish, "devices/dev-1/up", frame)
 
         def health() -> dict[str, Any]:
-            return bridge.health().as_dict()
+            doc: dict[str, Any] = bridge.health().as_dict()
+            return doc
 
         try:
             await publish(200)
