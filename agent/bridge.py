@@ -281,6 +281,11 @@ class Bridge:
         while True:
             await self.conn.connected.wait()
             if self._drops_seen != self.journal.drops_recorded:
+                # Entries were dropped: those still waiting in memory may be among them, so
+                # read the survivors from the journal (only ones already handed to paho can be
+                # both delivered and announced dropped).
+                self._fast.clear()
+                self._live = False
                 await self._announce_drops()
             room = self.cfg.inflight - len(self._pending)
             if room <= 0:

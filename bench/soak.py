@@ -417,7 +417,7 @@ def account(
         delivered[v[1]].add(v[2])
     announced: set[int] = set()
     overlapping = 0
-    for body in dropped_raw:
+    for body in dict.fromkeys(dropped_raw):  # a statement may arrive twice, identical
         try:
             d = verify_dropped(body)
         except (EnvelopeError, ValueError):  # counted and reported
@@ -463,6 +463,7 @@ def account(
         ("gateway sequences 1..N (N = journal's last)", str(last_seq)),
         ("sequences delivered upstream (distinct)", str(len(seqs))),
         ("sequences announced dropped (verified Dropped statements)", str(len(announced))),
+        ("of those, delivered too (in flight when dropped)", str(len(announced & seqs))),
         ("duplicates upstream, byte-identical", str(duplicates)),
         ("sequences reused (same number, other content)", str(reused)),
         ("sequences neither delivered nor announced (gaps)", str(len(missing))),
