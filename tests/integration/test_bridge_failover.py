@@ -82,8 +82,14 @@ async def test_the_bridge_fails_over_to_the_second_broker_and_back_losing_nothin
             await async_wait_until(lambda: bridge.watermark >= 700, 20, "700 delivered")
             assert health()["url"] == first.url
 
-            both = on_first.raw_observations() + on_second.raw_observations()
-            obs = dedupe_by_sequence(both)  # repeats are byte-identical copies
+            def both() -> list[tuple[str, bytes]]:
+                return on_first.raw_observations() + on_second.raw_observations()
+
+            # The consumers' sessions outlive the broker restart; they reconnect on their own.
+            await async_wait_until(
+                lambda: len({p for _, p in both()}) >= 700, 20, "700 readings at the consumers"
+            )
+            obs = dedupe_by_sequence(both())  # repeats are byte-identical copies
             assert sorted(o["message"]["gatewaySequence"] for o in obs) == list(range(1, 701))
             assert sorted(o["message"]["deviceCounter"] for o in obs) == list(range(1, 701))
             for got in (first_copies(on_first), first_copies(on_second)):
