@@ -274,10 +274,11 @@ class _JournalCore:
     def durable_seq(self) -> int:
         return self._durable_seq
 
-    def sync(self) -> int:
+    def sync(self, *, force: bool = False) -> int:
         """Make everything committed so far durable (one fsync of the write-ahead log, which
-        is what synchronous = "full" does at every commit); returns the durable sequence."""
-        if self._durable_seq >= self._last_seq:
+        is what synchronous = "full" does at every commit); returns the durable sequence.
+        Without `force` it does nothing when every entry is known durable already."""
+        if self._durable_seq >= self._last_seq and not force:
             return self._durable_seq
         last = self._last_seq
         if self._synchronous != "full":
@@ -518,7 +519,7 @@ class _JournalCore:
                 "ORDER BY first_seq"
             ).fetchall()
         if rows:
-            self.sync()
+            self.sync(force=True)  # a drop record may be the newest commit, with no entry
         return [DropRecord(int(a), int(b), int(t)) for a, b, t in rows]
 
     def drop_announced(self, first_seq: int) -> None:

@@ -123,31 +123,39 @@ class MqttDevice(threading.Thread):
         c.reconnect_delay_set(1, 2)
         c.on_publish = self._on_publish
         self.mids: dict[int, int] = {}
+        self.early: set[int] = set()  # PUBACKs that came before publish() returned the mid
         self.lock = threading.Lock()
         c.connect("127.0.0.1", port, 30)
         c.loop_start()
         self.client = c
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, rc: Any, p: Any) -> None:
+        # paho calls this holding its own locks: never call paho while holding self.lock.
         with self.lock:
             n = self.mids.pop(mid, None)
-            if n is not None:
+            if n is None:
+                self.early.add(mid)
+            else:
                 self.log.acked.add(n)
 
     def run(self) -> None:
         while not self.stop_event.is_set():
             n = self.log.sent + 1
+            info = self.client.publish(
+                "devices/m-1/up", encode_frame(n, [("t", n, 0, "Cel")]), qos=1
+            )
             with self.lock:
-                info = self.client.publish(
-                    "devices/m-1/up", encode_frame(n, [("t", n, 0, "Cel")]), qos=1
-                )
-                self.mids[info.mid] = n
+                if info.mid in self.early:
+                    self.early.discard(info.mid)
+                    self.log.acked.add(n)
+                else:
+                    self.mids[info.mid] = n
             self.log.sent = n
             time.sleep(1 / MQTT_RATE)
 
     def close(self) -> None:
-        self.client.loop_stop()
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 class CoapDevice(threading.Thread):
