@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import Literal, Self, TypeVar, TypeVarTuple
 
 from agent.errors import JournalBatchTooLarge, JournalError, JournalFull, JournalHeld
+from agent.frame import counter_key
 from agent.model import Observation
 
 # Estimated cost of a row beyond its envelope (seq, ids, counter, timestamp, index entry).
@@ -344,7 +345,8 @@ class _JournalCore:
         counters: dict[str, int] = {}
         for o in batch:
             r = o.reading
-            counters[r.device_id] = max(counters.get(r.device_id, 0), r.counter)
+            key = counter_key(r.device_id, r.transport, r.auth)
+            counters[key] = max(counters.get(key, 0), r.counter)
 
         delivered = dropped = _NOTHING
         rejected = False
@@ -587,6 +589,20 @@ class _JournalCore:
         with self._guard("read device counters") as conn:
             rows = conn.execute("SELECT device_id, counter FROM device_counters").fetchall()
         return {str(d): int(c) + _COUNTER_BIAS for d, c in rows}
+
+    def forget_counters(self, keys: Sequence[str]) -> dict[str, int]:
+        """Remove the last counters kept under `keys` (`devices reset-counter`): the next frame
+        under each key may start anywhere. Returns the counters removed."""
+        with self._write(f"reset {len(keys)} device counter(s)") as conn:
+            removed: dict[str, int] = {}
+            for k in keys:
+                row = conn.execute(
+                    "SELECT counter FROM device_counters WHERE device_id = ?", (k,)
+                ).fetchone()
+                if row is not None:
+                    conn.execute("DELETE FROM device_counters WHERE device_id = ?", (k,))
+                    removed[k] = int(row[0]) + _COUNTER_BIAS
+        return removed
 
     def latest(self, device_id: str, sensor: str) -> JournalEntry | None:
         """The newest stored entry for that device's sensor, if any is still kept."""
@@ -949,6 +965,10 @@ class Journal:
     async def last_counters(self) -> dict[str, int]:
         """Device id -> the highest counter journaled for it (kept when entries are pruned)."""
         return await self._call(self._core.last_counters)
+
+    async def forget_counters(self, keys: Sequence[str]) -> dict[str, int]:
+        """Remove the last counters kept under `keys`; returns those removed."""
+        return await self._call(self._core.forget_counters, keys)
 
     async def latest(self, device_id: str, sensor: str) -> JournalEntry | None:
         """The newest stored entry for that device's sensor, if any is still kept."""
