@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from agent.attest.dropped import sign_dropped
 from agent.attest.feeds import FeedMap
 from agent.attest.keys import GatewayKey, load_key_file
 from agent.attest.observation import ObservationSigner
@@ -211,7 +212,14 @@ def build(
         upkeep=JournalUpkeep(journal, metrics, bridge_up=lambda: False),
     )
     if cfg.bridge.enabled:
-        p.bridge = Bridge(cfg.bridge, journal=journal, gateway=key.address, metrics=metrics)
+        domain = signer.domain
+        p.bridge = Bridge(
+            cfg.bridge,
+            journal=journal,
+            gateway=key.address,
+            metrics=metrics,
+            sign_dropped=lambda first, last, at: sign_dropped(key, domain, first, last, at),
+        )
         pipeline.add_sink(p.bridge.offer)
         bridge = p.bridge
         p.upkeep.bridge_up = bridge.conn.connected.is_set
