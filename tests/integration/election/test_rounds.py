@@ -13,9 +13,10 @@ from typing import Any
 from agent.attest.keys import GatewayKey
 from agent.chainclient.anvil import LocalAnvil
 from agent.election.board import ElectionBoard
-from agent.election.rounds import ElectionRounds
+from agent.election.rounds import VRF_SECRET_TAG, ElectionRounds
 from agent.election.schedule import RoundSchedule
 from agent.election.tally import RoundResult
+from agent.election.vrf_mode import next_seed
 from agent.localbroker import LocalMosquitto
 from tests.integration.conftest import Collector, RunningAgent, async_wait_until
 from tests.integration.election.conftest import (
@@ -24,6 +25,8 @@ from tests.integration.election.conftest import (
     election_config,
     fund,
     head,
+    receipt,
+    register_raw,
 )
 
 AGENTS = 5
@@ -60,6 +63,10 @@ async def start_election(
     keys = [GatewayKey.generate() for _ in range(count)]
     for key in keys:
         fund(node, key)
+    # Masternodes: collateral and VRF key in the board's registry (the operator's step).
+    regs = [register_raw(node, board, k, k.derive_secret(VRF_SECRET_TAG)) for k in keys]
+    for tx in regs:
+        assert (await asyncio.to_thread(receipt, node, tx))["status"] == "0x1"
     cfg = election_config(
         broker,
         node,
@@ -180,6 +187,13 @@ async def test_five_agents_agree_on_vrf_rounds(
     await async_wait_until(lambda: len(full_rounds(agents, AGENTS)) >= 3, 240, "three full rounds")
     rounds = full_rounds(agents, AGENTS)
     await asyncio.to_thread(check_agreement, agents, rounds, keys, upstream_broker)
+    # Every round's seed chains through the one before: its seed and its leader's output.
+    results = rounds_of(agents[0]).results
+    chained = [q for q in rounds if q - 1 in results]
+    assert chained
+    for q in chained:
+        prev = results[q - 1]
+        assert results[q].seed == next_seed(prev.seed, prev.leader_output())
 
 
 async def test_without_a_bridge_results_go_out_on_the_elections_own_connection(
