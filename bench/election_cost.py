@@ -110,7 +110,7 @@ def gas_rows(workdir: Path, n: int = 7) -> dict[str, list[int]]:
             out.setdefault("registry heartbeat", []).append(gas(rc))
         start = chain.head() + 2 * LENGTH + 2
         boards = {
-            mode: chain.deploy("ElectionBoard", code, registry, start, LENGTH, WINDOW)
+            mode: chain.deploy("ElectionBoard", code, registry, start, LENGTH, WINDOW, 3, 15)
             for mode, code in (("paper", 0), ("vrf", 1))
         }
         chain.mine_to(start + 1)

@@ -35,10 +35,18 @@ contract ElectionBoard {
     uint64 public immutable startBlock; // boundary of round 0
     uint64 public immutable roundLength; // blocks between two boundaries
     uint64 public immutable window; // blocks after the boundary that take submissions
+    /// The committee (the elected nodes of round e) serves epoch e, blocks
+    /// (boundary(e+1), boundary(e+2)]: there, the node of rank i (0 = leader) may report from
+    /// offset i * leaderTimeout, any active masternode from offset fallbackTimeout.
+    uint64 public immutable leaderTimeout;
+    uint64 public immutable fallbackTimeout;
 
     mapping(uint64 => mapping(address => uint32)) public submissions; // round -> node -> count
     mapping(uint64 => bytes32) public definiteHashOf; // round -> its definite hash (paper)
     mapping(bytes32 => bool) public usedDefiniteHash;
+    mapping(uint64 => bytes32) public committeeHash; // round -> keccak256(abi.encodePacked(elected))
+    mapping(uint64 => bool) public disputed; // two different committees posted for the round
+    mapping(uint64 => mapping(address => uint32)) public rankOf; // round -> node -> rank + 1
 
     /// payload: the 64-byte signature (paper) or the 81-byte proof (vrf), as sent.
     /// definiteHash: what the node claimed (paper), zero in vrf mode. count: 1 for the first.
@@ -48,18 +56,23 @@ contract ElectionBoard {
     event Disqualified(uint64 indexed round, address indexed node);
     /// Indexed by hash too: "was h used before block b" is a log query, no historical state.
     event DefiniteHashUsed(uint64 indexed round, bytes32 indexed definiteHash, uint32 rehashes);
+    event CommitteePosted(uint64 indexed round, address indexed by, address[] elected);
+    event CommitteeDisputed(uint64 indexed round, address indexed by, address[] elected);
 
     error NotActive(address node);
     error WrongMode(uint8 mode);
     error OutsideWindow(uint64 round, uint64 opensAfter, uint64 closesAt, uint64 blockNumber);
     error BadSchedule();
+    error NotDecided(uint64 round, uint64 cutoff);
 
     constructor(
         uint8 mode_,
         address registry_,
         uint64 startBlock_,
         uint64 roundLength_,
-        uint64 window_
+        uint64 window_,
+        uint64 leaderTimeout_,
+        uint64 fallbackTimeout_
     ) {
         // blockhash() reaches back 256 blocks: the window must end before the boundary's hash
         // is gone, and a window longer than the round would overlap the next one.
@@ -67,11 +80,63 @@ contract ElectionBoard {
             revert BadSchedule();
         }
         if (window_ > 255 || registry_.code.length == 0) revert BadSchedule();
+        if (leaderTimeout_ == 0 || fallbackTimeout_ < leaderTimeout_) revert BadSchedule();
         mode = mode_;
         registry = registry_;
         startBlock = startBlock_;
         roundLength = roundLength_;
         window = window_;
+        leaderTimeout = leaderTimeout_;
+        fallbackTimeout = fallbackTimeout_;
+    }
+
+    /// Post round `round`'s committee (its elected nodes, best first) as every agent decided it
+    /// off-chain; any active masternode may, once the round's cutoff has passed. The first post
+    /// stands; a different one later marks the round disputed (its epoch then takes reports
+    /// from every active masternode: nobody can capture an epoch by posting first, only open it).
+    function postCommittee(uint64 round, address[] calldata elected) external {
+        if (!IMasternodeRegistry(registry).isActive(msg.sender)) revert NotActive(msg.sender);
+        uint64 c = cutoff(round);
+        if (block.number <= c) revert NotDecided(round, c);
+        bytes32 h = keccak256(abi.encodePacked(elected));
+        bytes32 have = committeeHash[round];
+        if (have == bytes32(0)) {
+            committeeHash[round] = h;
+            for (uint256 i = 0; i < elected.length; i++) {
+                if (rankOf[round][elected[i]] == 0) rankOf[round][elected[i]] = uint32(i + 1);
+            }
+            emit CommitteePosted(round, msg.sender, elected);
+        } else if (have != h && !disputed[round]) {
+            disputed[round] = true;
+            emit CommitteeDisputed(round, msg.sender, elected);
+        }
+    }
+
+    /// The round whose committee serves block `b`, and b's offset in that epoch (0-based);
+    /// ok = false before the first epoch (blocks up to boundary(1)).
+    function epochAt(uint64 b) public view returns (bool ok, uint64 round, uint64 offset) {
+        uint64 first = startBlock + roundLength; // boundary(1): epoch 0 starts after it
+        if (b <= first) return (false, 0, 0);
+        round = (b - first - 1) / roundLength;
+        offset = (b - first - 1) % roundLength;
+        ok = true;
+    }
+
+    /// May `node` report (to an oracle that asks) in block `b`? An active masternode only; in
+    /// an epoch whose committee is posted and undisputed, rank i from offset i * leaderTimeout;
+    /// in a disputed epoch anyone active; everyone active from offset fallbackTimeout, and
+    /// before the first epoch.
+    function mayReport(address node, uint64 b) public view returns (bool) {
+        if (!IMasternodeRegistry(registry).isActive(node)) return false;
+        (bool ok, uint64 round, uint64 offset) = epochAt(b);
+        if (!ok || offset >= fallbackTimeout || disputed[round]) return true;
+        uint32 rank = rankOf[round][node];
+        return rank != 0 && offset >= uint64(rank - 1) * leaderTimeout;
+    }
+
+    /// mayReport for the sender in the current block (what an oracle calls).
+    function mayReportNow(address node) external view returns (bool) {
+        return mayReport(node, uint64(block.number));
     }
 
     function boundary(uint64 round) public view returns (uint64) {

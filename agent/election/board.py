@@ -12,6 +12,7 @@ from eth_abi.abi import decode as abi_decode
 from agent.chainclient.contracts import Artifact, load_artifact
 from agent.chainclient.rpc import RpcClient, hex_int
 from agent.chainclient.tx import decode_result, encode_call, event_topic
+from agent.election.definite import keccak256
 from agent.election.standing import RegistryEvent
 from agent.election.tally import BoardSubmission
 from agent.errors import ChainError, ElectionError, RpcError
@@ -65,6 +66,21 @@ class ElectionBoard:
             self._decode(n, o)[0] for n, o in zip(names, outs, strict=True)
         )
         return MODES.get(int(mode), f"unknown({mode})"), int(start), int(length), int(window)
+
+    async def timeouts(self) -> tuple[int, int]:
+        """(leaderTimeout, fallbackTimeout) in blocks, as deployed."""
+        (lead,) = await self.call("leaderTimeout")
+        (fallback,) = await self.call("fallbackTimeout")
+        return int(lead), int(fallback)
+
+    async def committee_hash(self, round: int) -> bytes:
+        return bytes((await self.call("committeeHash", round))[0])
+
+    async def disputed(self, round: int) -> bool:
+        return bool((await self.call("disputed", round))[0])
+
+    async def may_report(self, node: str, block: int) -> bool:
+        return bool((await self.call("mayReport", node, block))[0])
 
     async def registry(self) -> str:
         """The MasternodeRegistry whose active masternodes stand (immutable)."""
@@ -138,6 +154,14 @@ class ElectionBoard:
 
     def proof_data(self, round: int, proof: bytes) -> bytes:
         return encode_call(self.artifact.function("submitProof"), round, proof)
+
+    def committee_data(self, round: int, elected: tuple[str, ...]) -> bytes:
+        return encode_call(self.artifact.function("postCommittee"), round, list(elected))
+
+
+def committee_hash(elected: tuple[str, ...]) -> bytes:
+    """keccak256(abi.encodePacked(address[])): each address padded to 32 bytes."""
+    return keccak256(b"".join(bytes.fromhex(a[2:]).rjust(32, b"\0") for a in elected))
 
 
 def _logs(out: Any) -> list[dict[str, Any]]:

@@ -36,8 +36,9 @@ from agent.chainclient.subscribe import Feed, Head
 from agent.chainclient.tx import decode_result, encode_call
 from agent.component import Detail, Health
 from agent.config import ElectionConfig
-from agent.election.board import ElectionBoard, RegistryLogs
+from agent.election.board import ElectionBoard, RegistryLogs, committee_hash
 from agent.election.definite import MAX_REHASH, keccak256
+from agent.election.duty import Duty, duty, epoch_at
 from agent.election.schedule import RoundSchedule
 from agent.election.standing import key_height, standings
 from agent.election.tally import (
@@ -65,6 +66,7 @@ VRF_SECRET_TAG = b"edgence/election/vrf-secret/v1"
 # A round whose reads keep failing is given up once its cutoff is this many blocks old.
 STATE_HORIZON = 128
 SUBMIT_GAS = 300_000  # generous: the round's first submission also fixes the definite hash
+COMMITTEE_GAS = 80_000  # postCommittee, plus 30,000 per elected node (its rank slot)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -248,6 +250,9 @@ class ElectionRounds:
         self.registered = asyncio.Event()  # schedule checked, registry found
         self.registry: RegistryLogs | None = None
         self.standing: str | None = None  # this node in the registry: active, inactive, ...
+        self.timeouts: tuple[int, int] | None = None  # (leader, fallback), from the board
+        self.duty: Duty | None = None  # this node's duty in the current epoch
+        self._committee_done: set[int] = set()  # rounds whose committee we posted or checked
         self._node_down: str | None = None
         self._pool: ProcessPoolExecutor | None = None
         self._followers: set[asyncio.Task[None]] = set()
@@ -339,6 +344,7 @@ class ElectionRounds:
                     f"deployed with {have!r}: make them agree"
                 )
         self.schedule = RoundSchedule(start, length, window, c.confirmations)
+        self.timeouts = await self.board.timeouts()
         await self._register()
         event(
             self.log,
@@ -452,6 +458,7 @@ class ElectionRounds:
         ):
             # After deciding: in vrf mode the round's seed is the previous round's result.
             await self._submit(current)
+        await self._committee_duty(head)
         await self._publish_pending()
 
     async def _block_hash(self, number: int) -> bytes:
@@ -515,6 +522,65 @@ class ElectionRounds:
         self.metrics.inc("election_submitted")
         event(self.log, "election_submitted", round=round, mode=self.cfg.mode, tx=tx_id)
         self._follow(round, tx_id)
+
+    async def _committee_duty(self, head: int) -> None:
+        """This node's duty in the epoch at `head` (kept in the store for `election status`);
+        an elected node whose turn has come posts the committee on the board if nobody did,
+        or posts its own (disputing) if the posted one is not what it decided."""
+        assert self.schedule is not None and self.timeouts is not None
+        ep = epoch_at(self.schedule, head)
+        if ep is None:
+            return
+        res = self.results.get(ep.round)
+        if res is None:
+            found = await self.store.result(ep.round)
+            res = found[0] if found else None
+        if res is None:
+            self.duty = None
+            await self.store.set_meta(
+                "duty", f"epoch {ep.round}: its committee (round {ep.round}) is not decided yet"
+            )
+            return
+        lead, fallback = self.timeouts
+        d = duty(ep, res.elected, self.node, leader_timeout=lead, fallback_timeout=fallback)
+        if d != self.duty:
+            self.duty = d
+            await self.store.set_meta("duty", f"{d.describe()} (node {self.node})")
+            event(
+                self.log,
+                "election_duty",
+                epoch=ep.round,
+                kind=d.kind,
+                rank=d.rank,
+                from_block=d.from_block,
+                last_block=ep.last,
+            )
+        if d.rank is None or head < d.from_block or ep.round in self._committee_done:
+            return
+        posted = await self.board.committee_hash(ep.round)
+        mine = committee_hash(res.elected)
+        if posted == mine or (posted != bytes(32) and await self.board.disputed(ep.round)):
+            self._committee_done.add(ep.round)
+            return
+        if not await self._check_standing():
+            return
+        data = self.board.committee_data(ep.round, res.elected)
+        self._committee_done.add(ep.round)
+        await self.sender.open()
+        if await self.sender.store.find_by_data(self.board.address, data):
+            return  # sent before a restart
+        try:
+            tx_id = await self.sender.send(
+                self.board.address, data, gas=COMMITTEE_GAS + 30_000 * len(res.elected)
+            )
+        except TransactionError as exc:
+            event(
+                self.log, "election_committee_failed", logging.ERROR, round=ep.round, error=str(exc)
+            )
+            return
+        what = "posted" if posted == bytes(32) else "disputed"
+        self.metrics.inc("election_committee", action=what)
+        event(self.log, "election_committee", round=ep.round, action=what, tx=tx_id)
 
     def _follow(self, round: int, tx_id: int) -> None:
         """Wait for the submission's confirmations in the background: waiting is what notices a
@@ -660,6 +726,8 @@ async def status_lines(store: ElectionStore, round: int | None, count: int) -> l
     nxt = await store.next_round()
     board, mode = await store.meta("board"), await store.meta("mode")
     lines.append(f"board {board} mode {mode} next round to decide {nxt}")
+    duty_line = await store.meta("duty")
+    lines.append(f"duty: {duty_line}" if duty_line else "duty: none known yet (no epoch seen)")
     if not rows:
         lines.append("no decided round" + (f" {round}" if round is not None else "") + " yet")
     for res, published in rows:

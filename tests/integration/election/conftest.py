@@ -162,12 +162,16 @@ def deploy_board(
     length: int,
     window: int,
     registry: str | None = None,
+    leader_timeout: int = 2,
+    fallback_timeout: int | None = None,
 ) -> str:
-    """An ElectionBoard on `registry` (a new MasternodeRegistry when None)."""
+    """An ElectionBoard on `registry` (a new MasternodeRegistry when None); by default the
+    leader has 2 blocks of an epoch, the next 2 more, and anyone reports from 3/4 of it."""
     registry = registry or deploy_registry(node)
-    return deploy(
-        node, "ElectionBoard", 0 if mode == "paper" else 1, registry, start, length, window
-    )
+    code = 0 if mode == "paper" else 1
+    fallback = fallback_timeout if fallback_timeout is not None else max(2, length * 3 // 4)
+    args = (code, registry, start, length, window, leader_timeout, fallback)
+    return deploy(node, "ElectionBoard", *args)
 
 
 def call(node: LocalAnvil, contract: str, artifact: str, fn: str, *args: Any) -> tuple[Any, ...]:

@@ -17,7 +17,7 @@ from agent.chainclient.anvil import LocalAnvil
 from agent.chainclient.contracts import load_artifact
 from agent.chainclient.rpc import RpcClient, hex_int
 from agent.chainclient.tx import encode_constructor
-from agent.election.board import ElectionBoard, RegistryLogs
+from agent.election.board import ElectionBoard, RegistryLogs, committee_hash
 from agent.election.standing import standings
 from tests.integration.election.conftest import (
     deploy_board,
@@ -106,7 +106,7 @@ def test_impossible_schedules_and_a_missing_registry_are_refused_at_deployment(
     art = load_artifact("ElectionBoard")
     dev = GatewayKey.generate()
     fund(anvil, dev)
-    args = encode_constructor(art.abi, 0, registry, 0, length, window)
+    args = encode_constructor(art.abi, 0, registry, 0, length, window, 1, 2)
     tx = send_raw(anvil, dev, None, art.bytecode + args, gas=3_000_000)
     assert receipt(anvil, tx)["status"] == "0x0"
 
@@ -162,3 +162,41 @@ async def test_registry_events_say_who_stands_at_each_cutoff_and_with_which_key(
     assert sl.reason == "inactive"
     assert lt.reason == "registered-too-late"
     assert earlier[nodes[2]].reason is None  # the leaver stood before it withdrew
+
+
+async def test_the_committee_is_posted_once_and_its_ranks_report_in_turn(
+    anvil: LocalAnvil, board: ElectionBoard
+) -> None:
+    _mode, start, length, window = await board.schedule()
+    lead, fallback = await board.timeouts()
+    registry = await board.registry()
+    a, b, c, liar = (GatewayKey.generate() for _ in range(4))
+    for i, k in enumerate((a, b, c, liar)):
+        fund(anvil, k)
+        assert receipt(anvil, register_raw(anvil, board, k, vrf_secret(40 + i)))["status"] == "0x1"
+    committee = (a.address, b.address)
+    post = board.committee_data(0, committee)
+    mine_to(anvil, start + window - 1)
+    assert status(anvil, a, board, post) == "0x0"  # NotDecided: round 0's cutoff not passed
+    mine_to(anvil, start + window)
+    for k in (a, b, c, liar):  # (this registry's heartbeat window is short)
+        assert receipt(anvil, registry_tx(anvil, registry, k, "heartbeat"))["status"] == "0x1"
+    assert status(anvil, a, board, post) == "0x1"
+    assert await board.committee_hash(0) == committee_hash(committee)
+    # Epoch 0: blocks (boundary(1), boundary(2)]; rank i from offset i * lead; all at fallback.
+    first = start + length + 1
+    for offset in range(length):
+        at = first + offset
+        assert await board.may_report(a.address, at)
+        assert await board.may_report(b.address, at) == (offset >= lead)
+        assert await board.may_report(c.address, at) == (offset >= fallback)
+    assert await board.may_report(c.address, first - 1)  # before the first epoch: anyone
+    stranger = GatewayKey.generate()
+    assert not await board.may_report(stranger.address, first + fallback)  # not a masternode
+    # The same committee again changes nothing; another one opens the epoch to everyone.
+    assert status(anvil, b, board, post) == "0x1"
+    assert not await board.disputed(0)
+    assert status(anvil, liar, board, board.committee_data(0, (liar.address,))) == "0x1"
+    assert await board.disputed(0)
+    assert await board.committee_hash(0) == committee_hash(committee)
+    assert await board.may_report(c.address, first)

@@ -12,7 +12,7 @@ from typing import Any
 
 from agent.attest.keys import GatewayKey
 from agent.chainclient.anvil import LocalAnvil
-from agent.election.board import ElectionBoard
+from agent.election.board import ElectionBoard, committee_hash
 from agent.election.rounds import VRF_SECRET_TAG, ElectionRounds
 from agent.election.schedule import RoundSchedule
 from agent.election.tally import RoundResult
@@ -181,7 +181,7 @@ async def test_five_agents_agree_on_vrf_rounds(
     chain: tuple[LocalAnvil, Miner],
 ) -> None:
     node, miner = chain
-    agents, keys, _cfg, _sched, _board = await start_election(
+    agents, keys, _cfg, sched, board_addr = await start_election(
         node, miner, upstream_broker, start_agent, "vrf"
     )
     await async_wait_until(lambda: len(full_rounds(agents, AGENTS)) >= 3, 240, "three full rounds")
@@ -194,6 +194,16 @@ async def test_five_agents_agree_on_vrf_rounds(
     for q in chained:
         prev = results[q - 1]
         assert results[q].seed == next_seed(prev.seed, prev.leader_output())
+    # The committee has a job: its leader posted it on the board for its epoch, undisputed.
+    board = ElectionBoard(rounds_of(agents[0]).rpc, board_addr)
+    q = rounds[0]
+    await async_wait_until(
+        lambda: head(node) > sched.boundary(q + 1) + 3, 60, f"epoch {q} under way"
+    )
+    assert await board.committee_hash(q) == committee_hash(results[q].elected)
+    assert not await board.disputed(q)
+    leader_duty = [a for a in agents if rounds_of(a).node == results[q].elected[0]]
+    assert leader_duty
 
 
 async def test_without_a_bridge_results_go_out_on_the_elections_own_connection(
