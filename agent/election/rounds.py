@@ -555,7 +555,9 @@ class ElectionRounds:
                 from_block=d.from_block,
                 last_block=ep.last,
             )
-        if d.rank is None or head < d.from_block or ep.round in self._committee_done:
+        if not self.cfg.committee or d.rank is None or head < d.from_block:
+            return
+        if ep.round in self._committee_done:
             return
         posted = await self.board.committee_hash(ep.round)
         mine = committee_hash(res.elected)
