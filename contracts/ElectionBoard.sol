@@ -1,9 +1,7 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.24;
 
-interface IMasternodeRegistry {
-    function isActive(address masternode) external view returns (bool);
-}
+import "./MasternodeRegistry.sol";
 
 /// The election board: active masternodes send one node-selection submission per round (paper
 /// mode: definite hash + 64-byte signature; vrf mode: an 81-byte ECVRF proof). Candidates are
@@ -95,7 +93,7 @@ contract ElectionBoard {
     /// stands; a different one later marks the round disputed (its epoch then takes reports
     /// from every active masternode: nobody can capture an epoch by posting first, only open it).
     function postCommittee(uint64 round, address[] calldata elected) external {
-        if (!IMasternodeRegistry(registry).isActive(msg.sender)) revert NotActive(msg.sender);
+        if (!MasternodeRegistry(registry).isActive(msg.sender)) revert NotActive(msg.sender);
         uint64 c = cutoff(round);
         if (block.number <= c) revert NotDecided(round, c);
         bytes32 h = keccak256(abi.encodePacked(elected));
@@ -127,7 +125,7 @@ contract ElectionBoard {
     /// in a disputed epoch anyone active; everyone active from offset fallbackTimeout, and
     /// before the first epoch.
     function mayReport(address node, uint64 b) public view returns (bool) {
-        if (!IMasternodeRegistry(registry).isActive(node)) return false;
+        if (!MasternodeRegistry(registry).isActive(node)) return false;
         (bool ok, uint64 round, uint64 offset) = epochAt(b);
         if (!ok || offset >= fallbackTimeout || disputed[round]) return true;
         uint32 rank = rankOf[round][node];
@@ -172,7 +170,7 @@ contract ElectionBoard {
     }
 
     function _admit(uint64 round) private view {
-        if (!IMasternodeRegistry(registry).isActive(msg.sender)) revert NotActive(msg.sender);
+        if (!MasternodeRegistry(registry).isActive(msg.sender)) revert NotActive(msg.sender);
         uint64 b = boundary(round);
         uint64 c = b + window;
         if (block.number <= b || block.number > c) {

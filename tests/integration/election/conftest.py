@@ -146,7 +146,7 @@ HEARTBEAT_WINDOW = 100_000  # blocks: the tests' masternodes stay active without
 def deploy(node: LocalAnvil, name: str, *args: Any) -> str:
     art = load_artifact(name)
     dev = GatewayKey.from_bytes(DEV_PRIVATE_KEY)
-    tx = send_raw(node, dev, None, art.bytecode + encode_constructor(art.abi, *args), 3_000_000)
+    tx = send_raw(node, dev, None, art.bytecode + encode_constructor(art.abi, *args), 12_000_000)
     assert receipt(node, tx)["status"] == "0x1"
     return contract_address(dev.address, tx.tx.nonce)
 

@@ -13,13 +13,14 @@ import pytest
 
 from agent.attest import ecvrf
 from agent.attest.keys import GatewayKey
-from agent.chainclient.anvil import LocalAnvil
+from agent.chainclient.anvil import DEV_PRIVATE_KEY, LocalAnvil
 from agent.chainclient.contracts import load_artifact
 from agent.chainclient.rpc import RpcClient, hex_int
-from agent.chainclient.tx import encode_constructor
+from agent.chainclient.tx import encode_call, encode_constructor
 from agent.election.board import ElectionBoard, RegistryLogs, committee_hash
 from agent.election.standing import standings
 from tests.integration.election.conftest import (
+    deploy,
     deploy_board,
     deploy_registry,
     fund,
@@ -200,3 +201,55 @@ async def test_the_committee_is_posted_once_and_its_ranks_report_in_turn(
     assert await board.disputed(0)
     assert await board.committee_hash(0) == committee_hash(committee)
     assert await board.may_report(c.address, first)
+
+
+async def test_an_oracle_reserved_for_the_committee_refuses_others_until_the_fallback(
+    anvil: LocalAnvil, contracts_built: Path
+) -> None:
+    """ObservationOracle.setAggregators(board): submitBatch (here empty: the gate comes first)
+    from the epoch's leader, from the next in rank after the leader's timeout, from anyone
+    active after the fallback timeout; never from a key that is not a masternode."""
+    registry = deploy_registry(anvil, heartbeat_window=1_000)
+    length, window, lead, fallback = 10, 4, 2, 6
+    start = head(anvil) + 12
+    address = deploy_board(anvil, "paper", start, length, window, registry, lead, fallback)
+    dev = GatewayKey.from_bytes(DEV_PRIVATE_KEY)
+    oracle = deploy(anvil, "ObservationOracle", registry, 60)
+    art = load_artifact("ObservationOracle")
+    other = GatewayKey.generate()
+    fund(anvil, other)
+    gate = encode_call(art.function("setAggregators"), address)
+    assert receipt(anvil, send_raw(anvil, other, oracle, gate))["status"] == "0x0"  # deployer's
+    assert receipt(anvil, send_raw(anvil, dev, oracle, gate))["status"] == "0x1"
+    assert receipt(anvil, send_raw(anvil, dev, oracle, gate))["status"] == "0x0"  # once
+    a, b, c = (GatewayKey.generate() for _ in range(3))
+    for i, k in enumerate((a, b, c)):
+        fund(anvil, k)
+        assert (
+            receipt(anvil, register_raw(anvil, address, k, vrf_secret(50 + i)))["status"] == "0x1"
+        )
+    async with RpcClient(anvil.url) as rpc:
+        board = ElectionBoard(rpc, address)
+        mine_to(anvil, start + window)
+        assert status(anvil, a, board, board.committee_data(0, (a.address, b.address))) == "0x1"
+    empty = encode_call(art.function("submitBatch"), [], [], [])
+
+    def report(k: GatewayKey) -> tuple[int, bool]:
+        rc = receipt(anvil, send_raw(anvil, k, oracle, empty))
+        return hex_int(rc["blockNumber"]) - first, rc["status"] == "0x1"
+
+    first = start + length + 1  # epoch 0's first block
+    mine_to(anvil, first - 1)
+    assert report(a) == (0, True)  # the leader, from the epoch's first block
+    seen: dict[str, list[tuple[int, bool]]] = {b.address: [], c.address: []}
+    while head(anvil) < first + length - 2:
+        for k in (b, c):
+            seen[k.address].append(report(k))
+    assert {ok for _, ok in seen[b.address]} == {True, False}
+    for offset, ok in seen[b.address]:
+        assert ok == (offset >= lead)
+    for offset, ok in seen[c.address]:
+        assert ok == (offset >= fallback)
+    stranger = GatewayKey.generate()
+    fund(anvil, stranger)
+    assert str(receipt(anvil, send_raw(anvil, stranger, oracle, empty))["status"]) == "0x0"

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.attest.keys import GatewayKey
+from agent.attest.vrfkey import VRF_SECRET_TAG
 from agent.chainclient.anvil import LocalAnvil
 from agent.election.board import ElectionBoard, committee_hash
-from agent.election.rounds import VRF_SECRET_TAG, ElectionRounds
+from agent.election.rounds import ElectionRounds
 from agent.election.schedule import RoundSchedule
 from agent.election.tally import RoundResult
 from agent.election.vrf_mode import next_seed
