@@ -252,6 +252,7 @@ class ElectionRounds:
         self.standing: str | None = None  # this node in the registry: active, inactive, ...
         self.timeouts: tuple[int, int] | None = None  # (leader, fallback), from the board
         self.duty: Duty | None = None  # this node's duty in the current epoch
+        self.head: int | None = None  # the latest head a step ran at
         self._committee_done: set[int] = set()  # rounds whose committee we posted or checked
         self._node_down: str | None = None
         self._pool: ProcessPoolExecutor | None = None
@@ -404,6 +405,7 @@ class ElectionRounds:
     async def step(self, head: int) -> None:
         sched = self.schedule
         assert sched is not None
+        self.head = head
         current = sched.round_at(head)
         last = sched.last_final_round(head)
         if last is not None:

@@ -57,10 +57,14 @@ async def start_election(
     mode: str,
     count: int = AGENTS,
     before_start: Callable[[str, RoundSchedule], None] | None = None,
+    registry: str | None = None,
+    timeouts: tuple[int, int] = (2, 6),
     **sections: dict[str, Any],
 ) -> tuple[list[RunningAgent], list[GatewayKey], dict[str, Any], RoundSchedule, str]:
     start = head(node) + 40  # room for deployment and registrations before round 0
-    board = await asyncio.to_thread(deploy_board, node, mode, start, LENGTH, WINDOW)
+    board = await asyncio.to_thread(
+        deploy_board, node, mode, start, LENGTH, WINDOW, registry, *timeouts
+    )
     keys = [GatewayKey.generate() for _ in range(count)]
     for key in keys:
         fund(node, key)
