@@ -147,6 +147,9 @@ async def test_the_leader_reports_each_epoch_and_the_next_takes_over_when_it_is_
         assert isinstance(rc, dict)
         return hex_int(rc["blockNumber"]), str(rc["from"]).lower()
 
+    async def past(block: int) -> None:
+        await async_wait_until(lambda: head(node) > block, 60, f"past block {block}")
+
     try:
         # Epoch by epoch: whatever is published is reported by the epoch's leader.
         seen: set[int] = set()
@@ -159,12 +162,49 @@ async def test_the_leader_reports_each_epoch_and_the_next_takes_over_when_it_is_
             committee = rounds_of(agents[0]).results[epoch.round].elected
             assert sender == committee[0], (epoch, committee, sender)
             seen.add(epoch.round)
-            await async_wait_until(
-                lambda e=epoch: head(node) > e.last,
-                60,
-                "the next epoch",  # type: ignore[misc]
-            )
+            await past(epoch.last)
         assert len(seen) == 3
+
+        # A node not on duty is refused before the fallback timeout.
+        lead, fallback = rounds_of(agents[0]).timeouts or (0, 0)
+        empty = encode_call(art.function("submitBatch"), [], [], [])
+        await async_wait_until(
+            lambda: (
+                (e := epoch_at(sched, head(node))) is not None and head(node) < e.first + lead - 1
+            ),
+            60,
+            "early in an epoch",
+        )
+        await asyncio.to_thread(miner.hold)  # the report goes into the very next block
+        e = epoch_at(sched, head(node))
+        assert e is not None and head(node) + 1 < e.first + fallback
+        tx = send_raw(node, gateways[0], oracle, empty)
+        node.rpc("evm_mine")
+        rc = await asyncio.to_thread(receipt, node, tx)
+        miner.resume()
+        assert rc["status"] == "0x0"
+
+        # The leader is gone: the next elected node reports after the leader's timeout.
+        h = head(node)
+        ep = epoch_at(sched, h)
+        n = (ep.round if ep is not None else 0) + 2
+        await async_wait_until(
+            lambda: all(n in rounds_of(a).results for a in agents), 120, f"round {n} decided"
+        )
+        committee = rounds_of(agents[0]).results[n].elected
+        leader = next(a for a in agents if rounds_of(a).node == committee[0])
+        await leader.stop()
+        alive = [a for a in agents if a is not leader]
+        first = sched.boundary(n + 1) + 1
+        await async_wait_until(lambda: head(node) >= first, 60, f"epoch {n}")
+        items = publish_round(500)
+        block, sender = await reported_in(items)
+        assert epoch_at(sched, block) == epoch_at(sched, first)
+        assert sender == committee[1]
+        assert block - first >= lead  # after the leader's turn
+        await async_wait_until(
+            lambda: any(aggregator_of(a).reported.get(n) for a in alive), 30, "its report noted"
+        )
     finally:
         pub.loop_stop()
         pub.disconnect()
