@@ -1,7 +1,9 @@
 """What taking part in the election costs one agent: gas per round per node (measured on a real
 anvil with 7 masternodes: the registry, the board, real proofs and signatures) and CPU per round
-(epoch) per agent: its own proof or signature, and deciding the round (the registry standings
-and the tally) at 7 masternodes and, by simulation of the same selection logic, at 1,000.
+(epoch) per agent: its own proof or signature, deciding the round (the registry standings and
+the tally), and the epoch's aggregation (verifying every gateway's observation of every feed
+from the upstream broker, encoding the batch), at 7 masternodes and, by simulation of the same
+selection and aggregation logic, at 1,000.
 
 Baseline measured in the same run: one ECVRF verification, the unit the vrf decision is made
 of (the decision's CPU is shown as a multiple of it).
@@ -22,6 +24,7 @@ from typing import Any
 
 from agent.attest import ecvrf
 from agent.attest.keys import GatewayKey
+from agent.attest.observation import ObservationSigner, verify_envelope
 from agent.attest.selection import sign_selection
 from agent.chainclient.anvil import DEV_PRIVATE_KEY, LocalAnvil
 from agent.chainclient.contracts import load_artifact
@@ -35,6 +38,8 @@ from agent.election.tally import (
     tally_vrf,
 )
 from agent.election.vrf_mode import vrf_alpha
+from agent.model import AuthMethod, Eip712Domain, Reading, Transport
+from agent.oracle import submit_batch_calldata
 
 COLLATERAL = 10**18
 LENGTH, WINDOW = 20, 10
@@ -130,6 +135,13 @@ def gas_rows(workdir: Path, n: int = 7) -> dict[str, list[int]]:
             proof = ecvrf.prove(vrf_secret(key), vrf_alpha(chain32, 1, seed, node_id))
             data = encode_call(board_art.function("submitProof"), 1, proof)
             out.setdefault("vrf submitProof", []).append(gas(chain.send(key, boards["vrf"], data)))
+        chain.mine_to(start + LENGTH + WINDOW + 1)  # round 1 decided: post its committee
+        for k in (3, 7):
+            committee = [key.address for key in keys[:k]]
+            data = encode_call(board_art.function("postCommittee"), 1 if k == 3 else 0, committee)
+            out.setdefault(f"postCommittee, k={k} (one per epoch)", []).append(
+                gas(chain.send(keys[0], boards["vrf"], data))
+            )
     return out
 
 
@@ -188,6 +200,40 @@ def simulated_round(n: int) -> dict[str, float]:
     }
 
 
+FEEDS = 10
+
+
+def aggregation_cpu(gateways: int) -> float:
+    """CPU of one epoch's aggregation as every agent does it: verify each gateway's newest
+    observation of each of FEEDS feeds as it arrives from the upstream broker (the leader
+    then encodes one batch: measured too)."""
+    domain = Eip712Domain("Edgence", "2", CHAIN_ID, "0x" + "ab" * 20)
+    signer = ObservationSigner(GatewayKey.from_bytes(hashlib.sha256(b"agg").digest()), domain)
+    envelopes = [
+        signer.sign(
+            Reading(
+                f"dev-{f}",
+                "temp",
+                2100 + f,
+                -2,
+                "Cel",
+                1_700_000_000,
+                1,
+                Transport.MQTT,
+                AuthMethod.HMAC,
+            ),
+            f + 1,
+        ).envelope
+        for f in range(FEEDS)
+    ]
+
+    def epoch() -> None:
+        items = [verify_envelope(envelopes[i % FEEDS]) for i in range(gateways * FEEDS)]
+        submit_batch_calldata(items[:50])
+
+    return cpu(epoch, 1 if gateways > 100 else 3)
+
+
 def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = gas_rows(Path(tmp))
@@ -221,18 +267,18 @@ def main(argv: list[str]) -> None:
             f"{part:<48} {small[part] * 1e3:>9.1f} ({small[part] / unit:>4.0f}) "
             f"{big[part] * 1e3:>10.1f} ({big[part] / unit:>5.0f})"
         )
-    total7 = (
-        small["own ECVRF proof"]
-        + small["registry standings"]
-        + small["vrf tally (verify all proofs, top k)"]
-    )
-    total1k = (
-        big["own ECVRF proof"]
-        + big["registry standings"]
-        + big["vrf tally (verify all proofs, top k)"]
-    )
+    agg7, agg1k = aggregation_cpu(7), aggregation_cpu(1000)
+    label = f"aggregation: verify {FEEDS} feeds x n gateways, a batch"
     print(
-        f"{'vrf mode, all of it':<48} {total7 * 1e3:>9.1f} ({total7 / unit:>4.0f}) "
+        f"{label:<48} {agg7 * 1e3:>9.1f} ({agg7 / unit:>4.0f}) "
+        f"{agg1k * 1e3:>10.1f} ({agg1k / unit:>5.0f})"
+    )
+    vrf_parts = ("own ECVRF proof", "registry standings", "vrf tally (verify all proofs, top k)")
+    total7 = agg7 + sum(small[p] for p in vrf_parts)
+    total1k = agg1k + sum(big[p] for p in vrf_parts)
+    print(
+        f"{'vrf mode and aggregation, all of it':<48} "
+        f"{total7 * 1e3:>9.1f} ({total7 / unit:>4.0f}) "
         f"{total1k * 1e3:>10.1f} ({total1k / unit:>5.0f})"
     )
 
