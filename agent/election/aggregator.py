@@ -1,14 +1,14 @@
 """The elected committee's job: in each epoch the nodes elected in the round before aggregate
 the oracle's reports. Every gateway publishes its signed observations on the upstream broker
-(`<prefix>/<gateway>/obs/<device>/<sensor>`); this component listens there, keeps the newest
-verified observation of each (feed, gateway) with the head it arrived at, and when this node's
-duty in an epoch comes it reports what arrived before that epoch (so what arrives during an
-epoch is the next epoch's job, and the next leader's first)
-: the leader at once, the next in rank after the leader's timeout, anyone after the fallback
-timeout (agent/election/duty.py, enforced on-chain by ElectionBoard.mayReport through
-ObservationOracle.setAggregators). It submits those the oracle has not accepted yet in one
-submitBatch. A node whose turn comes after a report by the node before it finds nothing left
-to send, so a working leader is never doubled; one report per node per epoch.
+(`<prefix>/<gateway>/obs/<device>/<sensor>`); this component listens there and keeps the newest
+verified observation of each (feed, gateway) with the head it arrived at. When this node's duty
+comes (agent/election/duty.py; enforced on-chain by ElectionBoard.mayReport through
+ObservationOracle.setAggregators) it submits, in one submitBatch, what the oracle has not
+accepted yet: the epoch's leader from the epoch's first block, once, all it has; the node of
+rank i from offset i * leader timeout, and anyone from the fallback timeout, only what arrived
+before the epoch (what the nodes before it failed to report). A node whose turn comes after a
+working leader finds nothing left; what arrives during an epoch after its leader reported is
+the next epoch leader's. One report per node per epoch.
 """
 
 from __future__ import annotations
@@ -90,8 +90,12 @@ class CommitteeAggregator:
             return
         key = (v.feed, v.signer)
         have = self.newest.get(key)
-        if have is None or v.gateway_sequence > have[0].gateway_sequence:
+        if have is None:
             self.newest[key] = (v, self.rounds.head or 0)
+        elif v.gateway_sequence > have[0].gateway_sequence:
+            # Still the same wait: the key has been waiting since its oldest unreported one
+            # (a stream of fresh readings must not keep resetting the next node's timeout).
+            self.newest[key] = (v, have[1])
 
     async def pending(self, ready: Callable[[int], bool]) -> list[VerifiedObservation]:
         """The newest observation of each (feed, gateway) whose arrival head `ready` admits and
@@ -124,6 +128,8 @@ class CommitteeAggregator:
                 raise ChainError(f"no ObservationOracle at {self.oracle}")
             if v.gateway_sequence > int(decode_result(fn, raw)[0]):
                 fresh.append(v)
+            elif self.newest.get((v.feed, v.signer), (None,))[0] is v:
+                del self.newest[(v.feed, v.signer)]  # reported: the next one waits afresh
         fresh.sort(key=lambda v: (v.feed, v.signer, v.gateway_sequence))
         return fresh[: self.max_batch]
 
@@ -136,11 +142,14 @@ class CommitteeAggregator:
         e = d.epoch
         if e.round in self.reported or not d.from_block <= head < e.last:
             return None
-        lead, fallback = self.rounds.timeouts or (0, 0)
-        wait = fallback if d.rank is None else min(d.rank * lead, fallback)
+        if d.rank == 0:
+            ready: Callable[[int], bool] = lambda at: True  # noqa: E731
+        else:
+            # Covering for the nodes before it: what they had from the epoch's start on.
+            ready = lambda at: at < e.first  # noqa: E731
         if d.rank is not None and await self.rounds.board.committee_hash(e.round) == bytes(32):
             return None  # the committee is not on the board yet: the oracle would refuse
-        items = await self.pending(lambda at: head >= max(at, e.first) + wait)
+        items = await self.pending(ready)
         if not items:
             return None
         gas = BATCH_GAS_BASE + BATCH_GAS_PER_OBSERVATION * len(items)

@@ -184,20 +184,31 @@ async def test_the_leader_reports_each_epoch_and_the_next_takes_over_when_it_is_
         miner.resume()
         assert rc["status"] == "0x0"
 
-        # The leader is gone: the next elected node reports after the leader's timeout.
-        h = head(node)
-        ep = epoch_at(sched, h)
-        n = (ep.round if ep is not None else 0) + 2
+        # The leader is gone: the next elected node reports after the leader's timeout what
+        # the leader had (the observations of before the epoch).
+        # First the current epoch's leader makes its one report (of a warm-up batch), so that
+        # what is published next waits for the next epoch.
+        ep = epoch_at(sched, head(node))
+        assert ep is not None
+        await reported_in(publish_round(400))
+        n = ep.round + 1
         await async_wait_until(
             lambda: all(n in rounds_of(a).results for a in agents), 120, f"round {n} decided"
         )
+        await asyncio.to_thread(miner.hold)  # epoch n does not begin before the test is ready
+        first = sched.boundary(n + 1) + 1
+        assert head(node) < first
         committee = rounds_of(agents[0]).results[n].elected
         leader = next(a for a in agents if rounds_of(a).node == committee[0])
         await leader.stop()
         alive = [a for a in agents if a is not leader]
-        first = sched.boundary(n + 1) + 1
-        await async_wait_until(lambda: head(node) >= first, 60, f"epoch {n}")
         items = publish_round(500)
+        await async_wait_until(
+            lambda: all(len(aggregator_of(a).newest) >= len(items) for a in alive),
+            30,
+            "the observations seen",
+        )
+        miner.resume()
         block, sender = await reported_in(items)
         assert epoch_at(sched, block) == epoch_at(sched, first)
         assert sender == committee[1]
