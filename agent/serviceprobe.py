@@ -153,7 +153,10 @@ class ServiceProber:
         props.ResponseTopic = f"{self.prefix}/{gateway}/{service}/res/{self.me}"
         props.CorrelationData = corr
         self.conn.client.publish(
-            f"{self.prefix}/{gateway}/{service}/req", json.dumps(body), qos=1, properties=props
+            f"{self.prefix}/{gateway}/{service}/req/{self.me}",
+            json.dumps(body),
+            qos=1,
+            properties=props,
         )
         try:
             return await asyncio.wait_for(fut, self.timeout)

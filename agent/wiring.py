@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from agent.devices.modbus import ModbusSource
     from agent.devices.mqtt import MqttSource
     from agent.devices.serial import SerialSource
+    from agent.election.aggregator import CommitteeAggregator
     from agent.election.rounds import ConnectionPublisher, ElectionRounds
     from agent.hadiscovery import HomeAssistantDiscovery
     from agent.masternode import HeartbeatTask, OracleSubmitter
@@ -104,6 +105,7 @@ class Parts:
     forward_coap: CoapForwarder | None = None
     election: ElectionRounds | None = None
     election_publisher: ConnectionPublisher | None = None
+    aggregator: CommitteeAggregator | None = None
     oracle: OracleService | None = None
     oracle_mqtt: MqttOracle | None = None
     oracle_coap: CoapOracle | None = None
@@ -132,6 +134,7 @@ class Parts:
             if self.election_publisher is not None and self.election_publisher.own
             else None,
             self.election,
+            self.aggregator,
             self.oracle_mqtt,
             self.oracle_coap,
             self.heartbeat,
@@ -398,6 +401,21 @@ def _election(p: Parts) -> None:
         poll_interval_s=p.cfg.chain.poll_interval_s,
         metrics=p.metrics,
     )
+    if e.aggregate:
+        from agent.election.aggregator import CommitteeAggregator
+
+        endpoint = p.cfg.bridge.broker if p.bridge is not None else e.mqtt
+        assert endpoint is not None
+        p.aggregator = CommitteeAggregator(
+            p.election,
+            endpoint,
+            sender=p.tx_sender,
+            oracle=p.cfg.gateway.verifying_contract,
+            topic_prefix=p.cfg.bridge.topic_prefix,
+            client_id=client_id(p.key, "aggregate"),
+            check_interval_s=min(1.0, p.cfg.chain.poll_interval_s),
+            metrics=p.metrics,
+        )
 
 
 def _oracle(p: Parts) -> None:

@@ -31,7 +31,7 @@ from agent.election.vrf_mode import VrfCandidate, score_vrf_candidates, vrf_alph
 CHAIN = hashlib.sha256(b"bench chain").digest()
 ROUND = 1
 DEFINITE = hashlib.sha256(b"bench definite").digest()
-ALPHA = vrf_alpha(CHAIN, ROUND, hashlib.sha256(b"bench seed").digest())
+SEED = hashlib.sha256(b"bench seed").digest()
 SEATS = 21
 NAIVE_FULL_LIMIT = 10_000  # above this the naive merge is estimated from a sample of rows
 NAIVE_SAMPLE_ROWS = 400
@@ -60,8 +60,9 @@ def _vrf_setup(indices: range) -> list[VrfCandidate]:
     out = []
     for i in indices:
         secret = _secret(i)
-        proof = ecvrf.prove(secret, ALPHA)
-        out.append(VrfCandidate(_node(i), ecvrf.public_key_of(secret), proof, 1))
+        alpha = vrf_alpha(CHAIN, ROUND, SEED, _node(i))
+        proof = ecvrf.prove(secret, alpha)
+        out.append(VrfCandidate(_node(i), ecvrf.public_key_of(secret), proof, alpha))
     return out
 
 
@@ -122,7 +123,7 @@ def bench(n: int, pool: ProcessPoolExecutor, workers: int) -> list[tuple[str, fl
         naive_note = f"ESTIMATED from {NAIVE_SAMPLE_ROWS} rows"
 
     def vrf_round(executor: ProcessPoolExecutor | None) -> list[bytes]:
-        scoring = score_vrf_candidates(ALPHA, vrf, 2, executor=executor)
+        scoring = score_vrf_candidates(vrf, executor=executor)
         assert len(scoring.scores) == n and not scoring.excluded
         return elect_top_k(scoring.scores, SEATS)
 

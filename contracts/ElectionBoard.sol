@@ -1,12 +1,16 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.24;
 
-/// The election board: masternodes register their keys, then send one node-selection
-/// submission per round (paper mode: definite hash + 64-byte signature; vrf mode: an 81-byte
-/// ECVRF proof). The board enforces only what a contract can check cheaply and objectively:
+import "./MasternodeRegistry.sol";
+
+/// The election board: active masternodes send one node-selection submission per round (paper
+/// mode: definite hash + 64-byte signature; vrf mode: an 81-byte ECVRF proof). Candidates are
+/// the MasternodeRegistry's: there is no registration here (one registration, with collateral,
+/// in the registry; the VRF key is the one in the registry entry). The board enforces only what
+/// a contract can check cheaply and objectively:
 ///
-/// - who: the sender is a registered masternode (msg.sender is the node id, so nobody can
-///   submit under another node's id);
+/// - who: the sender is an active masternode of `registry` (collateral posted, heartbeats in
+///   time) when it submits; msg.sender is the node id, so nobody submits under another's id;
 /// - when: round r takes submissions only in blocks (boundary(r), boundary(r) + window], so the
 ///   cutoff is a block height and the set of submissions is fixed once that block is final;
 /// - how many: only a node's first submission in a round counts; a second one is still
@@ -17,31 +21,31 @@ pragma solidity ^0.8.24;
 ///   while it is in the record of used definite hashes; fixed and recorded at the round's
 ///   first submission.
 ///
-/// Everything else (a wrong definite hash, a malformed or bad or high-S signature, an invalid
-/// VRF proof) is judged by the agents from the logged submissions: those submissions must be
-/// visible on chain, or the "more than one" rule could not count them.
+/// Everything else (a wrong definite hash, a bad or high-S signature, an invalid VRF proof, a
+/// node that withdrew or fell out of service before the cutoff, the chained vrf seed) is judged
+/// by the agents from the logged submissions and the registry's events.
 contract ElectionBoard {
     uint8 public constant MODE_PAPER = 0;
     uint8 public constant MODE_VRF = 1;
 
     uint8 public immutable mode;
+    address public immutable registry; // the MasternodeRegistry whose active nodes stand
     uint64 public immutable startBlock; // boundary of round 0
     uint64 public immutable roundLength; // blocks between two boundaries
     uint64 public immutable window; // blocks after the boundary that take submissions
+    /// The committee (the elected nodes of round e) serves epoch e, blocks
+    /// (boundary(e+1), boundary(e+2)]: there, the node of rank i (0 = leader) may report from
+    /// offset i * leaderTimeout, any active masternode from offset fallbackTimeout.
+    uint64 public immutable leaderTimeout;
+    uint64 public immutable fallbackTimeout;
 
-    struct Node {
-        uint64 registeredAt; // block number; 0 = not registered
-        bytes publicKey; // 64-byte uncompressed secp256k1 key (x || y) of the node's address
-        bytes vrfKey; // 64-byte uncompressed secp256k1 ECVRF public key
-    }
-
-    mapping(address => Node) private nodes;
-    mapping(bytes32 => address) public vrfKeyOwner; // keccak256(vrfKey) -> node
     mapping(uint64 => mapping(address => uint32)) public submissions; // round -> node -> count
     mapping(uint64 => bytes32) public definiteHashOf; // round -> its definite hash (paper)
     mapping(bytes32 => bool) public usedDefiniteHash;
+    mapping(uint64 => bytes32) public committeeHash; // round -> keccak256(abi.encodePacked(elected))
+    mapping(uint64 => bool) public disputed; // two different committees posted for the round
+    mapping(uint64 => mapping(address => uint32)) public rankOf; // round -> node -> rank + 1
 
-    event Registered(address indexed node, bytes publicKey, bytes vrfKey);
     /// payload: the 64-byte signature (paper) or the 81-byte proof (vrf), as sent.
     /// definiteHash: what the node claimed (paper), zero in vrf mode. count: 1 for the first.
     event Submitted(
@@ -50,69 +54,87 @@ contract ElectionBoard {
     event Disqualified(uint64 indexed round, address indexed node);
     /// Indexed by hash too: "was h used before block b" is a log query, no historical state.
     event DefiniteHashUsed(uint64 indexed round, bytes32 indexed definiteHash, uint32 rehashes);
+    event CommitteePosted(uint64 indexed round, address indexed by, address[] elected);
+    event CommitteeDisputed(uint64 indexed round, address indexed by, address[] elected);
 
-    error NotRegistered(address node);
-    error AlreadyRegistered(address node);
-    error BadPublicKey();
-    error BadVrfKey();
-    error VrfKeyTaken(address owner);
-    error BadVrfKeyProof();
+    error NotActive(address node);
     error WrongMode(uint8 mode);
     error OutsideWindow(uint64 round, uint64 opensAfter, uint64 closesAt, uint64 blockNumber);
     error BadSchedule();
+    error NotDecided(uint64 round, uint64 cutoff);
 
-    constructor(uint8 mode_, uint64 startBlock_, uint64 roundLength_, uint64 window_) {
+    constructor(
+        uint8 mode_,
+        address registry_,
+        uint64 startBlock_,
+        uint64 roundLength_,
+        uint64 window_,
+        uint64 leaderTimeout_,
+        uint64 fallbackTimeout_
+    ) {
         // blockhash() reaches back 256 blocks: the window must end before the boundary's hash
         // is gone, and a window longer than the round would overlap the next one.
         if (mode_ > MODE_VRF || roundLength_ == 0 || window_ == 0 || window_ > roundLength_) {
             revert BadSchedule();
         }
-        if (window_ > 255) revert BadSchedule();
+        if (window_ > 255 || registry_.code.length == 0) revert BadSchedule();
+        if (leaderTimeout_ == 0 || fallbackTimeout_ < leaderTimeout_) revert BadSchedule();
         mode = mode_;
+        registry = registry_;
         startBlock = startBlock_;
         roundLength = roundLength_;
         window = window_;
+        leaderTimeout = leaderTimeout_;
+        fallbackTimeout = fallbackTimeout_;
     }
 
-    /// Register the sender: its own public key (must hash to msg.sender) and an ECVRF public
-    /// key, with an ECDSA signature by that VRF key over keccak256("edgence/election/vrf-key" ||
-    /// chainid || this board || sender) as r || s || v (proof of possession: nobody can claim
-    /// another node's VRF key). Once only; the block number is what vrf mode's "registered
-    /// before the seed" rule reads.
-    function register(bytes calldata publicKey, bytes calldata vrfKey, bytes calldata vrfKeyProof)
-        external
-    {
-        if (nodes[msg.sender].registeredAt != 0) revert AlreadyRegistered(msg.sender);
-        if (publicKey.length != 64 || address(uint160(uint256(keccak256(publicKey)))) != msg.sender)
-        {
-            revert BadPublicKey();
+    /// Post round `round`'s committee (its elected nodes, best first) as every agent decided it
+    /// off-chain; any active masternode may, once the round's cutoff has passed. The first post
+    /// stands; a different one later marks the round disputed (its epoch then takes reports
+    /// from every active masternode: nobody can capture an epoch by posting first, only open it).
+    function postCommittee(uint64 round, address[] calldata elected) external {
+        if (!MasternodeRegistry(registry).isActive(msg.sender)) revert NotActive(msg.sender);
+        uint64 c = cutoff(round);
+        if (block.number <= c) revert NotDecided(round, c);
+        bytes32 h = keccak256(abi.encodePacked(elected));
+        bytes32 have = committeeHash[round];
+        if (have == bytes32(0)) {
+            committeeHash[round] = h;
+            for (uint256 i = 0; i < elected.length; i++) {
+                if (rankOf[round][elected[i]] == 0) rankOf[round][elected[i]] = uint32(i + 1);
+            }
+            emit CommitteePosted(round, msg.sender, elected);
+        } else if (have != h && !disputed[round]) {
+            disputed[round] = true;
+            emit CommitteeDisputed(round, msg.sender, elected);
         }
-        if (vrfKey.length != 64) revert BadVrfKey();
-        bytes32 vrfId = keccak256(vrfKey);
-        if (vrfKeyOwner[vrfId] != address(0)) revert VrfKeyTaken(vrfKeyOwner[vrfId]);
-        if (vrfKeyProof.length != 65) revert BadVrfKeyProof();
-        bytes32 digest = keccak256(
-            abi.encodePacked("edgence/election/vrf-key", block.chainid, address(this), msg.sender)
-        );
-        bytes32 r = bytes32(vrfKeyProof[0:32]);
-        bytes32 s = bytes32(vrfKeyProof[32:64]);
-        uint8 v = uint8(vrfKeyProof[64]);
-        address signer = ecrecover(digest, v, r, s);
-        if (signer == address(0) || signer != address(uint160(uint256(vrfId)))) {
-            revert BadVrfKeyProof();
-        }
-        vrfKeyOwner[vrfId] = msg.sender;
-        nodes[msg.sender] = Node(uint64(block.number), publicKey, vrfKey);
-        emit Registered(msg.sender, publicKey, vrfKey);
     }
 
-    function nodeOf(address node)
-        external
-        view
-        returns (uint64 registeredAt, bytes memory publicKey, bytes memory vrfKey)
-    {
-        Node storage n = nodes[node];
-        return (n.registeredAt, n.publicKey, n.vrfKey);
+    /// The round whose committee serves block `b`, and b's offset in that epoch (0-based);
+    /// ok = false before the first epoch (blocks up to boundary(1)).
+    function epochAt(uint64 b) public view returns (bool ok, uint64 round, uint64 offset) {
+        uint64 first = startBlock + roundLength; // boundary(1): epoch 0 starts after it
+        if (b <= first) return (false, 0, 0);
+        round = (b - first - 1) / roundLength;
+        offset = (b - first - 1) % roundLength;
+        ok = true;
+    }
+
+    /// May `node` report (to an oracle that asks) in block `b`? An active masternode only; in
+    /// an epoch whose committee is posted and undisputed, rank i from offset i * leaderTimeout;
+    /// in a disputed epoch anyone active; everyone active from offset fallbackTimeout, and
+    /// before the first epoch.
+    function mayReport(address node, uint64 b) public view returns (bool) {
+        if (!MasternodeRegistry(registry).isActive(node)) return false;
+        (bool ok, uint64 round, uint64 offset) = epochAt(b);
+        if (!ok || offset >= fallbackTimeout || disputed[round]) return true;
+        uint32 rank = rankOf[round][node];
+        return rank != 0 && offset >= uint64(rank - 1) * leaderTimeout;
+    }
+
+    /// mayReport for the sender in the current block (what an oracle calls).
+    function mayReportNow(address node) external view returns (bool) {
+        return mayReport(node, uint64(block.number));
     }
 
     function boundary(uint64 round) public view returns (uint64) {
@@ -139,8 +161,8 @@ contract ElectionBoard {
         _count(round, definiteHash, signature);
     }
 
-    /// Vrf mode: the ECVRF proof over the round's alpha (verified by the agents: a contract
-    /// would pay for several scalar multiplications per proof).
+    /// Vrf mode: the ECVRF proof over the node's alpha for the round (verified by the agents: a
+    /// contract would pay for several scalar multiplications per proof).
     function submitProof(uint64 round, bytes calldata proof) external {
         if (mode != MODE_VRF) revert WrongMode(mode);
         _admit(round);
@@ -148,7 +170,7 @@ contract ElectionBoard {
     }
 
     function _admit(uint64 round) private view {
-        if (nodes[msg.sender].registeredAt == 0) revert NotRegistered(msg.sender);
+        if (!MasternodeRegistry(registry).isActive(msg.sender)) revert NotActive(msg.sender);
         uint64 b = boundary(round);
         uint64 c = b + window;
         if (block.number <= b || block.number > c) {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.24;
 
+import "./ElectionBoard.sol";
 import "./MasternodeRegistry.sol";
 
 /// On-chain oracle of Edgence masternode observations, organised in *feeds*.
@@ -120,6 +121,10 @@ contract ObservationOracle {
     uint8 public constant MAX_ASSURANCE = 2;
 
     MasternodeRegistry public immutable registry;
+    /// The ElectionBoard whose elected committee aggregates this oracle's reports (zero: anyone
+    /// may relay signed observations). Set once, by the deployer (`setAggregators`).
+    ElectionBoard public aggregators;
+    address private immutable _deployer;
     uint64 public immutable maxFuture;
     bytes32 private immutable _domainSeparator;
     uint256 private immutable _chainId;
@@ -177,12 +182,30 @@ contract ObservationOracle {
     error DuplicateReporter(address gateway);
     error LengthMismatch();
     error NoValue(bytes32 feed);
+    error NotAggregator(address sender);
+    error AggregatorsFixed();
 
     constructor(MasternodeRegistry registry_, uint64 maxFuture_) {
         registry = registry_;
         maxFuture = maxFuture_;
+        _deployer = msg.sender;
         _chainId = block.chainid;
         _domainSeparator = _buildDomainSeparator();
+    }
+
+    /// Reserve submissions for the committee of `board` (an ElectionBoard over this oracle's
+    /// registry): from then on `submit` and `submitBatch` take a transaction only from a node
+    /// the board's `mayReportNow` admits (the epoch's leader, the next in rank after its
+    /// timeout, any active masternode after the fallback timeout). Once, by the deployer.
+    function setAggregators(ElectionBoard board) external {
+        if (msg.sender != _deployer || address(aggregators) != address(0)) revert AggregatorsFixed();
+        if (board.registry() != address(registry)) revert AggregatorsFixed();
+        aggregators = board;
+    }
+
+    function _admitSender() private view {
+        ElectionBoard a = aggregators;
+        if (address(a) != address(0) && !a.mayReportNow(msg.sender)) revert NotAggregator(msg.sender);
     }
 
     // -- feeds ------------------------------------------------------------------------------
@@ -270,6 +293,7 @@ contract ObservationOracle {
         external
         returns (bool valueAccepted)
     {
+        _admitSender();
         Policy memory p = _policies[o.feed];
         if (p.quorum == 0) revert UnknownFeed(o.feed);
         bytes memory err = _check(p, gateway, o, signature);
@@ -288,6 +312,7 @@ contract ObservationOracle {
         Observation[] calldata observations,
         bytes[] calldata signatures
     ) external returns (uint256 valuesAccepted) {
+        _admitSender();
         uint256 n = observations.length;
         if (gateways.length != n || signatures.length != n) revert LengthMismatch();
         uint256 start = 0;

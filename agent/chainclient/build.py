@@ -75,11 +75,15 @@ def _standard_input(sources: dict[str, str]) -> dict[str, Any]:
 
 def _run_solcjs(std_input: dict[str, Any], root: Path) -> dict[str, Any]:
     # stdout goes to a file, not a pipe: node exits before a pipe has taken more than 64 KiB
-    # of solcjs's output, which cut the JSON of larger contract sets short.
-    with tempfile.TemporaryFile() as out_file:
+    # of solcjs's output, which cut the JSON of larger contract sets short. stdin is a file too:
+    # solcjs reads it with readFileSync(0), which fails with EAGAIN when a pipe is momentarily
+    # empty (the writer slowed by load).
+    with tempfile.TemporaryFile() as in_file, tempfile.TemporaryFile() as out_file:
+        in_file.write(json.dumps(std_input).encode())
+        in_file.seek(0)
         proc = subprocess.run(
             [str(node_bin("solcjs", root)), "--standard-json"],
-            input=json.dumps(std_input).encode(),
+            stdin=in_file,
             stdout=out_file,
             stderr=subprocess.PIPE,
             timeout=300,

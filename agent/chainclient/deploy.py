@@ -33,6 +33,8 @@ class DeployDefaults:
     election_mode: str = "paper"  # ElectionBoard: "paper" or "vrf"
     round_length_blocks: int = 20
     cutoff_blocks: int = 10
+    leader_timeout_blocks: int = 4  # an epoch: the leader first, the next in rank after this
+    fallback_timeout_blocks: int = 14  # and any active masternode after this
 
 
 @dataclass(frozen=True)
@@ -92,9 +94,12 @@ async def deploy_contracts(sender: TxSender, d: DeployDefaults | None = None) ->
         sender,
         load_artifact("ElectionBoard"),
         0 if d.election_mode == "paper" else 1,
+        registry,
         head + 1,
         d.round_length_blocks,
         d.cutoff_blocks,
+        d.leader_timeout_blocks,
+        d.fallback_timeout_blocks,
     )
     return Deployed(sender.chain_id, registry, oracle, board, head, sender.key.address)
 

@@ -26,6 +26,8 @@ class ElectionConfig:
     confirmations: int = 3
     workers: int = 1  # processes verifying VRF proofs (0: one per core)
     catch_up_rounds: int = 16
+    committee: bool = True  # post the elected committee on the board when this node's turn comes
+    aggregate: bool = False  # report the oracle's observations when this node's duty comes
     topic_prefix: str = TOPIC_PREFIX
     store: Path | None = None  # <data_dir>/election.sqlite
     mqtt: BrokerEndpoint | None = None  # own connection, when the bridge is disabled
@@ -53,6 +55,8 @@ def read_election(e: Section, data_dir: Path) -> ElectionConfig:
         confirmations=e.int_range("confirmations", E.confirmations, 1, 254),
         workers=e.int_range("workers", E.workers, 0, 64),
         catch_up_rounds=e.int_range("catch_up_rounds", E.catch_up_rounds, 1, 10_000),
+        committee=e.get("committee", bool, E.committee),
+        aggregate=e.get("aggregate", bool, E.aggregate),
         topic_prefix=read_topic_prefix(e, E.topic_prefix),
         store=e.path("store", str(data_dir / STORE_NAME)),
         mqtt=broker,

@@ -1,30 +1,23 @@
 """The ElectionBoard contract as the agent sees it: views read with eth_call at a given block,
-the `Submitted` logs of a round, and the call data of the agent's own transactions.
+the `Submitted` logs of a round, and the call data of the agent's own transactions; and the
+MasternodeRegistry's events (who may stand, with which VRF key) as `RegistryLogs`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import coincurve
 from eth_abi.abi import decode as abi_decode
 
 from agent.chainclient.contracts import Artifact, load_artifact
 from agent.chainclient.rpc import RpcClient, hex_int
 from agent.chainclient.tx import decode_result, encode_call, event_topic
 from agent.election.definite import keccak256
-from agent.election.tally import BoardSubmission, NodeKeys
+from agent.election.standing import RegistryEvent
+from agent.election.tally import BoardSubmission
 from agent.errors import ChainError, ElectionError, RpcError
 
 MODES = {0: "paper", 1: "vrf"}
-VRF_KEY_TAG = b"edgence/election/vrf-key"
-
-
-def compress(uncompressed64: bytes) -> bytes:
-    """33-byte compressed form of a 64-byte x || y key; raises ValueError if not on the curve."""
-    if len(uncompressed64) != 64:
-        raise ValueError(f"key is {len(uncompressed64)} bytes, expected 64")
-    return coincurve.PublicKey(b"\x04" + uncompressed64).format()
 
 
 def _block_tag(block: int | str) -> str:
@@ -74,23 +67,24 @@ class ElectionBoard:
         )
         return MODES.get(int(mode), f"unknown({mode})"), int(start), int(length), int(window)
 
-    async def nodes(self, nodes: list[bytes], block: int | str) -> dict[bytes, NodeKeys]:
-        """The registered keys of these nodes at `block` (unregistered or unusable: left out)."""
-        if not nodes:
-            return {}
-        outs = await self.rpc.batch(
-            [("eth_call", self._call_params("nodeOf", ("0x" + n.hex(),), block)) for n in nodes]
-        )
-        found: dict[bytes, NodeKeys] = {}
-        for node, out in zip(nodes, outs, strict=True):
-            registered_at, public_key, vrf_key = self._decode("nodeOf", out)
-            if int(registered_at) == 0:
-                continue
-            try:
-                found[node] = NodeKeys(int(registered_at), compress(public_key), compress(vrf_key))
-            except ValueError:
-                continue  # cannot happen for keys the board accepted; never a candidate then
-        return found
+    async def timeouts(self) -> tuple[int, int]:
+        """(leaderTimeout, fallbackTimeout) in blocks, as deployed."""
+        (lead,) = await self.call("leaderTimeout")
+        (fallback,) = await self.call("fallbackTimeout")
+        return int(lead), int(fallback)
+
+    async def committee_hash(self, round: int) -> bytes:
+        return bytes((await self.call("committeeHash", round))[0])
+
+    async def disputed(self, round: int) -> bool:
+        return bool((await self.call("disputed", round))[0])
+
+    async def may_report(self, node: str, block: int) -> bool:
+        return bool((await self.call("mayReport", node, block))[0])
+
+    async def registry(self) -> str:
+        """The MasternodeRegistry whose active masternodes stand (immutable)."""
+        return str((await self.call("registry"))[0]).lower()
 
     async def used_before(self, definite_hash: bytes, from_block: int, to_block: int) -> bool:
         """Was `definite_hash` recorded as used in blocks [from_block, to_block]? Read from the
@@ -153,11 +147,6 @@ class ElectionBoard:
         return [sub for _, _, sub in out]
 
     # -- call data of the agent's own transactions ---------------------------------------------
-    def register_data(self, public_key64: bytes, vrf_key64: bytes, vrf_key_proof: bytes) -> bytes:
-        return encode_call(
-            self.artifact.function("register"), public_key64, vrf_key64, vrf_key_proof
-        )
-
     def selection_data(self, round: int, definite_hash: bytes, signature: bytes) -> bytes:
         return encode_call(
             self.artifact.function("submitSelection"), round, definite_hash, signature
@@ -166,13 +155,106 @@ class ElectionBoard:
     def proof_data(self, round: int, proof: bytes) -> bytes:
         return encode_call(self.artifact.function("submitProof"), round, proof)
 
+    def committee_data(self, round: int, elected: tuple[str, ...]) -> bytes:
+        return encode_call(self.artifact.function("postCommittee"), round, list(elected))
 
-def vrf_key_digest(chain_id: int, board: str, node: str) -> bytes:
-    """What the VRF key signs at registration: keccak256(tag || chainid || board || node), as the
-    contract's abi.encodePacked builds it."""
-    return keccak256(
-        VRF_KEY_TAG
-        + chain_id.to_bytes(32, "big")
-        + bytes.fromhex(board.removeprefix("0x"))
-        + bytes.fromhex(node.removeprefix("0x"))
-    )
+
+def committee_hash(elected: tuple[str, ...]) -> bytes:
+    """keccak256(abi.encodePacked(address[])): each address padded to 32 bytes."""
+    return keccak256(b"".join(bytes.fromhex(a[2:]).rjust(32, b"\0") for a in elected))
+
+
+def _logs(out: Any) -> list[dict[str, Any]]:
+    if not isinstance(out, list):
+        raise ChainError(f"eth_getLogs answered {type(out).__name__}, not a list")
+    return [log for log in out if not log.get("removed")]
+
+
+class RegistryLogs:
+    """The MasternodeRegistry's events about some nodes, read as logs (no state at old blocks)."""
+
+    def __init__(self, rpc: RpcClient, address: str, artifact: Artifact | None = None) -> None:
+        self.rpc = rpc
+        self.address = address.lower()
+        self.artifact = artifact or load_artifact("MasternodeRegistry")
+        self.topics = {
+            event_topic(self.artifact.event(name)): kind
+            for name, kind in (
+                ("Registered", "registered"),
+                ("Heartbeat", "heartbeat"),
+                ("VrfKeyChanged", "key"),
+                ("Withdrawn", "withdrawn"),
+            )
+        }
+        self._window: int | None = None
+
+    async def heartbeat_window(self) -> int:
+        if self._window is None:
+            fn = self.artifact.function("heartbeatWindow")
+            data = "0x" + encode_call(fn).hex()
+            out = await self.rpc.call("eth_call", [{"to": self.address, "data": data}, "latest"])
+            if isinstance(out, RpcError):
+                raise out
+            raw = bytes.fromhex(str(out)[2:])
+            if not raw:
+                raise ElectionError(
+                    f"no MasternodeRegistry at {self.address} (the board's registry): "
+                    "check election.board"
+                )
+            self._window = int(decode_result(fn, raw)[0])
+        return self._window
+
+    async def events(self, nodes: list[bytes], cutoff: int) -> list[RegistryEvent]:
+        """Every Registered, VrfKeyChanged and Withdrawn event of `nodes` up to `cutoff`, and
+        their Heartbeat events of the last heartbeat window before it."""
+        if not nodes:
+            return []
+        window = await self.heartbeat_window()
+        who = ["0x" + n.rjust(32, b"\0").hex() for n in nodes]
+        by_kind = {kind: topic for topic, kind in self.topics.items()}
+        lasting = [by_kind["registered"], by_kind["key"], by_kind["withdrawn"]]
+        queries = [
+            (0, lasting),
+            (max(0, cutoff - window), [by_kind["heartbeat"]]),
+        ]
+        outs = await self.rpc.batch(
+            [
+                (
+                    "eth_getLogs",
+                    [
+                        {
+                            "address": self.address,
+                            "fromBlock": hex(lo),
+                            "toBlock": hex(cutoff),
+                            "topics": [topics, who],
+                        }
+                    ],
+                )
+                for lo, topics in queries
+            ]
+        )
+        found: list[RegistryEvent] = []
+        for out in outs:
+            if isinstance(out, RpcError):
+                raise out
+            for log in _logs(out):
+                kind = self.topics.get(log["topics"][0])
+                if kind is None:
+                    continue
+                node = bytes.fromhex(log["topics"][1][2:])[12:]
+                key: bytes | None = None
+                data = bytes.fromhex(log["data"][2:])
+                if kind == "registered":
+                    key = bytes(abi_decode(["bytes", "uint256", "uint64"], data)[0])
+                elif kind == "key":
+                    key = bytes(abi_decode(["bytes"], data)[0])
+                found.append(
+                    RegistryEvent(
+                        node,
+                        kind,  # type: ignore[arg-type]
+                        hex_int(log["blockNumber"]),
+                        hex_int(log["logIndex"]),
+                        key,
+                    )
+                )
+        return found

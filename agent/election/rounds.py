@@ -1,7 +1,9 @@
-"""The agent's election round loop: registers the node on the board once, then at every round's
-boundary (once final) computes the definite hash or the VRF alpha, signs or proves, submits;
-after the cutoff (once final) reads the round's submissions, decides it, keeps the result in
-sqlite and publishes it retained on MQTT `<prefix>/election/<round>`.
+"""The agent's election round loop: candidates are the MasternodeRegistry's active masternodes
+(the node registers there, with collateral: `edgence-agent masternode register`). At every
+round's boundary (once final) an active node computes the definite hash or its VRF alpha over
+the round's chained seed, signs or proves, submits; after the cutoff (once final) every agent
+reads the round's submissions and the registry's events, decides the round, keeps the result
+in sqlite and publishes it retained on MQTT `<prefix>/election/<round>`.
 
 Restarts: decided rounds and the next round to decide are in the store; the agent's own
 submission is deterministic (RFC 6979 signature, ECVRF proof) so it is recognised in the
@@ -23,7 +25,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
-import coincurve
 import paho.mqtt.client as paho
 
 from agent.attest import ecvrf
@@ -33,11 +34,14 @@ from agent.attest.vrfkey import vrf_secret
 from agent.chainclient.rpc import RpcClient, hex_int
 from agent.chainclient.sender import TxSender
 from agent.chainclient.subscribe import Feed, Head
+from agent.chainclient.tx import decode_result, encode_call
 from agent.component import Detail, Health
 from agent.config import ElectionConfig
-from agent.election.board import ElectionBoard, vrf_key_digest
+from agent.election.board import ElectionBoard, RegistryLogs, committee_hash
 from agent.election.definite import MAX_REHASH, keccak256
+from agent.election.duty import Duty, duty, epoch_at
 from agent.election.schedule import RoundSchedule
+from agent.election.standing import key_height, standings
 from agent.election.tally import (
     RoundContext,
     RoundResult,
@@ -45,7 +49,7 @@ from agent.election.tally import (
     tally_paper,
     tally_vrf,
 )
-from agent.election.vrf_mode import PARALLEL_THRESHOLD, vrf_alpha
+from agent.election.vrf_mode import PARALLEL_THRESHOLD, first_seed, next_seed, vrf_alpha
 from agent.errors import (
     ChainError,
     ElectionError,
@@ -62,6 +66,7 @@ from agent.sqlitestore import Sql, SqliteStore
 # A round whose reads keep failing is given up once its cutoff is this many blocks old.
 STATE_HORIZON = 128
 SUBMIT_GAS = 300_000  # generous: the round's first submission also fixes the definite hash
+COMMITTEE_GAS = 80_000  # postCommittee, plus 30,000 per elected node (its rank slot)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -203,7 +208,8 @@ class ElectionRounds:
     """`await rounds.run()` until cancelled; `results` holds the rounds decided in this run.
 
     `ready` is set when run() starts (a node that is down does not hold up the agent);
-    `registered` once the node's keys are on the board and the schedule is checked."""
+    `registered` once the schedule is checked and the board's registry found (the node itself
+    need not be a masternode: it then decides and publishes the rounds without standing)."""
 
     name = "election"
 
@@ -241,7 +247,13 @@ class ElectionRounds:
         self.results: dict[int, RoundResult] = {}
         self.submitted: set[int] = set()
         self.ready = asyncio.Event()
-        self.registered = asyncio.Event()  # registered, schedule checked
+        self.registered = asyncio.Event()  # schedule checked, registry found
+        self.registry: RegistryLogs | None = None
+        self.standing: str | None = None  # this node in the registry: active, inactive, ...
+        self.timeouts: tuple[int, int] | None = None  # (leader, fallback), from the board
+        self.duty: Duty | None = None  # this node's duty in the current epoch
+        self.head: int | None = None  # the latest head a step ran at
+        self._committee_done: set[int] = set()  # rounds whose committee we posted or checked
         self._node_down: str | None = None
         self._pool: ProcessPoolExecutor | None = None
         self._followers: set[asyncio.Task[None]] = set()
@@ -333,6 +345,7 @@ class ElectionRounds:
                     f"deployed with {have!r}: make them agree"
                 )
         self.schedule = RoundSchedule(start, length, window, c.confirmations)
+        self.timeouts = await self.board.timeouts()
         await self._register()
         event(
             self.log,
@@ -348,58 +361,61 @@ class ElectionRounds:
         )
 
     async def _register(self) -> None:
-        found = await self.board.nodes([bytes.fromhex(self.node[2:])], "latest")
-        mine = found.get(bytes.fromhex(self.node[2:]))
-        if mine is not None:
-            if mine.vrf_key != self.vrf_public:
-                raise ElectionError(
-                    f"node {self.node} is registered on {self.board.address} with another VRF "
-                    "key than this gateway key derives: was the key file replaced?"
-                )
-            return
-        vrf_private = coincurve.PrivateKey(self.vrf_secret)
-        digest = vrf_key_digest(self.chain_id, self.board.address, self.node)
-        rec = vrf_private.sign_recoverable(digest, hasher=None)
-        proof = rec[:64] + bytes((27 + rec[64],))
-        data = self.board.register_data(
-            self.key.public_key_uncompressed[1:],
-            vrf_private.public_key.format(compressed=False)[1:],
-            proof,
+        """Find the board's registry and say how this node stands in it (registering, with
+        collateral, is the operator's `masternode register`; nothing is sent here)."""
+        address = await self.board.registry()
+        self.registry = RegistryLogs(self.rpc, address)
+        await self.registry.heartbeat_window()
+        await self._check_standing()
+
+    async def _check_standing(self) -> bool:
+        """Is this node an active masternode now, with the VRF key this gateway key derives?"""
+        assert self.registry is not None
+        fn = self.registry.artifact.function("info")
+        out = await self.rpc.call(
+            "eth_call",
+            [
+                {"to": self.registry.address, "data": "0x" + encode_call(fn, self.node).hex()},
+                "latest",
+            ],
         )
-        await self.sender.open()
-        known = await self.sender.store.find_by_data(self.board.address, data)
-        tx_id = known[-1] if known else await self.sender.send(self.board.address, data)
-        event(self.log, "election_registering", node=self.node, tx=tx_id)
-        try:
-            await self.sender.wait(tx_id, confirmations=1)
-        except TransactionError as exc:
-            raise ElectionError(
-                f"registering {self.node} on the board {self.board.address} failed ({exc}): "
-                "is election.board the ElectionBoard's address, and is this VRF key already "
-                "registered by another node?"
-            ) from exc
-        self.metrics.inc("election_registered")
-        event(self.log, "election_registered", node=self.node, board=self.board.address)
+        if isinstance(out, RpcError):
+            raise out
+        registered, active, vrf_key, *_ = decode_result(fn, bytes.fromhex(str(out)[2:]))
+        if not registered:
+            standing = "not-a-masternode"
+        elif bytes(vrf_key) != self.vrf_public:
+            standing = "foreign-vrf-key"
+        else:
+            standing = "active" if active else "inactive"
+        if standing != self.standing:
+            level = logging.INFO if standing == "active" else logging.WARNING
+            event(
+                self.log,
+                "election_standing",
+                level,
+                node=self.node,
+                registry=self.registry.address,
+                standing=standing,
+            )
+            self.standing = standing
+        return standing == "active"
 
     # -- one head ------------------------------------------------------------------------------
     async def step(self, head: int) -> None:
         sched = self.schedule
         assert sched is not None
+        self.head = head
         current = sched.round_at(head)
-        if (
-            current is not None
-            and current not in self.submitted
-            and sched.may_submit(current, head)
-        ):
-            await self._submit(current)
         last = sched.last_final_round(head)
         if last is not None:
             nxt = await self.store.next_round()
             if nxt is None:
-                # First start on this board: decide from the current round on.
-                nxt = current if current is not None else 0
+                # First start on this board: decide from the current round on (vrf: from round
+                # 0, every round's seed chains through the one before).
+                nxt = current if current is not None and self.cfg.mode == "paper" else 0
                 await self.store.set_next_round(nxt)
-            if last - nxt >= self.cfg.catch_up_rounds:
+            if self.cfg.mode == "paper" and last - nxt >= self.cfg.catch_up_rounds:
                 skip_to = last - self.cfg.catch_up_rounds + 1
                 event(
                     self.log,
@@ -420,7 +436,8 @@ class ElectionRounds:
                     # The node refuses a read (e.g. logs that far back): retry while the round
                     # is recent, give it up once it is not.
                     self.metrics.inc("election_decide_failed")
-                    gone = head - sched.cutoff(q) > STATE_HORIZON
+                    # (vrf mode never skips: the next seed needs this round's leader)
+                    gone = self.cfg.mode == "paper" and head - sched.cutoff(q) > STATE_HORIZON
                     event(
                         self.log,
                         "election_decide_failed",
@@ -436,6 +453,14 @@ class ElectionRounds:
                 await self.store.save(result)
                 self.results[q] = result
                 self._report(result)
+        if (
+            current is not None
+            and current not in self.submitted
+            and sched.may_submit(current, head)
+        ):
+            # After deciding: in vrf mode the round's seed is the previous round's result.
+            await self._submit(current)
+        await self._committee_duty(head)
         await self._publish_pending()
 
     async def _block_hash(self, number: int) -> bytes:
@@ -465,15 +490,22 @@ class ElectionRounds:
             signature = self.key.sign_digest(selection_digest(chain32, round, definite))[:64]
             data = self.board.selection_data(round, definite, signature)
         else:
-            seed = await self._block_hash(self.schedule.boundary(round))
-            data = self.board.proof_data(
-                round, ecvrf.prove(self.vrf_secret, vrf_alpha(chain32, round, seed))
-            )
+            seed = await self.seed_of(round)
+            if seed is None:
+                return  # the previous round is not decided yet: on a later head
+            alpha = vrf_alpha(chain32, round, seed, bytes.fromhex(self.node[2:]))
+            data = self.board.proof_data(round, ecvrf.prove(self.vrf_secret, alpha))
         await self.sender.open()
         known = await self.sender.store.find_by_data(self.board.address, data)
         if known:
             self.submitted.add(round)  # sent before a restart: follow it again
             self._follow(round, known[-1])
+            return
+        if not await self._check_standing():
+            # The board would refuse it (NotActive); the round is decided all the same.
+            self.submitted.add(round)
+            self.metrics.inc("election_not_standing")
+            event(self.log, "election_not_standing", round=round, standing=self.standing)
             return
         if await self.board.submission_count(round, self.node) > 0:
             # Not in our store but on the chain: the same key submits elsewhere. A second
@@ -492,6 +524,67 @@ class ElectionRounds:
         self.metrics.inc("election_submitted")
         event(self.log, "election_submitted", round=round, mode=self.cfg.mode, tx=tx_id)
         self._follow(round, tx_id)
+
+    async def _committee_duty(self, head: int) -> None:
+        """This node's duty in the epoch at `head` (kept in the store for `election status`);
+        an elected node whose turn has come posts the committee on the board if nobody did,
+        or posts its own (disputing) if the posted one is not what it decided."""
+        assert self.schedule is not None and self.timeouts is not None
+        ep = epoch_at(self.schedule, head)
+        if ep is None:
+            return
+        res = self.results.get(ep.round)
+        if res is None:
+            found = await self.store.result(ep.round)
+            res = found[0] if found else None
+        if res is None:
+            self.duty = None
+            await self.store.set_meta(
+                "duty", f"epoch {ep.round}: its committee (round {ep.round}) is not decided yet"
+            )
+            return
+        lead, fallback = self.timeouts
+        d = duty(ep, res.elected, self.node, leader_timeout=lead, fallback_timeout=fallback)
+        if d != self.duty:
+            self.duty = d
+            await self.store.set_meta("duty", f"{d.describe()} (node {self.node})")
+            event(
+                self.log,
+                "election_duty",
+                epoch=ep.round,
+                kind=d.kind,
+                rank=d.rank,
+                from_block=d.from_block,
+                last_block=ep.last,
+            )
+        if not self.cfg.committee or d.rank is None or head < d.from_block:
+            return
+        if ep.round in self._committee_done:
+            return
+        posted = await self.board.committee_hash(ep.round)
+        mine = committee_hash(res.elected)
+        if posted == mine or (posted != bytes(32) and await self.board.disputed(ep.round)):
+            self._committee_done.add(ep.round)
+            return
+        if not await self._check_standing():
+            return
+        data = self.board.committee_data(ep.round, res.elected)
+        self._committee_done.add(ep.round)
+        await self.sender.open()
+        if await self.sender.store.find_by_data(self.board.address, data):
+            return  # sent before a restart
+        try:
+            tx_id = await self.sender.send(
+                self.board.address, data, gas=COMMITTEE_GAS + 30_000 * len(res.elected)
+            )
+        except TransactionError as exc:
+            event(
+                self.log, "election_committee_failed", logging.ERROR, round=ep.round, error=str(exc)
+            )
+            return
+        what = "posted" if posted == bytes(32) else "disputed"
+        self.metrics.inc("election_committee", action=what)
+        event(self.log, "election_committee", round=ep.round, action=what, tx=tx_id)
 
     def _follow(self, round: int, tx_id: int) -> None:
         """Wait for the submission's confirmations in the background: waiting is what notices a
@@ -521,10 +614,19 @@ class ElectionRounds:
         b, c = sched.boundary(round), sched.cutoff(round)
         cutoff_hash = await self._block_hash(c)
         subs = await self.board.submissions(round, b + 1, c)
-        # Registrations never change and every submitter was registered when it submitted
-        # (the board refuses others), so the latest state gives the keys the cutoff had; no
-        # call at an old block, which a pruning or restarted node may not answer.
-        keys = await self.board.nodes(sorted({s.node for s in subs}), "latest")
+        # Who may stand, from the registry's events up to the cutoff: a node that withdrew or
+        # fell out of service before it is out; its VRF key is the one of the round's key
+        # height. Logs only: no call at an old block, which a pruning node may not answer.
+        assert self.registry is not None
+        nodes = sorted({s.node for s in subs})
+        height = c + 1 if self.cfg.mode == "paper" else key_height(sched.start, sched.length, round)
+        standing = standings(
+            await self.registry.events(nodes, c),
+            nodes,
+            cutoff=c,
+            key_height=height,
+            heartbeat_window=await self.registry.heartbeat_window(),
+        )
         ctx = RoundContext(
             round, self.chain_id, self.board.address, b, c, "0x" + cutoff_hash.hex(), self.cfg.k
         )
@@ -541,18 +643,35 @@ class ElectionRounds:
                     board=on_board.hex(),
                     computed=definite.hex(),
                 )
-            result = tally_paper(ctx, definite, subs, keys)
+            result = tally_paper(ctx, definite, subs, standing)
         else:
-            seed = await self._block_hash(b)
-            alpha = vrf_alpha(chain_id_bytes(self.chain_id), round, seed)
+            seed = await self.seed_of(round)
+            if seed is None:
+                raise ElectionError(f"round {round - 1} is not decided: cannot seed round {round}")
             pool = self._vrf_pool(len(subs))
             result = await asyncio.get_running_loop().run_in_executor(
                 None,
-                functools.partial(tally_vrf, ctx, seed, alpha, subs, keys, executor=pool),
+                functools.partial(tally_vrf, ctx, seed, subs, standing, executor=pool),
             )
         if await self._block_hash(c) != cutoff_hash:
             raise _Retry()
         return result
+
+    async def seed_of(self, round: int) -> bytes | None:
+        """Vrf mode: round 0's seed from the board's start block; round r's from round r-1's
+        seed and leader output (None while round r-1 is not decided)."""
+        assert self.schedule is not None
+        if round == 0:
+            start = await self._block_hash(self.schedule.start)
+            board = bytes.fromhex(self.board.address[2:])
+            return first_seed(chain_id_bytes(self.chain_id), board, start)
+        prev = self.results.get(round - 1)
+        if prev is None:
+            found = await self.store.result(round - 1)
+            if found is None:
+                return None
+            prev = found[0]
+        return next_seed(prev.seed, prev.leader_output())
 
     def _vrf_pool(self, n: int) -> ProcessPoolExecutor | None:
         workers = self.cfg.workers or os.cpu_count() or 1
@@ -611,6 +730,8 @@ async def status_lines(store: ElectionStore, round: int | None, count: int) -> l
     nxt = await store.next_round()
     board, mode = await store.meta("board"), await store.meta("mode")
     lines.append(f"board {board} mode {mode} next round to decide {nxt}")
+    duty_line = await store.meta("duty")
+    lines.append(f"duty: {duty_line}" if duty_line else "duty: none known yet (no epoch seen)")
     if not rows:
         lines.append("no decided round" + (f" {round}" if round is not None else "") + " yet")
     for res, published in rows:

@@ -11,13 +11,18 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
+import coincurve
+
+from agent.attest.selection import selection_digest
+from agent.election.definite import keccak256
 from agent.election.merge import (
     SelectionSubmission,
     elect_top_k,
     filter_submissions,
     hash_merge_scores,
 )
-from agent.election.vrf_mode import VrfCandidate, score_vrf_candidates
+from agent.election.standing import Standing
+from agent.election.vrf_mode import VrfCandidate, score_vrf_candidates, vrf_alpha
 
 
 @dataclass(frozen=True)
@@ -32,15 +37,6 @@ class BoardSubmission:
 
 
 @dataclass(frozen=True)
-class NodeKeys:
-    """What the board holds for a registered node."""
-
-    registered_at: int
-    public_key: bytes  # 33-byte compressed form of the node's own key
-    vrf_key: bytes  # 33-byte compressed ECVRF public key
-
-
-@dataclass(frozen=True)
 class RoundResult:
     round: int
     mode: str
@@ -49,7 +45,7 @@ class RoundResult:
     boundary: int
     cutoff: int
     cutoff_block_hash: str
-    input_hash: str  # definite hash (paper) or seed block hash (vrf)
+    input_hash: str  # definite hash (paper) or the chained seed (vrf)
     k: int
     elected: tuple[str, ...]
     scores: tuple[tuple[str, str], ...]  # (node, score as 64 hex digits), by node
@@ -65,7 +61,7 @@ class RoundResult:
             "boundary": self.boundary,
             "cutoff": self.cutoff,
             "cutoff_block_hash": self.cutoff_block_hash,
-            "definite_hash" if self.mode == "paper" else "seed_block_hash": self.input_hash,
+            "definite_hash" if self.mode == "paper" else "seed": self.input_hash,
             "k": self.k,
             "elected": list(self.elected),
             "scores": [{"node": n, "score": s} for n, s in self.scores],
@@ -84,12 +80,22 @@ class RoundResult:
             boundary=int(doc["boundary"]),
             cutoff=int(doc["cutoff"]),
             cutoff_block_hash=str(doc["cutoff_block_hash"]),
-            input_hash=str(doc.get("definite_hash") or doc.get("seed_block_hash")),
+            input_hash=str(doc.get("definite_hash") or doc.get("seed")),
             k=int(doc["k"]),
             elected=tuple(doc["elected"]),
             scores=tuple((d["node"], d["score"]) for d in doc["scores"]),
             excluded=tuple((d["node"], d["reason"]) for d in doc["excluded"]),
         )
+
+    def leader_output(self) -> bytes | None:
+        """The VRF output (vrf mode: the score) of the first elected node, None if nobody."""
+        if not self.elected:
+            return None
+        return bytes.fromhex(dict(self.scores)[self.elected[0]])
+
+    @property
+    def seed(self) -> bytes:
+        return bytes.fromhex(self.input_hash[2:])
 
 
 def _addr(node: bytes | None) -> str:
@@ -111,15 +117,58 @@ class RoundContext:
     k: int
 
 
+def recover_public_key(node: bytes, digest: bytes, signature: bytes) -> bytes | None:
+    """The 33-byte key of `node` (20-byte address) that made the 64-byte `signature` over
+    `digest`, or None: paper mode needs no key registration, the sender's address (authenticated
+    by the chain) names its key."""
+    if len(signature) != 64:
+        return None
+    for recid in (0, 1):
+        try:
+            pub = coincurve.PublicKey.from_signature_and_message(
+                signature + bytes((recid,)), digest, hasher=None
+            )
+        except ValueError:
+            continue
+        if keccak256(pub.format(compressed=False)[1:])[12:] == node:
+            return pub.format()
+    return None
+
+
+# Not a key of any node: a signature the sender's address does not recover from fails under it.
+_NOBODY = coincurve.PrivateKey(b"\x01" * 32).public_key.format()
+
+
+def _standing_reasons(
+    submissions: Sequence[BoardSubmission], standing: Mapping[bytes, Standing]
+) -> tuple[list[BoardSubmission], list[tuple[str, str]]]:
+    """The submissions of nodes that may stand, and (node, reason) for the others (once each)."""
+    kept: list[BoardSubmission] = []
+    excluded: dict[bytes, str] = {}
+    for s in submissions:
+        st = standing.get(s.node)
+        if st is None:
+            excluded[s.node] = "not-a-masternode"
+        elif st.reason is not None:
+            excluded[s.node] = st.reason
+        else:
+            kept.append(s)
+    return kept, [(_addr(n), r) for n, r in excluded.items()]
+
+
 def tally_paper(
     ctx: RoundContext,
     definite_hash: bytes,
     submissions: Sequence[BoardSubmission],
-    keys: Mapping[bytes, NodeKeys],
+    standing: Mapping[bytes, Standing],
 ) -> RoundResult:
-    """Paper mode: drop illegal submissions (wrong definite hash, bad or high-S signature, a
-    submission outside the window) and every submission of a node that sent more than one;
-    score the rest by hash merge; elect the top k."""
+    """Paper mode: leave out nodes that were not active masternodes at the cutoff; drop illegal
+    submissions (wrong definite hash, bad or high-S signature, a submission outside the window)
+    and every submission of a node that sent more than one; score the rest by hash merge; elect
+    the top k."""
+    kept, excluded = _standing_reasons(submissions, standing)
+    digest = selection_digest(chain_id_bytes(ctx.chain_id), ctx.round, definite_hash)
+    keys = {s.node: recover_public_key(s.node, digest, s.payload) or _NOBODY for s in kept}
     subs = [
         SelectionSubmission(
             s.node,
@@ -127,51 +176,48 @@ def tally_paper(
             s.definite_hash,
             s.payload,
         )
-        for s in submissions
+        for s in kept
     ]
     filtered = filter_submissions(
         subs,
         chain_id=chain_id_bytes(ctx.chain_id),
         round=ctx.round,
         definite_hash=definite_hash,
-        public_keys={node: k.public_key for node, k in keys.items()},
+        public_keys=keys,
     )
     scores = hash_merge_scores(filtered.candidates)
-    excluded = [(_addr(r.node_id), r.reason) for r in filtered.rejected]
+    excluded += [(_addr(r.node_id), r.reason) for r in filtered.rejected]
     return _result(ctx, "paper", definite_hash, scores, excluded)
 
 
 def tally_vrf(
     ctx: RoundContext,
-    seed_block_hash: bytes,
-    alpha: bytes,
+    seed: bytes,
     submissions: Sequence[BoardSubmission],
-    keys: Mapping[bytes, NodeKeys],
+    standing: Mapping[bytes, Standing],
     *,
     workers: int = 1,
     executor: Executor | None = None,
 ) -> RoundResult:
-    """Vrf mode: score = each node's own verified ECVRF output; nodes registered at or after the
-    seed block, double submitters, shared keys and bad proofs are left out."""
+    """Vrf mode: score = each node's own verified ECVRF output over its alpha for the round's
+    chained seed; nodes that may not stand (standing.py), double submitters and bad proofs are
+    left out."""
+    kept, excluded = _standing_reasons(submissions, standing)
     candidates: list[VrfCandidate] = []
-    excluded: list[tuple[str, str]] = []
-    per_node = Counter(s.node for s in submissions)
-    for s in submissions:
-        node_keys = keys.get(s.node)
-        if node_keys is None:
-            excluded.append((_addr(s.node), "unregistered"))
-        elif per_node[s.node] == 1 and not ctx.boundary < s.block_number <= ctx.cutoff:
+    per_node = Counter(s.node for s in kept)
+    chain = chain_id_bytes(ctx.chain_id)
+    for s in kept:
+        key = standing[s.node].vrf_key
+        assert key is not None
+        if per_node[s.node] == 1 and not ctx.boundary < s.block_number <= ctx.cutoff:
             # (several submissions: all of them go to the scoring, which drops them all)
             excluded.append((_addr(s.node), "outside-window"))
         else:
-            candidates.append(
-                VrfCandidate(s.node, node_keys.vrf_key, s.payload, node_keys.registered_at)
-            )
-    scoring = score_vrf_candidates(
-        alpha, candidates, ctx.boundary, workers=workers, executor=executor
-    )
+            alpha = vrf_alpha(chain, ctx.round, seed, s.node)
+            candidates.append(VrfCandidate(s.node, key, s.payload, alpha))
+    scoring = score_vrf_candidates(candidates, workers=workers, executor=executor)
     excluded += [(_addr(e.node_id), e.reason) for e in scoring.excluded]
-    return _result(ctx, "vrf", seed_block_hash, scoring.scores, excluded)
+    return _result(ctx, "vrf", seed, scoring.scores, excluded)
 
 
 def _result(

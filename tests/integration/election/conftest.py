@@ -1,6 +1,6 @@
-"""Helpers for the election tests: the ElectionBoard deployed on a real anvil that mines only
-when the test's miner says so, agent configs pointing at it, and raw transactions from keys
-the test holds (attackers)."""
+"""Helpers for the election tests: the ElectionBoard and its MasternodeRegistry deployed on a
+real anvil that mines only when the test's miner says so, agent configs pointing at it, and raw
+transactions from keys the test holds (masternode registrations, attackers)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import coincurve
 import pytest
+from eth_abi.abi import decode as abi_decode
 
+from agent.attest import ecvrf
 from agent.attest.keys import GatewayKey
 from agent.chainclient.anvil import DEV_PRIVATE_KEY, LocalAnvil
 from agent.chainclient.contracts import load_artifact
 from agent.chainclient.rpc import hex_int
-from agent.chainclient.tx import Eip1559Tx, SignedTx, contract_address, encode_constructor
-from agent.election.board import ElectionBoard, vrf_key_digest
+from agent.chainclient.tx import (
+    Eip1559Tx,
+    SignedTx,
+    contract_address,
+    encode_call,
+    encode_constructor,
+)
+from agent.election.board import ElectionBoard
 from agent.errors import ChainError
 from agent.localbroker import LocalMosquitto
 from tests.integration.conftest import agent_config_dict, wait_until
@@ -102,6 +109,7 @@ def send_raw(
     data: bytes,
     gas: int = 400_000,
     nonce: int | None = None,
+    value: int = 0,
 ) -> SignedTx:
     if nonce is None:
         nonce = hex_int(node.rpc("eth_getTransactionCount", [key.address, "pending"]))
@@ -112,6 +120,7 @@ def send_raw(
         max_fee_per_gas=100 * 10**9,
         gas=gas,
         to=to,
+        value=value,
         data=data,
     ).sign(key)
     node.rpc("eth_sendRawTransaction", [tx.raw_hex])
@@ -130,34 +139,72 @@ def receipt(node: LocalAnvil, tx: SignedTx) -> dict[str, Any]:
     return found[0]
 
 
-def deploy_board(node: LocalAnvil, mode: str, start: int, length: int, window: int) -> str:
-    art = load_artifact("ElectionBoard")
+COLLATERAL = 10**18
+HEARTBEAT_WINDOW = 100_000  # blocks: the tests' masternodes stay active without heartbeats
+
+
+def deploy(node: LocalAnvil, name: str, *args: Any) -> str:
+    art = load_artifact(name)
     dev = GatewayKey.from_bytes(DEV_PRIVATE_KEY)
-    args = encode_constructor(art.abi, 0 if mode == "paper" else 1, start, length, window)
-    tx = send_raw(node, dev, None, art.bytecode + args, gas=3_000_000)
+    tx = send_raw(node, dev, None, art.bytecode + encode_constructor(art.abi, *args), 12_000_000)
     assert receipt(node, tx)["status"] == "0x1"
     return contract_address(dev.address, tx.tx.nonce)
+
+
+def deploy_registry(node: LocalAnvil, heartbeat_window: int = HEARTBEAT_WINDOW) -> str:
+    return deploy(node, "MasternodeRegistry", COLLATERAL, heartbeat_window)
+
+
+def deploy_board(
+    node: LocalAnvil,
+    mode: str,
+    start: int,
+    length: int,
+    window: int,
+    registry: str | None = None,
+    leader_timeout: int = 2,
+    fallback_timeout: int | None = None,
+) -> str:
+    """An ElectionBoard on `registry` (a new MasternodeRegistry when None); by default the
+    leader has 2 blocks of an epoch, the next 2 more, and anyone reports from 3/4 of it."""
+    registry = registry or deploy_registry(node)
+    code = 0 if mode == "paper" else 1
+    fallback = fallback_timeout if fallback_timeout is not None else max(2, length * 3 // 4)
+    args = (code, registry, start, length, window, leader_timeout, fallback)
+    return deploy(node, "ElectionBoard", *args)
+
+
+def call(node: LocalAnvil, contract: str, artifact: str, fn: str, *args: Any) -> tuple[Any, ...]:
+    item = load_artifact(artifact).function(fn)
+    out = node.rpc(
+        "eth_call", [{"to": contract, "data": "0x" + encode_call(item, *args).hex()}, "latest"]
+    )
+    types = [o["type"] for o in item["outputs"]]
+    return tuple(abi_decode(types, bytes.fromhex(str(out)[2:])))
+
+
+def registry_of(node: LocalAnvil, board: str) -> str:
+    return str(call(node, board, "ElectionBoard", "registry")[0]).lower()
 
 
 def fund(node: LocalAnvil, key: GatewayKey) -> None:
     node.rpc("anvil_setBalance", [key.address, hex(10**20)])
 
 
+def registry_tx(node: LocalAnvil, registry: str, key: GatewayKey, fn: str, *args: Any) -> SignedTx:
+    item = load_artifact("MasternodeRegistry").function(fn)
+    value = COLLATERAL if fn == "register" else 0
+    return send_raw(node, key, registry, encode_call(item, *args), value=value)
+
+
 def register_raw(
-    node: LocalAnvil, board: ElectionBoard, key: GatewayKey, vrf_secret: bytes
+    node: LocalAnvil, board: ElectionBoard | str, key: GatewayKey, vrf_secret: bytes
 ) -> SignedTx:
-    """A node the test drives itself registers: its own key and a VRF key with its proof of
-    possession, as the contract demands."""
-    vrf = coincurve.PrivateKey(vrf_secret)
-    rec = vrf.sign_recoverable(
-        vrf_key_digest(node.chain_id, board.address, key.address), hasher=None
-    )
-    data = board.register_data(
-        key.public_key_uncompressed[1:],
-        vrf.public_key.format(compressed=False)[1:],
-        rec[:64] + bytes((27 + rec[64],)),
-    )
-    return send_raw(node, key, board.address, data)
+    """A masternode registers in the board's registry: collateral and its VRF key (the one
+    registration there is)."""
+    address = board if isinstance(board, str) else board.address
+    registry = registry_of(node, address)
+    return registry_tx(node, registry, key, "register", ecvrf.public_key_of(vrf_secret))
 
 
 def election_config(

@@ -4,7 +4,7 @@ every agent alike while the honest agents still decide the round:
 paper mode: a double submission (both dropped), a wrong definite hash, a signature over
 something else, a high-S copy and a plain copy of an honest node's signature;
 vrf mode: a double submission, a proof for another round, a copy of an honest node's proof,
-and a node that registered after the round's seed block existed.
+and a node that registered after the round's key height.
 
 Which rule lives where (see docs/election.md): the board enforces the sender, the window and
 the disqualifying count; the agents judge hashes, signatures and proofs from the board's logs.
@@ -36,6 +36,8 @@ from tests.integration.election.conftest import (
     head,
     receipt,
     register_raw,
+    registry_of,
+    registry_tx,
     send_raw,
 )
 from tests.integration.election.test_rounds import CONFIRMATIONS, rounds_of, start_election
@@ -209,14 +211,14 @@ async def test_vrf_mode_excludes_double_bad_and_copied_proofs_and_late_registrat
     chain: tuple[LocalAnvil, Miner],
 ) -> None:
     node, miner = chain
-    bad = [attacker(10 + i) for i in range(4)]
+    bad = [attacker(10 + i) for i in range(5)]
     vrf_secret = {key.address: key.derive_secret(VRF_SECRET_TAG) for key, _ in bad}
 
     def register_attackers(board_addr: str, sched: RoundSchedule) -> None:
         from agent.chainclient.rpc import RpcClient
 
         board = ElectionBoard(RpcClient(node.url), board_addr)
-        for key, _secret in bad[:3]:  # the fourth registers late, below
+        for key, _secret in [*bad[:3], bad[4]]:  # the fourth registers late, below
             fund(node, key)
             tx = register_raw(node, board, key, vrf_secret[key.address])
             assert receipt(node, tx)["status"] == "0x1"
@@ -226,27 +228,32 @@ async def test_vrf_mode_excludes_double_bad_and_copied_proofs_and_late_registrat
     )
     board = ElectionBoard(rounds_of(agents[0]).rpc, board_addr)
     r = next_quiet_round(node, sched)
-    (k1, _), (k2, _), (k3, _), (k4, _) = bad
+    (k1, _), (k2, _), (k3, _), (k4, _), (k5, _) = bad
     fund(node, k4)
-    miner.expect = combined_expect(sched, r, 5, 1)
+    miner.expect = combined_expect(sched, r, 6, 1, 1)
 
     honest = await honest_submissions_mined(node, board, sched, r)
-    # Registered now: after round r's seed block (its boundary) existed.
+    # Registered now: long after round r's key height (two rounds before its boundary).
     late_reg = register_raw(node, board, k4, vrf_secret[k4.address])
-    seed = bytes.fromhex(
-        str(node.rpc("eth_getBlockByNumber", [hex(sched.boundary(r)), False])["hash"])[2:]  # type: ignore[index]
-    )
-    alpha = vrf_alpha(CHAIN32, r, seed)
-    own = {k.address: ecvrf.prove(vrf_secret[k.address], alpha) for k in (k1, k4)}
-    other_round = ecvrf.prove(vrf_secret[k2.address], vrf_alpha(CHAIN32, r + 1, seed))
+    seed = await rounds_of(agents[0]).seed_of(r)  # chained: round r-1 is decided by now
+    assert seed is not None
+
+    def alpha(k: GatewayKey, round_: int = r) -> bytes:
+        return vrf_alpha(CHAIN32, round_, seed, bytes.fromhex(k.address[2:]))
+
+    own = {k.address: ecvrf.prove(vrf_secret[k.address], alpha(k)) for k in (k1, k4, k5)}
+    other_round = ecvrf.prove(vrf_secret[k2.address], alpha(k2, r + 1))
     txs = [
         send_raw(node, k1, board_addr, board.proof_data(r, own[k1.address])),
         send_raw(node, k1, board_addr, board.proof_data(r, own[k1.address])),  # the same again
         send_raw(node, k2, board_addr, board.proof_data(r, other_round)),
         send_raw(node, k3, board_addr, board.proof_data(r, honest[keys[0].address])),
+        # a valid proof by a masternode that then withdraws its collateral before the cutoff
+        send_raw(node, k5, board_addr, board.proof_data(r, own[k5.address])),
     ]
     assert (await asyncio.to_thread(receipt, node, late_reg))["status"] == "0x1"
     txs.append(send_raw(node, k4, board_addr, board.proof_data(r, own[k4.address])))
+    txs.append(registry_tx(node, registry_of(node, board_addr), k5, "withdraw"))
     for tx in txs:
         assert (await asyncio.to_thread(receipt, node, tx))["status"] == "0x1"
     assert head(node) <= sched.cutoff(r)
@@ -264,6 +271,7 @@ async def test_vrf_mode_excludes_double_bad_and_copied_proofs_and_late_registrat
                 (k2.address, "bad-challenge"),
                 (k3.address, "bad-challenge"),
                 (k4.address, "registered-too-late"),
+                (k5.address, "not-a-masternode"),
             ]
         )
     )

@@ -28,7 +28,13 @@ async def test_a_shallow_reorg_that_drops_the_submissions_changes_nothing(
 ) -> None:
     node, miner = chain
     agents, keys, _cfg, sched, board_addr = await start_election(
-        node, miner, upstream_broker, start_agent, "paper", HONEST
+        node,
+        miner,
+        upstream_broker,
+        start_agent,
+        "paper",
+        HONEST,
+        election={"committee": False},  # only the submissions in the pool, none other
     )
     board = ElectionBoard(rounds_of(agents[0]).rpc, board_addr)
     r = (sched.round_at(head(node)) or 0) + 2

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.attest.keys import GatewayKey
+from agent.attest.vrfkey import VRF_SECRET_TAG
 from agent.chainclient.anvil import LocalAnvil
-from agent.election.board import ElectionBoard
+from agent.election.board import ElectionBoard, committee_hash
 from agent.election.rounds import ElectionRounds
 from agent.election.schedule import RoundSchedule
 from agent.election.tally import RoundResult
+from agent.election.vrf_mode import next_seed
 from agent.localbroker import LocalMosquitto
 from tests.integration.conftest import Collector, RunningAgent, async_wait_until
 from tests.integration.election.conftest import (
@@ -24,6 +26,8 @@ from tests.integration.election.conftest import (
     election_config,
     fund,
     head,
+    receipt,
+    register_raw,
 )
 
 AGENTS = 5
@@ -53,13 +57,21 @@ async def start_election(
     mode: str,
     count: int = AGENTS,
     before_start: Callable[[str, RoundSchedule], None] | None = None,
+    registry: str | None = None,
+    timeouts: tuple[int, int] = (2, 6),
     **sections: dict[str, Any],
 ) -> tuple[list[RunningAgent], list[GatewayKey], dict[str, Any], RoundSchedule, str]:
     start = head(node) + 40  # room for deployment and registrations before round 0
-    board = await asyncio.to_thread(deploy_board, node, mode, start, LENGTH, WINDOW)
+    board = await asyncio.to_thread(
+        deploy_board, node, mode, start, LENGTH, WINDOW, registry, *timeouts
+    )
     keys = [GatewayKey.generate() for _ in range(count)]
     for key in keys:
         fund(node, key)
+    # Masternodes: collateral and VRF key in the board's registry (the operator's step).
+    regs = [register_raw(node, board, k, k.derive_secret(VRF_SECRET_TAG)) for k in keys]
+    for tx in regs:
+        assert (await asyncio.to_thread(receipt, node, tx))["status"] == "0x1"
     cfg = election_config(
         broker,
         node,
@@ -174,12 +186,29 @@ async def test_five_agents_agree_on_vrf_rounds(
     chain: tuple[LocalAnvil, Miner],
 ) -> None:
     node, miner = chain
-    agents, keys, _cfg, _sched, _board = await start_election(
+    agents, keys, _cfg, sched, board_addr = await start_election(
         node, miner, upstream_broker, start_agent, "vrf"
     )
     await async_wait_until(lambda: len(full_rounds(agents, AGENTS)) >= 3, 240, "three full rounds")
     rounds = full_rounds(agents, AGENTS)
     await asyncio.to_thread(check_agreement, agents, rounds, keys, upstream_broker)
+    # Every round's seed chains through the one before: its seed and its leader's output.
+    results = rounds_of(agents[0]).results
+    chained = [q for q in rounds if q - 1 in results]
+    assert chained
+    for q in chained:
+        prev = results[q - 1]
+        assert results[q].seed == next_seed(prev.seed, prev.leader_output())
+    # The committee has a job: its leader posted it on the board for its epoch, undisputed.
+    board = ElectionBoard(rounds_of(agents[0]).rpc, board_addr)
+    q = rounds[0]
+    await async_wait_until(
+        lambda: head(node) > sched.boundary(q + 1) + 3, 60, f"epoch {q} under way"
+    )
+    assert await board.committee_hash(q) == committee_hash(results[q].elected)
+    assert not await board.disputed(q)
+    leader_duty = [a for a in agents if rounds_of(a).node == results[q].elected[0]]
+    assert leader_duty
 
 
 async def test_without_a_bridge_results_go_out_on_the_elections_own_connection(

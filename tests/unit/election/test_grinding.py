@@ -41,11 +41,15 @@ SEATS = 2
 ROUNDS = 300
 TRIES = 64  # signatures (paper) or proofs (VRF) each colluder may try per round: G
 CHAIN = hashlib.sha256(b"grinding chain").digest()
-SEED_HEIGHT = 1_000
 
 HONEST = [b"honest-%d" % i for i in range(NODES - 2)]
 COLLUDERS = [b"colluder-a", b"colluder-b"]
 ALL_NODES = HONEST + COLLUDERS
+
+
+def _alpha(round_: int, seed: bytes, node_id: bytes) -> bytes:
+    """A node's alpha (the node ids here are names: their 20-byte form is a hash of them)."""
+    return vrf_alpha(CHAIN, round_, seed, hashlib.sha256(node_id).digest()[:20])
 
 
 def _secret(node_id: bytes) -> bytes:
@@ -167,10 +171,14 @@ def test_late_colluders_grinding_signatures_win_paper_mode_far_above_fair_share(
 
 def _vrf_round(rng: random.Random, round_: int, tries: int) -> tuple[bool, int]:
     """One round; returns (colluders won, most distinct outputs one colluder could choose)."""
-    seed = rng.randbytes(32)  # the seed block's hash: the colluders cannot choose it
-    alpha = vrf_alpha(CHAIN, round_, seed)
+    seed = rng.randbytes(32)  # the round's seed: the colluders cannot choose it
     honest = [
-        VrfCandidate(node, ecvrf.public_key_of(_secret(node)), ecvrf.prove(_secret(node), alpha), 1)
+        VrfCandidate(
+            node,
+            ecvrf.public_key_of(_secret(node)),
+            ecvrf.prove(_secret(node), _alpha(round_, seed, node)),
+            _alpha(round_, seed, node),
+        )
         for node in HONEST
     ]
     honest_betas = {cand.node_id: ecvrf.proof_to_hash(cand.proof) for cand in honest}
@@ -178,7 +186,7 @@ def _vrf_round(rng: random.Random, round_: int, tries: int) -> tuple[bool, int]:
     def prover(node: bytes) -> Callable[[int], bytes]:
         def prove_try(i: int) -> bytes:
             nonce = None if i == 0 else rng.randrange(1, ecvrf.N)
-            return ecvrf.prove(_secret(node), alpha, nonce=nonce)
+            return ecvrf.prove(_secret(node), _alpha(round_, seed, node), nonce=nonce)
 
         return prove_try
 
@@ -192,10 +200,10 @@ def _vrf_round(rng: random.Random, round_: int, tries: int) -> tuple[bool, int]:
         prover(COLLUDERS[0]), prover(COLLUDERS[1]), tries, ecvrf.proof_to_hash, wins
     )
     colluders = [
-        VrfCandidate(node, ecvrf.public_key_of(_secret(node)), proof, 1)
+        VrfCandidate(node, ecvrf.public_key_of(_secret(node)), proof, _alpha(round_, seed, node))
         for node, proof in zip(COLLUDERS, (proof_a, proof_b), strict=True)
     ]
-    scoring = score_vrf_candidates(alpha, honest + colluders, SEED_HEIGHT)
+    scoring = score_vrf_candidates(honest + colluders)
     assert len(scoring.scores) == NODES and not scoring.excluded
     winners = elect_top_k(scoring.scores, SEATS)
     return bool(set(winners) & set(COLLUDERS)), max(len(views_a), len(views_b))
@@ -216,62 +224,55 @@ def test_the_same_attack_on_vrf_mode_stays_at_the_fair_share() -> None:
 # --- VRF-mode scoring rules ------------------------------------------------------------------
 
 
-ALPHA = vrf_alpha(CHAIN, 5, hashlib.sha256(b"seed").digest())
+SEED = hashlib.sha256(b"seed").digest()
+NODE20 = bytes(range(20))
+ALPHA = vrf_alpha(CHAIN, 5, SEED, NODE20)
 
 
-def _candidate(i: int, registered_at: int = 1, alpha: bytes = ALPHA) -> VrfCandidate:
+def _candidate(i: int, alpha: bytes = ALPHA) -> VrfCandidate:
     secret = _secret(b"vrf-%d" % i)
     node = b"vrf-%d" % i
-    return VrfCandidate(
-        node, ecvrf.public_key_of(secret), ecvrf.prove(secret, alpha), registered_at
-    )
+    return VrfCandidate(node, ecvrf.public_key_of(secret), ecvrf.prove(secret, alpha), ALPHA)
 
 
-def test_vrf_alpha_is_tag_chain_round_seed() -> None:
-    seed = hashlib.sha256(b"seed").digest()
-    alpha = vrf_alpha(CHAIN, 5, seed)
-    assert alpha == b"edgence/election/vrf/v1" + CHAIN + (5).to_bytes(8, "big") + seed
-    assert alpha.startswith(VRF_ALPHA_TAG) and len(alpha) == len(VRF_ALPHA_TAG) + 72
+def test_vrf_alpha_is_tag_chain_round_seed_node() -> None:
+    alpha = vrf_alpha(CHAIN, 5, SEED, NODE20)
+    assert alpha == b"edgence/election/vrf/v2" + CHAIN + (5).to_bytes(8, "big") + SEED + NODE20
+    assert alpha.startswith(VRF_ALPHA_TAG) and len(alpha) == len(VRF_ALPHA_TAG) + 92
 
 
 @pytest.mark.parametrize(
-    ("chain", "round_", "seed"),
-    [(CHAIN[:31], 1, CHAIN), (CHAIN, -1, CHAIN), (CHAIN, 2**64, CHAIN), (CHAIN, 1, CHAIN[:5])],
+    ("chain", "round_", "seed", "node"),
+    [
+        (CHAIN[:31], 1, CHAIN, NODE20),
+        (CHAIN, -1, CHAIN, NODE20),
+        (CHAIN, 2**64, CHAIN, NODE20),
+        (CHAIN, 1, CHAIN[:5], NODE20),
+        (CHAIN, 1, CHAIN, NODE20[:19]),
+    ],
 )
-def test_vrf_alpha_rejects_malformed_parts(chain: bytes, round_: int, seed: bytes) -> None:
+def test_vrf_alpha_rejects_malformed_parts(
+    chain: bytes, round_: int, seed: bytes, node: bytes
+) -> None:
     with pytest.raises(ElectionError):
-        vrf_alpha(chain, round_, seed)
+        vrf_alpha(chain, round_, seed, node)
 
 
 def test_vrf_score_is_the_candidates_own_output() -> None:
     cand = _candidate(0)
-    scoring = score_vrf_candidates(ALPHA, [cand], SEED_HEIGHT)
+    scoring = score_vrf_candidates([cand])
     beta = ecvrf.verify(cand.public_key, cand.proof, ALPHA)
     assert scoring.scores == {cand.node_id: int.from_bytes(beta, "big")}
-
-
-def test_candidates_registered_at_or_after_the_seed_height_are_excluded() -> None:
-    early, at, late = (
-        _candidate(0, SEED_HEIGHT - 1),
-        _candidate(1, SEED_HEIGHT),
-        _candidate(2, 5000),
-    )
-    scoring = score_vrf_candidates(ALPHA, [early, at, late], SEED_HEIGHT)
-    assert list(scoring.scores) == [early.node_id]
-    assert {(e.node_id, e.reason) for e in scoring.excluded} == {
-        (at.node_id, "registered-too-late"),
-        (late.node_id, "registered-too-late"),
-    }
 
 
 def test_bad_proofs_are_excluded_and_reported() -> None:
     good = _candidate(0)
     other_alpha = _candidate(1, alpha=ALPHA + b"x")
     cand = _candidate(2)
-    tampered = VrfCandidate(cand.node_id, cand.public_key, cand.proof[:80] + b"\x00", 1)
+    tampered = VrfCandidate(cand.node_id, cand.public_key, cand.proof[:80] + b"\x00", ALPHA)
     other = _candidate(3)
-    short = VrfCandidate(other.node_id, other.public_key, other.proof[:40], 1)
-    scoring = score_vrf_candidates(ALPHA, [good, other_alpha, tampered, short], SEED_HEIGHT)
+    short = VrfCandidate(other.node_id, other.public_key, other.proof[:40], ALPHA)
+    scoring = score_vrf_candidates([good, other_alpha, tampered, short])
     assert list(scoring.scores) == [good.node_id]
     reasons = {e.node_id: e.reason for e in scoring.excluded}
     assert reasons[other_alpha.node_id] == "bad-challenge"
@@ -279,30 +280,33 @@ def test_bad_proofs_are_excluded_and_reported() -> None:
     assert reasons[b"vrf-3"] == "bad-proof-length"
 
 
-def test_double_submitters_and_shared_keys_are_excluded() -> None:
+def test_double_submitters_are_excluded_and_a_copied_key_is_worthless() -> None:
     a, b, c = _candidate(0), _candidate(1), _candidate(2)
-    again = VrfCandidate(a.node_id, a.public_key, ecvrf.prove(_secret(b"vrf-0"), ALPHA, nonce=5), 1)
-    borrowed = VrfCandidate(b"copycat", b.public_key, b.proof, 1)
-    scoring = score_vrf_candidates(ALPHA, [a, again, b, borrowed, c], SEED_HEIGHT)
-    assert list(scoring.scores) == [c.node_id]
+    again = VrfCandidate(
+        a.node_id, a.public_key, ecvrf.prove(_secret(b"vrf-0"), ALPHA, nonce=5), ALPHA
+    )
+    # A copycat registered b's key: its alpha names itself, b's proof does not verify for it.
+    copy_alpha = vrf_alpha(CHAIN, 5, SEED, bytes(20))
+    borrowed = VrfCandidate(b"copycat", b.public_key, b.proof, copy_alpha)
+    scoring = score_vrf_candidates([a, again, b, borrowed, c])
+    assert sorted(scoring.scores) == sorted([b.node_id, c.node_id])
     assert sorted((e.node_id, e.reason) for e in scoring.excluded) == sorted(
         [
             (a.node_id, "double-submission"),
             (a.node_id, "double-submission"),
-            (b"copycat", "shared-key"),
-            (b.node_id, "shared-key"),
+            (b"copycat", "bad-challenge"),
         ]
     )
 
 
 def test_parallel_verification_equals_serial() -> None:
     candidates = [_candidate(i) for i in range(40)]
-    items = [(cand.public_key, cand.proof) for cand in candidates]
-    items[7] = (items[7][0], items[8][1])  # one bad proof keeps its place
-    serial = verify_many(ALPHA, items)
+    items = [(ALPHA, cand.public_key, cand.proof) for cand in candidates]
+    items[7] = (ALPHA, items[7][1], items[8][2])  # one bad proof keeps its place
+    serial = verify_many(items)
     # forkserver: forking the threaded test process could deadlock the children
     with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("forkserver")) as pool:
-        parallel = verify_many(ALPHA, items, executor=pool)
+        parallel = verify_many(items, executor=pool)
     assert parallel == serial
     assert serial[7].beta is None and serial[7].reason == "bad-challenge"
     assert all(outcome.beta is not None for i, outcome in enumerate(serial) if i != 7)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.election.duty import Epoch, duty
 from agent.election.rounds import ElectionStore, status_lines
 from agent.election.tally import RoundResult
 from agent.errors import ElectionError
@@ -34,7 +35,7 @@ def result(round: int) -> RoundResult:
     )
 
 
-def make_agent_dir(tmp_path: Path, rounds: list[int]) -> Path:
+def make_agent_dir(tmp_path: Path, rounds: list[int], duty: str | None = None) -> Path:
     cfg = tmp_path / "agent.toml"
     cfg.write_text(f'[gateway]\nkey_file = "gateway.key"\n[election]\nboard = "{BOARD}"\n')
 
@@ -45,6 +46,8 @@ def make_agent_dir(tmp_path: Path, rounds: list[int]) -> Path:
             for r in rounds:
                 await store.save(result(r))
             await store.mark_published(rounds[0])
+            if duty:
+                await store.set_meta("duty", duty)
 
     asyncio.run(fill())
     return cfg
@@ -56,8 +59,9 @@ def test_status_shows_the_latest_rounds_elected_and_excluded(tmp_path: Path) -> 
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == f"board {BOARD} mode paper next round to decide 5"
-    assert lines[1].startswith("round 4: blocks 141..145, 2 candidate(s), 2 excluded, k=1")
-    assert lines[1].endswith("not yet published")
+    assert lines[1] == "duty: none known yet (no epoch seen)"
+    assert lines[2].startswith("round 4: blocks 141..145, 2 candidate(s), 2 excluded, k=1")
+    assert lines[2].endswith("not yet published")
     assert f"  elected #1 {B}" in lines
     assert f"  excluded {C} (double-submission)" in lines
     assert any(line.startswith("round 3:") and line.endswith(", published") for line in lines)
@@ -89,7 +93,19 @@ def test_status_of_an_undecided_round(tmp_path: Path) -> None:
         async with ElectionStore(tmp_path / "data" / "election.sqlite") as store:
             return await status_lines(store, 9, 5)
 
-    assert asyncio.run(lines())[1] == "no decided round 9 yet"
+    assert asyncio.run(lines())[2] == "no decided round 9 yet"
+
+
+def test_status_shows_the_nodes_duty_in_the_current_epoch(tmp_path: Path) -> None:
+    """What the running agent keeps in its store for the epoch at its latest head."""
+    epoch = Epoch(4, 151, 160)
+    leader = duty(epoch, (B, A), B, leader_timeout=2, fallback_timeout=6)
+    cfg = make_agent_dir(tmp_path, [3, 4], duty=f"{leader.describe()} (node {B})")
+    out = cli("election", "status", "--config", str(cfg), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1] == (
+        f"duty: epoch 4 (blocks 151..160): LEADER, aggregates and reports from block 151 (node {B})"
+    )
 
 
 def test_a_store_of_another_board_is_refused(tmp_path: Path) -> None:
