@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from agent.devices.coap import CoapSource
     from agent.devices.mqtt import MqttSource
     from agent.devices.serial import SerialSource
+    from agent.downlink.service import Downlink
     from agent.election.rounds import ConnectionPublisher, ElectionRounds
     from agent.masternode import HeartbeatTask, OracleSubmitter
     from agent.oracle import CoapOracle, MqttOracle, OracleService
@@ -102,6 +103,7 @@ class Parts:
     heartbeat: HeartbeatTask | None = None
     submitter: OracleSubmitter | None = None
     telemetry: Telemetry | None = None
+    downlink: Downlink | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.monotonic)
 
@@ -124,6 +126,7 @@ class Parts:
             self.oracle_coap,
             self.heartbeat,
             self.submitter,
+            self.downlink,
         ]
         return [c for c in (*head, *self.sources, *tail) if c is not None]
 
@@ -197,6 +200,7 @@ def build(
     _sources(p, ble_backend, ble_devices)
     _chain(p)
     _oracle(p)
+    _downlink(p)
     if cfg.metrics.enabled:
         from agent.telemetry import Telemetry  # prometheus-client only when used
 
@@ -394,6 +398,26 @@ def _oracle(p: Parts) -> None:
             max_batch=o.submit_max_batch,
             metrics=p.metrics,
         )
+
+
+def _downlink(p: Parts) -> None:
+    """[downlink]: commands to devices, answered with signed receipts."""
+    d = p.cfg.downlink
+    if not d.enabled or d.mqtt is None:
+        return
+    from agent.downlink.service import Downlink
+    from agent.downlink.store import CommandStore
+
+    p.downlink = Downlink(
+        d,
+        store=CommandStore(d.store or p.cfg.gateway.data_dir / "downlink.sqlite"),
+        devices=p.gate,
+        key=p.key,
+        domain=domain_of(p.cfg),
+        metrics=p.metrics,
+        client_id=d.mqtt.client_id or client_id(p.key, "downlink"),
+        config_file=str(p.cfg.path),
+    )
 
 
 __all__ = ["Parts", "build", "client_id", "domain_of", "load_gateway_key"]

@@ -28,6 +28,12 @@ def check_config(cfg: AgentConfig) -> None:
             "is needed when the bridge is disabled: results are published on an MQTT broker "
             '(add [election.mqtt] url = "mqtt://HOST:PORT")',
         )
+    if cfg.downlink.enabled and (cfg.enrollment is None or not cfg.enrollment.enabled):
+        raise ConfigError(
+            file,
+            "downlink.enabled",
+            "needs [enrollment] enabled = true (commands are framed with each device's key)",
+        )
     if cfg.oracle.submit_enabled and not cfg.chain.enabled:
         raise ConfigError(
             file,

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from agent.config import BrokerAuthConfig
+from agent.config.downlink import downlink_acl_lines
 from agent.devices.registry import DeviceRecord, DeviceStatus, atomic_write
 from agent.errors import AgentError
 from agent.model import Transport
@@ -46,6 +47,7 @@ def acl_text(cfg: BrokerAuthConfig, devices: Iterable[DeviceRecord]) -> str:
     for d in sorted(devices, key=lambda r: r.id):
         if d.transport is Transport.MQTT and d.status is not DeviceStatus.REVOKED:
             lines += ["", f"user {d.id}", f"topic write {cfg.device_topic.format(id=d.id)}"]
+    lines += downlink_acl_lines(cfg.agent_username)
     return "\n".join(lines) + "\n"
 
 

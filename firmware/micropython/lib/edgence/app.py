@@ -56,6 +56,7 @@ class Node:
         self.store_errors = 0
         self._told = [0, 0]  # drops and encode errors the gateway has heard of
         self._carried = None  # what the frame just taken carries
+        self.downlink = None  # edgence.downlink.Downlink where the transport carries commands
 
     def idle(self):
         """Called from every bounded wait: feeds the watchdog (which decides from the last
@@ -168,10 +169,17 @@ class Node:
 
     def sleep(self, seconds):
         """Light sleep in slices short enough for every port's hardware watchdog."""
+        # With a command channel (MQTT), the time is spent listening for commands instead;
+        # if the link is down, plain sleep for the rest of the interval.
+        listen = getattr(self.link, "listen", None)
+        if getattr(self.link, "downlink", None) is None:
+            listen = None
         left = int(seconds * 1000)
         while left > 0:
             step = 1000 if left > 1000 else left
-            time.sleep_ms(step)
+            if listen is None or step < 1000 or not listen(1):
+                listen = None
+                time.sleep_ms(step)
             left -= step
             self.idle()
 
