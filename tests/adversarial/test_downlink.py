@@ -9,23 +9,26 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.attest.receipt import verify_receipt
 from agent.downlink.codec import encode_answer, parse_command
 from agent.localbroker import LocalMosquitto
 from tests.integration.conftest import wait_until, write_agent_dir
-from tests.integration.test_enrollment import (  # noqa: F401 (secured: a fixture)
-    AGENT_USER,
-    SecuredBroker,
-    cli,
-    secured,
-    secured_config,
-)
+from tests.integration.test_enrollment import AGENT_USER, SecuredBroker, cli, secured_config
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[SecuredBroker]:
+    """The devices' Mosquitto: password file and the ACL `pair` writes."""
+    with SecuredBroker(tmp_path / "secured") as s:
+        yield s
 
 
 class Device:

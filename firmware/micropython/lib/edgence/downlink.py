@@ -40,7 +40,9 @@ def command_canonical(device_id, n, cid, exp, action, args):
 
 
 def answer_canonical(device_id, n, cid, status, result):
-    return ANSWER_PREFIX + ("%s\n%d\n%s\n%s\n" % (device_id, n, cid, status) + _lines(result)).encode()
+    return (
+        ANSWER_PREFIX + ("%s\n%d\n%s\n%s\n" % (device_id, n, cid, status) + _lines(result)).encode()
+    )
 
 
 def _json_value(v):
@@ -101,7 +103,14 @@ class Downlink:
         for k in _FIELDS:
             if k not in obj:
                 return self._drop("bad_fields")
-        n, cid, exp, action, args, mac = obj["n"], obj["id"], obj["exp"], obj["a"], obj["args"], obj["mac"]
+        n, cid, exp, action, args, mac = (
+            obj["n"],
+            obj["id"],
+            obj["exp"],
+            obj["a"],
+            obj["args"],
+            obj["mac"],
+        )
         if obj["v"] != 1 or not isinstance(n, int) or not isinstance(exp, int):
             return self._drop("bad_fields")
         if not isinstance(cid, str) or not isinstance(action, str) or not isinstance(args, dict):
@@ -110,7 +119,9 @@ class Downlink:
             v = args[k]
             if not (isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))):
                 return self._drop("bad_fields")
-        want = hex_of(hmac_sha256(self.key, command_canonical(self.device_id, n, cid, exp, action, args)))
+        want = hex_of(
+            hmac_sha256(self.key, command_canonical(self.device_id, n, cid, exp, action, args))
+        )
         if not isinstance(mac, str) or not _same(want.encode(), mac.encode()):
             return self._drop("bad_mac")
         if n <= self.last:

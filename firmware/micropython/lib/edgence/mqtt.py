@@ -164,7 +164,9 @@ class MQTTClient:
     def subscribe(self, topic, qos=1):
         """SUBSCRIBE and wait for the SUBACK (retained messages may arrive first: kept)."""
         self.pid = self.pid % 0xFFFF + 1
-        self.sock.sendall(packet(SUBSCRIBE, 2, struct.pack(">H", self.pid) + _str(topic) + bytes((qos,))))
+        self.sock.sendall(
+            packet(SUBSCRIBE, 2, struct.pack(">H", self.pid) + _str(topic) + bytes((qos,)))
+        )
         while True:
             ptype, flags, body = self._read_packet()
             if ptype == SUBACK:
