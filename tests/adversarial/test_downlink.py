@@ -125,7 +125,7 @@ def test_a_device_cannot_read_or_answer_another_devices_commands(
     dev2 = Device(bundle(cfg_path, "dev-2"), secured.broker.port, ("devices/+/down",))
     try:
         p = command(cfg_path, "dev-1", "set_output", "pin=2", "value=1", "--ttl", "30")
-        wait_until(lambda: dev1.commands(), 20, "the command at dev-1")
+        wait_until(lambda: bool(dev1.commands()), 20, "the command at dev-1")
         cmd = parse_command(dev1.key, "dev-1", dev1.commands()[0])  # framed with dev-1's key
         assert (cmd.action, cmd.counter) == ("set_output", 1)
         # dev-2 answers for dev-1 with a MAC of its own key: the broker refuses the publish.
@@ -156,7 +156,7 @@ def test_only_bad_mac_answers_end_as_bad_answer_mac_and_an_id_is_framed_once(
     dev1 = Device(bundle(cfg_path, "dev-1"), secured.broker.port, ("devices/dev-1/down",))
     try:
         p = command(cfg_path, "dev-1", "version", "--ttl", "3")
-        wait_until(lambda: dev1.commands(), 20, "the command at dev-1")
+        wait_until(lambda: bool(dev1.commands()), 20, "the command at dev-1")
         cmd = parse_command(dev1.key, "dev-1", dev1.commands()[0])
         dev1.publish(
             "devices/dev-1/ack", encode_answer(bytes(32), "dev-1", 1, cmd.command_id, "ok", {})
