@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from agent.devices.coap import CoapSource
     from agent.devices.mqtt import MqttSource
     from agent.devices.serial import SerialSource
+    from agent.downlink.events import ContractCommands
     from agent.downlink.service import Downlink
     from agent.election.rounds import ConnectionPublisher, ElectionRounds
     from agent.masternode import HeartbeatTask, OracleSubmitter
@@ -104,6 +105,7 @@ class Parts:
     submitter: OracleSubmitter | None = None
     telemetry: Telemetry | None = None
     downlink: Downlink | None = None
+    downlink_events: ContractCommands | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.monotonic)
 
@@ -127,6 +129,7 @@ class Parts:
             self.heartbeat,
             self.submitter,
             self.downlink,
+            self.downlink_events,
         ]
         return [c for c in (*head, *self.sources, *tail) if c is not None]
 
@@ -418,6 +421,12 @@ def _downlink(p: Parts) -> None:
         client_id=d.mqtt.client_id or client_id(p.key, "downlink"),
         config_file=str(p.cfg.path),
     )
+    if d.events and p.chain_watcher is not None and p.rpc is not None:
+        from agent.downlink.events import ContractCommands
+
+        p.downlink_events = ContractCommands(
+            p.downlink, d.events, rpc=p.rpc, watcher=p.chain_watcher, metrics=p.metrics
+        )
 
 
 __all__ = ["Parts", "build", "client_id", "domain_of", "load_gateway_key"]

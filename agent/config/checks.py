@@ -34,6 +34,12 @@ def check_config(cfg: AgentConfig) -> None:
             "downlink.enabled",
             "needs [enrollment] enabled = true (commands are framed with each device's key)",
         )
+    if cfg.downlink.enabled and cfg.downlink.events and not cfg.chain.enabled:
+        raise ConfigError(
+            file,
+            "downlink.events",
+            "needs [chain] enabled = true (contract events are read from the full node)",
+        )
     if cfg.oracle.submit_enabled and not cfg.chain.enabled:
         raise ConfigError(
             file,

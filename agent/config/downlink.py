@@ -28,6 +28,22 @@ class CommandRule:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class EventRule:
+    """[[downlink.events]]: each `event` log of `contract` becomes `action` for a device
+    (`device`, or the bytes32 event field `device_from`), with fixed `args` plus `args_from`
+    (command argument -> event field)."""
+
+    contract: str  # 0x-lowercase address
+    event: str  # "Name(type [indexed] name, ...)"
+    action: str
+    device: str | None = None
+    device_from: str | None = None
+    args: tuple[tuple[str, int | str], ...] = ()
+    args_from: tuple[tuple[str, str], ...] = ()
+    ttl_s: float | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class DownlinkConfig(RequestResponseConfig):
     enabled: bool = False
@@ -39,6 +55,7 @@ class DownlinkConfig(RequestResponseConfig):
     ack_topic: str = "devices/{id}/ack"
     policy: tuple[CommandRule, ...] = (CommandRule(OPERATOR, (ANY,), (ANY,)),)
     reply_topics: tuple[str, ...] = ("{prefix}/{gateway}/cmd/res/#",)
+    events: tuple[EventRule, ...] = ()
 
     def rule_for(self, requester: str) -> CommandRule | None:
         for r in self.policy:
@@ -64,6 +81,61 @@ def _topic(sec: Section, k: str, default: str) -> str:
     return t
 
 
+def _event_rule(e: Section) -> EventRule:
+    from agent.downlink.eventabi import EventSpec  # pure: the event signature parser
+
+    contract = e.address("contract", None, required=True)
+    assert contract is not None
+    sig = e.get("event", str, required=True)
+    try:
+        spec = EventSpec.parse(sig)
+    except ValueError as exc:
+        raise e.err(
+            "event", f'{exc}; e.g. "GateOpened(bytes32 indexed device, uint256 seconds)"'
+        ) from None
+    action = e.get("action", str, required=True)
+    if not NAME_RE.match(action):
+        raise e.err("action", f"{action!r}: 1-32 of A-Z a-z 0-9 _ . : -")
+    device = e.device_id("device")
+    device_from = e.get("device_from", str, None)
+    if (device is None) == (device_from is None):
+        raise e.err("device", "give exactly one of device (an id) or device_from (a bytes32 field)")
+    fields = {f.name: f.type for f in spec.fields}
+    if device_from is not None and fields.get(device_from) != "bytes32":
+        allowed = [n for n, t in fields.items() if t == "bytes32"]
+        raise e.err(
+            "device_from",
+            f"{device_from!r} is not a bytes32 field of the event; allowed: {allowed}",
+        )
+    args: list[tuple[str, int | str]] = []
+    for k, v in e.get("args", dict, {}).items():
+        if not NAME_RE.match(k) or isinstance(v, bool) or not isinstance(v, int | str):
+            raise e.err(
+                "args", f"{k!r}: names of 1-32 A-Z a-z 0-9 _ . : - with integer or text values"
+            )
+        args.append((k, v))
+    args_from: list[tuple[str, str]] = []
+    for k, v in e.get("args_from", dict, {}).items():
+        if not NAME_RE.match(k) or v not in fields:
+            raise e.err(
+                "args_from",
+                f"{k!r} = {v!r}: the value must be a field of the event; allowed: {sorted(fields)}",
+            )
+        args_from.append((k, v))
+    ttl = e.duration("ttl", DownlinkConfig.default_ttl_s) if "ttl" in e.data else None
+    e.done()
+    return EventRule(
+        contract=contract.lower(),
+        event=sig,
+        action=action,
+        device=device,
+        device_from=device_from,
+        args=tuple(args),
+        args_from=tuple(args_from),
+        ttl_s=ttl,
+    )
+
+
 def read_downlink(d: Section, local_broker_url: str, data_dir: Path) -> DownlinkConfig:
     D = DownlinkConfig
     enabled = d.get("enabled", bool, D.enabled)
@@ -87,6 +159,7 @@ def read_downlink(d: Section, local_broker_url: str, data_dir: Path) -> Downlink
     else:
         d.read.add("policy")
         rules = list(D.policy)
+    events = tuple(_event_rule(e) for e in d.sub_list("events"))
     default_ttl = d.duration("default_ttl", D.default_ttl_s)
     max_ttl = d.duration("max_ttl", D.max_ttl_s)
     if default_ttl > max_ttl:
@@ -100,6 +173,7 @@ def read_downlink(d: Section, local_broker_url: str, data_dir: Path) -> Downlink
         down_topic=_topic(d, "down_topic", D.down_topic),
         ack_topic=_topic(d, "ack_topic", D.ack_topic),
         policy=tuple(rules),
+        events=events,
         **shared,
     )
     d.done()
@@ -129,6 +203,7 @@ __all__ = [
     "OPERATOR",
     "CommandRule",
     "DownlinkConfig",
+    "EventRule",
     "downlink_acl_lines",
     "read_downlink",
 ]

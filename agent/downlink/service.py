@@ -220,12 +220,13 @@ class Downlink(MqttResponder):
             detail=detail,
         )
 
-    def check(self, requester: str, device: str, action: str) -> bytes:
-        """The device key, if `requester` may send `action` to `device`; raises CommandRefused."""
+    def check(self, requester: str, device: str, action: str, trusted: bool = False) -> bytes:
+        """The device key, if `requester` may send `action` to `device`; raises CommandRefused.
+        `trusted`: the operator's own configuration asks ([[downlink.events]]), no policy."""
         if not NAME_RE.match(device):
             raise self._refuse(requester, device[:40], action, "unknown_device", "not a device id")
         rule = self.cfg.rule_for(requester)
-        if rule is None or not rule.allows(device, action):
+        if not trusted and (rule is None or not rule.allows(device, action)):
             allowed = (
                 "nothing (no [[downlink.policy]] for this requester)"
                 if rule is None
@@ -271,6 +272,7 @@ class Downlink(MqttResponder):
         *,
         command_id: str | None = None,
         event_key: str | None = None,
+        trusted: bool = False,
     ) -> StoredCommand:
         """Check and queue a command; returns it as stored. The same `command_id` (or
         `event_key`) again returns the command already queued, never a second one."""
@@ -282,7 +284,7 @@ class Downlink(MqttResponder):
                 "bad_request",
                 "action must be 1-32 of A-Z a-z 0-9 _ . : -",
             )
-        self.check(requester, device, action)
+        self.check(requester, device, action, trusted)
         ttl = self.cfg.default_ttl_s if ttl is None else ttl
         if ttl <= 0:
             raise self._refuse(
