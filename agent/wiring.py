@@ -421,6 +421,9 @@ def _downlink(p: Parts) -> None:
         client_id=d.mqtt.client_id or client_id(p.key, "downlink"),
         config_file=str(p.cfg.path),
     )
+    if p.coap is not None:  # CoAP devices get their command with the answer to a POST
+        p.coap.commands = p.downlink
+        p.downlink.transports.add(Transport.COAP)
     if d.events and p.chain_watcher is not None and p.rpc is not None:
         from agent.downlink.events import ContractCommands
 

@@ -162,6 +162,7 @@ def issue_bundle(
     auth = _broker_auth(cfg)
     if auth is not None and rec.transport is Transport.MQTT:
         password = auth.set_password(rec.id)
+    if auth is not None:  # also for other transports: the ACL carries the command topics
         _sync_broker(cfg, registry)
     from agent.journal import read_device_counter
 

@@ -130,6 +130,7 @@ class Downlink(MqttResponder):
         self._frames: dict[str, bytes] = {}  # device -> the in-flight command's frame
         self._bad_answers: dict[str, int] = {}  # command id -> answers refused (bad MAC)
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
+        self.transports = {Transport.MQTT}  # wiring adds CoAP when the CoAP source serves commands
         self._loaded = False
         self._timer: asyncio.Task[None] | None = None
         self._busy = 0
@@ -154,10 +155,13 @@ class Downlink(MqttResponder):
             device = self._ack_device(topic)
             if device is None:
                 return
-            coro = self._on_answer(device, bytes(msg.payload))
+            coro = self._mqtt_answer(device, bytes(msg.payload))
         t = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
+
+    async def _mqtt_answer(self, device: str, payload: bytes) -> None:
+        await self._on_answer(device, payload)  # refusals are counted and logged there
 
     async def _serve_request(
         self, requester: str, payload: bytes, reply_to: str | None, corr: bytes | None, qos: int
@@ -252,13 +256,14 @@ class Downlink(MqttResponder):
             )
         if rec.status is DeviceStatus.REVOKED:
             raise self._refuse(requester, device, action, "revoked", f"{device!r} was revoked")
-        if rec.transport is not Transport.MQTT:
+        if rec.transport not in self.transports:
             raise self._refuse(
                 requester,
                 device,
                 action,
                 "wrong_transport",
-                f"{device!r} is enrolled over {rec.transport}; commands go over MQTT only",
+                f"{device!r} is enrolled over {rec.transport}; commands go over "
+                + " and ".join(str(t) for t in sorted(self.transports)),
             )
         return key
 
@@ -386,6 +391,9 @@ class Downlink(MqttResponder):
         cmd, frame = self._inflight.get(device), self._frames.get(device)
         if cmd is None or frame is None or not self.conn.connected.is_set():
             return
+        rec = self.devices.records.get(device)
+        if rec is not None and rec.transport is not Transport.MQTT:
+            return  # CoAP: the device takes it with the answer to its next POST
         left = max(1, int(cmd.expires - self.clock()))
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.MessageExpiryInterval = left
@@ -396,7 +404,8 @@ class Downlink(MqttResponder):
     def _clear(self, device: str) -> None:
         self._inflight.pop(device, None)
         self._frames.pop(device, None)
-        if self.conn.connected.is_set():
+        rec = self.devices.records.get(device)
+        if self.conn.connected.is_set() and (rec is None or rec.transport is Transport.MQTT):
             self.conn.client.publish(self.cfg.down_topic.format(id=device), b"", qos=1, retain=True)
 
     async def _finish(self, cmd: StoredCommand, state: str, outcome: dict[str, Any]) -> None:
@@ -414,19 +423,31 @@ class Downlink(MqttResponder):
             self._clear(cmd.device_id)
         await self._kick(cmd.device_id)
 
-    async def _on_answer(self, device: str, payload: bytes) -> None:
+    # -- CoAP delivery (agent/devices/coap.py CommandHooks) ----------------------------------
+    def pending_frame(self, device: str) -> bytes | None:
+        """The command in flight for a device, for the answer to its next CoAP POST."""
+        frame = self._frames.get(device)
+        if frame is not None:
+            self.metrics.inc("command_frames_sent")
+        return frame
+
+    async def take_answer(self, device: str, payload: bytes) -> str | None:
+        """A device's answer that came over CoAP: None if taken, else why not."""
+        return await self._on_answer(device, payload)
+
+    async def _on_answer(self, device: str, payload: bytes) -> str | None:
         if not payload:
-            return
+            return "empty"
         cmd = self._inflight.get(device)
         try:
             answer = parse_answer(payload, device)
         except DownlinkError as exc:
             self._answer_rejected(device, exc.reason, exc.detail, cmd)
-            return
+            return exc.reason
         key = self.devices.keys.get(device)
         if key is None or not verify_answer(key, answer):
             self._answer_rejected(device, "bad_mac", "the answer's mac does not verify", cmd)
-            return
+            return "bad_mac"
         if cmd is None or cmd.command_id != answer.command_id or cmd.counter != answer.counter:
             self.metrics.inc("command_answers_rejected", reason="not_in_flight")
             event(
@@ -437,7 +458,7 @@ class Downlink(MqttResponder):
                 id=answer.command_id,
                 n=answer.counter,
             )
-            return
+            return "not_in_flight"
         canon = answer_canonical(
             device, answer.counter, answer.command_id, answer.status, answer.result
         )
@@ -473,6 +494,7 @@ class Downlink(MqttResponder):
             n=answer.counter,
         )
         await self._finish(cmd, "answered", outcome)
+        return None
 
     def _answer_rejected(
         self, device: str, reason: str, detail: str, cmd: StoredCommand | None

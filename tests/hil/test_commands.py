@@ -143,3 +143,28 @@ def test_refusals_reach_the_requester_with_their_reason(gateway: Gateway, board:
     for reason in ("unknown_device", "expired", "not_allowed"):
         assert "event=command_refused" in log and f"reason={reason}" in log
     assert "event=command_expired" in log
+
+
+@pytest.mark.needs("deploy", "coap", "deep_sleep")
+def test_a_sleepy_coap_board_gets_its_command_with_the_answer_to_its_next_post(
+    gateway: Gateway, board: Board
+) -> None:
+    gateway.serve_coap()
+    enable_downlink(gateway)
+    bundle = gateway.pair(
+        "cmd-4", "--transport", "coap", *sensor_args(board),
+        **settings_for(board, outputs=[2], deep_sleep=True, interval_s=1),
+    )  # fmt: skip
+    board.deploy(json.dumps(bundle).encode())
+    gateway.agent.start()
+    board.power_on()
+    wait_until(lambda: len(gateway.observations("cmd-4")) >= 2, 30, "readings over CoAP")
+    rc, out, err = outcome(command(gateway, "cmd-4", "set_output", "pin=2", "value=1"))
+    assert rc == 0 and out["status"] == "ok", err
+    assert verify_receipt(out["receipt"]) == gateway.key.address
+    # It woke, posted, got the command in the 2.04, ran it, posted the answer, slept again.
+    assert "cause=deepsleep" in board.console() and "action=set_output status=ok" in board.console()
+    rc, out, err = outcome(command(gateway, "cmd-4", "version"))
+    assert rc == 0 and out["receipt"]["message"]["deviceCounter"] == 2, err  # kept in flash
+    if isinstance(board, EmulatedBoard):
+        assert pins(board) == ["2=1"]
