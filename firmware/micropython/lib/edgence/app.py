@@ -56,7 +56,6 @@ class Node:
         self.store_errors = 0
         self._told = [0, 0]  # drops and encode errors the gateway has heard of
         self._carried = None  # what the frame just taken carries
-        self.downlink = None  # edgence.downlink.Downlink where the transport carries commands
 
     def idle(self):
         """Called from every bounded wait: feeds the watchdog (which decides from the last
@@ -169,11 +168,19 @@ class Node:
 
     def sleep(self, seconds):
         """Light sleep in slices short enough for every port's hardware watchdog."""
-        # With a command channel (MQTT), the time is spent listening for commands instead;
-        # if the link is down, plain sleep for the rest of the interval.
-        listen = getattr(self.link, "listen", None)
-        if getattr(self.link, "downlink", None) is None:
-            listen = None
+        if getattr(self.link, "downlink", None) is not None and hasattr(self.link, "listen"):
+            return self._listen(seconds)
+        left = int(seconds * 1000)
+        while left > 0:
+            step = 1000 if left > 1000 else left
+            time.sleep_ms(step)
+            left -= step
+            self.idle()
+
+    def _listen(self, seconds):
+        """The sleep of a link with a command channel (MQTT): spent listening for commands in
+        1 s slices; if the link is down, plain sleep for the rest of the interval."""
+        listen = self.link.listen
         left = int(seconds * 1000)
         while left > 0:
             step = 1000 if left > 1000 else left
