@@ -30,8 +30,39 @@ class AuthMethod(StrEnum):
     """How the frame's origin was established before the gateway vouched for it."""
 
     ALLOWLIST = "allowlist"  # device id listed in the config (before enrollment exists)
+    OSCORE = "oscore"  # the CoAP transport's OSCORE security context
+    BROKER_ACL = "broker-acl"  # a broker login bound to the device id by the broker's ACL
     HMAC = "hmac"  # device key from pairing, HMAC-SHA256 + counter
     BTHOME = "bthome"  # BTHome v2 AES-CCM bindkey + counter
+
+    @property
+    def assurance(self) -> int:
+        """The signed trust level: 0 unauthenticated, 1 the transport authenticated the
+        device, 2 the device authenticated the frame itself (MAC + counter)."""
+        return ASSURANCE[self]
+
+
+ASSURANCE: dict[AuthMethod, int] = {
+    AuthMethod.ALLOWLIST: 0,
+    AuthMethod.OSCORE: 1,
+    AuthMethod.BROKER_ACL: 1,
+    AuthMethod.HMAC: 2,
+    AuthMethod.BTHOME: 2,
+}
+ASSURANCE_NAMES = ("unauthenticated", "transport-authenticated", "device-authenticated")
+# The signed transport codes (0 reserved: the simulator, which no real link carries).
+TRANSPORT_CODES: dict[str, int] = {
+    "sim": 0,
+    "mqtt": 1,
+    "coap": 2,
+    "ble": 3,
+    "serial": 4,
+    "modbus": 5,
+}
+
+
+def transport_code(transport: Transport) -> int:
+    return TRANSPORT_CODES[transport.value]
 
 
 def label_bytes32(label: str, what: str) -> bytes:

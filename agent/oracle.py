@@ -11,7 +11,10 @@ Transports (thin shells around `OracleService.answer`):
   (CoAP observe is lossy by design: a slow client sees the newest, not every one).
 
 Answer (UTF-8 JSON): {"v":1,"ok":true,"observation":<the envelope, byte for byte>,
-"submit":{"to":<oracle contract>,"function":<signature>,"data":<calldata>}} or
+"submit":{"to":<oracle contract>,"function":<signature>,"data":<calldata>}} or, when the
+observation was signed under another domain than the oracle contract's (e.g. before
+`gateway.verifying_contract` was set), "submit":null and "submit_refused":<why> instead of
+calldata the contract would revert; or
 {"v":1,"ok":false,"error":{"code":<label>,"message":<text>}} where the label is one of
 malformed, unknown_device, unknown_sensor, no_data, not_found, busy, unavailable.
 """
@@ -21,24 +24,24 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from eth_abi.abi import encode as abi_encode
 
 from agent.attest.eip712 import keccak256
-from agent.attest.observation import VerifiedObservation, verify_envelope
+from agent.attest.observation import VerifiedObservation, parse_document, verify_envelope
 from agent.coapserver import CoapServer
 from agent.config import BrokerEndpoint
 from agent.errors import AgentError, EnvelopeError, JournalError
 from agent.journal import Journal, JournalEntry
 from agent.logs import RateLimitedLog
 from agent.metrics import Metrics
-from agent.model import NAME_RE, Observation, label_bytes32
+from agent.model import ASSURANCE_NAMES, NAME_RE, Observation, label_bytes32
 from agent.mqtt import MqttResponder, publish_json_reply, reply_topic_allowed
 
-OBSERVATION_TUPLE = "(bytes32,bytes32,int256,int8,bytes32,uint64,uint64,uint64)"
+OBSERVATION_TUPLE = "(bytes32,bytes32,bytes32,int256,int8,bytes32,uint64,uint64,uint64,uint8,uint8)"
 SUBMIT_SIGNATURE = f"submit(address,{OBSERVATION_TUPLE},bytes)"
 SUBMIT_BATCH_SIGNATURE = f"submitBatch(address[],{OBSERVATION_TUPLE}[],bytes[])"
 SUBMIT_SELECTOR = keccak256(SUBMIT_SIGNATURE.encode("ascii"))[:4]
@@ -58,6 +61,7 @@ def observation_tuple(v: VerifiedObservation) -> tuple[Any, ...]:
     """The ObservationOracle.Observation struct of a verified envelope, as eth-abi takes it."""
     r = v.reading
     return (
+        v.feed,
         label_bytes32(r.device_id, "device id"),
         label_bytes32(r.sensor, "sensor"),
         r.value,
@@ -66,6 +70,8 @@ def observation_tuple(v: VerifiedObservation) -> tuple[Any, ...]:
         r.timestamp,
         r.counter,
         v.gateway_sequence,
+        v.transport_code,
+        v.assurance,
     )
 
 
@@ -86,6 +92,59 @@ def submit_batch_calldata(items: Sequence[VerifiedObservation]) -> bytes:
             [v.signature for v in items],
         ],
     )
+
+
+def check_answer(answer: Mapping[str, Any]) -> VerifiedObservation:
+    """Verify an oracle answer: its envelope, and that its calldata (if any) is exactly
+    ObservationOracle.submit of that envelope to the contract the envelope was signed for."""
+    if answer.get("ok") is not True or "observation" not in answer:
+        raise EnvelopeError('not a successful oracle answer (no "observation")')
+    v = verify_envelope(answer["observation"])
+    submit = answer.get("submit")
+    if submit is None:
+        return v
+    if not isinstance(submit, Mapping):
+        raise EnvelopeError("field submit of the answer must be an object or null")
+    to = str(submit.get("to", ""))
+    if to.lower() != v.domain.verifying_contract.lower():
+        raise EnvelopeError(
+            f"the answer's calldata goes to {to}, but the observation was signed for "
+            f"{v.domain.verifying_contract}"
+        )
+    if str(submit.get("data", "")).lower() != "0x" + submit_calldata(v).hex():
+        raise EnvelopeError("the answer's calldata is not submit() of its observation")
+    return v
+
+
+def verify_document(data: bytes | str | Mapping[str, Any]) -> list[str]:
+    """What `edgence-agent verify` prints for an envelope or an oracle answer (EnvelopeError
+    when either is invalid): the signed fields, then what the signature does not claim."""
+    doc = parse_document(data)
+    answer = "observation" in doc and "ok" in doc
+    v = check_answer(doc) if answer else verify_envelope(doc)
+    r = v.reading
+    lines = [
+        f"ok signer={v.signer} seq={v.gateway_sequence} device={r.device_id} "
+        f"sensor={r.sensor} value={r.decimal} unit={r.unit} counter={r.counter} "
+        f"timestamp={r.timestamp} chainId={v.domain.chain_id} "
+        f"feed=0x{v.feed.hex()} transport={r.transport.value} "
+        f"assurance={v.assurance} ({ASSURANCE_NAMES[v.assurance]}) "
+        f"contract={v.domain.verifying_contract}"
+    ]
+    for field in v.unsigned:
+        lines.append(
+            f"  not signed: {field} ({r.auth.value!r}: the signature claims only its "
+            f"assurance level {v.assurance}, not which method of that level)"
+        )
+    if answer:
+        if doc.get("submit") is None:
+            why = doc.get("submit_refused", "no reason given")
+            lines.append(f"  answer: no calldata offered: {why}")
+        else:
+            lines.append(
+                f"  answer: calldata is submit() of this observation to {doc['submit']['to']}"
+            )
+    return lines
 
 
 # -- requests (pure) -----------------------------------------------------------------------------
@@ -249,10 +308,32 @@ class OracleService:
         """The answer for one journal entry (its envelope is verified again on the way out)."""
         try:
             v = verify_envelope(entry.envelope)
-        except EnvelopeError as exc:  # a damaged journal: say so rather than serve it
+        except EnvelopeError as exc:
+            if entry.envelope.startswith(b'{"v":1,'):
+                # Journaled before the upgrade to Observation type v2: genuine, but no longer
+                # what a verifier or the oracle contract accepts.
+                raise QueryError(
+                    "not_found",
+                    f"observation {entry.seq} was signed as Observation type v1 (before this "
+                    "gateway's upgrade); verifiers and the oracle contract accept type v2 only",
+                ) from exc
+            # A damaged journal: say so rather than serve it.
             raise QueryError(
                 "unavailable", f"stored observation {entry.seq} is damaged: {exc}"
             ) from exc
+        signed_for = v.domain.verifying_contract
+        if signed_for.lower() != self.contract.lower():
+            why = (
+                f"signed under the EIP-712 domain of {signed_for}, not of the oracle contract "
+                f"{self.contract}: the contract would refuse it"
+            )
+            return (
+                b'{"v":1,"ok":true,"observation":'
+                + entry.envelope
+                + b',"submit":null,"submit_refused":'
+                + _COMPACT.encode(why).encode()
+                + b"}"
+            )
         submit = {
             "to": self.contract,
             "function": SUBMIT_SIGNATURE,

@@ -42,7 +42,8 @@ class Arrival:
     source: str
     ack: Callable[[], None] | None = None
     rejected: str | None = None
-    # Set by a source that authenticated the frame itself (a BTHome advert's AES-CCM MIC).
+    # Set by a source that authenticated the frame itself (a BTHome advert's AES-CCM MIC) or
+    # whose transport authenticated the device (OSCORE with the device's own context).
     verified: AuthMethod | None = None
 
 
@@ -66,6 +67,8 @@ class AllowlistGate:
                 "unknown_device",
                 f"device {arrival.device_id!r} is not in sources.mqtt.allowed_devices",
             )
+        if arrival.verified is AuthMethod.OSCORE:  # the transport authenticated the device
+            return AuthMethod.OSCORE
         return AuthMethod.ALLOWLIST
 
 

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from agent.attest.feeds import FeedMap
 from agent.attest.keys import GatewayKey, load_key_file
 from agent.attest.observation import ObservationSigner
 from agent.bridge import Bridge
@@ -156,7 +157,7 @@ def build(
         overflow=cfg.journal.overflow,
         logger=logging.getLogger("agent.journal"),
     )
-    signer = ObservationSigner(key, domain_of(cfg))
+    signer = ObservationSigner(key, domain_of(cfg), FeedMap(dict(cfg.gateway.feeds)))
     enr = cfg.enrollment
     registry = DeviceRegistry(enr.registry_dir) if enr is not None and enr.enabled else None
     gate = EnrollmentGate(

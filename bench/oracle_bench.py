@@ -1,11 +1,7 @@
-"""Oracle benchmarks: gas per verified observation (one per transaction, batches of 10 and 100)
-on a real anvil, and the query round trip of a running agent (`edgence-agent run`, a child
-process) over MQTT 5 and CoAP.
+"""Oracle benchmark: the query round trip of a running agent (`edgence-agent run`, a child
+process) over MQTT 5 and CoAP. (Gas of the oracle contract: bench/oracle_gas.py.)
 
 Baselines measured in the same run:
-- gas: `recoverSigner`, the contract's own EIP-712 hash + ecrecover of the same observation sent
-  as a transaction (the floor any verifying contract pays), so the ratio is what replay
-  protection, freshness, the masternode check and the rounds cost on top;
 - MQTT: an echo through the same Mosquitto (the client publishes to a topic it subscribes to,
   QoS 1 both ways), so the ratio is the agent's share of the round trip;
 - CoAP: the same agent's CoAP server answering a malformed query (parsing and the transport,
@@ -35,115 +31,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.attest.keys import GatewayKey, write_key_file
-from agent.attest.observation import ObservationSigner, VerifiedObservation, verify_envelope
-from agent.chainclient.anvil import DEV_PRIVATE_KEY, LocalAnvil
 from agent.chainclient.build import build
-from agent.chainclient.contracts import Artifact, load_artifact
-from agent.chainclient.tx import Eip1559Tx, contract_address, encode_call, encode_constructor
 from agent.devices.codecs.frame import encode_frame
 from agent.localbroker import LocalMosquitto, free_port
-from agent.model import AuthMethod, Eip712Domain, Reading, Transport
-from agent.oracle import observation_tuple, submit_batch_calldata, submit_calldata
 from bench.agentproc import spawn_agent, wait_ready
 from bench.results import write_section
 
 COLLATERAL = 10**18
-
-
-# -- gas -----------------------------------------------------------------------------------------
-
-
-class Chain:
-    def __init__(self, node: LocalAnvil) -> None:
-        self.node = node
-        self.dev = GatewayKey.from_bytes(DEV_PRIVATE_KEY)
-
-    def send(self, key: GatewayKey, to: str | None, data: bytes, value: int = 0) -> dict[str, Any]:
-        nonce = int(str(self.node.rpc("eth_getTransactionCount", [key.address, "pending"])), 16)
-        tx = Eip1559Tx(self.node.chain_id, nonce, 10**9, 50 * 10**9, 25_000_000, to, value, data)
-        signed = tx.sign(key)
-        self.node.rpc("eth_sendRawTransaction", [signed.raw_hex])
-        for _ in range(1000):
-            rc = self.node.rpc("eth_getTransactionReceipt", [signed.hash_hex])
-            if isinstance(rc, dict):
-                if rc["status"] != "0x1":
-                    raise RuntimeError(f"transaction reverted: {rc}")
-                return rc
-            time.sleep(0.01)
-        raise RuntimeError("no receipt")
-
-    def deploy(self, name: str, *args: Any) -> tuple[str, Artifact]:
-        art = load_artifact(name)
-        nonce = int(
-            str(self.node.rpc("eth_getTransactionCount", [self.dev.address, "pending"])), 16
-        )
-        self.send(self.dev, None, art.bytecode + encode_constructor(art.abi, *args))
-        return contract_address(self.dev.address, nonce), art
-
-
-def gas_rows(workdir: Path) -> list[tuple[str, int, int, float]]:
-    """(scenario, observations, gas used, gas per observation relative to the floor)."""
-    rows: list[tuple[str, int, int]] = []
-    with LocalAnvil(workdir / "anvil", extra=("--gas-limit", "100000000")) as node:
-        chain = Chain(node)
-        registry, reg_art = chain.deploy("MasternodeRegistry", COLLATERAL, 1_000_000)
-        oracle, _ = chain.deploy("ObservationOracle", registry, 3, 3600, 600, 3600)
-        oracle_art = load_artifact("ObservationOracle")
-        domain = Eip712Domain("Edgence", "1", node.chain_id, oracle)
-        keys = [GatewayKey.generate() for _ in range(3)]
-        for key in keys:
-            node.rpc("anvil_setBalance", [key.address, hex(10**21)])
-            vrf = b"\x02" + key.public_key_uncompressed[1:33]
-            chain.send(key, registry, encode_call(reg_art.function("register"), vrf), COLLATERAL)
-        signers = [ObservationSigner(k, domain) for k in keys]
-        seq = [0, 0, 0]
-
-        def observe(i: int, sensor: str, value: int) -> VerifiedObservation:
-            seq[i] += 1
-            r = Reading(
-                "dev-1",
-                sensor,
-                value,
-                -2,
-                "Cel",
-                int(time.time()),
-                seq[i],
-                Transport.MQTT,
-                AuthMethod.HMAC,
-            )
-            return verify_envelope(signers[i].sign(r, seq[i]).envelope)
-
-        def gas(rc: dict[str, Any]) -> int:
-            return int(rc["gasUsed"], 16)
-
-        # The floor: the contract's own digest + ecrecover of one observation, as a transaction.
-        v = observe(0, "floor", 1)
-        floor = gas(
-            chain.send(
-                keys[0],
-                oracle,
-                encode_call(
-                    oracle_art.function("recoverSigner"), observation_tuple(v), v.signature
-                ),
-            )
-        )
-        rows.append(("baseline: hashTypedData + ecrecover only (recoverSigner)", 1, floor))
-
-        def send(i: int, v: VerifiedObservation) -> int:
-            return gas(chain.send(keys[i], oracle, submit_calldata(v)))
-
-        rows.append(("submit, first report of a new sensor", 1, send(0, observe(0, "s-new", 10))))
-        rows.append(("submit, a later report (slots reused)", 1, send(0, observe(0, "s-new", 11))))
-        rows.append(("submit, second masternode of the round", 1, send(1, observe(1, "s-new", 12))))
-        rows.append(
-            ("submit, third: quorum reached, median stored", 1, send(2, observe(2, "s-new", 13)))
-        )
-        for n in (10, 100):
-            for label, prefix in (("new sensors", f"b{n}"), ("same sensors again", f"b{n}")):
-                items = [observe(0, f"{prefix}-{k}", k) for k in range(n)]
-                rc = chain.send(keys[0], oracle, submit_batch_calldata(items))
-                rows.append((f"submitBatch of {n}, {label}", n, gas(rc)))
-    return [(name, n, g, g / n / floor) for name, n, g in rows]
 
 
 # -- query round trip ----------------------------------------------------------------------------
@@ -299,16 +193,8 @@ def main() -> int:
     build()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="oracle-bench-") as tmp:
-        gas = gas_rows(Path(tmp))
         lat = latency_rows(Path(tmp), args.queries)
     lines = [
-        "| scenario | observations | gas used | gas per observation | ratio to the floor |",
-        "|---|---|---|---|---|",
-    ]
-    for name, n, g, ratio in gas:
-        lines.append(f"| {name} | {n} | {g:,} | {g // n:,} | {ratio:.2f} |")
-    lines += [
-        "",
         "| query path | p50 ms | p99 ms | p50 ratio to baseline |",
         "|---|---|---|---|",
     ]
@@ -316,11 +202,6 @@ def main() -> int:
         lines.append(f"| {name} | {p50:.2f} | {p99:.2f} | {ratio:.2f} |")
     lines += [
         "",
-        "Gas: anvil (`--gas-limit 100000000`), three registered masternodes, quorum 3; the "
-        "floor is "
-        "`recoverSigner` of one observation sent as a transaction (21,000 intrinsic gas "
-        "included, as in every row). Batches are one gateway's observations of n different "
-        "sensors (`new sensors` opens n rounds; `same sensors again` reuses their storage). "
         f"Queries: {args.queries} sequential round trips per path from one client, the agent "
         "a child process with a 200-observation journal; Mosquitto with `set_tcp_nodelay true` and "
         "a client socket with TCP_NODELAY (the agent's oracle link sets it too: with Nagle on any "

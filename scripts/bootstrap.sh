@@ -79,6 +79,11 @@ build_contracts() {
     "$VENV/bin/python" -m agent.chainclient.build
 }
 
+check_contracts() {
+    # The committed artifacts must equal a fresh solc build of the committed sources.
+    "$VENV/bin/python" -m agent.chainclient.build --check
+}
+
 ensure_firmware_node_modules() {
     # MicroPython's WebAssembly port, which runs the firmware's core in tests
     # (firmware/micropython/tests/package.json). Node.js and npm come from Debian if missing.

@@ -10,7 +10,7 @@ from typing import Any
 
 from Crypto.Hash import keccak
 
-from agent.model import UINT64_MAX, Eip712Domain, Reading, label_bytes32
+from agent.model import UINT64_MAX, Eip712Domain, Reading, label_bytes32, transport_code
 
 TypeDefs = Mapping[str, Sequence[Mapping[str, str]]]
 """Struct definitions as in eth_signTypedData JSON: {"Mail": [{"name": .., "type": ..}, ..]}."""
@@ -225,10 +225,14 @@ def hash_typed_data(
 # --- fast path for Observation --------------------------------------------------------------
 
 DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+# Version 2 of the type (domain version "2"): the signature also vouches for the feed, the
+# transport and how the device was authenticated (assurance). Field order as ARCHITECTURE.md.
 OBSERVATION_TYPE = (
-    "Observation(bytes32 deviceId,bytes32 sensor,int256 value,int8 exponent,bytes32 unit,"
-    "uint64 timestamp,uint64 deviceCounter,uint64 gatewaySequence)"
+    "Observation(bytes32 feed,bytes32 deviceId,bytes32 sensor,int256 value,int8 exponent,"
+    "bytes32 unit,uint64 timestamp,uint64 deviceCounter,uint64 gatewaySequence,"
+    "uint8 transport,uint8 assurance)"
 )
+DOMAIN_VERSION = "2"
 DOMAIN_TYPE_HASH = keccak256(DOMAIN_TYPE.encode("ascii"))
 OBSERVATION_TYPE_HASH = keccak256(OBSERVATION_TYPE.encode("ascii"))
 
@@ -240,6 +244,7 @@ OBSERVATION_TYPES: dict[str, list[dict[str, str]]] = {
         {"name": "verifyingContract", "type": "address"},
     ],
     "Observation": [
+        {"name": "feed", "type": "bytes32"},
         {"name": "deviceId", "type": "bytes32"},
         {"name": "sensor", "type": "bytes32"},
         {"name": "value", "type": "int256"},
@@ -248,6 +253,8 @@ OBSERVATION_TYPES: dict[str, list[dict[str, str]]] = {
         {"name": "timestamp", "type": "uint64"},
         {"name": "deviceCounter", "type": "uint64"},
         {"name": "gatewaySequence", "type": "uint64"},
+        {"name": "transport", "type": "uint8"},
+        {"name": "assurance", "type": "uint8"},
     ],
 }
 """The same two types in eth_signTypedData form, for the generic encoder and for wallets."""
@@ -263,12 +270,15 @@ def domain_separator(domain: Eip712Domain) -> bytes:
     )
 
 
-def observation_struct_hash(reading: Reading, gateway_sequence: int) -> bytes:
+def observation_struct_hash(reading: Reading, gateway_sequence: int, feed: bytes) -> bytes:
     """hashStruct(Observation); the Reading validated its own ranges when it was built."""
     if type(gateway_sequence) is not int or not 0 <= gateway_sequence <= UINT64_MAX:
         raise ValueError(f"gateway sequence {gateway_sequence!r} must be an integer in uint64")
+    if len(feed) != 32:
+        raise ValueError(f"feed must be 32 bytes, not {len(feed)}")
     return keccak256(
         OBSERVATION_TYPE_HASH
+        + feed
         + label_bytes32(reading.device_id, "device id")
         + label_bytes32(reading.sensor, "sensor")
         + (reading.value % _WORD).to_bytes(32)
@@ -277,8 +287,14 @@ def observation_struct_hash(reading: Reading, gateway_sequence: int) -> bytes:
         + reading.timestamp.to_bytes(32)
         + reading.counter.to_bytes(32)
         + gateway_sequence.to_bytes(32)
+        + transport_code(reading.transport).to_bytes(32)
+        + reading.auth.assurance.to_bytes(32)
     )
 
 
-def observation_digest(domain_sep: bytes, reading: Reading, gateway_sequence: int) -> bytes:
-    return keccak256(b"\x19\x01" + domain_sep + observation_struct_hash(reading, gateway_sequence))
+def observation_digest(
+    domain_sep: bytes, reading: Reading, gateway_sequence: int, feed: bytes
+) -> bytes:
+    return keccak256(
+        b"\x19\x01" + domain_sep + observation_struct_hash(reading, gateway_sequence, feed)
+    )

@@ -1,21 +1,26 @@
 """Signing a Reading into an Observation (EIP-712 digest, r‖s‖v signature, JSON envelope) and
 verifying such an envelope from the digest up, never trusting its "digest" field.
 
-Envelope v1: UTF-8 JSON, compact separators, keys in this order::
+Envelope v2 (Observation type v2, domain version "2"): UTF-8 JSON, compact separators, keys in
+this order::
 
-    {"v":1,"gateway":"0x<40 hex, lowercase>",
+    {"v":2,"gateway":"0x<40 hex, lowercase>",
      "domain":{"name":str,"version":str,"chainId":int,"verifyingContract":"0x<40 hex>"},
-     "message":{"deviceId":"0x<64 hex>","sensor":"0x<64 hex>","value":"<int256, decimal>",
-                "exponent":int,"unit":"0x<64 hex>","timestamp":int,"deviceCounter":int,
-                "gatewaySequence":int},
+     "message":{"feed":"0x<64 hex>","deviceId":"0x<64 hex>","sensor":"0x<64 hex>",
+                "value":"<int256, decimal>","exponent":int,"unit":"0x<64 hex>","timestamp":int,
+                "deviceCounter":int,"gatewaySequence":int,"transport":int,"assurance":int},
      "reading":{"device":"sim-1","sensor":"temp","value":"21.37","unit":"Cel",
-                "transport":"mqtt","auth":"allowlist"},
+                "transport":"mqtt","auth":"hmac"},
+     "unsigned":["reading.auth"],
      "digest":"0x<64 hex>","signature":"0x<130 hex: r ‖ s ‖ v, v 27/28, low S>"}
 
 "domain" and "message" are exactly the EIP-712 domain and Observation struct that are signed
 (bytes32 labels left-aligned and zero-padded; value as a decimal string because int256 does not
-fit a JSON number). "reading" repeats the labels and the exact decimal value for people; it
-must agree with "message". Its "transport" and "auth" are not part of the signed struct.
+fit a JSON number). "reading" repeats them for people and must agree with "message": its
+"transport" is the signed transport code's name, its "auth" must be a method of the signed
+assurance level. Which method of that level (e.g. "hmac" or "bthome", both level 2) is not
+signed: "unsigned" names exactly the fields the signature does not claim, and a verifier
+refuses an envelope whose list differs, or that has any field not listed above.
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.attest.eip712 import domain_separator, observation_digest
+from agent.attest.feeds import FeedMap
 from agent.attest.keys import GatewayKey, recover_address
 from agent.errors import EnvelopeError
 from agent.model import (
+    ASSURANCE_NAMES,
     INT256_MAX,
     INT256_MIN,
+    TRANSPORT_CODES,
     UINT64_MAX,
     AuthMethod,
     Eip712Domain,
@@ -41,9 +49,30 @@ from agent.model import (
     bytes32_label,
     decimal_string,
     label_bytes32,
+    transport_code,
 )
 
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION = 2
+UNSIGNED_FIELDS = ("reading.auth",)
+"""Envelope fields the signature does not claim (the auth method within its signed level)."""
+_FIELDS = {
+    "": ("v", "gateway", "domain", "message", "reading", "unsigned", "digest", "signature"),
+    "domain": ("name", "version", "chainId", "verifyingContract"),
+    "message": (
+        "feed",
+        "deviceId",
+        "sensor",
+        "value",
+        "exponent",
+        "unit",
+        "timestamp",
+        "deviceCounter",
+        "gatewaySequence",
+        "transport",
+        "assurance",
+    ),
+    "reading": ("device", "sensor", "value", "unit", "transport", "auth"),
+}
 # json.dumps builds a new encoder per call when given separators; reuse one (same output).
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 _BYTES32_RE = re.compile(r"^0x[0-9a-fA-F]{64}\Z")
@@ -64,16 +93,30 @@ class VerifiedObservation:
     gateway_sequence: int
     reading: Reading
     domain: Eip712Domain
+    feed: bytes
+
+    @property
+    def assurance(self) -> int:
+        return self.reading.auth.assurance
+
+    @property
+    def transport_code(self) -> int:
+        return transport_code(self.reading.transport)
+
+    @property
+    def unsigned(self) -> tuple[str, ...]:
+        return UNSIGNED_FIELDS
 
 
 class ObservationSigner:
-    """Signs Readings with the gateway key under one EIP-712 domain."""
+    """Signs Readings with the gateway key under one EIP-712 domain, each into its feed."""
 
-    __slots__ = ("_domain", "_domain_sep", "_key", "_label_hex", "_prefix")
+    __slots__ = ("_domain", "_domain_sep", "_feeds", "_key", "_label_hex", "_prefix")
 
-    def __init__(self, key: GatewayKey, domain: Eip712Domain) -> None:
+    def __init__(self, key: GatewayKey, domain: Eip712Domain, feeds: FeedMap | None = None) -> None:
         self._key = key
         self._domain = domain
+        self._feeds = feeds or FeedMap()
         self._domain_sep = domain_separator(domain)
         head = {
             "v": ENVELOPE_VERSION,
@@ -101,10 +144,12 @@ class ObservationSigner:
         return cached
 
     def sign(self, reading: Reading, gateway_sequence: int) -> Observation:
-        digest = observation_digest(self._domain_sep, reading, gateway_sequence)
+        feed = self._feeds.feed(reading.device_id, reading.sensor)
+        digest = observation_digest(self._domain_sep, reading, gateway_sequence, feed)
         signature = self._key.sign_digest(digest)
         body = {
             "message": {
+                "feed": "0x" + feed.hex(),
                 "deviceId": self._hex32(reading.device_id, "device id"),
                 "sensor": self._hex32(reading.sensor, "sensor"),
                 "value": str(reading.value),
@@ -113,6 +158,8 @@ class ObservationSigner:
                 "timestamp": reading.timestamp,
                 "deviceCounter": reading.counter,
                 "gatewaySequence": gateway_sequence,
+                "transport": transport_code(reading.transport),
+                "assurance": reading.auth.assurance,
             },
             "reading": {
                 "device": reading.device_id,
@@ -122,6 +169,7 @@ class ObservationSigner:
                 "transport": reading.transport.value,
                 "auth": reading.auth.value,
             },
+            "unsigned": list(UNSIGNED_FIELDS),
             "digest": "0x" + digest.hex(),
             "signature": "0x" + signature.hex(),
         }
@@ -203,6 +251,11 @@ def _get_label(obj: Mapping[str, Any], path: str, what: str) -> str:
     return label
 
 
+def parse_document(data: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
+    """A JSON object (duplicate keys refused), or EnvelopeError saying why not."""
+    return _parse(data)
+
+
 def _parse(data: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(data, Mapping):
         return data
@@ -220,7 +273,24 @@ def verify_envelope(data: bytes | str | Mapping[str, Any]) -> VerifiedObservatio
     env = _parse(data)
     version = _get(env, "v")
     if type(version) is not int or version != ENVELOPE_VERSION:
-        raise EnvelopeError(f"unsupported envelope version {version!r} (expected 1)")
+        raise EnvelopeError(
+            f"unsupported envelope version {version!r} (expected 2: Observation type v2 under "
+            'domain version "2"; version 1 did not sign feed, transport and assurance)'
+        )
+    for where, allowed in _FIELDS.items():
+        block = env if not where else env.get(where, {})
+        if not isinstance(block, Mapping):
+            raise EnvelopeError(f"field {where} must be an object")
+        extra = sorted(set(block) - set(allowed))
+        if extra:
+            names = ", ".join((f"{where}." if where else "") + k for k in extra)
+            raise EnvelopeError(f"unknown field(s) {names}: not part of envelope v2")
+    unsigned = _get(env, "unsigned")
+    if unsigned != list(UNSIGNED_FIELDS):
+        raise EnvelopeError(
+            f"field unsigned must be {list(UNSIGNED_FIELDS)} (the fields this signature "
+            f"does not claim), not {unsigned!r}"
+        )
     gateway = _get_str(env, "gateway", _ADDRESS_RE).lower()
 
     try:
@@ -246,12 +316,26 @@ def verify_envelope(data: bytes | str | Mapping[str, Any]) -> VerifiedObservatio
     timestamp = _get_int(env, "message.timestamp", 0, UINT64_MAX)
     counter = _get_int(env, "message.deviceCounter", 0, UINT64_MAX)
     sequence = _get_int(env, "message.gatewaySequence", 0, UINT64_MAX)
+    feed = bytes.fromhex(_get_str(env, "message.feed", _BYTES32_RE)[2:])
+    transport_signed = _get_int(env, "message.transport", 0, 255)
+    assurance = _get_int(env, "message.assurance", 0, len(ASSURANCE_NAMES) - 1)
 
     try:
         transport = Transport(_get_str(env, "reading.transport"))
         auth = AuthMethod(_get_str(env, "reading.auth"))
     except ValueError as exc:
         raise EnvelopeError(f"bad reading block: {exc}") from None
+    if TRANSPORT_CODES.get(transport.value) != transport_signed:
+        raise EnvelopeError(
+            f"reading.transport {transport.value!r} disagrees with the signed message.transport "
+            f"({transport_signed})"
+        )
+    if auth.assurance != assurance:
+        raise EnvelopeError(
+            f"reading.auth {auth.value!r} is assurance {auth.assurance} "
+            f"({ASSURANCE_NAMES[auth.assurance]}) but the signed message.assurance is "
+            f"{assurance} ({ASSURANCE_NAMES[assurance]})"
+        )
     reading = Reading(
         device_id=device,
         sensor=sensor,
@@ -275,7 +359,7 @@ def verify_envelope(data: bytes | str | Mapping[str, Any]) -> VerifiedObservatio
                 f"{shown_path} {shown!r} disagrees with the signed {signed_path} ({signed!r})"
             )
 
-    digest = observation_digest(domain_separator(domain), reading, sequence)
+    digest = observation_digest(domain_separator(domain), reading, sequence, feed)
     claimed_digest = _get_str(env, "digest", _BYTES32_RE)
     if bytes.fromhex(claimed_digest[2:]) != digest:
         raise EnvelopeError(f"digest mismatch: the signed fields hash to 0x{digest.hex()}")
@@ -290,4 +374,5 @@ def verify_envelope(data: bytes | str | Mapping[str, Any]) -> VerifiedObservatio
         gateway_sequence=sequence,
         reading=reading,
         domain=domain,
+        feed=feed,
     )

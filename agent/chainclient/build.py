@@ -2,10 +2,14 @@
 package.json) into one JSON artifact per contract (ABI, creation and runtime bytecode) under
 `agent/resources/contracts/`, where `agent.chainclient.contracts` loads them.
 
-    python -m agent.chainclient.build [--contracts DIR] [--out DIR] [--force]
+    python -m agent.chainclient.build [--contracts DIR] [--out DIR] [--force | --check]
 
-Run by scripts/test (so by .ci/run) and scripts/demo after `npm ci`. It compiles again only
-when a source, the compiler version or the settings changed (a stamp file holds their hash).
+The artifacts are committed and ship inside the package, so every install path (pip, wheel,
+scripts/install) has them without Node.js. `--check` compiles afresh into a temporary
+directory and fails unless the committed artifacts are byte-identical (scripts/test, so CI,
+runs it); after changing a contract, run the build and commit its artifacts with it. The plain
+build compiles again only when a source, the compiler version or the settings changed (an
+uncommitted stamp file holds their hash).
 """
 
 from __future__ import annotations
@@ -148,14 +152,57 @@ def build(
     return written
 
 
+def check(
+    contracts_dir: Path = CONTRACTS_DIR, out_dir: Path = ARTIFACTS_DIR, *, root: Path = ROOT
+) -> list[str]:
+    """How the artifacts in out_dir differ from a fresh build of contracts_dir (empty: none)."""
+    with tempfile.TemporaryDirectory(prefix="contracts-check-") as tmp:
+        fresh = {
+            p.name: p.read_bytes() for p in build(contracts_dir, Path(tmp), force=True, root=root)
+        }
+    have = {p.name: p.read_bytes() for p in sorted(out_dir.glob("*.json"))}
+    problems = [
+        f"{name}: missing (a fresh build makes it)" for name in sorted(set(fresh) - set(have))
+    ]
+    problems += [f"{name}: no contract source builds it" for name in sorted(set(have) - set(fresh))]
+    problems += [
+        f"{name}: differs from a fresh build of the sources"
+        for name in sorted(set(fresh) & set(have))
+        if fresh[name] != have[name]
+    ]
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m agent.chainclient.build", description="compile contracts/*.sol"
     )
     ap.add_argument("--contracts", type=Path, default=CONTRACTS_DIR)
     ap.add_argument("--out", type=Path, default=ARTIFACTS_DIR)
-    ap.add_argument("--force", action="store_true", help="compile even if up to date")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--force", action="store_true", help="compile even if up to date")
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help="fail unless the artifacts equal a fresh build of the sources (writes nothing)",
+    )
     args = ap.parse_args(argv)
+    if args.check:
+        try:
+            problems = check(args.contracts, args.out)
+        except (BuildError, subprocess.SubprocessError, OSError) as exc:
+            print(f"contracts check failed: {exc}", file=sys.stderr)
+            return 1
+        for problem in problems:
+            print(f"contracts check: {args.out}/{problem}", file=sys.stderr)
+        if problems:
+            print(
+                "run `python -m agent.chainclient.build` and commit the artifacts with the sources",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"contracts: the artifacts in {args.out} equal a fresh build")
+        return 0
     try:
         paths = build(args.contracts, args.out, force=args.force)
     except (BuildError, subprocess.SubprocessError, OSError) as exc:

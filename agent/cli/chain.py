@@ -73,10 +73,10 @@ async def _masternode(args: argparse.Namespace) -> int:
                             "--vrf-public-key must be hex (0x02.. or 0x03..)"
                         ) from None
                 if vrf is None:
-                    raise AgentError(
-                        "no VRF public key",
-                        fix="pass --vrf-public-key 0x02.. or set [masternode] vrf_public_key",
-                    )
+                    # The election's own key, derived from the gateway key (`keys` shows it).
+                    from agent.attest.vrfkey import vrf_public_key
+
+                    vrf = vrf_public_key(key)
                 rc = await client.register(vrf)
             elif args.action == "heartbeat":
                 rc = await client.heartbeat()

@@ -1,4 +1,5 @@
-"""`edgence-agent verify`: check signed observation envelopes (one, or JSON lines) offline."""
+"""`edgence-agent verify`: check signed observation envelopes or oracle answers (one, or JSON
+lines) offline."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from agent.errors import AgentError, EnvelopeError
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from agent.attest.observation import verify_envelope
+    from agent.oracle import verify_document
 
     data = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
     text = data.strip()
@@ -28,17 +29,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     bad = 0
     for i, doc in enumerate(docs, 1):
         try:
-            v = verify_envelope(doc)
+            lines = verify_document(doc)
         except EnvelopeError as exc:
             bad += 1
             print(f"INVALID #{i}: {exc}")
             continue
-        r = v.reading
-        print(
-            f"ok signer={v.signer} seq={v.gateway_sequence} device={r.device_id} "
-            f"sensor={r.sensor} value={r.decimal} unit={r.unit} counter={r.counter} "
-            f"timestamp={r.timestamp} chainId={v.domain.chain_id}"
-        )
+        print("\n".join(lines))
     return 1 if bad else 0
 
 

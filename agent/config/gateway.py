@@ -1,5 +1,5 @@
-"""[gateway]: the masternode's key, the data directory, and the EIP-712 domain observations are
-signed under."""
+"""[gateway]: the masternode's key, the data directory, the EIP-712 domain observations are
+signed under, and [gateway.feeds] (which feed a device's sensor is signed into)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+from agent.attest.feeds import feed_id, parse_assignment
 from agent.config.reader import ZERO_ADDRESS, Section
 
 
@@ -18,7 +19,9 @@ class GatewayConfig:
     verifying_contract: str = ZERO_ADDRESS
     passphrase_file: Path | None = None
     domain_name: str = "Edgence"
-    domain_version: str = "1"
+    domain_version: str = "2"
+    # [gateway.feeds] "device/sensor" = feed name or 0x id; others get the default feed
+    feeds: tuple[tuple[str, str], ...] = ()
 
 
 def read_gateway(g: Section) -> GatewayConfig:
@@ -31,6 +34,24 @@ def read_gateway(g: Section) -> GatewayConfig:
         verifying_contract=cast(str, g.address("verifying_contract", G.verifying_contract)),
         domain_name=g.get("domain_name", str, G.domain_name),
         domain_version=g.get("domain_version", str, G.domain_version),
+        feeds=read_feeds(g.sub("feeds")),
     )
     g.done()
     return cfg
+
+
+def read_feeds(f: Section) -> tuple[tuple[str, str], ...]:
+    """[gateway.feeds]: "device/sensor" = "feed name" (or "0x" and 64 hex digits)."""
+    out = []
+    for key, spec in f.data.items():
+        f.read.add(key)
+        if not isinstance(spec, str):
+            raise f.err(key, f"must be a feed name or 0x and 64 hex digits, got {spec!r}")
+        try:
+            parse_assignment(key)
+            feed_id(spec)
+        except ValueError as exc:
+            raise f.err(key, str(exc)) from None
+        out.append((key, spec))
+    f.done()
+    return tuple(out)

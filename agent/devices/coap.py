@@ -32,7 +32,7 @@ from agent.errors import AgentError, ConfigError, FrameError
 from agent.frame import DeviceFrame
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
-from agent.model import NAME_RE, Transport
+from agent.model import NAME_RE, AuthMethod, Transport
 from agent.pipeline import Arrival, Pipeline
 from agent.secrets import check_secret_mode
 
@@ -202,7 +202,7 @@ class CoapSource:
             )
         if b1 is not None:
             request = spool.feed_and_take(request)  # 2.31 Continue until the last block
-        self._check_oscore(request, device)
+        protected = self._check_oscore(request, device)
         if not self._accepting or not self.pipeline.has_space():
             # Backpressure: say when to come back instead of queueing without bound.
             self.metrics.inc("source_paused", source="coap")
@@ -228,7 +228,7 @@ class CoapSource:
                 "device_mismatch",
                 f"frame id {frame.device_id!r} posted to /up/{device}",
             )
-        verdict = await self._submit(frame, device)
+        verdict = await self._submit(frame, device, AuthMethod.OSCORE if protected else None)
         if verdict is None:
             self.metrics.inc("coap_responses", code="2.04")
             # A sleepy device's pending command rides on the answer to its POST.
@@ -242,12 +242,13 @@ class CoapSource:
         opts = {"max_age": self.cfg.busy_max_age} if busy else {}
         raise self._reply(code, verdict, **opts)
 
-    def _check_oscore(self, request: aiocoap.Message, device: str) -> None:
+    def _check_oscore(self, request: aiocoap.Message, device: str) -> bool:
         """aiocoap lets unprotected requests through an OSCORE site: the claims are checked
-        here. A device with credentials must be protected, and by its own context."""
+        here. A device with credentials must be protected, and by its own context. True when
+        the request was (the transport authenticated the device)."""
         claims = getattr(request.remote, "authenticated_claims", None) or ()
         if device not in self.oscore_devices and not claims:
-            return
+            return False
         if f":{device}" not in claims:
             why = "unprotected" if not claims else f"protected by {', '.join(claims)[:40]}"
             raise self._refuse(
@@ -256,6 +257,7 @@ class CoapSource:
                 "oscore_required",
                 f"/up/{device} needs OSCORE with the device's own context; request was {why}",
             )
+        return True
 
     def _parse(self, payload: bytes, cbor: bool) -> DeviceFrame:
         if cbor:
@@ -266,7 +268,9 @@ class CoapSource:
             payload, max_bytes=self.cfg.max_payload, max_values=self.cfg.max_values_per_frame
         )
 
-    async def _submit(self, frame: DeviceFrame, device: str) -> str | None:
+    async def _submit(
+        self, frame: DeviceFrame, device: str, verified: AuthMethod | None
+    ) -> str | None:
         """Offer the frame and wait for the pipeline's verdict (None: signed and journaled)."""
         done = asyncio.get_running_loop().create_future()
 
@@ -274,7 +278,7 @@ class CoapSource:
             if not done.done():
                 done.set_result(None)
 
-        arrival = Arrival(frame, device, Transport.COAP, "coap", ack=ack)
+        arrival = Arrival(frame, device, Transport.COAP, "coap", ack=ack, verified=verified)
         self.pipeline.offer(arrival)
         await done
         return arrival.rejected

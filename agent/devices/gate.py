@@ -110,6 +110,10 @@ class EnrollmentGate:
             raise RejectedReading(problems[0].reason, problems[0].detail)
         if rec is None:
             self._rate_limit(device)
+            # Listed, not enrolled: only a transport that authenticated it (OSCORE with the
+            # device's own context) lifts it above unauthenticated.
+            if arrival.verified is AuthMethod.OSCORE:
+                return AuthMethod.OSCORE
             return AuthMethod.ALLOWLIST
         if rec.status is DeviceStatus.PENDING:
             self._activate(rec)

@@ -29,6 +29,7 @@ import paho.mqtt.client as paho
 from agent.attest import ecvrf
 from agent.attest.keys import GatewayKey
 from agent.attest.selection import selection_digest
+from agent.attest.vrfkey import vrf_secret
 from agent.chainclient.rpc import RpcClient, hex_int
 from agent.chainclient.sender import TxSender
 from agent.chainclient.subscribe import Feed, Head
@@ -58,7 +59,6 @@ from agent.metrics import Metrics
 from agent.mqtt import MqttConnection
 from agent.sqlitestore import Sql, SqliteStore
 
-VRF_SECRET_TAG = b"edgence/election/vrf-secret/v1"
 # A round whose reads keep failing is given up once its cutoff is this many blocks old.
 STATE_HORIZON = 128
 SUBMIT_GAS = 300_000  # generous: the round's first submission also fixes the definite hash
@@ -235,7 +235,7 @@ class ElectionRounds:
         self.store = ElectionStore(store_path or cfg.store or Path("election.sqlite"))
         self.metrics = metrics or Metrics()
         self.log = logger or logging.getLogger("agent.election")
-        self.vrf_secret = key.derive_secret(VRF_SECRET_TAG)
+        self.vrf_secret = vrf_secret(key)
         self.vrf_public = ecvrf.public_key_of(self.vrf_secret)
         self.schedule: RoundSchedule | None = None
         self.results: dict[int, RoundResult] = {}

@@ -4,8 +4,10 @@
 //   npm install @noble/curves
 //   node verify-observation.mjs envelope.json [0xEXPECTED_GATEWAY ...]   (or - for stdin)
 //
-// The digest is recomputed from the signed fields ("domain" and "message"); the envelope's own
-// "digest" field is only compared, never trusted. Exit code 0 = valid, 1 = invalid.
+// Envelope v2 (Observation type v2, domain version "2"). The digest is recomputed from the
+// signed fields ("domain" and "message"); the envelope's own "digest" field is only compared,
+// never trusted. What is printed comes from the signed message only (the "reading" block is for
+// people; its "auth" is not signed beyond the assurance level). Exit code 0 = valid, 1 = invalid.
 import { readFileSync } from "node:fs";
 import { secp256k1 } from "@noble/curves/secp256k1.js";
 import { keccak_256 } from "@noble/hashes/sha3.js";
@@ -30,8 +32,11 @@ function bytes32(h) {
 const DOMAIN_TYPE = keccak(enc.encode(
   "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"));
 const OBSERVATION_TYPE = keccak(enc.encode(
-  "Observation(bytes32 deviceId,bytes32 sensor,int256 value,int8 exponent,bytes32 unit," +
-  "uint64 timestamp,uint64 deviceCounter,uint64 gatewaySequence)"));
+  "Observation(bytes32 feed,bytes32 deviceId,bytes32 sensor,int256 value,int8 exponent," +
+  "bytes32 unit,uint64 timestamp,uint64 deviceCounter,uint64 gatewaySequence," +
+  "uint8 transport,uint8 assurance)"));
+const TRANSPORTS = ["sim", "mqtt", "coap", "ble", "serial", "modbus"];
+const ASSURANCE = ["unauthenticated", "transport-authenticated", "device-authenticated"];
 
 export function observationDigest(domain, m) {
   const separator = keccak(
@@ -43,6 +48,7 @@ export function observationDigest(domain, m) {
   );
   const structHash = keccak(
     OBSERVATION_TYPE,
+    bytes32(m.feed),
     bytes32(m.deviceId),
     bytes32(m.sensor),
     word(m.value), // a decimal string: int256 does not fit a JSON number
@@ -51,6 +57,8 @@ export function observationDigest(domain, m) {
     word(m.timestamp),
     word(m.deviceCounter),
     word(m.gatewaySequence),
+    word(m.transport),
+    word(m.assurance),
   );
   return keccak(Uint8Array.of(0x19, 0x01), separator, structHash);
 }
@@ -70,7 +78,7 @@ export function recoverSigner(digest, signatureHex) {
 }
 
 export function verifyEnvelope(env) {
-  if (env.v !== 1) throw new Error(`unsupported envelope version ${env.v}`);
+  if (env.v !== 2) throw new Error(`unsupported envelope version ${env.v} (expected 2)`);
   const digest = observationDigest(env.domain, env.message);
   if (env.digest && env.digest.toLowerCase() !== hex(digest)) {
     throw new Error(`digest mismatch: the signed fields hash to ${hex(digest)}`);
@@ -93,9 +101,13 @@ if (import.meta.url === `file://${process.argv[1]}`) {
     if (allowed.length && !allowed.includes(signer)) {
       throw new Error(`signer ${signer} is not one of the expected gateways`);
     }
-    const r = env.reading;
-    console.log(`ok signer=${signer} seq=${sequence} digest=${digest} ` +
-      `device=${r.device} sensor=${r.sensor} value=${r.value} unit=${r.unit}`);
+    const m = env.message;
+    const label = (h) => Buffer.from(bytes(h)).toString("latin1").replace(/\0+$/, "");
+    console.log(`ok signer=${signer} seq=${sequence} digest=${digest} feed=${m.feed} ` +
+      `device=${label(m.deviceId)} sensor=${label(m.sensor)} value=${m.value}e${m.exponent} ` +
+      `unit=${label(m.unit)} transport=${TRANSPORTS[m.transport] ?? m.transport} ` +
+      `assurance=${m.assurance} (${ASSURANCE[m.assurance] ?? "?"}) ` +
+      `unsigned=${(env.unsigned ?? []).join(",")}`);
   } catch (e) {
     console.log(`INVALID: ${e.message}`);
     process.exit(1);

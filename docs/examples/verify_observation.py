@@ -3,8 +3,10 @@ independently of the agent's own code.
 
     python verify_observation.py envelope.json [0xEXPECTED_GATEWAY ...]    (or - for stdin)
 
-The digest is recomputed from the signed fields ("domain" and "message"); the envelope's
-"digest" field is only compared. Exit code 0 = valid, 1 = invalid.
+Envelope v2 (Observation type v2, domain version "2"). The digest is recomputed from the
+signed fields ("domain" and "message"); the envelope's "digest" field is only compared. What is
+printed comes from the signed message only (the "reading" block is for people; its "auth" is
+not signed beyond the assurance level). Exit code 0 = valid, 1 = invalid.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ TYPES = {
         {"name": "verifyingContract", "type": "address"},
     ],
     "Observation": [
+        {"name": "feed", "type": "bytes32"},
         {"name": "deviceId", "type": "bytes32"},
         {"name": "sensor", "type": "bytes32"},
         {"name": "value", "type": "int256"},
@@ -35,17 +38,22 @@ TYPES = {
         {"name": "timestamp", "type": "uint64"},
         {"name": "deviceCounter", "type": "uint64"},
         {"name": "gatewaySequence", "type": "uint64"},
+        {"name": "transport", "type": "uint8"},
+        {"name": "assurance", "type": "uint8"},
     ],
 }
+TRANSPORTS = {0: "sim", 1: "mqtt", 2: "coap", 3: "ble", 4: "serial", 5: "modbus"}
+ASSURANCE = {0: "unauthenticated", 1: "transport-authenticated", 2: "device-authenticated"}
 
 
 def verify(env: dict[str, Any]) -> tuple[str, bytes]:
     """(signer address, digest) of a valid envelope; ValueError saying why otherwise."""
-    if env.get("v") != 1:
-        raise ValueError(f"unsupported envelope version {env.get('v')!r}")
+    if env.get("v") != 2:
+        raise ValueError(f"unsupported envelope version {env.get('v')!r} (expected 2)")
     m = env["message"]
     message = {
         **m,
+        "feed": bytes.fromhex(m["feed"][2:]),
         "deviceId": bytes.fromhex(m["deviceId"][2:]),
         "sensor": bytes.fromhex(m["sensor"][2:]),
         "unit": bytes.fromhex(m["unit"][2:]),
@@ -85,10 +93,18 @@ def main(argv: list[str]) -> int:
     except (ValueError, KeyError) as exc:
         print(f"INVALID: {exc}")
         return 1
-    r = env["reading"]
+    m = env["message"]
+
+    def label(h: str) -> str:
+        return bytes.fromhex(h[2:]).rstrip(b"\0").decode("ascii", "replace")
+
     print(
-        f"ok signer={signer} seq={env['message']['gatewaySequence']} digest=0x{digest.hex()} "
-        f"device={r['device']} sensor={r['sensor']} value={r['value']} unit={r['unit']}"
+        f"ok signer={signer} seq={m['gatewaySequence']} digest=0x{digest.hex()} "
+        f"feed={m['feed']} device={label(m['deviceId'])} sensor={label(m['sensor'])} "
+        f"value={m['value']}e{m['exponent']} unit={label(m['unit'])} "
+        f"transport={TRANSPORTS.get(m['transport'], m['transport'])} "
+        f"assurance={m['assurance']} ({ASSURANCE.get(m['assurance'], '?')}) "
+        f"unsigned={','.join(env.get('unsigned', []))}"
     )
     return 0
 

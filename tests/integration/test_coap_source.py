@@ -268,6 +268,11 @@ async def test_oscore_device_must_be_protected_by_its_own_context(
         await secure.shutdown()
     await async_wait_until(lambda: 1 in by_counter(collector, "sec-1"), 10, "sec-1 reading")
     assert set(by_counter(collector, "sec-1")) == {1}
+    # The transport authenticated sec-1: its observation is signed with assurance 1.
+    (signed,) = by_counter(collector, "sec-1")[1]
+    assert (signed["message"]["assurance"], signed["reading"]["auth"]) == (1, "oscore")
+    await async_wait_until(lambda: 1 in by_counter(collector, "dev-1"), 10, "dev-1 reading")
+    assert by_counter(collector, "dev-1")[1][0]["message"]["assurance"] == 0
     assert (
         running.agent.metrics.get("frames_rejected", reason="oscore_required", source="coap") == 2
     )

@@ -23,7 +23,7 @@ from agent.oracle import (
     submit_calldata,
 )
 
-DOMAIN = Eip712Domain("Edgence", "1", 31337, "0x" + "cd" * 20)
+DOMAIN = Eip712Domain("Edgence", "2", 31337, "0x" + "cd" * 20)
 
 
 def verified(value: int, seq: int) -> VerifiedObservation:
@@ -73,7 +73,7 @@ def test_coap_queries() -> None:
 
 
 def test_calldata_is_the_abi_encoding_of_submit_and_submit_batch() -> None:
-    sig = "(bytes32,bytes32,int256,int8,bytes32,uint64,uint64,uint64)"
+    sig = "(bytes32,bytes32,bytes32,int256,int8,bytes32,uint64,uint64,uint64,uint8,uint8)"
     assert keccak256(f"submit(address,{sig},bytes)".encode())[:4] == SUBMIT_SELECTOR
     assert (
         keccak256(f"submitBatch(address[],{sig}[],bytes[])".encode())[:4] == SUBMIT_BATCH_SELECTOR
@@ -82,10 +82,11 @@ def test_calldata_is_the_abi_encoding_of_submit_and_submit_batch() -> None:
     data = submit_calldata(a)
     gateway, tup, signature = abi_decode(["address", OBSERVATION_TUPLE, "bytes"], data[4:])
     assert gateway.lower() == a.signer and signature == a.signature
-    assert tup[2] == -5 and tup[3] == -2 and tup[7] == 1 and tup[0].rstrip(b"\0") == b"dev-1"
+    assert tup[3] == -5 and tup[4] == -2 and tup[8] == 1 and tup[1].rstrip(b"\0") == b"dev-1"
+    assert tup[0] == a.feed and tup[9:] == (1, 2)  # feed; transport MQTT, assurance (HMAC)
     batch = submit_batch_calldata([a, b])
     gws, tups, sigs = abi_decode(["address[]", f"{OBSERVATION_TUPLE}[]", "bytes[]"], batch[4:])
-    assert [t[2] for t in tups] == [-5, 7] and len(gws) == len(sigs) == 2
+    assert [t[3] for t in tups] == [-5, 7] and len(gws) == len(sigs) == 2
 
 
 def test_revert_reasons_are_decoded_by_the_abi() -> None:
@@ -111,3 +112,34 @@ def test_revert_reasons_are_decoded_by_the_abi() -> None:
     assert revert_reason(abi, "0x" + text.hex()) == "collateral"
     assert revert_reason(abi, "0xdeadbeef") == "0xdeadbeef"
     assert revert_reason(abi, None) == "reverted without a reason"
+
+
+def _service(contract: str) -> Any:
+    from agent.metrics import Metrics
+    from agent.oracle import OracleService
+
+    # render() does not read the journal: the entry is given.
+    return OracleService(
+        None,  # type: ignore[arg-type]
+        contract=contract,
+        known_device=lambda d: True,
+        metrics=Metrics(),
+    )
+
+
+def test_an_answer_for_another_domain_has_no_calldata_and_a_v1_envelope_says_why() -> None:
+    import json
+
+    from agent.journal import JournalEntry
+
+    v = verified(5, 3)
+    envelope = ObservationSigner(GatewayKey.generate(), DOMAIN).sign(v.reading, 3).envelope
+    entry = JournalEntry(3, "dev-1", "temp", 0.0, envelope)
+    same = json.loads(_service(DOMAIN.verifying_contract).render(entry))
+    assert same["submit"]["to"] == DOMAIN.verifying_contract
+    other = json.loads(_service("0x" + "ee" * 20).render(entry))
+    assert other["submit"] is None and "would refuse it" in other["submit_refused"]
+    old = entry.envelope.replace(b'{"v":2,', b'{"v":1,', 1)
+    with pytest.raises(QueryError) as info:
+        _service(DOMAIN.verifying_contract).render(JournalEntry(3, "dev-1", "temp", 0.0, old))
+    assert info.value.code == "not_found" and "Observation type v1" in info.value.message

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from agent.attest.keys import GatewayKey
-from agent.chainclient.sender import TxStore
 from agent.chainclient.tx import Eip1559Tx
+from agent.chainclient.txstore import TxStore
 from agent.election.rounds import ElectionStore
 from agent.errors import ChainError, ElectionError
 from agent.sqlitestore import Sql

@@ -21,10 +21,10 @@ from typing import Any
 from agent.attest import ecvrf
 from agent.attest.keys import GatewayKey
 from agent.attest.selection import N, sign_selection
+from agent.attest.vrfkey import VRF_SECRET_TAG
 from agent.chainclient.anvil import LocalAnvil
 from agent.election.board import ElectionBoard
 from agent.election.definite import keccak256
-from agent.election.rounds import VRF_SECRET_TAG
 from agent.election.schedule import RoundSchedule
 from agent.election.tally import chain_id_bytes
 from agent.election.vrf_mode import vrf_alpha

@@ -140,7 +140,31 @@ class Deployment:
 
     @property
     def domain(self) -> Eip712Domain:
-        return Eip712Domain("Edgence", "1", self.chain.node.chain_id, self.oracle.address)
+        return Eip712Domain("Edgence", "2", self.chain.node.chain_id, self.oracle.address)
+
+    def create_feed(
+        self,
+        feed: bytes,
+        *,
+        quorum: int = QUORUM,
+        min_assurance: int = 0,
+        same_reading: bool = False,
+        window: int = ROUND_WINDOW_S,
+        max_age: int = MAX_AGE_S,
+        allowed: tuple[str, ...] = (),
+    ) -> dict[str, Any]:
+        return self.chain.transact(
+            self.chain.dev,
+            self.oracle,
+            "createFeed",
+            feed,
+            quorum,
+            min_assurance,
+            same_reading,
+            window,
+            max_age,
+            list(allowed),
+        )
 
     def masternode(self, vrf_byte: int = 2, register: bool = True) -> GatewayKey:
         key = GatewayKey.generate()
@@ -162,6 +186,8 @@ def reading(
     sensor: str = "temp",
     counter: int = 1,
     exponent: int = -2,
+    transport: Transport = Transport.MQTT,
+    auth: AuthMethod = AuthMethod.HMAC,
 ) -> Reading:
     return Reading(
         device_id=device,
@@ -171,9 +197,15 @@ def reading(
         unit="Cel",
         timestamp=int(time.time()) if timestamp is None else timestamp,
         counter=counter,
-        transport=Transport.SIMULATED,
-        auth=AuthMethod.ALLOWLIST,
+        transport=transport,
+        auth=auth,
     )
+
+
+def batch_args(observations: list[Observation]) -> tuple[list[Any], ...]:
+    """(gateways, observation tuples, signatures): ObservationOracle.submitBatch's arguments."""
+    args = [obs_args(o) for o in observations]
+    return ([a[0] for a in args], [a[1] for a in args], [a[2] for a in args])
 
 
 def obs_args(o: Observation) -> tuple[Any, ...]:
@@ -189,9 +221,7 @@ def obs_args(o: Observation) -> tuple[Any, ...]:
 def deployment(anvil: LocalAnvil, contracts_built: Path) -> Iterator[Deployment]:
     chain = Chain(anvil)
     registry = chain.deploy("MasternodeRegistry", COLLATERAL, WINDOW_BLOCKS)
-    oracle = chain.deploy(
-        "ObservationOracle", registry.address, QUORUM, MAX_AGE_S, MAX_FUTURE_S, ROUND_WINDOW_S
-    )
+    oracle = chain.deploy("ObservationOracle", registry.address, MAX_FUTURE_S)
     yield Deployment(chain, registry, oracle)
 
 

@@ -44,7 +44,7 @@ def signed() -> Observation:
     r = Reading(
         "dev-7", "temp", -2137, -2, "Cel", 1_767_225_600, 5, Transport.MQTT, AuthMethod.HMAC
     )
-    domain = Eip712Domain("Edgence", "1", 31337, "0x" + "ab" * 20)
+    domain = Eip712Domain("Edgence", "2", 31337, "0x" + "ab" * 20)
     return ObservationSigner(key, domain).sign(r, 2**40 + 3)
 
 
@@ -75,13 +75,19 @@ def test_example_verifies_and_refuses(lang: str) -> None:
     code, out = run(lang, env)
     assert code == 0, out
     assert f"signer={o.gateway}" in out and f"digest=0x{o.digest.hex()}" in out
+    assert f"feed={env['message']['feed']}" in out and "device=dev-7 sensor=temp" in out
+    assert "value=-2137e-2 unit=Cel transport=mqtt" in out
+    assert "assurance=2 (device-authenticated) unsigned=reading.auth" in out
     # An oracle query answer is accepted as well (the envelope is its "observation").
     assert run(lang, {"v": 1, "ok": True, "observation": env}, o.gateway)[0] == 0
 
-    tampered = {**env, "message": {**env["message"], "value": "-2136"}}
-    tampered.pop("digest")
-    code, out = run(lang, tampered)
-    assert code == 1 and "recovers to" in out, out
+    for field, forged in (("value", "-2136"), ("assurance", 0), ("transport", 3)):
+        tampered = {**env, "message": {**env["message"], field: forged}}
+        tampered.pop("digest")
+        code, out = run(lang, tampered)
+        assert code == 1 and "recovers to" in out, (field, out)
+    code, out = run(lang, {**env, "v": 1})
+    assert code == 1 and "unsupported envelope version 1" in out, out
 
     sig = bytes.fromhex(env["signature"][2:])
     s = int.from_bytes(sig[32:64], "big")

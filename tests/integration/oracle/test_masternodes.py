@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from agent.attest import ecvrf
+from agent.attest.feeds import default_feed
 from agent.attest.keys import GatewayKey, write_key_file
 from agent.chainclient.anvil import LocalAnvil
 from agent.chainclient.tx import event_topic
@@ -34,8 +35,7 @@ from tests.integration.oracle.conftest import (
     Reverted,
 )
 
-DEV = label_bytes32("dev-1", "device id")
-TEMP = label_bytes32("temp", "sensor")
+FEED = default_feed("dev-1", "temp")
 
 
 def masternode_config(
@@ -78,11 +78,13 @@ async def test_three_masternodes_reach_quorum_heartbeat_and_withdraw(
 ) -> None:
     chain = Chain(anvil)
     registry = chain.deploy("MasternodeRegistry", COLLATERAL, WINDOW_BLOCKS)
-    oracle = chain.deploy(
-        "ObservationOracle", registry.address, 3, MAX_AGE_S, MAX_FUTURE_S, ROUND_WINDOW_S
+    oracle = chain.deploy("ObservationOracle", registry.address, MAX_FUTURE_S)
+    # Allowlisted devices (assurance 0): this feed accepts them; see test_quorum for assurance 2.
+    chain.transact(
+        chain.dev, oracle, "createFeed", FEED, 3, 0, False, ROUND_WINDOW_S, MAX_AGE_S, []
     )
     consumer = chain.deploy(
-        "ConsumerExample", oracle.address, DEV, TEMP, label_bytes32("Cel", "unit"), MAX_AGE_S, 0
+        "ConsumerExample", oracle.address, FEED, label_bytes32("Cel", "unit"), MAX_AGE_S, 3, 0, 0
     )
 
     keys, configs, agents = [], [], []
@@ -114,14 +116,14 @@ async def test_three_masternodes_reach_quorum_heartbeat_and_withdraw(
 
     def accepted() -> bool:
         try:
-            chain.call(oracle, "latest", DEV, TEMP)
+            chain.call(oracle, "latest", FEED)
             return True
         except Reverted:
             return False
 
     await async_wait_until(accepted, 30, "the oracle accepting a value")
-    (value,) = chain.call(oracle, "latest", DEV, TEMP)
-    assert value[0] == sorted(values)[1] and value[1] == -2 and value[5] == 3
+    (value,) = chain.call(oracle, "latest", FEED)
+    assert value[0] == sorted(values)[1] and value[1] == -2 and value[4] == 3
     chain.transact(chain.dev, consumer, "refresh")
     assert chain.call(consumer, "lastMilli") == (sorted(values)[1] * 10,)
     await async_wait_until(
@@ -167,5 +169,5 @@ async def test_three_masternodes_reach_quorum_heartbeat_and_withdraw(
         30,
         "the two others' submissions accepted",
     )
-    (still,) = chain.call(oracle, "latest", DEV, TEMP)
+    (still,) = chain.call(oracle, "latest", FEED)
     assert still == value  # two of three is below the quorum

@@ -256,3 +256,40 @@ async def test_independent_clients_mosquitto_rr_and_libcoap(
         answer = json.loads(out.stdout.strip().splitlines()[-1])
         v = verify_envelope(answer["observation"])
         assert v.signer == gw and v.reading.value == 1777
+
+
+async def test_an_observation_signed_under_another_domain_gets_no_calldata_and_says_why(
+    local_broker: LocalMosquitto,
+    device: Device,
+    start_agent: Callable[..., Any],
+    contracts_built: Path,
+) -> None:
+    """The gateway signed before `verifying_contract` was set; then the operator set it. The
+    old observation is still served (it is genuine) but without calldata the oracle would
+    refuse, and the answer says why."""
+    key = GatewayKey.generate()
+
+    def cfg(contract: str) -> dict[str, Any]:
+        return agent_config_dict(
+            local_broker,
+            local_broker,
+            gateway={"verifying_contract": contract},
+            bridge={"enabled": False},
+            oracle={"enabled": True},
+        )
+
+    unset = await start_agent(cfg("0x" + "00" * 20), key)
+    await publish_and_wait(unset, device, [frame(1, 2100)])
+    await unset.stop()
+    running = await start_agent(cfg(CONTRACT), key)
+    asker = OracleAsker(local_broker.port, key.address)
+    try:
+        old = await asker.ask(device="dev-1", sensor="temp")
+        assert old["ok"] is True and old["submit"] is None, old
+        assert f"not of the oracle contract {CONTRACT}" in old["submit_refused"]
+        assert verify_envelope(old["observation"]).domain.verifying_contract == "0x" + "00" * 20
+        await publish_and_wait(running, device, [frame(2, 2101)])
+        new = await asker.ask(device="dev-1", sensor="temp")
+        assert new["submit"]["to"] == CONTRACT and "submit_refused" not in new
+    finally:
+        asker.close()

@@ -38,6 +38,7 @@ from agent.model import (
     Reading,
     Transport,
     label_bytes32,
+    transport_code,
 )
 
 MAIL_TYPES: dict[str, list[dict[str, str]]] = {
@@ -265,8 +266,9 @@ def _random_domain(rng: random.Random) -> Eip712Domain:
     )
 
 
-def _typed_message(reading: Reading, sequence: int) -> dict[str, Any]:
+def _typed_message(reading: Reading, sequence: int, feed: bytes) -> dict[str, Any]:
     return {
+        "feed": feed,
         "deviceId": label_bytes32(reading.device_id, "device id"),
         "sensor": label_bytes32(reading.sensor, "sensor"),
         "value": reading.value,
@@ -275,6 +277,8 @@ def _typed_message(reading: Reading, sequence: int) -> dict[str, Any]:
         "timestamp": reading.timestamp,
         "deviceCounter": reading.counter,
         "gatewaySequence": sequence,
+        "transport": transport_code(reading.transport),
+        "assurance": reading.auth.assurance,
     }
 
 
@@ -292,19 +296,20 @@ def test_observation_digest_matches_eth_account_on_random_readings() -> None:
     for _ in range(200):
         reading, domain = _random_reading(rng), _random_domain(rng)
         sequence = rng.choice([0, UINT64_MAX, rng.randint(0, UINT64_MAX)])
+        feed = rng.randbytes(32)
         signable = encode_typed_data(
             full_message={
                 "types": OBSERVATION_TYPES,
                 "primaryType": "Observation",
                 "domain": _domain_fields(domain),
-                "message": _typed_message(reading, sequence),
+                "message": _typed_message(reading, sequence, feed),
             }
         )
         theirs = eth_keccak(b"\x19" + signable.version + signable.header + signable.body)
         separator = domain_separator(domain)
         assert separator == signable.header, reading
-        assert observation_struct_hash(reading, sequence) == signable.body, reading
-        assert observation_digest(separator, reading, sequence) == theirs, reading
+        assert observation_struct_hash(reading, sequence, feed) == signable.body, reading
+        assert observation_digest(separator, reading, sequence, feed) == theirs, reading
 
 
 def test_generic_encoder_equals_the_fast_path() -> None:
@@ -312,10 +317,11 @@ def test_generic_encoder_equals_the_fast_path() -> None:
     for _ in range(200):
         reading, domain = _random_reading(rng), _random_domain(rng)
         sequence = rng.randint(0, UINT64_MAX)
-        message = _typed_message(reading, sequence)
+        feed = rng.randbytes(32)
+        message = _typed_message(reading, sequence, feed)
         message["value"] = str(reading.value)  # decimal strings are accepted too
         generic = hash_typed_data(OBSERVATION_TYPES, "Observation", _domain_fields(domain), message)
-        assert generic == observation_digest(domain_separator(domain), reading, sequence)
+        assert generic == observation_digest(domain_separator(domain), reading, sequence, feed)
         assert hash_domain(_domain_fields(domain)) == domain_separator(domain)
 
 
@@ -323,4 +329,4 @@ def test_generic_encoder_equals_the_fast_path() -> None:
 def test_fast_path_rejects_gateway_sequence_outside_uint64(sequence: int) -> None:
     reading = _random_reading(random.Random(0))
     with pytest.raises(ValueError, match="gateway sequence"):
-        observation_struct_hash(reading, sequence)
+        observation_struct_hash(reading, sequence, bytes(32))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ from eth_account.messages import encode_typed_data
 from eth_utils.crypto import keccak as eth_keccak
 
 from agent.attest.eip712 import OBSERVATION_TYPES, domain_separator, observation_digest
+from agent.attest.feeds import FeedMap, default_feed
 from agent.attest.keys import SECP256K1_HALF_N, SECP256K1_N, GatewayKey
 from agent.attest.observation import ObservationSigner, verify_envelope
 from agent.errors import EnvelopeError
@@ -19,7 +21,7 @@ from agent.model import AuthMethod, Eip712Domain, Observation, Reading, Transpor
 
 DOMAIN = Eip712Domain(
     name="Edgence",
-    version="1",
+    version="2",
     chain_id=31337,
     verifying_contract="0x5FbDB2315678afecb367f032d93F642f64180aa3",
 )
@@ -73,6 +75,7 @@ def _refresh_digest(env: Envelope) -> None:
         ),
         verify_reading(env),
         env["message"]["gatewaySequence"],
+        bytes.fromhex(env["message"]["feed"][2:]),
     )
     env["digest"] = "0x" + digest.hex()
 
@@ -108,8 +111,18 @@ def test_envelope_is_compact_json_in_the_documented_order(observation: Observati
     text = observation.envelope.decode()
     assert " " not in text
     env = json.loads(text)
-    assert list(env) == ["v", "gateway", "domain", "message", "reading", "digest", "signature"]
+    assert list(env) == [
+        "v",
+        "gateway",
+        "domain",
+        "message",
+        "reading",
+        "unsigned",
+        "digest",
+        "signature",
+    ]
     assert list(env["message"]) == [
+        "feed",
         "deviceId",
         "sensor",
         "value",
@@ -118,8 +131,13 @@ def test_envelope_is_compact_json_in_the_documented_order(observation: Observati
         "timestamp",
         "deviceCounter",
         "gatewaySequence",
+        "transport",
+        "assurance",
     ]
     assert env["message"]["value"] == "2137"
+    assert env["message"]["feed"] == "0x" + default_feed("sim-1", "temp").hex()
+    assert (env["message"]["transport"], env["message"]["assurance"]) == (1, 0)
+    assert env["unsigned"] == ["reading.auth"]
     assert env["message"]["deviceId"] == "0x" + b"sim-1".ljust(32, b"\0").hex()
     assert env["reading"] == {
         "device": "sim-1",
@@ -164,6 +182,7 @@ MESSAGE_TAMPERING: dict[str, Callable[[Envelope], None]] = {
     "timestamp": lambda e: e["message"].update(timestamp=1_700_000_001),
     "deviceCounter": lambda e: e["message"].update(deviceCounter=42),
     "gatewaySequence": lambda e: e["message"].update(gatewaySequence=8),
+    "feed": lambda e: e["message"].update(feed="0x" + "42" * 32),
 }
 
 
@@ -195,7 +214,7 @@ def test_tampered_message_with_consistent_digest_fails_on_the_signature(
     ("field", "value"),
     [
         ("name", "Evil"),
-        ("version", "2"),
+        ("version", "1"),
         ("chainId", 1),
         ("verifyingContract", OTHER_ADDRESS),
     ],
@@ -228,6 +247,72 @@ def test_reading_value_must_be_the_exact_decimal_text(envelope: Envelope) -> Non
     envelope["reading"]["value"] = "21.370"
     with pytest.raises(EnvelopeError, match="disagrees"):
         verify_envelope(envelope)
+
+
+def test_signed_assurance_and_transport_cannot_be_relabelled(envelope: Envelope) -> None:
+    # The issue's attack: "auth":"allowlist" edited to "hmac" must not pass for authenticated.
+    envelope["reading"]["auth"] = "hmac"
+    with pytest.raises(EnvelopeError, match=r"assurance 2 .* signed message\.assurance is 0"):
+        verify_envelope(envelope)
+    envelope["reading"]["auth"] = "allowlist"
+    envelope["message"]["assurance"] = 2
+    _refresh_digest_signed(envelope)
+    with pytest.raises(EnvelopeError, match=r"assurance 0 .* signed message\.assurance is 2"):
+        verify_envelope(envelope)
+    envelope["reading"]["auth"] = "hmac"
+    with pytest.raises(EnvelopeError, match="does not recover to gateway"):
+        verify_envelope(envelope)
+
+
+def _refresh_digest_signed(env: Envelope) -> None:
+    """Recompute the digest from the message (signed fields only, as a forger would)."""
+    m = env["message"]
+    reading = verify_reading({**env, "reading": {**env["reading"], "auth": "hmac"}})
+    if m["assurance"] == 0:
+        reading = verify_reading({**env, "reading": {**env["reading"], "auth": "allowlist"}})
+    env["digest"] = (
+        "0x"
+        + observation_digest(
+            domain_separator(DOMAIN),
+            reading,
+            m["gatewaySequence"],
+            bytes.fromhex(m["feed"][2:]),
+        ).hex()
+    )
+
+
+@pytest.mark.parametrize(("auth", "other"), [("hmac", "bthome"), ("oscore", "broker-acl")])
+def test_auth_method_within_its_level_is_the_one_field_not_signed(
+    signer: ObservationSigner, auth: str, other: str
+) -> None:
+    reading = Reading("sim-1", "temp", 1, 0, "Cel", 1, 1, Transport.COAP, AuthMethod(auth))
+    env = json.loads(signer.sign(reading, 3).envelope)
+    env["reading"]["auth"] = other
+    verified = verify_envelope(env)  # same level: the envelope says this field is unsigned
+    assert verified.unsigned == ("reading.auth",) == tuple(env["unsigned"])
+    assert verified.assurance == AuthMethod(auth).assurance
+
+
+def test_transport_relabelled_in_the_reading_block_is_detected(envelope: Envelope) -> None:
+    envelope["reading"]["transport"] = "ble"
+    with pytest.raises(EnvelopeError, match=r"disagrees with the signed message\.transport"):
+        verify_envelope(envelope)
+
+
+def test_configured_feed_is_signed_and_default_feed_is_deterministic(key: GatewayKey) -> None:
+    named = ObservationSigner(key, DOMAIN, FeedMap({"sim-1/temp": "greenhouse-1 air"}))
+    v = verify_envelope(named.sign(READING, 1).envelope)
+    from agent.attest.eip712 import keccak256
+
+    assert v.feed == keccak256(b"greenhouse-1 air")
+    other = verify_envelope(
+        ObservationSigner(GatewayKey.generate(), DOMAIN).sign(READING, 1).envelope
+    )
+    assert (
+        other.feed
+        == default_feed("sim-1", "temp")
+        == keccak256(b"sim-1".ljust(32, b"\0") + b"temp".ljust(32, b"\0"))
+    )
 
 
 def test_unknown_transport_in_reading_block_is_refused(envelope: Envelope) -> None:
@@ -278,7 +363,13 @@ def test_digest_field_that_disagrees_is_reported(envelope: Envelope) -> None:
         (lambda e: e["message"].pop("value"), "missing field message.value"),
         (lambda e: e.pop("domain"), "missing field domain.name"),
         (lambda e: e.pop("signature"), "missing field signature"),
-        (lambda e: e.update(v=2), "unsupported envelope version 2"),
+        (lambda e: e.update(v=1), "unsupported envelope version 1"),
+        (lambda e: e.update(note="x"), "unknown field.* note: not part of envelope v2"),
+        (lambda e: e["message"].update(extra=1), "unknown field.* message.extra"),
+        (lambda e: e["reading"].update(auth2="hmac"), "unknown field.* reading.auth2"),
+        (lambda e: e.update(unsigned=[]), "field unsigned must be"),
+        (lambda e: e.pop("unsigned"), "missing field unsigned"),
+        (lambda e: e["message"].update(assurance=3), "message.assurance = 3 is out of range"),
         (lambda e: e["message"].update(value=2137), "message.value must be a string"),
         (lambda e: e["message"].update(value="02137"), "canonical decimal"),
         (lambda e: e["message"].update(exponent=-129), "message.exponent = -129 is out of range"),
@@ -315,7 +406,7 @@ def test_non_json_and_duplicate_keys_are_refused(observation: Observation) -> No
         verify_envelope(b"\xff{")
     with pytest.raises(EnvelopeError, match="must be a JSON object"):
         verify_envelope("[1]")
-    doubled = observation.envelope.replace(b'"v":1,', b'"v":1,"v":1,', 1)
+    doubled = observation.envelope.replace(b'"v":2,', b'"v":2,"v":2,', 1)
     with pytest.raises(EnvelopeError, match="duplicate key 'v'"):
         verify_envelope(doubled)
 
@@ -355,3 +446,46 @@ def test_units_with_json_special_characters_round_trip(
     verified = verify_envelope(signer.sign(reading, 0).envelope)
     assert verified.reading == reading
     assert json.loads(signer.sign(reading, 0).envelope)["reading"]["value"] == "-5000"
+
+
+def _leaves(obj: Any, path: str = "") -> list[str]:
+    if isinstance(obj, dict):
+        return [leaf for k, v in obj.items() for leaf in _leaves(v, f"{path}.{k}" if path else k)]
+    return [path]
+
+
+def _mutated(value: Any) -> list[Any]:
+    """Other plausible values of a leaf: a neighbour of an int, edited text, another list."""
+    if isinstance(value, bool) or value is None:
+        return [not value]
+    if isinstance(value, int):
+        return [value + 1, value - 1]
+    if isinstance(value, str):
+        hexdigit = value.startswith("0x") and len(value) > 2
+        return [value[:-1] + ("0" if value[-1] != "0" else "1")] + (
+            [] if hexdigit else [value + "x", value.upper() if value != value.upper() else "z"]
+        )
+    if isinstance(value, list):
+        return [[], [*value, "reading.device"]]
+    raise AssertionError(value)
+
+
+def test_every_envelope_field_is_signed_checked_or_declared_unsigned(
+    signer: ObservationSigner,
+) -> None:
+    reading = Reading(
+        "sim-1", "temp", 2137, -2, "Cel", 1_700_000_000, 41, Transport.MQTT, AuthMethod.HMAC
+    )
+    original = json.loads(signer.sign(reading, 7).envelope)
+    unsigned_ok = {"reading.auth": ["bthome"]}  # same level (2): the field the envelope names
+    for leaf in _leaves(original):
+        *parents, name = leaf.split(".")
+        candidates = _mutated(functools.reduce(lambda o, k: o[k], leaf.split("."), original))
+        for value in candidates + unsigned_ok.get(leaf, []):
+            env = json.loads(json.dumps(original))
+            functools.reduce(lambda o, k: o[k], parents, env)[name] = value
+            try:
+                verify_envelope(env)
+            except EnvelopeError:
+                continue
+            assert leaf in env["unsigned"], f"{leaf} = {value!r} passed verification unnoticed"

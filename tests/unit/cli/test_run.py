@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 
+from agent.attest.feeds import default_feed
 from agent.attest.keys import GatewayKey, load_key_file
 from agent.attest.observation import ObservationSigner, verify_envelope
 from agent.config import load_config
 from agent.errors import EnvelopeError, KeyFileError
 from agent.model import AuthMethod, Eip712Domain, Reading, Transport
 
-DOMAIN = Eip712Domain("Edgence", "1", 31337, "0x" + "00" * 20)
+DOMAIN = Eip712Domain("Edgence", "2", 31337, "0x" + "00" * 20)
 
 
 def cli(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -257,9 +258,13 @@ def test_verify_reads_an_envelope_from_stdin_and_prints_the_signer(
     envelope = signer.sign(reading(), 42).envelope.decode()
     result = cli("verify", "-", cwd=tmp_path, stdin=envelope)
     assert result.returncode == 0, result.stdout + result.stderr
+    feed = default_feed("sim-1", "temp").hex()
     assert result.stdout.splitlines() == [
         f"ok signer={gateway.address} seq=42 device=sim-1 sensor=temp value=21.37 unit=Cel "
-        "counter=7 timestamp=1700000000 chainId=31337"
+        f"counter=7 timestamp=1700000000 chainId=31337 feed=0x{feed} transport=mqtt "
+        f"assurance=0 (unauthenticated) contract={DOMAIN.verifying_contract}",
+        "  not signed: reading.auth ('allowlist': the signature claims only its assurance "
+        "level 0, not which method of that level)",
     ]
 
 
@@ -281,6 +286,10 @@ def test_verify_reads_a_pretty_printed_envelope_from_a_file(
         ("reading.value", "99.99", "disagrees"),
         ("domain.chainId", 1, "digest mismatch"),
         ("gateway", "0x" + "11" * 20, "does not recover to gateway"),
+        ("reading.auth", "hmac", "but the signed message.assurance is 0"),
+        ("reading.transport", "ble", "disagrees with the signed message.transport"),
+        ("message.feed", "0x" + "ab" * 32, "digest mismatch"),
+        ("unsigned", [], "field unsigned must be"),
     ],
 )
 def test_verify_prints_invalid_and_exits_1_for_a_tampered_envelope(
@@ -294,6 +303,28 @@ def test_verify_prints_invalid_and_exits_1_for_a_tampered_envelope(
     assert "ok signer" not in result.stdout
 
 
+def test_verify_accepts_an_oracle_answer_and_checks_its_calldata(
+    tmp_path: Path, gateway: GatewayKey, signer: ObservationSigner
+) -> None:
+    from agent.attest.observation import verify_envelope
+    from agent.oracle import SUBMIT_SIGNATURE, submit_calldata
+
+    obs = signer.sign(reading(), 5)
+    data = "0x" + submit_calldata(verify_envelope(obs.envelope)).hex()
+    submit = {"to": DOMAIN.verifying_contract, "function": SUBMIT_SIGNATURE, "data": data}
+    answer = {"v": 1, "ok": True, "observation": json.loads(obs.envelope), "submit": submit}
+    result = cli("verify", "-", cwd=tmp_path, stdin=json.dumps(answer))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"ok signer={gateway.address} seq=5 ")
+    assert f"answer: calldata is submit() of this observation to {submit['to']}" in result.stdout
+    for bad, why in (
+        ({**submit, "to": "0x" + "22" * 20}, "but the observation was signed for"),
+        ({**submit, "data": data[:80] + "ff" + data[82:]}, "is not submit() of its observation"),
+    ):
+        result = cli("verify", "-", cwd=tmp_path, stdin=json.dumps({**answer, "submit": bad}))
+        assert result.returncode == 1 and why in result.stdout, result.stdout
+
+
 def test_verify_checks_each_envelope_of_json_lines(
     tmp_path: Path, gateway: GatewayKey, signer: ObservationSigner
 ) -> None:
@@ -303,7 +334,7 @@ def test_verify_checks_each_envelope_of_json_lines(
     ]
     result = cli("verify", "-", cwd=tmp_path, stdin="\n".join(lines) + "\n")
     assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout.splitlines()
+    out = [line for line in result.stdout.splitlines() if not line.startswith("  ")]
     assert len(out) == 3
     for line, (seq, counter) in zip(out, [(1, 10), (2, 11), (3, 12)], strict=True):
         assert line.startswith(f"ok signer={gateway.address} seq={seq} ")
@@ -317,7 +348,7 @@ def test_verify_of_json_lines_reports_the_bad_line_by_number_and_exits_1(
     good[1] = tampered(good[1].encode(), "message.timestamp", 1)
     result = cli("verify", "-", cwd=tmp_path, stdin="\n\n".join(good))
     assert result.returncode == 1
-    out = result.stdout.splitlines()
+    out = [line for line in result.stdout.splitlines() if not line.startswith("  ")]
     assert len(out) == 3
     assert out[0].startswith("ok signer=") and " seq=1 " in out[0]
     assert out[1].startswith("INVALID #2: digest mismatch")

@@ -33,7 +33,7 @@ def test_only_gateway_key_file_is_required_and_everything_else_has_defaults(
     g = cfg.gateway
     assert (g.data_dir, g.passphrase_file, g.chain_id) == (tmp_path / "data", None, 31337)
     assert g.verifying_contract == "0x" + "00" * 20
-    assert (g.domain_name, g.domain_version) == ("Edgence", "1")
+    assert (g.domain_name, g.domain_version, g.feeds) == ("Edgence", "2", ())
     m = cfg.sources.mqtt
     assert m.enabled and m.broker.url == "mqtt://127.0.0.1:1883" and m.broker.protocol == 4
     assert (m.topics, m.qos, m.max_payload, m.max_values_per_frame) == (
