@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from agent.devices.modbus import ModbusSource
     from agent.devices.mqtt import MqttSource
     from agent.devices.serial import SerialSource
+    from agent.downlink.events import ContractCommands
+    from agent.downlink.service import Downlink
     from agent.election.aggregator import CommitteeAggregator
     from agent.election.rounds import ConnectionPublisher, ElectionRounds
     from agent.hadiscovery import HomeAssistantDiscovery
@@ -114,6 +116,8 @@ class Parts:
     submitter: OracleSubmitter | None = None
     telemetry: Telemetry | None = None
     homeassistant: HomeAssistantDiscovery | None = None
+    downlink: Downlink | None = None
+    downlink_events: ContractCommands | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.monotonic)
 
@@ -140,6 +144,8 @@ class Parts:
             self.heartbeat,
             self.rewards,
             self.submitter,
+            self.downlink,
+            self.downlink_events,
         ]
         return [c for c in (*head, *self.sources, *tail) if c is not None]
 
@@ -231,6 +237,7 @@ def build(
     _oracle(p)
     if cfg.homeassistant.enabled:
         _homeassistant(p)
+    _downlink(p)
     if cfg.metrics.enabled:
         from agent.telemetry import Telemetry  # prometheus-client only when used
 
@@ -486,6 +493,35 @@ def _oracle(p: Parts) -> None:
             interval_s=o.submit_interval_s,
             max_batch=o.submit_max_batch,
             metrics=p.metrics,
+        )
+
+
+def _downlink(p: Parts) -> None:
+    """[downlink]: commands to devices, answered with signed receipts."""
+    d = p.cfg.downlink
+    if not d.enabled or d.mqtt is None:
+        return
+    from agent.downlink.service import Downlink
+    from agent.downlink.store import CommandStore
+
+    p.downlink = Downlink(
+        d,
+        store=CommandStore(d.store or p.cfg.gateway.data_dir / "downlink.sqlite"),
+        devices=p.gate,
+        key=p.key,
+        domain=domain_of(p.cfg),
+        metrics=p.metrics,
+        client_id=d.mqtt.client_id or client_id(p.key, "downlink"),
+        config_file=str(p.cfg.path),
+    )
+    if p.coap is not None:  # CoAP devices get their command with the answer to a POST
+        p.coap.commands = p.downlink
+        p.downlink.transports.add(Transport.COAP)
+    if d.events and p.chain_watcher is not None and p.rpc is not None:
+        from agent.downlink.events import ContractCommands
+
+        p.downlink_events = ContractCommands(
+            p.downlink, d.events, rpc=p.rpc, watcher=p.chain_watcher, metrics=p.metrics
         )
 
 

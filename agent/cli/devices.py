@@ -168,6 +168,7 @@ def issue_bundle(
     auth = _broker_auth(cfg)
     if auth is not None and rec.transport is Transport.MQTT:
         password = auth.set_password(rec.id)
+    if auth is not None:  # also for other transports: the ACL carries the command topics
         _sync_broker(cfg, registry)
     from agent.journal import read_device_counter
 
@@ -436,6 +437,56 @@ def cmd_devices_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+_INT_ARG = re.compile(r"-?[0-9]+\Z")
+
+
+def _parse_command_arg(text: str) -> tuple[str, int | str]:
+    name, eq, value = text.partition("=")
+    if not eq or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: arguments are NAME=VALUE, e.g. pin=2")
+    return name, int(value) if _INT_ARG.match(value) else value
+
+
+def cmd_devices_command(args: argparse.Namespace) -> int:
+    """Send a command to a device through the running agent and print its signed receipt."""
+    import asyncio
+
+    from agent.config.downlink import OPERATOR
+    from agent.downlink.client import CommandClient
+    from agent.wiring import load_gateway_key
+
+    cfg = load(args)
+    d = cfg.downlink
+    if not d.enabled or d.mqtt is None:
+        raise AgentError(
+            f"{cfg.path}: downlink.enabled is false; commands are switched off",
+            fix="set [downlink] enabled = true and restart the agent",
+        )
+    gateway = load_gateway_key(cfg).address
+    ttl = d.default_ttl_s if args.ttl is None else args.ttl
+    request: dict[str, Any] = {
+        "device": args.device_id,
+        "action": args.action,
+        "args": dict(args.args),
+        "ttl": ttl,
+    }
+    if args.id:
+        request["id"] = args.id
+
+    async def go() -> dict[str, Any]:
+        assert d.mqtt is not None
+        async with CommandClient(d.mqtt, d.topic_prefix, gateway, OPERATOR) as client:
+            return await client.send(request, wait_s=max(ttl, 0) + 10)
+
+    out = asyncio.run(go())
+    if args.json or out.get("ok"):
+        print(json.dumps(out, indent=1))
+    if not out.get("ok"):
+        print(f"error: {out.get('error')}: {out.get('detail')}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def add_parsers(sub: Any, config: argparse.ArgumentParser) -> None:
     """`pair` and `devices`; `config` is the parent parser holding --config."""
     s = sub.add_parser(
@@ -525,6 +576,22 @@ def add_parsers(sub: Any, config: argparse.ArgumentParser) -> None:
         help="the last counter the gateway accepted (default: the bundle's counter_start - 1)",
     )
     s.set_defaults(fn=cmd_devices_check)
+    s = dsub.add_parser(
+        "command",
+        parents=[config],
+        help="send a command to a device through the running agent; print the signed receipt",
+        epilog="e.g. `devices command gate-1 set_output pin=2 value=1`. Waits until the device "
+        "answers or the TTL ends; exit status 1 when the command is refused or fails.",
+    )
+    s.add_argument("device_id")
+    s.add_argument("action", help="set_output, set_interval, reboot, version, or the device's own")
+    s.add_argument("args", nargs="*", type=_parse_command_arg, help="NAME=VALUE (integer or text)")
+    s.add_argument(
+        "--ttl", type=float, help="seconds the command may wait (default: downlink.default_ttl)"
+    )
+    s.add_argument("--id", help="a command id of your own (the same id is never run twice)")
+    s.add_argument("--json", action="store_true", help="print the outcome as JSON also on failure")
+    s.set_defaults(fn=cmd_devices_command)
 
 
 __all__ = ["add_parsers", "build_bundle"]

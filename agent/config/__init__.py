@@ -21,6 +21,7 @@ from __future__ import annotations
 from agent.config.bridge import BridgeConfig
 from agent.config.broker import BrokerEndpoint, parse_broker_url
 from agent.config.chain import ChainConfig
+from agent.config.downlink import CommandRule, DownlinkConfig
 from agent.config.election import ElectionConfig
 from agent.config.enrollment import BrokerAuthConfig, EnrollmentConfig
 from agent.config.forward import DEFAULT_METHODS, ForwardConfig, forbidden
@@ -61,7 +62,9 @@ __all__ = [
     "ChainConfig",
     "CoapObserveConfig",
     "CoapSourceConfig",
+    "CommandRule",
     "ConfigError",
+    "DownlinkConfig",
     "ElectionConfig",
     "EnrollmentConfig",
     "ForwardConfig",

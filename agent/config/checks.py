@@ -29,6 +29,18 @@ def check_config(cfg: AgentConfig) -> None:
             "is needed when the bridge is disabled: results are published on an MQTT broker "
             '(add [election.mqtt] url = "mqtt://HOST:PORT")',
         )
+    if cfg.downlink.enabled and (cfg.enrollment is None or not cfg.enrollment.enabled):
+        raise ConfigError(
+            file,
+            "downlink.enabled",
+            "needs [enrollment] enabled = true (commands are framed with each device's key)",
+        )
+    if cfg.downlink.enabled and cfg.downlink.events and not cfg.chain.enabled:
+        raise ConfigError(
+            file,
+            "downlink.events",
+            "needs [chain] enabled = true (contract events are read from the full node)",
+        )
     if cfg.oracle.submit_enabled and not cfg.chain.enabled:
         raise ConfigError(
             file,

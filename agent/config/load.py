@@ -11,6 +11,7 @@ from typing import Any
 from agent.config.bridge import BridgeConfig, read_bridge
 from agent.config.chain import ChainConfig, read_chain
 from agent.config.checks import check_config
+from agent.config.downlink import DownlinkConfig, read_downlink
 from agent.config.election import ElectionConfig, read_election
 from agent.config.enrollment import EnrollmentConfig, read_enrollment
 from agent.config.forward import ForwardConfig, read_forward
@@ -47,6 +48,7 @@ class AgentConfig:
     oracle: OracleConfig = field(default_factory=OracleConfig)
     masternode: MasternodeConfig = field(default_factory=MasternodeConfig)
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
+    downlink: DownlinkConfig = field(default_factory=DownlinkConfig)
 
 
 def load_config(path: Path | str) -> AgentConfig:
@@ -90,6 +92,7 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
         oracle=read_oracle(root.sub("oracle"), local_broker),
         masternode=read_masternode(root.sub("masternode")),
         homeassistant=read_homeassistant(root.sub("homeassistant"), local_broker),
+        downlink=read_downlink(root.sub("downlink"), local_broker, data_dir),
     )
     root.done()
     check_config(cfg)

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from agent.config import BrokerAuthConfig
+from agent.config.downlink import downlink_acl_lines
 from agent.devices.registry import DeviceRecord, DeviceStatus, atomic_write
 from agent.errors import AgentError
 from agent.model import Transport
@@ -41,7 +42,7 @@ def find_mosquitto_passwd() -> str:
 def acl_text(
     cfg: BrokerAuthConfig,
     devices: Iterable[DeviceRecord],
-    services: Iterable[str] = ("edgence/+/rpc", "edgence/+/oracle"),
+    services: Iterable[str] = ("edgence/+/rpc", "edgence/+/oracle", "edgence/+/cmd"),
 ) -> str:
     """The ACL: each device publishes on its own topic only; each login asks the agent's
     request/response `services` (forwarding, oracle) only under its own username and reads
@@ -62,6 +63,7 @@ def acl_text(
     for d in sorted(devices, key=lambda r: r.id):
         if d.transport is Transport.MQTT and d.status is not DeviceStatus.REVOKED:
             lines += ["", f"user {d.id}", f"topic write {cfg.device_topic.format(id=d.id)}"]
+    lines += downlink_acl_lines(cfg.agent_username)
     return "\n".join(lines) + "\n"
 
 
@@ -69,7 +71,7 @@ class MosquittoAuth:
     def __init__(
         self,
         cfg: BrokerAuthConfig,
-        services: Iterable[str] = ("edgence/+/rpc", "edgence/+/oracle"),
+        services: Iterable[str] = ("edgence/+/rpc", "edgence/+/oracle", "edgence/+/cmd"),
     ) -> None:
         if cfg.password_file is None or cfg.acl_file is None:
             raise BrokerAuthError("enrollment.mosquitto.password_file and acl_file are not set")

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiocoap
 import aiocoap.error
@@ -108,6 +108,34 @@ class UpResource(aiocoap.resource.Resource, aiocoap.resource.PathCapable):  # ty
             return r.message
 
 
+class CommandHooks(Protocol):
+    """The downlink's side of CoAP delivery (agent/downlink/service.py): the command a device
+    should get with its next 2.04, and the device's answer POSTed to /ack/<device>."""
+
+    def pending_frame(self, device: str) -> bytes | None: ...
+
+    async def take_answer(self, device: str, payload: bytes) -> str | None: ...
+
+
+class AckResource(aiocoap.resource.Resource, aiocoap.resource.PathCapable):  # type: ignore[misc]
+    """/ack/{device}: POST a device's answer to the command it got (docs/downlink.md)."""
+
+    def __init__(self, source: CoapSource) -> None:
+        super().__init__()
+        self.source = source
+
+    async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
+        path = request.opt.uri_path
+        hooks = self.source.commands
+        if hooks is None or len(path) != 1 or not NAME_RE.match(path[0]):
+            return aiocoap.Message(code=Code.NOT_FOUND, payload=b"bad_path")
+        reason = await hooks.take_answer(path[0], bytes(request.payload))
+        if reason is None:
+            return aiocoap.Message(code=Code.CHANGED)
+        code = Code.UNAUTHORIZED if reason == "bad_mac" else Code.BAD_REQUEST
+        return aiocoap.Message(code=code, payload=reason.encode())
+
+
 class CoapSource:
     name = "coap"
 
@@ -140,6 +168,7 @@ class CoapSource:
         self._observed_only = (
             frozenset(self.observing) - set(cfg.allowed_devices) - self.oscore_devices
         )
+        self.commands: CommandHooks | None = None  # set by wiring when [downlink] is on
         metrics.gauge("frames_received_coap", lambda: float(self.received))
 
     @property
@@ -155,6 +184,7 @@ class CoapSource:
             aiocoap.resource.WKCResource(site.get_resources_as_linkheader),
         )
         site.add_direct("up", UpResource(self))
+        site.add_direct("ack", AckResource(self))
         if not self.oscore_devices:
             return site
         from aiocoap.credentials import CredentialsMap
@@ -270,6 +300,10 @@ class CoapSource:
         verdict = await self._submit(frame, device, AuthMethod.OSCORE if protected else None)
         if verdict is None:
             self.metrics.inc("coap_responses", code="2.04")
+            # A sleepy device's pending command rides on the answer to its POST.
+            command = self.commands.pending_frame(device) if self.commands is not None else None
+            if command is not None:
+                return aiocoap.Message(code=Code.CHANGED, payload=command, content_format=CF_JSON)
             return aiocoap.Message(code=Code.CHANGED)
         code = code_for_rejection(verdict)
         # "Come back later" answers say when: Max-Age on 5.03 and 4.29.

@@ -31,7 +31,7 @@ BELOW_SOURCES = [
     "config",
 ]
 # Pure code: bytes and values in, values out.
-PURE = ["model.py", "frame.py", "modbusmap.py", "devices/codecs"]
+PURE = ["model.py", "frame.py", "modbusmap.py", "devices/codecs", "downlink/codec.py"]
 IO_MODULES = {
     "aiocoap",
     "aiohttp",

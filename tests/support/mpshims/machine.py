@@ -74,7 +74,11 @@ class Pin:
     def __init__(self, id: Any, mode: int = -1, pull: int = -1) -> None:
         self.id = id
 
-    def value(self) -> int:
+    def value(self, v: int | None = None) -> int:
+        if v is not None:  # an output: the level set is appended to .pins in the flash dir
+            with open(".pins", "a") as f:
+                f.write(f"{self.id}={int(v)}\n")
+            return int(v)
         return 0 if os.environ.get("EDGENCE_SAFE_PIN_LOW") else 1
 
 

@@ -11,6 +11,7 @@ import agent.config
 from agent.config import (
     AgentConfig,
     ChainConfig,
+    DownlinkConfig,
     ElectionConfig,
     EnrollmentConfig,
     ForwardConfig,
@@ -68,6 +69,7 @@ def test_an_empty_config_loads_to_the_dataclass_defaults(tmp_path: Path) -> None
         forward=ForwardConfig(mqtt=mqtt5),
         oracle=OracleConfig(mqtt=mqtt5),
         homeassistant=HomeAssistantConfig(mqtt=LOCAL_BROKER),
+        downlink=DownlinkConfig(mqtt=mqtt5, store=data / "downlink.sqlite"),
     )
     # Every source shares the frame codec's own limits.
     for source in (cfg.sources.mqtt, cfg.sources.coap, cfg.sources.ble):

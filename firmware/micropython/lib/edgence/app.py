@@ -168,10 +168,25 @@ class Node:
 
     def sleep(self, seconds):
         """Light sleep in slices short enough for every port's hardware watchdog."""
+        if getattr(self.link, "downlink", None) is not None and hasattr(self.link, "listen"):
+            return self._listen(seconds)
         left = int(seconds * 1000)
         while left > 0:
             step = 1000 if left > 1000 else left
             time.sleep_ms(step)
+            left -= step
+            self.idle()
+
+    def _listen(self, seconds):
+        """The sleep of a link with a command channel (MQTT): spent listening for commands in
+        1 s slices; if the link is down, plain sleep for the rest of the interval."""
+        listen = self.link.listen
+        left = int(seconds * 1000)
+        while left > 0:
+            step = 1000 if left > 1000 else left
+            if listen is None or step < 1000 or not listen(1):
+                listen = None
+                time.sleep_ms(step)
             left -= step
             self.idle()
 

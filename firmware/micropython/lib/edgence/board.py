@@ -142,6 +142,14 @@ def build_node(cfg, machine, watchdog=None, flash="."):
         Outbox(flash, fw["outbox"]),
         watchdog,
     )
+    if hasattr(node.link, "downlink"):  # MQTT: commands on devices/<id>/down
+        from edgence import VERSION
+        from edgence.app import unix_time
+        from edgence.downlink import Downlink, standard_handlers
+
+        node.downlink = Downlink(cfg, {}, flash, clock=unix_time)
+        node.downlink.handlers = standard_handlers(node, machine, VERSION)
+        node.link.downlink = node.downlink
     if hasattr(node.link, "idle"):
         node.link.idle = node.idle  # the one idle hook, for every wait of every transport
     return node

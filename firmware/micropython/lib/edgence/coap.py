@@ -90,6 +90,8 @@ class CoapLink:
         self.refused = 0
         self.separate = 0  # answers that came apart from their ACK (the agent was slow)
         self.last_code = None
+        self.last_payload = b""  # the agent's answer: a pending command rides on a 2.04
+        self.downlink = None  # an edgence.downlink.Downlink: commands are taken when set
         self.idle = None  # called about once a second while waiting (feeds the watchdog)
 
     def connect(self):
@@ -107,10 +109,21 @@ class CoapLink:
         try:
             if self.sock is None:
                 self.connect()
-            return self._exchange(frame)
+            done = self._exchange(frame, self.path)
+            if done and self.downlink is not None and self.last_payload[:1] == b"{":
+                self._command(self.last_payload)
+            return done
         except OSError:
             self.close()
             return False
+
+    def _command(self, payload):
+        """A command that came with the answer to our POST: run it, POST the answer to
+        /ack/<id> (docs/downlink.md). A lost answer is sent again when the command comes back."""
+        answer = self.downlink.handle(payload)
+        if answer is not None:
+            self._exchange(answer, "/ack/" + self.path.rsplit("/", 1)[-1])
+            self.downlink.run_after()
 
     def _wait(self, seconds):
         """One datagram, or None after `seconds` (waiting in 1 s slices, calling idle)."""
@@ -135,10 +148,11 @@ class CoapLink:
             return True
         return False
 
-    def _exchange(self, frame):
+    def _exchange(self, frame, path):
         self.mid = (self.mid + 1) & 0xFFFF
         token = os.urandom(4)
-        msg = encode_post(self.mid, token, self.path, frame)
+        msg = encode_post(self.mid, token, path, frame)
+        self.last_payload = b""
         timeout = self.ack_timeout
         acked = False  # an empty ACK came: the response follows separately (RFC 7252, 5.2.2)
         tries = 0
@@ -153,7 +167,7 @@ class CoapLink:
                 timeout *= 2
                 continue
             try:
-                mtype, code, mid, tok, _ = decode_header(data)
+                mtype, code, mid, tok, payload = decode_header(data)
             except CoapError:
                 continue
             if mtype in (ACK, RST) and mid == self.mid:
@@ -165,10 +179,12 @@ class CoapLink:
                     timeout = ACK_TIMEOUT * 2**MAX_RETRANSMIT
                     continue
                 if tok == token:
+                    self.last_payload = payload
                     return self._verdict(code)
             elif tok == token and mtype in (CON, NON):
                 if mtype == CON:
                     self.sock.sendto(struct.pack(">BBH", 0x60, 0, mid), self.addr)
+                self.last_payload = payload
                 return self._verdict(code)
         return False
 

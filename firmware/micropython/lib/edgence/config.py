@@ -27,6 +27,7 @@ DEFAULTS = {
     "sensors": [["simulated", {}]],
     "wifi": None,
     "safe_pin": None,
+    "outputs": [],  # pins a set_output command may drive (edgence.downlink)
     "uart": {"id": 1, "baud": 115200},  # serial transport; "tx"/"rx" pins where the port needs
 }
 

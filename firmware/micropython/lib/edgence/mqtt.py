@@ -1,5 +1,6 @@
 """A minimal MQTT 3.1.1 client for the firmware: CONNECT with username/password, PUBLISH at
-QoS 1 waiting for its PUBACK, PINGREQ, DISCONNECT. Nothing else (no subscriptions, no QoS 2).
+QoS 1 waiting for its PUBACK, SUBSCRIBE to one topic (the device's commands, docs/downlink.md)
+with incoming PUBLISHes acknowledged and kept in `inbox`, PINGREQ, DISCONNECT. No QoS 2.
 
 A PUBACK means the broker holds the frame; the agent takes it from the broker at QoS 1 and
 acknowledges only once it is signed and journaled (docs/device-frame.md, "Over MQTT").
@@ -16,6 +17,8 @@ import struct
 from edgence import netwait
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PINGREQ, PINGRESP, DISCONNECT = 1, 2, 3, 4, 12, 13, 14
+SUBSCRIBE, SUBACK = 8, 9
+INBOX_MAX = 4  # commands come one at a time; more than this waiting is a flood, dropped
 
 
 class MQTTError(OSError):
@@ -82,6 +85,7 @@ class MQTTClient:
         self.pid = 0
         self.addr = None
         self.idle = None  # called about once a second while waiting (feeds the watchdog)
+        self.inbox = []  # (topic, payload) of PUBLISHes received, oldest first
 
     def _recv_exact(self, n):
         buf = b""
@@ -141,6 +145,64 @@ class MQTTClient:
             # 4: bad user name or password, 5: not authorised (docs of MQTT 3.1.1, 3.2.2.3)
             raise MQTTError("broker refused the connection: return code %d" % body[1])
 
+    def _incoming(self, flags, body):
+        """A PUBLISH from the broker: acknowledge it (QoS 1) and keep it in the inbox."""
+        n = struct.unpack(">H", body[:2])[0]
+        topic = body[2 : 2 + n].decode()
+        pos = 2 + n
+        if flags & 0x06:
+            pid = body[pos : pos + 2]
+            pos += 2
+            self.sock.sendall(packet(PUBACK, 0, pid))
+        if len(self.inbox) < INBOX_MAX:
+            self.inbox.append((topic, body[pos:]))
+
+    def _dispatch(self, ptype, flags, body):
+        if ptype == PUBLISH:
+            self._incoming(flags, body)
+
+    def subscribe(self, topic, qos=1):
+        """SUBSCRIBE and wait for the SUBACK (retained messages may arrive first: kept)."""
+        self.pid = self.pid % 0xFFFF + 1
+        self.sock.sendall(
+            packet(SUBSCRIBE, 2, struct.pack(">H", self.pid) + _str(topic) + bytes((qos,)))
+        )
+        while True:
+            ptype, flags, body = self._read_packet()
+            if ptype == SUBACK:
+                if body[2:3] == b"\x80":
+                    raise MQTTError("the broker refused the subscription to %s" % topic)
+                return
+            self._dispatch(ptype, flags, body)
+
+    def poll(self, seconds):
+        """Read what the broker sends for up to `seconds` (at least one slice); returns the
+        inbox's messages and empties it."""
+        if self.sock is None:
+            raise MQTTError("not connected")
+        waited = 0
+        while not self.inbox and waited < seconds:
+            try:
+                head = self.sock.recv(1)
+            except OSError as exc:
+                if not netwait.timed_out(exc):
+                    raise
+                waited += netwait.SLICE_S
+                netwait.call(self.idle)
+                continue
+            if not head:
+                raise MQTTError("the broker closed the connection")
+            n, shift = 0, 0
+            while True:
+                b = self._recv_exact(1)[0]
+                n |= (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    break
+            self._dispatch(head[0] >> 4, head[0] & 0x0F, self._recv_exact(n) if n else b"")
+        got, self.inbox = self.inbox, []
+        return got
+
     def publish(self, topic, payload):
         """QoS 1: returns once the PUBACK for this packet arrived, raises MQTTError if not."""
         if self.sock is None:
@@ -149,9 +211,10 @@ class MQTTClient:
         try:
             self.sock.sendall(publish_packet(topic, payload, self.pid))
             while True:
-                ptype, _, body = self._read_packet()
+                ptype, flags, body = self._read_packet()
                 if ptype == PUBACK and struct.unpack(">H", body[:2])[0] == self.pid:
                     return
+                self._dispatch(ptype, flags, body)
                 # PINGRESP or a PUBACK of an earlier try: keep reading.
         except OSError as exc:
             self.close()
@@ -194,6 +257,9 @@ class MqttLink:
             sock_module=sock_module,
         )
         self.connected = False
+        self.down_topic = m.get("down_topic", "devices/%s/down" % cfg.device_id)
+        self.ack_topic = m.get("ack_topic", "devices/%s/ack" % cfg.device_id)
+        self.downlink = None  # an edgence.downlink.Downlink: commands are taken when set
 
     @property
     def idle(self):
@@ -205,7 +271,39 @@ class MqttLink:
 
     def connect(self):
         self.client.connect()
+        if self.downlink is not None:
+            try:
+                self.client.subscribe(self.down_topic)
+            except OSError:
+                self.client.close()
+                raise
         self.connected = True
+        self.serve()
+
+    def serve(self):
+        """Answer the commands received so far (a retained one arrives on subscribing)."""
+        if self.downlink is None:
+            return
+        got, self.client.inbox = self.client.inbox, []
+        for topic, payload in got:
+            if topic == self.down_topic:
+                answer = self.downlink.handle(payload)
+                if answer is not None:
+                    self.client.publish(self.ack_topic, answer)
+                    self.downlink.run_after()
+
+    def listen(self, seconds):
+        """Wait up to `seconds` for commands and answer them; False if the link is down."""
+        try:
+            if not self.connected:
+                self.connect()
+            self.client.inbox = self.client.poll(seconds)
+            self.serve()
+            return True
+        except OSError:
+            self.connected = False
+            self.client.close()
+            return False
 
     def send(self, frame):
         """True once the broker acknowledged the frame (PUBACK); False if the link is down."""
@@ -213,6 +311,7 @@ class MqttLink:
             if not self.connected:
                 self.connect()
             self.client.publish(self.topic, frame)
+            self.serve()  # a command that arrived while we waited for the PUBACK
             return True
         except OSError:
             self.connected = False
