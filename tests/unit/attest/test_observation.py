@@ -448,6 +448,23 @@ def test_units_with_json_special_characters_round_trip(
     assert json.loads(signer.sign(reading, 0).envelope)["reading"]["value"] == "-5000"
 
 
+@pytest.mark.parametrize("unit", ["Cel", "m/s", '"', "\\", '\\"{}[],:'])
+@pytest.mark.parametrize(
+    ("value", "exponent"), [(0, 0), (-5, 3), (2**255 - 1, -77), (-(2**255), 5), (7, -128)]
+)
+def test_envelope_bytes_are_exactly_compact_json_dumps_of_its_fields(
+    signer: ObservationSigner, unit: str, value: int, exponent: int
+) -> None:
+    # The signer writes the envelope from a template; it must be byte for byte what
+    # json.dumps with compact separators makes of the same fields in the same order.
+    reading = Reading(
+        "dev.A:1-x_", "s_2", value, exponent, unit, 2**40, 2**63, Transport.SERIAL, AuthMethod.HMAC
+    )
+    envelope = signer.sign(reading, 2**64 - 1).envelope
+    assert envelope == json.dumps(json.loads(envelope), separators=(",", ":")).encode()
+    assert verify_envelope(envelope).reading == reading
+
+
 def _leaves(obj: Any, path: str = "") -> list[str]:
     if isinstance(obj, dict):
         return [leaf for k, v in obj.items() for leaf in _leaves(v, f"{path}.{k}" if path else k)]
