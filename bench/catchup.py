@@ -47,7 +47,7 @@ from agent.attest.observation import ObservationSigner
 from agent.config import load_config
 from agent.devices.codecs.frame import encode_frame
 from agent.journal import Journal
-from agent.localbroker import LocalMosquitto
+from agent.localbroker import LocalMosquitto, free_port
 from agent.model import AuthMethod, Observation, Reading, Transport
 from agent.wiring import domain_of
 from bench.agentproc import cpu_seconds, spawn_agent, wait_ready
@@ -181,6 +181,9 @@ def run(
         f'allowed_devices = [{live}]\n[bridge]\nurl = "{upstream.url}"\n'
         + ("envelopes_per_message = 32\n" if batched else "")
         + '[journal]\nmax_bytes = "8 GiB"\n[log]\nlevel = "info"\n'
+        # 125 readings/s per live device: above the default per-device limit
+        + "[enrollment]\nrate = 100000\nburst = 1000000\n"
+        + f'[metrics]\nlisten = "127.0.0.1:{free_port()}"\n'
     )
     build_s = float((seed / "build_s").read_text())
     journal = d / "data" / "journal.sqlite"

@@ -109,8 +109,9 @@ def publisher(port: int, n: int, rate: float | None, out: Connection, signed: bo
     c.disconnect()
 
 
-def collector(port: int, n: int, topic: str, out: Connection) -> None:
-    """Subscribes upstream and records (receive time, payload) for n messages."""
+def collector(port: int, n: int, topic: str, out: Connection, idle: float = 5.0) -> None:
+    """Subscribes upstream and records (receive time, payload) for n messages, or until
+    nothing arrived for `idle` seconds."""
     got: list[tuple[int, bytes]] = []
     done = threading.Event()
     subscribed = threading.Event()
@@ -129,7 +130,7 @@ def collector(port: int, n: int, topic: str, out: Connection) -> None:
     subscribed.wait(10)
     out.send("subscribed")
     last = -1
-    while not done.wait(5):  # stop when nothing arrived for 5 s
+    while not done.wait(idle):  # stop when nothing arrived for `idle` seconds
         if len(got) == last:
             break
         last = len(got)
@@ -187,11 +188,14 @@ def flood_with_c_clients(
     topic: str,
     workdir: Path,
     signed: bool = False,
+    count_token: bytes | None = None,
 ) -> tuple[int, list[int]]:
     """Publish n frames with one `mosquitto_pub -l` per device; return (start ns, arrival ns)
     as `mosquitto_sub` stamped them (wall clock with nanoseconds). On the batched topic each
-    message's stamp counts once per envelope in it."""
-    batched = topic.endswith("/obs-batch")
+    message's stamp counts once per envelope in it (`count_token`: the bytes that occur once
+    per reading in a message that may carry several, for other gateways' formats)."""
+    batched = topic.endswith("/obs-batch") or count_token is not None
+    token = count_token or b'"signature"'
     workdir.mkdir(parents=True, exist_ok=True)
     files = []
     for dev in range(DEVICES):
@@ -250,7 +254,7 @@ def flood_with_c_clients(
                 time.sleep(0.05)
                 if out.stat().st_size != size:
                     size, last_change = out.stat().st_size, time.monotonic()
-                    seen = out.read_bytes().count(b'"signature"')
+                    seen = out.read_bytes().count(token)
             sub.kill()
             sub.wait(10)
         try:
@@ -261,8 +265,8 @@ def flood_with_c_clients(
         stamps = []
         for line in out.read_bytes().splitlines():
             stamp, _, payload = line.partition(b" ")
-            if payload.endswith(b"]"):  # a message cut by the kill is not counted
-                stamps += [int(stamp.replace(b".", b""))] * payload.count(b'"signature"')
+            if payload.endswith((b"]", b"}")):  # a message cut by the kill is not counted
+                stamps += [int(stamp.replace(b".", b""))] * payload.count(token)
         return t0, stamps
     stamps = [int(line.replace(b".", b"")) for line in out.read_bytes().split() if line]
     return t0, stamps
@@ -555,8 +559,8 @@ def main() -> int:
     table = [
         "| path | offered | received | throughput /s (median) | runs /s | ratio to relay "
         "| CPU µs per message (median) | p50 ms | p99 ms | agent peak RSS MB | agent ready s "
-        "| agent stop s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| agent stop s | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (label, offered), rs in runs.items():
         r, all_tp = _median_result(rs)
@@ -570,7 +574,7 @@ def main() -> int:
             f"| {names[label]} | {offered} | {r.received}/{r.n} | {r.throughput:,.0f} | "
             f"{', '.join(f'{t:,.0f}' for t in all_tp)} | {r.throughput / base.throughput:.2f} "
             f"| {cpu:.0f} "
-            f"{lat}| {rss} | {ready} | {stop} |"
+            f"{lat}| {rss} | {ready} | {stop} | {', '.join(f'{x.load:.1f}' for x in rs)} |"
         )
     text = "\n".join(table)
     print(text)
