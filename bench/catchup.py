@@ -54,7 +54,11 @@ from bench.agentproc import cpu_seconds, spawn_agent, wait_ready
 from bench.results import write_section
 
 LIVE_DEVICES = 8
-_ENTRY = re.compile(rb'"value":"(-?\d+)".*?"gatewaySequence":(\d+).*?"device":"([^"]+)"')
+# One match per envelope, also inside a batch: anchored on the message block's fixed start.
+_ENTRY = re.compile(
+    rb'"message":\{"feed":"0x[0-9a-f]+","deviceId":"0x[0-9a-f]+","sensor":"0x[0-9a-f]+",'
+    rb'"value":"(-?\d+)".*?"gatewaySequence":(\d+).*?"reading":\{"device":"([^"]+)"'
+)
 
 
 def build_backlog(config: Path, n: int) -> float:
