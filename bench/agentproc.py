@@ -40,6 +40,8 @@ def spawn_agent(
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
+            # `python -m` puts the working directory first on sys.path, before PYTHONPATH
+            cwd=source,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
 
