@@ -23,6 +23,7 @@ class Transport(StrEnum):
     COAP = "coap"
     BLE = "ble"
     SERIAL = "serial"
+    MODBUS = "modbus"
     SIMULATED = "sim"
 
 

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from agent.chainclient.subscribe import ChainWatcher
     from agent.devices.ble import BleBackend, BleDeviceDirectory, BleSource
     from agent.devices.coap import CoapSource
+    from agent.devices.modbus import ModbusSource
     from agent.devices.mqtt import MqttSource
     from agent.devices.serial import SerialSource
     from agent.election.rounds import ConnectionPublisher, ElectionRounds
@@ -90,6 +91,7 @@ class Parts:
     ble: BleSource | None = None
     coap: CoapSource | None = None
     serial: SerialSource | None = None
+    modbus: ModbusSource | None = None
     rpc: RpcClient | None = None
     tx_sender: TxSender | None = None
     chain_watcher: ChainWatcher | None = None
@@ -130,7 +132,8 @@ class Parts:
 
     @property
     def sources(self) -> list[Component]:
-        return [s for s in (self.mqtt, self.ble, self.coap, self.serial) if s is not None]
+        sources = (self.mqtt, self.ble, self.coap, self.serial, self.modbus)
+        return [s for s in sources if s is not None]
 
 
 def build(
@@ -170,6 +173,12 @@ def build(
             configured = ConfiguredBleDevices(cfg.sources.ble.devices)
             ble_devices = EnrolledBleDevices(configured, gate) if registry else configured
         device_gate = TransportGate({Transport.BLE: BleGate(ble_devices, gate)}, gate)
+    if cfg.sources.modbus.devices:  # known to the Modbus source only, not the shared allowlist
+        from agent.devices.modbus import ModbusGate
+
+        device_gate = TransportGate(
+            {Transport.MODBUS: ModbusGate(cfg.sources.modbus.device_ids)}, device_gate
+        )
     pipeline = Pipeline(
         signer=signer,
         journal=journal,
@@ -233,6 +242,10 @@ def _sources(p: Parts, ble_backend: BleBackend | None, ble: BleDeviceDirectory |
         from agent.devices.serial import SerialSource
 
         p.serial = SerialSource(cfg.sources.serial, pipeline=pipeline, metrics=metrics)
+    if cfg.sources.modbus.devices:
+        from agent.devices.modbus import ModbusSource
+
+        p.modbus = ModbusSource(cfg.sources.modbus, pipeline=pipeline, metrics=metrics)
     # Before enrollment, or for development: the CoAP and serial allowlists (with observed,
     # OSCORE and port devices) join MQTT's in the gate's shared list of unenrolled devices.
     p.gate.allowlist = (
@@ -347,11 +360,13 @@ def _oracle(p: Parts) -> None:
         from agent.oracle import CoapOracle, MqttOracle, OracleService
 
         gate = p.gate
-        ble_ids = frozenset(d.device_id for d in cfg.sources.ble.devices)
+        configured = frozenset(d.device_id for d in cfg.sources.ble.devices)
+        configured |= cfg.sources.modbus.device_ids
 
         def known_device(device: str) -> bool:
-            """Enrolled (the gate's registry view), allowlisted, or a configured BLE one."""
-            return device in gate.records or device in gate.allowlist or device in ble_ids
+            """Enrolled (the gate's registry view), allowlisted, or a configured BLE or Modbus
+            one."""
+            return device in gate.records or device in gate.allowlist or device in configured
 
         p.oracle = OracleService(
             p.journal,

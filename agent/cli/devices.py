@@ -381,7 +381,7 @@ def add_parsers(sub: Any, config: argparse.ArgumentParser) -> None:
     s.add_argument("device_id", help="device id: 1-32 of A-Z a-z 0-9 _ . : -")
     s.add_argument(
         "--transport",
-        choices=[str(t) for t in Transport if t is not Transport.SIMULATED],
+        choices=[str(t) for t in Transport if t not in (Transport.SIMULATED, Transport.MODBUS)],
         default="mqtt",
     )
     s.add_argument("--name", help="a human name (default: the id)")

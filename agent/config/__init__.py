@@ -8,7 +8,7 @@ Layout: `reader.Section` is the typed access every reader uses; each table's mod
 dataclass, whose field defaults are THE defaults (the reader takes them from the class), and its
 `read_<table>(sec)`; `checks.py` holds every check spanning two tables; `load.py` reads the file.
 
-Adding a source, e.g. [sources.modbus]: write `sources/modbus.py` with a frozen
+Adding a source, as [sources.modbus] was: write `sources/modbus.py` with a frozen
 `ModbusSourceConfig` (defaults on the fields) and `read_modbus_source(sec: Section)`, which
 reads every key with the field's default and ends with `sec.done()`; then, in
 `sources/__init__.py`, add the field `modbus: ModbusSourceConfig` (default_factory) to
@@ -38,6 +38,10 @@ from agent.config.sources import (
     BleSourceConfig,
     CoapObserveConfig,
     CoapSourceConfig,
+    ModbusBusConfig,
+    ModbusDeviceConfig,
+    ModbusRegisterConfig,
+    ModbusSourceConfig,
     MqttSourceConfig,
     SerialPortConfig,
     SerialSourceConfig,
@@ -65,6 +69,10 @@ __all__ = [
     "LogConfig",
     "MasternodeConfig",
     "MetricsConfig",
+    "ModbusBusConfig",
+    "ModbusDeviceConfig",
+    "ModbusRegisterConfig",
+    "ModbusSourceConfig",
     "MqttSourceConfig",
     "OracleConfig",
     "PipelineConfig",

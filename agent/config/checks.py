@@ -16,6 +16,7 @@ def check_config(cfg: AgentConfig) -> None:
     """Refuse combinations of sections that cannot work; the error names the key to change."""
     file = str(cfg.path)
     _coap_ports(cfg, file)
+    _modbus_ids(cfg, file)
     e = cfg.election
     if e.enabled and not cfg.chain.enabled:
         raise ConfigError(
@@ -63,3 +64,22 @@ def _coap_ports(cfg: AgentConfig, file: str) -> None:
                     f"{name} and {other} both use UDP port {port} on {host} / {other_host}; "
                     f"each CoAP server needs its own port: give {name} another one",
                 )
+
+
+def _modbus_ids(cfg: AgentConfig, file: str) -> None:
+    """A Modbus device is known to the Modbus source only (its gate admits its readings from
+    that transport alone): its id may not also be listed by another source."""
+    src = cfg.sources
+    elsewhere = {d: "sources.mqtt.allowed_devices" for d in src.mqtt.allowed_devices}
+    elsewhere |= {d: "sources.coap.allowed_devices" for d in src.coap.allowed_devices}
+    elsewhere |= {o.device: "sources.coap.observe" for o in src.coap.observe}
+    elsewhere |= {d: "sources.serial.ports" for d in src.serial.allowed_devices}
+    elsewhere |= {d.device_id: f"sources.ble.devices.{d.device_id}" for d in src.ble.devices}
+    for i, dev in enumerate(src.modbus.devices):
+        if dev.device_id in elsewhere:
+            raise ConfigError(
+                file,
+                f"sources.modbus.devices[{i}].id",
+                f"{dev.device_id!r} is also listed in {elsewhere[dev.device_id]}; a device is "
+                "known to one transport only: give the Modbus device its own id",
+            )

@@ -1,11 +1,13 @@
 """Every configured source reports its own state in the health document and /metrics, built
 from its `health()` (agent/component.py), not from telemetry knowing it by name: a serial port
-open and closed, CoAP resources observed and not, a BLE scanner scanning and not."""
+open and closed, CoAP resources observed and not, a BLE scanner scanning and not, a Modbus
+device answering and one unreachable."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,13 @@ from agent.config import config_from_dict
 from agent.devices.ble import BleSource, ConfiguredBleDevices
 from agent.localbroker import LocalMosquitto
 from agent.metrics import Metrics
+from tests.support.modbus_peers import simple_device, start_tcp_server, stop_server
 
 from .ble_bumble import VirtualRadio
 from .conftest import Collector, async_wait_until
 from .test_ble_source import PLAIN_MAC, ble_config
 from .test_coap_source import DeviceServer, coap_config, free_udp_port
+from .test_modbus_source import modbus_config
 from .test_serial_source import PtyDevice, serial_config
 from .test_telemetry import _get, scrape
 
@@ -173,3 +177,57 @@ async def test_a_ble_source_without_a_controller_reports_down_not_scanning(
         await source.stop()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_modbus_devices_answering_and_unreachable_show_per_device(
+    upstream_broker: LocalMosquitto, start_agent: Any
+) -> None:
+    server, port = await start_tcp_server([simple_device(1, [7])])
+    closed = socket.socket()  # bound, never listening: connecting to it is refused
+    closed.bind(("127.0.0.1", 0))
+    reg = {"sensor": "r0", "address": 0, "type": "int16", "unit": "1"}
+    cfg = modbus_config(
+        upstream_broker,
+        {
+            "interval": "200ms",
+            "backoff_max": "1s",
+            "devices": [
+                {"id": "mb-up", "host": "127.0.0.1", "port": port, "registers": [reg]},
+                {
+                    "id": "mb-gone",
+                    "host": "127.0.0.1",
+                    "port": closed.getsockname()[1],
+                    "registers": [reg],
+                },
+            ],
+        },
+    )
+    try:
+        running = await start_agent(cfg)
+        port_m = await metrics_port(running)
+        source = running.agent.modbus
+        assert source is not None and source in running.agent.sources
+        dev = source.devices
+        await async_wait_until(
+            lambda: (
+                "mb-up" in running.agent.pipeline.device_sources
+                and dev["mb-gone"].errors["disconnected"] >= 1
+            ),
+            10,
+            "one device's reading taken, the other refused",
+        )
+        doc = await health_doc(port_m)
+        m = doc["sources"]["modbus"]
+        assert m["state"] == "degraded" and m["configured"] == 2 and m["devices"] == 1
+        assert (m["lines"], m["lines_up"], m["paused"]) == (2, 1, False)
+        assert m["parts"]["mb-up"]["state"] == "up" and m["parts"]["mb-up"]["errors"] == 0
+        gone = m["parts"]["mb-gone"]
+        assert gone["state"] == "down" and gone["errors_disconnected"] >= 1
+        assert gone["line"] == f"tcp:127.0.0.1:{closed.getsockname()[1]}"
+        samples = await scrape(port_m)
+        assert part_up(samples, "modbus", "mb-up") == 1
+        assert part_up(samples, "modbus", "mb-gone") == 0
+        assert state_of(samples, "modbus") == "degraded"
+    finally:
+        closed.close()
+        await stop_server(server)

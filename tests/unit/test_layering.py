@@ -15,6 +15,7 @@ AGENT = Path(__file__).resolve().parents[2] / "agent"
 BELOW_SOURCES = [
     "model.py",
     "frame.py",
+    "modbusmap.py",
     "errors.py",
     "metrics.py",
     "logs.py",
@@ -30,7 +31,7 @@ BELOW_SOURCES = [
     "config",
 ]
 # Pure code: bytes and values in, values out.
-PURE = ["model.py", "frame.py", "devices/codecs"]
+PURE = ["model.py", "frame.py", "modbusmap.py", "devices/codecs"]
 IO_MODULES = {
     "aiocoap",
     "aiohttp",
@@ -48,7 +49,13 @@ IO_MODULES = {
     "tinydb",
 }
 # What pure code may import from the agent: other pure code and the exception tree.
-PURE_AGENT_MODULES = ("agent.errors", "agent.model", "agent.frame", "agent.devices.codecs")
+PURE_AGENT_MODULES = (
+    "agent.errors",
+    "agent.model",
+    "agent.frame",
+    "agent.modbusmap",
+    "agent.devices.codecs",
+)
 
 
 def imported_modules(source: str) -> set[str]:

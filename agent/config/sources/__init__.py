@@ -13,6 +13,13 @@ from typing import Any
 from agent.config.reader import Section
 from agent.config.sources.ble import BleDeviceConfig, BleSourceConfig, read_ble_source
 from agent.config.sources.coap import CoapObserveConfig, CoapSourceConfig, read_coap_source
+from agent.config.sources.modbus import (
+    ModbusBusConfig,
+    ModbusDeviceConfig,
+    ModbusRegisterConfig,
+    ModbusSourceConfig,
+    read_modbus_source,
+)
 from agent.config.sources.mqtt import MqttSourceConfig, read_mqtt_source
 from agent.config.sources.serial import SerialPortConfig, SerialSourceConfig, read_serial_source
 
@@ -21,6 +28,10 @@ __all__ = [
     "BleSourceConfig",
     "CoapObserveConfig",
     "CoapSourceConfig",
+    "ModbusBusConfig",
+    "ModbusDeviceConfig",
+    "ModbusRegisterConfig",
+    "ModbusSourceConfig",
     "MqttSourceConfig",
     "SerialPortConfig",
     "SerialSourceConfig",
@@ -37,6 +48,7 @@ class SourcesConfig:
     coap: CoapSourceConfig = field(default_factory=CoapSourceConfig)
     serial: SerialSourceConfig = field(default_factory=SerialSourceConfig)
     ble: BleSourceConfig = field(default_factory=BleSourceConfig)
+    modbus: ModbusSourceConfig = field(default_factory=ModbusSourceConfig)
 
 
 # [sources.<name>] -> its reader; read in this order (the order of errors in a bad file).
@@ -45,6 +57,7 @@ _READERS: dict[str, Callable[[Section], Any]] = {
     "coap": read_coap_source,
     "serial": read_serial_source,
     "ble": read_ble_source,
+    "modbus": read_modbus_source,
 }
 
 
