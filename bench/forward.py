@@ -151,7 +151,7 @@ class MqttDapp:
         self._subscribed = asyncio.Event()
         self.conn = MqttConnection(
             BrokerEndpoint("127.0.0.1", port, protocol=5),
-            client_id="bench-dapp",
+            client_id=f"bench-dapp-{gateway[:12]}",
             clean_start=True,
             name="bench-dapp",
             max_inflight=1000,
