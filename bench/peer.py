@@ -165,7 +165,9 @@ def fixed_rate(
     gateway is SIGKILLed halfway and started again at once."""
     ctx = mp.get_context("spawn")
     cpa, cpb = ctx.Pipe()
-    col = ctx.Process(target=collector, args=(up.port, n, gw.topic, cpb, 12.0), daemon=True)
+    # The collector stops on silence only (12 s): a message count would also count the
+    # at-least-once duplicates after a restart and stop before the last readings.
+    col = ctx.Process(target=collector, args=(up.port, 10 * n, gw.topic, cpb, 12.0), daemon=True)
     col.start()
     cpa.recv()
     ppa, ppb = ctx.Pipe()
