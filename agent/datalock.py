@@ -42,6 +42,21 @@ def holder_pid(data_dir: Path) -> int | None:
         return None
 
 
+def agent_running(data_dir: Path) -> bool:
+    """Whether an agent holds the data directory's lock now (a shared probe: writes nothing)."""
+    try:
+        fd = os.open(data_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the probe's own lock
+    return False
+
+
 class DataDirLock:
     """`acquire()` at start (raises AlreadyRunning), `release()` at the end."""
 
@@ -69,4 +84,4 @@ class DataDirLock:
             self._fd = None
 
 
-__all__ = ["AlreadyRunning", "DataDirLock", "holder_pid"]
+__all__ = ["AlreadyRunning", "DataDirLock", "agent_running", "holder_pid"]

@@ -137,7 +137,7 @@ async def _demo(
     if node is not None:
         print(
             f"  full node        {node.url}   anvil; dApps ask over MQTT 5 on "
-            f"edgence/{key.address}/rpc/req",
+            f"edgence/{key.address}/rpc/req/<name>",
             file=out,
         )
     print(
@@ -304,7 +304,9 @@ async def _dapp_requests(port: int, gateway: str, out: TextIO) -> None:
             p.ResponseTopic = reply
             p.CorrelationData = method.encode()
             body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
-            dapp.client.publish(f"edgence/{gateway}/rpc/req", json.dumps(body), 1, properties=p)
+            dapp.client.publish(
+                f"edgence/{gateway}/rpc/req/demo-dapp", json.dumps(body), 1, properties=p
+            )
             answer = json.loads(await asyncio.wait_for(answers.get(), 10))
             shown = (
                 f"-> {answer['result']}"

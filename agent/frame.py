@@ -183,6 +183,19 @@ class Violation:
     detail: str
 
 
+def counter_key(device_id: str, transport: Transport | str, auth: AuthMethod) -> str:
+    """Under which key a device's last counter is kept (in the pipeline and the journal).
+
+    An enrolled device (HMAC or BTHome key) has one counter under its id: its key binds it to
+    the one transport it was paired for. Any other device (allowlisted, observed, OSCORE, bound
+    to a port, plaintext BLE, Modbus) has one counter per transport, `mqtt/dev-1`, so a spoofed
+    frame on one transport (counter 2^64-1) cannot make the device's frames on another replays.
+    `/` is in no device id, so the two kinds of key never meet."""
+    if auth is AuthMethod.HMAC or auth is AuthMethod.BTHOME:
+        return device_id
+    return f"{transport}/{device_id}"
+
+
 def counter_violation(counter: int, last: int | None) -> Violation | None:
     """`replay` unless the counter is above the last accepted one. A device never seen (or a
     bundle's `counter_start` c, read as last = c - 1) may start at exactly c."""

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self, TypeVar, TypeVarTuple
 
 from agent.errors import JournalError, JournalFull
+from agent.frame import counter_key
 from agent.model import Observation
 
 # Estimated cost of a row beyond its envelope (seq, ids, counter, timestamp, index entry).
@@ -133,6 +135,24 @@ class _Removal:
 
 
 _NOTHING = _Removal()
+DROP_LOG_INTERVAL_S = 60.0  # at most one journal_drop line per minute while drops go on
+
+
+@dataclass
+class _DropSummary:
+    """Drops not logged yet: their count, sequence span, reasons and commits."""
+
+    first_seq: int
+    last_seq: int = 0
+    count: int = 0
+    commits: int = 0
+    reasons: set[str] = field(default_factory=set)
+
+    def add(self, r: _Removal) -> None:
+        self.count += r.count
+        self.last_seq = r.last_seq
+        self.commits += 1
+        self.reasons.update(r.reason.split(","))
 
 
 class _JournalCore:
@@ -183,6 +203,8 @@ class _JournalCore:
         self._next_seq = 1
         self._seq_mark = 0
         self._cursors: dict[str, int] = {}
+        self._drops_pending: _DropSummary | None = None
+        self._drop_logged_at = -math.inf
 
     @property
     def path(self) -> Path:
@@ -217,6 +239,7 @@ class _JournalCore:
 
     def close(self) -> None:
         """Checkpoint the WAL into the database file and close. Safe to call twice."""
+        self._flush_drops(time.monotonic())
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -326,7 +349,8 @@ class _JournalCore:
         counters: dict[str, int] = {}
         for o in batch:
             r = o.reading
-            counters[r.device_id] = max(counters.get(r.device_id, 0), r.counter)
+            key = counter_key(r.device_id, r.transport, r.auth)
+            counters[key] = max(counters.get(key, 0), r.counter)
 
         delivered = dropped = _NOTHING
         rejected = False
@@ -474,14 +498,44 @@ class _JournalCore:
         self._bytes -= removal.freed
 
     def _log_drop(self, dropped: _Removal) -> None:
+        """The first drop after a quiet minute is logged at once; the drops of the following
+        commits (a full journal drops on every append) are added up into one summary line, once
+        a minute while they last and at close, so the log shows every dropped range without a
+        line per commit."""
+        now = time.monotonic()
+        pending = self._drops_pending
         if dropped.count:
-            self._log.warning(
-                "event=journal_drop policy=drop-oldest dropped=%d seq_from=%d seq_to=%d reason=%s",
-                dropped.count,
-                dropped.first_seq,
-                dropped.last_seq,
-                dropped.reason,
-            )
+            if pending is None and now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
+                self._drop_logged_at = now
+                self._log.warning(
+                    "event=journal_drop policy=drop-oldest dropped=%d seq_from=%d seq_to=%d "
+                    "reason=%s",
+                    dropped.count,
+                    dropped.first_seq,
+                    dropped.last_seq,
+                    dropped.reason,
+                )
+                return
+            if pending is None:
+                pending = self._drops_pending = _DropSummary(first_seq=dropped.first_seq)
+            pending.add(dropped)
+        if pending is not None and now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
+            self._flush_drops(now)
+
+    def _flush_drops(self, now: float) -> None:
+        pending, self._drops_pending = self._drops_pending, None
+        if pending is None:
+            return
+        self._drop_logged_at = now
+        self._log.warning(
+            "event=journal_drop policy=drop-oldest dropped=%d seq_from=%d seq_to=%d reason=%s "
+            "commits=%d",
+            pending.count,
+            pending.first_seq,
+            pending.last_seq,
+            ",".join(sorted(pending.reasons)),
+            pending.commits,
+        )
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -517,6 +571,20 @@ class _JournalCore:
         with self._guard("read device counters") as conn:
             rows = conn.execute("SELECT device_id, counter FROM device_counters").fetchall()
         return {str(d): int(c) + _COUNTER_BIAS for d, c in rows}
+
+    def forget_counters(self, keys: Sequence[str]) -> dict[str, int]:
+        """Remove the last counters kept under `keys` (`devices reset-counter`): the next frame
+        under each key may start anywhere. Returns the counters removed."""
+        with self._write(f"reset {len(keys)} device counter(s)") as conn:
+            removed: dict[str, int] = {}
+            for k in keys:
+                row = conn.execute(
+                    "SELECT counter FROM device_counters WHERE device_id = ?", (k,)
+                ).fetchone()
+                if row is not None:
+                    conn.execute("DELETE FROM device_counters WHERE device_id = ?", (k,))
+                    removed[k] = int(row[0]) + _COUNTER_BIAS
+        return removed
 
     def latest(self, device_id: str, sensor: str) -> JournalEntry | None:
         """The newest stored entry for that device's sensor, if any is still kept."""
@@ -849,6 +917,10 @@ class Journal:
     async def last_counters(self) -> dict[str, int]:
         """Device id -> the highest counter journaled for it (kept when entries are pruned)."""
         return await self._call(self._core.last_counters)
+
+    async def forget_counters(self, keys: Sequence[str]) -> dict[str, int]:
+        """Remove the last counters kept under `keys`; returns those removed."""
+        return await self._call(self._core.forget_counters, keys)
 
     async def latest(self, device_id: str, sensor: str) -> JournalEntry | None:
         """The newest stored entry for that device's sensor, if any is still kept."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import random
@@ -379,11 +380,26 @@ class MqttConnection:
                 self._remove_fd(self._sock.fileno())
 
 
+CLIENT = "{client}"  # in a reply filter: the asker's name, from its request topic
+MAX_CLIENT_NAME = 128  # characters of the request topic's last level
+MAX_CORRELATION_BYTES = 256
+
+
+def client_filters(filters: tuple[str, ...], client: str) -> tuple[str, ...]:
+    """The reply filters of one asker: `{client}` replaced by its name."""
+    return tuple(f.replace(CLIENT, client) for f in filters)
+
+
 class MqttResponder:
-    """A request/response service on an MQTT connection of its own: subscribes to
-    `request_topic` and serves each request in a task of its own. Subclasses implement
-    `serve(payload, reply_to, correlation, qos)`; `reply_to` and `correlation` are the request's
-    MQTT 5 Response Topic and Correlation Data (None when absent)."""
+    """A request/response service on an MQTT connection of its own.
+
+    Each asker publishes on `<request_topic>/<name>`, where `<name>` is its broker username
+    (the broker's ACL, `pattern write .../req/%u`, lets it publish there and nowhere else, so
+    the topic proves who asked), and names a Response Topic under its own name (a reply filter
+    with `{client}`, which the ACL lets only that user read). The service subscribes to
+    `<request_topic>/+`; `serve(client, payload, reply_to, correlation, qos)` gets the name,
+    and the request's MQTT 5 Response Topic and Correlation Data (None when absent).
+    `reply_refusal` is the check every subclass makes before answering."""
 
     def __init__(
         self,
@@ -408,22 +424,52 @@ class MqttResponder:
         self.conn.client.on_subscribe = lambda *a: self.ready.set()
         self.conn.on_connected = self._subscribe
         self._tasks: set[asyncio.Task[None]] = set()
+        self._prefix_len = len(request_topic) + 1
 
     def _subscribe(self, session_present: bool) -> None:
-        self.conn.client.subscribe(self.request_topic, 1)
+        self.conn.client.subscribe(self.request_topic + "/+", 1)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        asker = msg.topic[self._prefix_len :]
         props = getattr(msg, "properties", None)
         reply_to = getattr(props, "ResponseTopic", None) if props is not None else None
         corr = getattr(props, "CorrelationData", None) if props is not None else None
         t = asyncio.get_running_loop().create_task(
-            self.serve(bytes(msg.payload), reply_to, corr, min(msg.qos, 1))
+            self.serve(asker, bytes(msg.payload), reply_to, corr, min(msg.qos, 1))
         )
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
+    def reply_refusal(self, asker: str, reply_to: str, correlation: Any) -> tuple[str, str] | None:
+        """(reason, detail) when the request must not be answered at `reply_to`: the topic is
+        not under the asker's own name (another client's answers, or an observation topic), or
+        the correlation is not a short opaque value."""
+        if not asker or len(asker) > MAX_CLIENT_NAME:
+            return "client_name_invalid", f"request topic level {asker[:40]!r}: 1-128 characters"
+        filters = client_filters(self.reply_filters, asker)
+        if not reply_topic_allowed(reply_to, filters):
+            return (
+                "reply_topic_denied",
+                f"reply topic {reply_to[:80]!r} is outside {list(filters)}",
+            )
+        if correlation is not None:
+            size = (
+                len(correlation)
+                if isinstance(correlation, bytes)
+                else len(json.dumps(correlation).encode())
+                if isinstance(correlation, str | int) and not isinstance(correlation, bool)
+                else -1
+            )
+            if not 0 <= size <= MAX_CORRELATION_BYTES:
+                return (
+                    "correlation_invalid",
+                    f"correlation must be a string, number or bytes of at most "
+                    f"{MAX_CORRELATION_BYTES} bytes",
+                )
+        return None
+
     async def serve(
-        self, payload: bytes, reply_to: str | None, corr: bytes | None, qos: int
+        self, asker: str, payload: bytes, reply_to: str | None, corr: bytes | None, qos: int
     ) -> None:
         raise NotImplementedError
 

@@ -2,9 +2,11 @@
 device's sensor and get its EIP-712 envelope plus the calldata to submit it to the oracle contract.
 
 Transports (thin shells around `OracleService.answer`):
-- MQTT 5: a JSON request on `<prefix>/<gateway>/oracle/req`, e.g. {"device":"dev-1",
-  "sensor":"temp"}, {"device":..,"sensor":..,"sequence":42} or {..,"at":1767225600}; the answer
-  goes to the request's Response Topic (which must match `reply_topics`) with its Correlation
+- MQTT 5: a JSON request on `<prefix>/<gateway>/oracle/req/<name>` (`<name>`: the asker's broker
+  username, bound by the broker's ACL), e.g. {"device":"dev-1", "sensor":"temp"},
+  {"device":..,"sensor":..,"sequence":42} or {..,"at":1767225600}; the answer goes to the
+  request's Response Topic, which must lie under the asker's own name (`reply_topics` with
+  `{client}`, by default `<prefix>/<gateway>/oracle/res/<name>[/...]`), with its Correlation
   Data.
 - CoAP: `GET /oracle/{device}/{sensor}` (optionally `?seq=42` or `?at=1767225600`); with the
   Observe option the client gets a notification for every new observation of that sensor
@@ -39,7 +41,7 @@ from agent.journal import Journal, JournalEntry
 from agent.logs import RateLimitedLog
 from agent.metrics import Metrics
 from agent.model import ASSURANCE_NAMES, NAME_RE, Observation, label_bytes32
-from agent.mqtt import MqttResponder, publish_json_reply, reply_topic_allowed
+from agent.mqtt import MqttResponder, publish_json_reply
 
 OBSERVATION_TUPLE = "(bytes32,bytes32,bytes32,int256,int8,bytes32,uint64,uint64,uint64,uint8,uint8)"
 SUBMIT_SIGNATURE = f"submit(address,{OBSERVATION_TUPLE},bytes)"
@@ -414,7 +416,7 @@ class OracleService:
 
 
 class MqttOracle(MqttResponder):
-    """Serves `<prefix>/<gateway>/oracle/req` over MQTT 5 (a connection of its own)."""
+    """Serves `<prefix>/<gateway>/oracle/req/+` over MQTT 5 (a connection of its own)."""
 
     name = "oracle-mqtt"
 
@@ -439,7 +441,7 @@ class MqttOracle(MqttResponder):
         self.service = service
 
     async def serve(
-        self, payload: bytes, reply_to: str | None, corr: bytes | None, qos: int = 1
+        self, asker: str, payload: bytes, reply_to: str | None, corr: bytes | None, qos: int = 1
     ) -> None:
         # Answers go at QoS 1 whatever the request's QoS (`qos` is not used).
         if reply_to is None:
@@ -447,14 +449,9 @@ class MqttOracle(MqttResponder):
                 QueryError("malformed", "no MQTT 5 Response Topic: nowhere to answer"), "mqtt"
             )
             return
-        if not reply_topic_allowed(reply_to, self.reply_filters):
-            self.service.refused(
-                QueryError(
-                    "malformed",
-                    f"response topic {reply_to[:80]!r} is outside {list(self.reply_filters)}",
-                ),
-                "mqtt",
-            )
+        refusal = self.reply_refusal(asker, reply_to, corr)
+        if refusal is not None:
+            self.service.refused(QueryError("malformed", refusal[1]), "mqtt")
             return
         answer = await self.service.handle_json(payload, "mqtt")
         publish_json_reply(self.conn.client, reply_to, answer, corr)

@@ -21,7 +21,7 @@ from agent.backoff import Backoff
 from agent.component import Health
 from agent.config.pipeline import PipelineConfig
 from agent.errors import JournalError, JournalFull, RejectedReading
-from agent.frame import DeviceFrame, counter_violation
+from agent.frame import DeviceFrame, counter_key, counter_violation
 from agent.journal import Journal
 from agent.logs import RateLimitedLog
 from agent.metrics import Metrics
@@ -48,10 +48,19 @@ class Arrival:
 
 
 class DeviceGate(Protocol):
-    """Decides whether a frame comes from a device the gateway vouches for."""
+    """Decides whether a frame comes from a device the gateway vouches for.
+
+    The pipeline asks in this order: `check` (who sent it; costs the device nothing), then the
+    counter rule, then `admit` (the device's own budget). A forged or replayed frame is refused
+    before it can spend the budget of the device it names."""
 
     def check(self, arrival: Arrival) -> AuthMethod:
         """Return how the device was authenticated, or raise RejectedReading."""
+        ...
+
+    def admit(self, arrival: Arrival, auth: AuthMethod) -> None:
+        """Spend the device's budget for an authenticated, fresh frame (or raise
+        RejectedReading("rate_limited", ...))."""
         ...
 
 
@@ -71,6 +80,9 @@ class AllowlistGate:
             return AuthMethod.OSCORE
         return AuthMethod.ALLOWLIST
 
+    def admit(self, arrival: Arrival, auth: AuthMethod) -> None:
+        """No budget before enrollment."""
+
 
 class TransportGate:
     """Asks the gate of the arrival's transport (BLE devices are known to the BLE source's
@@ -83,12 +95,16 @@ class TransportGate:
     def check(self, arrival: Arrival) -> AuthMethod:
         return self.gates.get(arrival.transport, self.default).check(arrival)
 
+    def admit(self, arrival: Arrival, auth: AuthMethod) -> None:
+        self.gates.get(arrival.transport, self.default).admit(arrival, auth)
+
 
 class Pipeline:
     """The single path from arrivals to journaled, signed observations."""
 
     name = "pipeline"
     LINGER_BELOW = 8  # after a batch this small, with a queue this short, wait for company
+    REJECT_LINES_PER_REASON = 20  # warning lines per refusal reason per minute, all devices
 
     def __init__(
         self,
@@ -110,11 +126,20 @@ class Pipeline:
         self.batch_max = batch_max
         self.linger = linger
         self.log = logger or logging.getLogger("agent.pipeline")
-        self._rl = RateLimitedLog(self.log)
+        # Refusals: per device and reason as before, and one budget per reason for all devices
+        # together, with a summary line per minute of what the budget held back.
+        self._rl = RateLimitedLog(
+            self.log,
+            reason_budget=self.REJECT_LINES_PER_REASON,
+            summary_event="frames_rejected_summary",
+        )
+        self._summary_timer: asyncio.TimerHandle | None = None
         self._queue: asyncio.Queue[Arrival] = asyncio.Queue()
         self._space = asyncio.Event()
         self._space.set()
+        # counter_key(device, transport, auth) -> the last counter journaled under it
         self._last_counter: dict[str, int] = {}
+        self._counters_lock = asyncio.Lock()  # a reset never interleaves with a batch
         # device id -> the source it was last accepted from (since start; for status/health)
         self.device_sources: dict[str, str] = {}
         self._sinks: list[Callable[[int, list[Observation]], None]] = []
@@ -134,9 +159,29 @@ class Pipeline:
         """Last journaled counter per device, so replays are refused across restarts."""
         self._last_counter = await self.journal.last_counters()
 
-    def last_counter(self, device_id: str) -> int | None:
-        """The last counter journaled for the device (None: never seen)."""
-        return self._last_counter.get(device_id)
+    def last_counter(self, key: str) -> int | None:
+        """The last counter journaled under `key` (agent.frame.counter_key; None: never seen)."""
+        return self._last_counter.get(key)
+
+    async def reset_counters(
+        self, device_id: str, transport: Transport | None, *, bare: bool = False
+    ) -> dict[str, int]:
+        """Forget a device's last counters (`devices reset-counter`): the one of `transport`, or
+        of every transport; with `bare`, also the counter under the bare id (an agent from
+        before counters were kept per transport left it; enrolled devices keep theirs there, so
+        the caller passes `bare` only for a device that is not enrolled). Returns the counters
+        forgotten, by key. Runs between batches: no frame is decided meanwhile."""
+        if transport is not None:
+            wanted = {f"{transport}/{device_id}"}
+        else:
+            wanted = {k for k in self._last_counter if k.partition("/")[2] == device_id}
+        if bare:
+            wanted.add(device_id)
+        async with self._counters_lock:
+            removed = await self.journal.forget_counters(sorted(wanted))
+            for k in wanted:
+                self._last_counter.pop(k, None)
+        return removed
 
     # -- intake --------------------------------------------------------------------------
     def offer(self, arrival: Arrival) -> bool:
@@ -158,17 +203,32 @@ class Pipeline:
 
     def reject(self, source: str, device: str, reason: str, detail: str) -> None:
         """Count and log a refused frame: each distinct (device, reason, detail) once a minute,
-        every one at debug level."""
+        at most REJECT_LINES_PER_REASON lines a minute per reason over all devices, every one
+        at debug level; what was held back is summed up in one line a minute."""
         self.metrics.inc("frames_rejected", reason=reason, source=source)
         self._rl.event(
             (device, reason, detail),
             "frame_rejected",
             group=(device, reason),
+            budget=reason,
+            ident=device,
             source=source,
             device=device,
             reason=reason,
             detail=detail,
         )
+        if self._rl.pending_summary and self._summary_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # called outside the loop (a unit test): summed up lazily
+                return
+            self._summary_timer = loop.call_later(
+                self._rl.seconds_to_summary(), self._write_reject_summary
+            )
+
+    def _write_reject_summary(self) -> None:
+        self._summary_timer = None
+        self._rl.flush()
 
     # -- worker --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -185,7 +245,8 @@ class Pipeline:
             while len(batch) < self.batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             last = len(batch)
-            await self._process(batch)
+            async with self._counters_lock:
+                await self._process(batch)
             if self._queue.qsize() <= self.queue_size // 2:
                 self._space.set()
             if self._queue.empty():
@@ -203,6 +264,9 @@ class Pipeline:
         """Drain into the journal (the sources have paused); what is left stays unacknowledged
         at its source, which delivers it again after the restart."""
         self.drained = await self.drain(grace)
+        if self._summary_timer is not None:
+            self._summary_timer.cancel()
+        self._write_reject_summary()
 
     def health(self) -> Health:
         q = self._queue.qsize()
@@ -217,13 +281,17 @@ class Pipeline:
         now = int(time.time())
         for arr in batch:
             try:
+                # Who sent it, then is it fresh, and only then may it cost the device's budget:
+                # a captured frame replayed at any rate never spends the device's tokens.
                 auth = self.gate.check(arr)
-                last = updates.get(arr.device_id, self._last_counter.get(arr.device_id))
+                key = counter_key(arr.device_id, arr.transport, auth)
+                last = updates.get(key, self._last_counter.get(key))
                 replay = counter_violation(arr.frame.counter, last)
                 if replay is not None:
                     raise RejectedReading(replay.reason, replay.detail)
+                self.gate.admit(arr, auth)
                 readings.extend(arr.frame.readings(arr.device_id, arr.transport, auth, now))
-                updates[arr.device_id] = arr.frame.counter
+                updates[key] = arr.frame.counter
             except (RejectedReading, ValueError) as exc:
                 reason = exc.reason if isinstance(exc, RejectedReading) else "bad_value"
                 arr.rejected = reason

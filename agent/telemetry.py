@@ -55,6 +55,8 @@ COUNTER_HELP = {
     "source_paused": "times a source paused reading because the pipeline queue was full",
     "devices_activated": "enrolled devices whose first authenticated frame arrived",
     "registry_errors": "device registry reads or writes that failed",
+    "counter_resets": "device counters forgotten on an operator's `devices reset-counter`",
+    "coap_peer_limited": "CoAP requests answered 4.29 unread: their peer was over its refusals",
 }
 GAUGE_HELP = {
     "pipeline_queue": "readings waiting to be signed",

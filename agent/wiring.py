@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from agent.devices.mqtt import MqttSource
     from agent.devices.serial import SerialSource
     from agent.election.rounds import ConnectionPublisher, ElectionRounds
+    from agent.hadiscovery import HomeAssistantDiscovery
     from agent.masternode import HeartbeatTask, OracleSubmitter
     from agent.oracle import CoapOracle, MqttOracle, OracleService
     from agent.telemetry import Telemetry
@@ -105,6 +106,7 @@ class Parts:
     heartbeat: HeartbeatTask | None = None
     submitter: OracleSubmitter | None = None
     telemetry: Telemetry | None = None
+    homeassistant: HomeAssistantDiscovery | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.monotonic)
 
@@ -115,6 +117,7 @@ class Parts:
         tail: list[Component | None] = [
             self.pipeline,
             self.telemetry,
+            self.homeassistant,
             self.chain_watcher,
             self.tx_sender,
             self.forward_mqtt,
@@ -159,11 +162,12 @@ def build(
     registry = DeviceRegistry(enr.registry_dir) if enr is not None and enr.enabled else None
     gate = EnrollmentGate(
         registry,
-        allowlist=cfg.sources.mqtt.allowed_devices,
+        allowlists={Transport.MQTT: cfg.sources.mqtt.allowed_devices},
         rate=enr.rate if enr is not None else 10.0,
         burst=enr.burst if enr is not None else 20.0,
         metrics=metrics,
         skew=cfg.pipeline.clock_skew,
+        data_dir=cfg.gateway.data_dir,
     )
     device_gate: DeviceGate = gate
     if cfg.sources.ble.enabled:
@@ -188,6 +192,7 @@ def build(
         batch_max=cfg.pipeline.batch_max,
         linger=cfg.pipeline.linger_s,
     )
+    gate.reset_counters = pipeline.reset_counters
     p = Parts(
         cfg=cfg,
         key=key,
@@ -207,11 +212,29 @@ def build(
     _sources(p, ble_backend, ble_devices)
     _chain(p)
     _oracle(p)
+    if cfg.homeassistant.enabled:
+        _homeassistant(p)
     if cfg.metrics.enabled:
         from agent.telemetry import Telemetry  # prometheus-client only when used
 
         p.telemetry = Telemetry(p)
     return p
+
+
+def _homeassistant(p: Parts) -> None:
+    """[homeassistant]: discovery of enrolled and accepted devices, a sink of the pipeline."""
+    from agent.hadiscovery import HomeAssistantDiscovery
+
+    ha, gate = p.cfg.homeassistant, p.gate
+    own_id = ha.mqtt.client_id if ha.mqtt is not None else None
+    p.homeassistant = HomeAssistantDiscovery(
+        ha,
+        gateway=p.key.address,
+        enrolled=lambda: gate.records,
+        agent_ready=p.ready,
+        client_id=own_id or client_id(p.key, "homeassistant"),
+    )
+    p.pipeline.add_sink(p.homeassistant.offer)
 
 
 def _sources(p: Parts, ble_backend: BleBackend | None, ble: BleDeviceDirectory | None) -> None:
@@ -246,13 +269,11 @@ def _sources(p: Parts, ble_backend: BleBackend | None, ble: BleDeviceDirectory |
         from agent.devices.modbus import ModbusSource
 
         p.modbus = ModbusSource(cfg.sources.modbus, pipeline=pipeline, metrics=metrics)
-    # Before enrollment, or for development: the CoAP and serial allowlists (with observed,
-    # OSCORE and port devices) join MQTT's in the gate's shared list of unenrolled devices.
-    p.gate.allowlist = (
-        p.gate.allowlist
-        | (p.coap.allowed_devices if p.coap else frozenset())
-        | cfg.sources.serial.allowed_devices
-    )
+    # Before enrollment, or for development: devices accepted without a key of their own, each
+    # on its own transport only (CoAP: listed, observed and OSCORE devices; serial: the devices
+    # bound to a port, which the serial source checks per port; Modbus: its own gate).
+    p.gate.allowlists[Transport.COAP] = p.coap.allowed_devices if p.coap else frozenset()
+    p.gate.allowlists[Transport.SERIAL] = cfg.sources.serial.allowed_devices
 
 
 def _chain(p: Parts) -> None:
@@ -305,7 +326,7 @@ def _chain(p: Parts) -> None:
         p.metrics,
     )
     if f.mqtt_enabled and f.mqtt is not None:
-        names = {"prefix": f.topic_prefix, "gateway": p.key.address}
+        names = {"prefix": f.topic_prefix, "gateway": p.key.address, "client": "{client}"}
         p.forward_mqtt = MqttForwarder(
             forwarder,
             f.mqtt,
@@ -377,7 +398,7 @@ def _oracle(p: Parts) -> None:
         )
         p.pipeline.add_sink(p.oracle.offer)
         if o.mqtt_enabled and o.mqtt is not None:
-            names = {"prefix": o.topic_prefix, "gateway": p.key.address}
+            names = {"prefix": o.topic_prefix, "gateway": p.key.address, "client": "{client}"}
             p.oracle_mqtt = MqttOracle(
                 p.oracle,
                 o.mqtt,

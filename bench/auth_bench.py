@@ -77,12 +77,13 @@ def main() -> int:
 
         def verify_all() -> None:
             last: dict[str, int] = {}
-            check = gate.check
+            check, admit = gate.check, gate.admit
             for a in arrivals:
-                check(a)
+                auth = check(a)
                 n = a.frame.counter
                 if n <= last.get(a.device_id, -1):
                     raise AssertionError("replay in benchmark data")
+                admit(a, auth)  # as the pipeline: the budget after the counter
                 last[a.device_id] = n
 
         verify_s = best_of(verify_all)

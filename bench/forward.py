@@ -143,7 +143,7 @@ class MqttDapp:
     path's aiohttp client does. Correlation data -> waiting future."""
 
     def __init__(self, port: int, gateway: str) -> None:
-        self.req = f"edgence/{gateway}/rpc/req"
+        self.req = f"edgence/{gateway}/rpc/req/bench"
         self.reply = f"edgence/{gateway}/rpc/res/bench"
         self.waiting: dict[bytes, asyncio.Future[bytes]] = {}
         self.n = 0

@@ -50,7 +50,7 @@ def percentile(xs: list[float], p: float) -> float:
 
 class MqttAsker:
     def __init__(self, port: int, gateway: str) -> None:
-        self.req = f"edgence/{gateway}/oracle/req"
+        self.req = f"edgence/{gateway}/oracle/req/bench"
         self.reply = f"edgence/{gateway}/oracle/res/bench"
         self.echo = "bench/echo"
         self.got: dict[bytes, tuple[float, bytes]] = {}

@@ -7,11 +7,13 @@ reaches the node; each refusal is a JSON-RPC error object whose `data.reason` is
 (also the counter's label). A node that is down is answered at once with -32002.
 
 Transports (each a thin shell around `Forwarder.handle`):
-- MQTT 5: requests on `<prefix>/<gateway>/rpc/req`, the answer goes to the request's Response
-  Topic with its Correlation Data. MQTT 3.1.1 clients, which have neither, send
+- MQTT 5: requests on `<prefix>/<gateway>/rpc/req/<name>`, where `<name>` is the asker's broker
+  username (the broker's ACL lets each user publish only there: the topic proves who asked);
+  the answer goes to the request's Response Topic, which must lie under the asker's own name
+  (`<prefix>/<gateway>/rpc/res/<name>[/...]`, readable by that user only), with its
+  Correlation Data. MQTT 3.1.1 clients, which have neither, send
   `{"reply_to": TOPIC, "correlation": ID, "request": <JSON-RPC>}` and get
-  `{"correlation": ID, "response": <JSON-RPC>}` on TOPIC. Reply topics must match one of the
-  configured filters, so a client cannot make the gateway publish onto observation topics.
+  `{"correlation": ID, "response": <JSON-RPC>}` on TOPIC. The rate limit is per `<name>`.
 - CoAP: `POST /rpc` with the JSON-RPC body; the answer is the 2.05 Content payload.
 """
 
@@ -31,7 +33,7 @@ from agent.config.forward import DEFAULT_METHODS, forbidden
 from agent.errors import ChainError, NodeUnreachable, RpcTimeout
 from agent.logs import RateLimitedLog
 from agent.metrics import Metrics
-from agent.mqtt import MqttResponder, publish_json_reply, reply_topic_allowed
+from agent.mqtt import MqttResponder, publish_json_reply
 from agent.ratelimit import KeyedBuckets
 
 # JSON-RPC 2.0 and EIP-1474 error codes
@@ -168,7 +170,16 @@ class Coalescer:
                 body, max_response_bytes=limit, deadline=self.policy.timeout_s
             )
             if not fut.done():
-                fut.set_result(raw)
+                # Passed on byte for byte, but only a JSON-RPC answer: a proxy's HTML page or a
+                # truncated body becomes the gateway's own error, never the dApp's "answer".
+                try:
+                    ok = isinstance(json.loads(raw), dict)
+                except (ValueError, UnicodeDecodeError):
+                    ok = False
+                if ok:
+                    fut.set_result(raw)
+                else:
+                    fut.set_exception(ChainError("the node's answer is not a JSON-RPC object"))
             return
         self.batches += 1
         sent = [{**item, "id": k} for k, (item, _) in enumerate(batch)]
@@ -476,7 +487,7 @@ def _wants(item: Any) -> bool:
 
 
 class MqttForwarder(MqttResponder):
-    """Serves `<prefix>/<gateway>/rpc/req` on a broker (an MQTT 5 connection of its own)."""
+    """Serves `<prefix>/<gateway>/rpc/req/+` on a broker (an MQTT 5 connection of its own)."""
 
     name = "forward-mqtt"
 
@@ -501,11 +512,11 @@ class MqttForwarder(MqttResponder):
         self.fwd = forwarder
 
     async def serve(
-        self, payload: bytes, reply_to: str | None, corr: bytes | None, qos: int = 1
+        self, asker: str, payload: bytes, reply_to: str | None, corr: bytes | None, qos: int = 1
     ) -> None:
         """Answer one request; the answer is published with the request's QoS (0 or 1)."""
         v311 = reply_to is None
-        correlation: Any = None
+        correlation: Any = corr
         if v311:
             # MQTT 3.1.1: the reply topic and correlation id travel in the payload.
             try:
@@ -526,14 +537,13 @@ class MqttForwarder(MqttResponder):
             reply_to, correlation = env["reply_to"], env.get("correlation")
             payload = json.dumps(env.get("request")).encode()
         assert reply_to is not None
-        if not reply_topic_allowed(reply_to, self.reply_filters):
-            self.fwd.unanswerable(
-                "mqtt",
-                "reply_topic_denied",
-                f"reply topic {reply_to[:80]!r} is outside {list(self.reply_filters)}",
-            )
+        refusal = self.reply_refusal(asker, reply_to, correlation)
+        if refusal is not None:
+            self.fwd.unanswerable("mqtt", *refusal)
             return
-        answer = await self.fwd.handle(reply_to, payload, "mqtt")
+        # The limit is the asker's (its request topic, which the broker's ACL binds to its
+        # login), whatever reply topic it names.
+        answer = await self.fwd.handle(f"mqtt:{asker}", payload, "mqtt")
         if answer is None:
             return
         if v311:

@@ -356,3 +356,24 @@ def check_clock(cfg: AgentConfig | None, clock: Callable[[], float]) -> Check:
             "sudo timedatectl set-ntp true",
         )
     return Check("clock", "ok", f"{stamp}{', NTP synchronised' if synced else ''}")
+
+
+def check_listeners(cfg: AgentConfig) -> Check:
+    """Every socket the config opens for listening, by address, so that none is a surprise."""
+    from agent.config.checks import listening_sockets
+
+    socks = listening_sockets(cfg)
+    if not socks:
+        return Check("listen", "ok", "no listening socket (every link connects out)")
+    parts = []
+    for key, proto, host, port in socks:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        scope = (
+            "loopback"
+            if host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+            else "EVERY interface"
+            if host in ("0.0.0.0", "::", "")
+            else "network"
+        )
+        parts.append(f"{proto} {where} ({key.rpartition('.')[0]}, {scope})")
+    return Check("listen", "ok", "; ".join(parts))

@@ -50,7 +50,9 @@ def _broker_auth(cfg: AgentConfig) -> MosquittoAuth | None:
         return None
     from agent.devices.brokerauth import MosquittoAuth
 
-    return MosquittoAuth(ba)
+    # The forwarding and oracle topics are in the ACL whether or not they are enabled now.
+    services = [f"{cfg.forward.topic_prefix}/+/rpc", f"{cfg.oracle.topic_prefix}/+/oracle"]
+    return MosquittoAuth(ba, services)
 
 
 def _gateway_address(cfg: AgentConfig) -> str | None:
@@ -106,6 +108,10 @@ def build_bundle(
     elif rec.transport is Transport.BLE:
         bundle["ble"] = {"mac": rec.address}
     return bundle
+
+
+def default_bundle_path(cfg: AgentConfig, device_id: str) -> Path:
+    return cfg.gateway.data_dir / "bundles" / f"{device_id}.json"
 
 
 def write_bundle(path: Path, bundle: dict[str, Any]) -> bytes:
@@ -174,7 +180,7 @@ def issue_bundle(
         mqtt_password=password,
         host=host or (cfg.enrollment.advertise_host if cfg.enrollment else None),
     )
-    path = path or cfg.gateway.data_dir / "bundles" / f"{rec.id}.json"
+    path = path or default_bundle_path(cfg, rec.id)
     return path, write_bundle(path, bundle)
 
 
@@ -234,7 +240,13 @@ def cmd_pair(args: argparse.Namespace) -> int:
             key=bindkey,
             key_kind=KeyKind.BTHOME if transport is Transport.BLE else KeyKind.HMAC,
             window_s=window,
+            replace_revoked=args.replace,
         )
+        if existing is not None:  # a revoked id enrolled anew: its old bundle holds a dead key
+            old_bundle = default_bundle_path(cfg, rec.id)
+            if old_bundle.exists():
+                old_bundle.unlink()
+                print(f"old bundle {old_bundle} deleted (its key was revoked)", file=out)
         bundle_path, data = issue_bundle(cfg, registry, rec, key, args.host, args.bundle)
         print(f"enrolled {rec.id} ({transport}) as pending; key {rec.key_ref}", file=out)
         print(f"provisioning bundle (holds the device key, mode 0600): {bundle_path}", file=out)
@@ -246,7 +258,7 @@ def cmd_pair(args: argparse.Namespace) -> int:
             print(f"writing config.json to the board on {args.serial} ...", file=out)
             provision_over_serial(args.serial, data + b"\n")
             print(f"config.json written to the board on {args.serial}; it restarts", file=out)
-    bundle_path = args.bundle or cfg.gateway.data_dir / "bundles" / f"{rec.id}.json"
+    bundle_path = args.bundle or default_bundle_path(cfg, rec.id)
     if args.no_wait:
         print(
             f"join window closes in {window:.0f} s: put the bundle on the device "
@@ -327,6 +339,11 @@ def cmd_devices_revoke(args: argparse.Namespace) -> int:
         auth.remove_user(rec.id)
     _sync_broker(cfg, registry)
     print(f"{rec.id} revoked: its frames are refused and its key destroyed")
+    bundle = default_bundle_path(cfg, rec.id)
+    if bundle.exists():  # it holds the key just destroyed
+        bundle.unlink()
+        print(f"its bundle {bundle} deleted")
+    print(f"to enroll the id anew: edgence-agent pair {rec.id} --replace")
     return 0
 
 
@@ -339,6 +356,57 @@ def cmd_devices_rotate_key(args: argparse.Namespace) -> int:
     print(f"{rec.id}: new key {rec.key_ref}; frames under the old key are refused from now on")
     print(f"new bundle: {path} (the device is pending until a frame under the new key verifies)")
     return 0
+
+
+def cmd_devices_reset_counter(args: argparse.Namespace) -> int:
+    """Ask the agent to forget an unauthenticated device's last counter (all its transports, or
+    --transport's); waits for the running agent's answer, or leaves the request for its start."""
+    from agent.datalock import agent_running
+    from agent.devices.counterreset import read_answer, request_reset
+    from agent.devices.registry import validate_device_id
+
+    cfg = load(args)
+    device = validate_device_id(args.device_id)
+    if cfg.enrollment is not None and cfg.enrollment.enabled:
+        rec = DeviceRegistry(cfg.enrollment.registry_dir).get(device)
+        if rec is not None:
+            raise RegistryError(
+                f"device {device!r} is enrolled ({rec.status}, over {rec.transport}): its "
+                "counter is bound to its key, and a reset would let every captured frame of "
+                "it be accepted again",
+                fix=f"edgence-agent devices rotate-key {device} (a new key and a bundle whose "
+                "counter continues above the last one)",
+            )
+    transport = Transport(args.transport) if args.transport else None
+    where = f"over {transport}" if transport is not None else "on every transport"
+    data_dir = cfg.gateway.data_dir
+    req = request_reset(data_dir, device, transport)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        got = read_answer(req)
+        if got is not None:
+            if "refused" in got:
+                raise RegistryError(f"the agent refused: {got['refused']}")
+            removed = got.get("removed") or {}
+            if not removed:
+                print(f"{device}: no counter kept {where}; nothing to reset")
+            for key, counter in sorted(removed.items()):
+                print(
+                    f"{device}: counter {counter} under {key} forgotten; the next frame there "
+                    "may start anywhere"
+                )
+            return 0
+        if not agent_running(data_dir):
+            print(
+                f"the agent is not running: the reset of {device}'s counter {where} is applied "
+                f"when it starts (request {req.path})"
+            )
+            return 0
+        time.sleep(0.1)
+    raise AgentError(
+        f"the running agent did not answer within {args.timeout:g} s (request {req.path} "
+        "stays and is applied when the agent reads it)"
+    )
 
 
 def cmd_devices_check(args: argparse.Namespace) -> int:
@@ -400,6 +468,11 @@ def add_parsers(sub: Any, config: argparse.ArgumentParser) -> None:
     s.add_argument("--no-qr", dest="qr", action="store_false")
     s.add_argument("--no-wait", action="store_true", help="do not wait for the first frame")
     s.add_argument("--reopen", action="store_true", help="reopen a pending device's window")
+    s.add_argument(
+        "--replace",
+        action="store_true",
+        help="enroll a revoked id anew (new key, new bundle; the old bundle is deleted)",
+    )
     s.set_defaults(fn=cmd_pair)
 
     d = sub.add_parser("devices", help="list, show, revoke enrolled devices, rotate their keys")
@@ -422,6 +495,23 @@ def add_parsers(sub: Any, config: argparse.ArgumentParser) -> None:
     s.add_argument("--bundle", type=Path)
     s.add_argument("--host")
     s.set_defaults(fn=cmd_devices_rotate_key)
+    s = dsub.add_parser(
+        "reset-counter",
+        parents=[config],
+        help="forget an unauthenticated device's last counter (after a spoofed frame)",
+        epilog="For devices accepted without a key (allowlisted, observed, bound to a serial "
+        "port, OSCORE, plaintext BLE): their counters are kept per transport. The running "
+        "agent applies it at once and logs event=counter_reset; a stopped one when it starts. "
+        "Enrolled devices are refused: use rotate-key.",
+    )
+    s.add_argument("device_id")
+    s.add_argument(
+        "--transport",
+        choices=[str(t) for t in Transport if t is not Transport.SIMULATED],
+        help="only the counter of this transport (default: every transport)",
+    )
+    s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the agent")
+    s.set_defaults(fn=cmd_devices_reset_counter)
     s = dsub.add_parser(
         "check",
         help="check a frame as the gateway would: canonical bytes, expected mac, every rule broken",

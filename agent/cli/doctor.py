@@ -25,6 +25,7 @@ from agent.cli.checks import (
     check_data_dir,
     check_journal_disk,
     check_key,
+    check_listeners,
     check_secrets,
     check_serial,
 )
@@ -64,6 +65,7 @@ def run_checks(opts: DoctorOptions) -> list[Check]:
             check_chain(cfg, opts.chain_url, opts.timeout),
             check_bluetooth(cfg, opts.sysfs),
             check_serial(cfg),
+            check_listeners(cfg),
         ]
     elif opts.chain_url:
         out.append(check_chain(None, opts.chain_url, opts.timeout))

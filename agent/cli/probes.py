@@ -138,19 +138,22 @@ def check_chain(cfg: AgentConfig | None, chain_url: str | None, timeout: float) 
 def check_agent(cfg: AgentConfig, timeout: float) -> Check:
     """The running agent's health document: ok when it is ready and its upstream link (if any)
     is up; a warning while it is not ready or while the upstream link is down."""
+    from agent.cli.status import HealthUnavailable, config_gateway, fetch_health
+
     if not cfg.metrics.enabled:
         return Check("agent", "skip", "metrics.enabled = false: cannot ask the running agent")
-    url = f"{cfg.metrics.url}/health"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            health = json.loads(resp.read(1 << 20))
-    except (OSError, urllib.error.URLError, ValueError) as exc:
-        return Check(
-            "agent",
-            "warn",
-            f"not answering at {url} ({getattr(exc, 'reason', exc)})",
-            "sudo systemctl status edgence-agent; journalctl -u edgence-agent",
-        )
+        health = fetch_health(cfg.metrics.url, timeout, gateway=config_gateway(cfg))
+    except HealthUnavailable as exc:
+        if exc.kind == "unreachable":
+            return Check(
+                "agent",
+                "warn",
+                exc.description,
+                "sudo systemctl status edgence-agent; journalctl -u edgence-agent",
+            )
+        # Another program's document is never read as this agent's.
+        return Check("agent", "fail", exc.description, exc.fix)
     up = health.get("upstream", {})
     ready = bool(health.get("ready"))
     down = bool(up.get("enabled")) and not up.get("connected")

@@ -9,25 +9,85 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.cli.options import find_config
 from agent.errors import AgentError, ConfigError
 
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
 
-def fetch_health(base_url: str, timeout: float = 3.0) -> dict[str, Any]:
+
+class HealthUnavailable(AgentError):
+    """The health document could not be had from the agent of this config. `kind`:
+    "unreachable" (nothing answers), "foreign" (another program holds the port) or
+    "other_gateway" (another edgence-agent, of another gateway, holds it)."""
+
+    def __init__(self, kind: str, message: str, *, fix: str) -> None:
+        super().__init__(message, fix=fix)
+        self.kind = kind
+
+
+def fetch_health(base_url: str, timeout: float = 3.0, gateway: str | None = None) -> dict[str, Any]:
+    """The health document at `base_url`; with `gateway` (an address), only that gateway's:
+    a document of another program or of another gateway is refused, never shown as ours."""
     url = base_url.rstrip("/") + "/health"
+    port = base_url.rstrip("/").rpartition(":")[2]
+    find = f"see who holds it: ss -ltnp 'sport = :{port}'; or give metrics.listen a free port"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            doc = json.loads(resp.read(1 << 20))
+            raw = resp.read(1 << 20)
+    except urllib.error.HTTPError as exc:
+        raise HealthUnavailable(
+            "foreign", f"{url} answered HTTP {exc.code}: another program holds the port", fix=find
+        ) from None
     except (OSError, urllib.error.URLError, ValueError) as exc:
-        raise AgentError(
+        raise HealthUnavailable(
+            "unreachable",
             f"the agent is not answering at {url} ({getattr(exc, 'reason', exc)})",
             fix="is it running (systemctl status edgence-agent) with metrics.enabled = true?",
         ) from None
-    if not isinstance(doc, dict) or doc.get("v") != 1:
-        raise AgentError(f"{url} did not answer an edgence-agent health document")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        doc = None
+    if not isinstance(doc, dict) or doc.get("v") != 1 or not isinstance(doc.get("gateway"), str):
+        raise HealthUnavailable(
+            "foreign",
+            f"{url} is not an edgence-agent health document: another program holds the port",
+            fix=find,
+        )
+    if gateway is not None and doc["gateway"].lower() != gateway.lower():
+        raise HealthUnavailable(
+            "other_gateway",
+            f"{url} is the health of gateway {doc['gateway']}, not of this config's {gateway}: "
+            "another agent holds metrics.listen",
+            fix=find,
+        )
     return doc
+
+
+def config_gateway(cfg: AgentConfig) -> str | None:
+    """This config's gateway address, when it can be known without the key's passphrase."""
+    from agent.wiring import load_gateway_key
+
+    key = cfg.gateway.key_file
+    try:
+        text = key.read_bytes().lstrip()
+    except OSError:
+        return None
+    if text.startswith(b"{"):  # an encrypted keystore names its address in the clear
+        try:
+            address = json.loads(text).get("address")
+        except (ValueError, AttributeError):
+            return None
+        if isinstance(address, str) and address:
+            return address if address.startswith("0x") else "0x" + address
+        return None
+    try:
+        return load_gateway_key(cfg).address
+    except AgentError:
+        return None
 
 
 def _duration(s: float) -> str:
@@ -111,11 +171,13 @@ def render(h: dict[str, Any], color: bool = False) -> str:
     return "\n".join(lines)
 
 
-def watch(base_url: str, interval: float, out: TextIO = sys.stdout) -> None:
+def watch(
+    base_url: str, interval: float, out: TextIO = sys.stdout, gateway: str | None = None
+) -> None:
     """Redraw the status in place every `interval` seconds until Ctrl-C (terminal only)."""
     while True:
         try:
-            text = render(fetch_health(base_url), color=True)
+            text = render(fetch_health(base_url, gateway=gateway), color=True)
         except AgentError as exc:
             text = f"\x1b[31m{exc}\x1b[0m"
         stamp = time.strftime("%H:%M:%S")
@@ -124,38 +186,39 @@ def watch(base_url: str, interval: float, out: TextIO = sys.stdout) -> None:
         time.sleep(interval)
 
 
-def status_url(args: argparse.Namespace) -> str:
+def status_url(args: argparse.Namespace) -> tuple[str, str | None]:
     """--url, else metrics.listen of the config (--config must load; $EDGENCE_CONFIG or a
     default file may be unreadable, as /etc/edgence-agent is for a normal user), else the
-    default address."""
+    default address; with the config's gateway address when it is known (only that gateway's
+    document is shown)."""
     from agent.config import MetricsConfig, load_config
 
     if args.url:
-        return str(args.url)
+        return str(args.url), None
     try:
         path, _ = find_config(args)
         cfg = load_config(path)
     except ConfigError:
         if args.config is not None:
             raise
-        return MetricsConfig().url
+        return MetricsConfig().url, None
     if not cfg.metrics.enabled:
         raise AgentError(f"{cfg.path}: [metrics.enabled] is false; status reads that endpoint")
-    return cfg.metrics.url
+    return cfg.metrics.url, config_gateway(cfg)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    url = status_url(args)
+    url, gateway = status_url(args)
     if args.json:
-        print(json.dumps(fetch_health(url), indent=1))
+        print(json.dumps(fetch_health(url, gateway=gateway), indent=1))
         return 0
     if sys.stdout.isatty() and not args.once:
         try:
-            watch(url, args.interval)
+            watch(url, args.interval, gateway=gateway)
         except KeyboardInterrupt:
             return 0
         return 0
-    print(render(fetch_health(url)))
+    print(render(fetch_health(url, gateway=gateway)))
     return 0
 
 

@@ -25,6 +25,7 @@ from agent.config.election import ElectionConfig
 from agent.config.enrollment import BrokerAuthConfig, EnrollmentConfig
 from agent.config.forward import DEFAULT_METHODS, ForwardConfig, forbidden
 from agent.config.gateway import GatewayConfig
+from agent.config.homeassistant import HomeAssistantConfig
 from agent.config.journal import JournalConfig
 from agent.config.load import AgentConfig, config_from_dict, load_config
 from agent.config.log import LogConfig
@@ -65,6 +66,7 @@ __all__ = [
     "EnrollmentConfig",
     "ForwardConfig",
     "GatewayConfig",
+    "HomeAssistantConfig",
     "JournalConfig",
     "LogConfig",
     "MasternodeConfig",

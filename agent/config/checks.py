@@ -44,17 +44,30 @@ def check_config(cfg: AgentConfig) -> None:
         )
 
 
+def listening_sockets(cfg: AgentConfig) -> list[tuple[str, str, str, int]]:
+    """Every socket the agent listens on with this config: (config key, "tcp"/"udp", host,
+    port). Nothing else listens: the CoAP servers are UDP only, and the rest connect out."""
+    src, fwd, orc, met = cfg.sources.coap, cfg.forward, cfg.oracle, cfg.metrics
+    out: list[tuple[str, str, str, int]] = []
+    if met.enabled:
+        out.append(("metrics.listen", "tcp", met.host, met.port))
+    if src.enabled:
+        out.append(("sources.coap.port", "udp", src.bind, src.port))
+    if fwd.enabled and fwd.coap_enabled:
+        out.append(("forward.coap.bind", "udp", fwd.coap_host, fwd.coap_port))
+    if orc.enabled and orc.coap_enabled:
+        out.append(("oracle.coap.bind", "udp", orc.coap_host, orc.coap_port))
+    return out
+
+
 def _coap_ports(cfg: AgentConfig, file: str) -> None:
     """Three CoAP servers may run (device source, dApp forwarding, oracle queries): each needs
     its own UDP port on overlapping addresses."""
-    src, fwd, orc = cfg.sources.coap, cfg.forward, cfg.oracle
-    servers: list[tuple[str, str, str, int]] = []
-    if src.enabled:
-        servers.append(("sources.coap.port", "[sources.coap]", src.bind, src.port))
-    if fwd.enabled and fwd.coap_enabled:
-        servers.append(("forward.coap.bind", "[forward.coap]", fwd.coap_host, fwd.coap_port))
-    if orc.enabled and orc.coap_enabled:
-        servers.append(("oracle.coap.bind", "[oracle.coap]", orc.coap_host, orc.coap_port))
+    servers = [
+        (key, f"[{key.rpartition('.')[0]}]", host, port)
+        for key, proto, host, port in listening_sockets(cfg)
+        if proto == "udp"
+    ]
     for i, (key, name, host, port) in enumerate(servers):
         for _, other, other_host, other_port in servers[:i]:
             if port == other_port and (host == other_host or {host, other_host} & _ANY_HOST):

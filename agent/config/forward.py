@@ -65,7 +65,7 @@ class ForwardConfig(RequestResponseConfig):
     rate: float = 20.0
     burst: int = 40
     timeout_s: float = 5.0
-    reply_topics: tuple[str, ...] = ("{prefix}/{gateway}/rpc/res/#",)
+    reply_topics: tuple[str, ...] = ("{prefix}/{gateway}/rpc/res/{client}/#",)
 
 
 def read_forward(f: Section, local_broker_url: str) -> ForwardConfig:

@@ -15,6 +15,7 @@ from agent.config.election import ElectionConfig, read_election
 from agent.config.enrollment import EnrollmentConfig, read_enrollment
 from agent.config.forward import ForwardConfig, read_forward
 from agent.config.gateway import GatewayConfig, read_gateway
+from agent.config.homeassistant import HomeAssistantConfig, read_homeassistant
 from agent.config.journal import JournalConfig, read_journal
 from agent.config.log import LogConfig, read_log
 from agent.config.masternode import MasternodeConfig, read_masternode
@@ -45,6 +46,7 @@ class AgentConfig:
     election: ElectionConfig = field(default_factory=ElectionConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
     masternode: MasternodeConfig = field(default_factory=MasternodeConfig)
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
 
 
 def load_config(path: Path | str) -> AgentConfig:
@@ -87,6 +89,7 @@ def config_from_dict(raw: dict[str, Any], file: str, base: Path) -> AgentConfig:
         election=read_election(root.sub("election"), data_dir),
         oracle=read_oracle(root.sub("oracle"), local_broker),
         masternode=read_masternode(root.sub("masternode")),
+        homeassistant=read_homeassistant(root.sub("homeassistant"), local_broker),
     )
     root.done()
     check_config(cfg)

@@ -15,7 +15,7 @@ class OracleConfig(RequestResponseConfig):
     """[oracle]: dApps query signed observations (MQTT 5, CoAP); optional on-chain submission."""
 
     enabled: bool = False
-    reply_topics: tuple[str, ...] = ("{prefix}/{gateway}/oracle/res/#",)
+    reply_topics: tuple[str, ...] = ("{prefix}/{gateway}/oracle/res/{client}/#",)
     submit_enabled: bool = False
     submit_sensors: tuple[tuple[str, str], ...] = ()
     submit_interval_s: float = 60.0

@@ -54,6 +54,13 @@ def read_request_response(
     for t in out["reply_topics"]:
         if not t or t.startswith(("#", "+")):
             raise m.err("reply_topics", f"{t!r} is too wide; e.g. {example}")
+        if "{client}" not in t.split("/"):
+            # Answers go only where their asker, and no other client, may read.
+            raise m.err(
+                "reply_topics",
+                f"{t!r} must have {{client}} as a whole level (the asker's broker username, "
+                f"which the broker's ACL lets only that user read); e.g. {example}",
+            )
     m.done()
     co = sec.sub("coap")
     out["coap_enabled"] = co.get("enabled", bool, cls.coap_enabled)

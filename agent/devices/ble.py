@@ -36,7 +36,7 @@ from agent.devices.codecs.frame import parse_frame
 from agent.devices.gate import EnrollmentGate
 from agent.devices.registry import DeviceStatus
 from agent.errors import BleUnavailable, FrameError, KeyFileError, RejectedReading
-from agent.frame import DeviceFrame, SensorValue
+from agent.frame import DeviceFrame, SensorValue, counter_key
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
 from agent.model import AuthMethod, Transport
@@ -179,6 +179,16 @@ class BleGate:
         if dev.bindkey is not None and arrival.verified is not AuthMethod.BTHOME:
             raise RejectedReading("downgrade", "device has a bindkey; plaintext is refused")
         return arrival.verified or AuthMethod.ALLOWLIST
+
+    def admit(self, arrival: Arrival, auth: AuthMethod) -> None:
+        """Enrolled devices spend their budget at the enrollment gate; configured ones have
+        none (a radio is rate-limited by the air)."""
+        if (
+            self.enrolled is not None
+            and isinstance(self.directory, EnrolledBleDevices)
+            and self.directory.is_enrolled(arrival.device_id)
+        ):
+            self.enrolled.admit(arrival, auth)
 
 
 @dataclass(frozen=True)
@@ -493,7 +503,10 @@ class BleSource:
     def _gateway_counter(self, device_id: str, state: _AdvertState) -> int:
         """Plaintext BTHome carries no counter: the gateway assigns one that only grows, also
         across restarts (microseconds of Unix time, and above anything journaled)."""
-        floor = max(state.last_assigned, self.pipeline.last_counter(device_id) or 0)
+        journaled = self.pipeline.last_counter(
+            counter_key(device_id, Transport.BLE, AuthMethod.ALLOWLIST)
+        )
+        floor = max(state.last_assigned, journaled or 0)
         state.last_assigned = max(floor + 1, time.time_ns() // 1000)
         return state.last_assigned
 

@@ -1,9 +1,11 @@
 """Per-device broker credentials: a Mosquitto password file and ACL that let each device publish
-only on its own topic, so one device cannot speak as another even before the HMAC check.
+only on its own topic, so one device cannot speak as another even before the HMAC check; the
+same ACL binds dApps' forwarding and oracle requests and answers to their own username.
 
 The password file is maintained with Mosquitto's own `mosquitto_passwd` (its hash format is
-Mosquitto's business); the ACL is generated from the registry in full on every change, then the
-broker is told to reload both with SIGHUP.
+Mosquitto's business; the password goes on its stdin, never its command line). The ACL is
+generated from the registry in full on every change, then the broker is told to reload both
+with SIGHUP.
 """
 
 from __future__ import annotations
@@ -36,13 +38,27 @@ def find_mosquitto_passwd() -> str:
     raise BrokerAuthError("mosquitto_passwd is not installed", fix="sudo apt-get install mosquitto")
 
 
-def acl_text(cfg: BrokerAuthConfig, devices: Iterable[DeviceRecord]) -> str:
+def acl_text(
+    cfg: BrokerAuthConfig,
+    devices: Iterable[DeviceRecord],
+    services: Iterable[str] = ("edgence/+/rpc", "edgence/+/oracle"),
+) -> str:
+    """The ACL: each device publishes on its own topic only; each login asks the agent's
+    request/response `services` (forwarding, oracle) only under its own username and reads
+    only the answers under it; only the agent answers."""
+    services = tuple(services)
     lines = [
         "# Written by edgence-agent (pair, devices revoke/rotate-key): edits are overwritten.",
         "# Each device may publish on its own topic only.",
     ]
+    if services:
+        lines += ["", "# dApps: requests under their own username only, answers for it only."]
+        for base in services:
+            lines += [f"pattern write {base}/req/%u", f"pattern read {base}/res/%u/#"]
     if cfg.agent_username:
         lines += ["", f"user {cfg.agent_username}", f"topic read {cfg.device_topic.format(id='+')}"]
+        for base in services:
+            lines += [f"topic read {base}/req/+", f"topic write {base}/res/#"]
     for d in sorted(devices, key=lambda r: r.id):
         if d.transport is Transport.MQTT and d.status is not DeviceStatus.REVOKED:
             lines += ["", f"user {d.id}", f"topic write {cfg.device_topic.format(id=d.id)}"]
@@ -50,14 +66,19 @@ def acl_text(cfg: BrokerAuthConfig, devices: Iterable[DeviceRecord]) -> str:
 
 
 class MosquittoAuth:
-    def __init__(self, cfg: BrokerAuthConfig) -> None:
+    def __init__(
+        self,
+        cfg: BrokerAuthConfig,
+        services: Iterable[str] = ("edgence/+/rpc", "edgence/+/oracle"),
+    ) -> None:
         if cfg.password_file is None or cfg.acl_file is None:
             raise BrokerAuthError("enrollment.mosquitto.password_file and acl_file are not set")
         self.cfg = cfg
         self.password_file = cfg.password_file
         self.acl_file = cfg.acl_file
+        self.services = tuple(services)
 
-    def _passwd(self, *args: str) -> None:
+    def _passwd(self, *args: str, stdin: bytes = b"") -> None:
         tool = find_mosquitto_passwd()
         # mosquitto_passwd replaces the file: give it back the owner and mode it had, so that
         # the broker's user can still read it when `pair` runs as root.
@@ -67,9 +88,7 @@ class MosquittoAuth:
         except FileNotFoundError:
             keep = None
         try:
-            subprocess.run(
-                [tool, *args], check=True, capture_output=True, timeout=30, stdin=subprocess.DEVNULL
-            )
+            subprocess.run([tool, *args], check=True, capture_output=True, timeout=30, input=stdin)
         except subprocess.CalledProcessError as exc:
             err = exc.stderr.decode(errors="replace").strip()[:200]
             raise BrokerAuthError(
@@ -87,9 +106,10 @@ class MosquittoAuth:
             self.password_file.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
-        # -b takes the password on the command line; it is random and used once, and the
-        # file's mode is kept as it is (the broker's user must be able to read it).
-        self._passwd("-b", str(self.password_file), username, password)
+        # Given on stdin, as an operator types it at the prompt (twice): never on a command line,
+        # where every local user can read it in /proc while mosquitto_passwd runs.
+        line = password.encode() + b"\n"
+        self._passwd(str(self.password_file), username, stdin=line + line)
         return password
 
     def remove_user(self, username: str) -> None:
@@ -102,7 +122,7 @@ class MosquittoAuth:
         self.acl_file.parent.mkdir(parents=True, exist_ok=True)
         # Same mode as before (owner kept by atomic_write): the broker's user reads it.
         mode = self.acl_file.stat().st_mode & 0o777 if self.acl_file.exists() else 0o640
-        atomic_write(self.acl_file, acl_text(self.cfg, devices).encode(), mode)
+        atomic_write(self.acl_file, acl_text(self.cfg, devices, self.services).encode(), mode)
 
     def reload(self) -> bool:
         """SIGHUP the broker named by pid_file; False when there is none to tell."""

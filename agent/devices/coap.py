@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
 from agent.model import NAME_RE, AuthMethod, Transport
 from agent.pipeline import Arrival, Pipeline
+from agent.ratelimit import KeyedBuckets
 from agent.secrets import check_secret_mode
 
 CF_JSON = 50
@@ -46,6 +48,26 @@ CF_CBOR = 60
 UNAUTHENTICATED = frozenset(
     {"unknown_device", "missing_mac", "bad_mac", "revoked", "not_active", "wrong_transport"}
 )
+
+
+# Refused POSTs per peer host: past this budget, a peer's requests are answered 4.29 before they
+# are parsed, so a replay or forgery flood from one address costs the agent little and costs the
+# devices it names nothing (their own budget is spent only by fresh, authenticated frames).
+PEER_REFUSALS_PER_S = 5.0
+PEER_REFUSALS_BURST = 50.0
+MAX_PEERS = 4096
+# Refusals that say nothing about the peer: the device's own budget, the gateway being busy.
+_NOT_THE_PEERS_FAULT = frozenset({"rate_limited", "journal_full", "busy"})
+
+
+def peer_host(remote: Any) -> str:
+    """The IP address a request came from (through OSCORE's wrapper; v4-mapped as IPv4)."""
+    while getattr(remote, "underlying_address", None) is not None:
+        remote = remote.underlying_address
+    sockaddr = getattr(remote, "sockaddr", None)
+    if isinstance(sockaddr, tuple) and sockaddr:
+        return str(sockaddr[0]).removeprefix("::ffff:")
+    return str(getattr(remote, "hostinfo", "?"))
 
 
 def code_for_rejection(reason: str) -> Code:
@@ -111,6 +133,13 @@ class CoapSource:
         self.received = 0
         self.observing: dict[str, bool] = {o.device: False for o in cfg.observe}
         self._registered: dict[str, bool] = dict(self.observing)
+        self._peer_refusals = KeyedBuckets(
+            PEER_REFUSALS_PER_S, PEER_REFUSALS_BURST, max_keys=MAX_PEERS
+        )
+        self._peer_blocked: dict[str, float] = {}  # peer -> refused unread until (monotonic)
+        self._observed_only = (
+            frozenset(self.observing) - set(cfg.allowed_devices) - self.oscore_devices
+        )
         metrics.gauge("frames_received_coap", lambda: float(self.received))
 
     @property
@@ -149,7 +178,39 @@ class CoapSource:
         self.pipeline.reject("coap", device, reason, detail)
         return self._reply(code, reason, **opts)
 
+    def _charge_peer(self, peer: str, reason: str) -> None:
+        """A refused request spends its peer's refusal budget; an empty budget blocks the peer
+        until a token is back."""
+        if reason in _NOT_THE_PEERS_FAULT:
+            return
+        wait = self._peer_refusals.take(peer)
+        if wait:
+            if len(self._peer_blocked) >= MAX_PEERS:
+                self._peer_blocked.clear()
+            self._peer_blocked[peer] = time.monotonic() + wait
+
+    def _peer_over_budget(self, peer: str) -> bool:
+        until = self._peer_blocked.get(peer)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del self._peer_blocked[peer]
+        return False
+
     async def handle_post(self, request: aiocoap.Message, spool: Block1Spool) -> aiocoap.Message:
+        peer = peer_host(request.remote)
+        if self._peer_over_budget(peer):
+            self.metrics.inc("coap_peer_limited")
+            raise self._reply(Code.TOO_MANY_REQUESTS, "peer_limited", max_age=1)
+        try:
+            return await self._handle_post(request, spool)
+        except _Reply as r:
+            if not r.message.code.is_successful() and r.message.code != Code.CONTINUE:
+                self._charge_peer(peer, r.message.payload.decode(errors="replace"))
+            raise
+
+    async def _handle_post(self, request: aiocoap.Message, spool: Block1Spool) -> aiocoap.Message:
         self.received += 1
         path = request.opt.uri_path
         if len(path) != 1 or not NAME_RE.match(path[0]):
@@ -173,6 +234,14 @@ class CoapSource:
         if b1 is not None:
             request = spool.feed_and_take(request)  # 2.31 Continue until the last block
         protected = self._check_oscore(request, device)
+        if device in self._observed_only:
+            raise self._refuse(
+                device,
+                Code.UNAUTHORIZED,
+                "unknown_device",
+                f"{device!r} is observed by the gateway; its readings come from the "
+                "observation only, never from a POST",
+            )
         if not self._accepting or not self.pipeline.has_space():
             # Backpressure: say when to come back instead of queueing without bound.
             self.metrics.inc("source_paused", source="coap")

@@ -35,7 +35,7 @@ from agent.devices.codecs.modbus import (
     plan_requests,
 )
 from agent.errors import FrameError, RejectedReading
-from agent.frame import DeviceFrame, SensorValue
+from agent.frame import DeviceFrame, SensorValue, counter_key
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
 from agent.model import AuthMethod, Transport
@@ -67,7 +67,7 @@ class Intake(Protocol):
 
     def reject(self, source: str, device: str, reason: str, detail: str) -> None: ...
 
-    def last_counter(self, device_id: str) -> int | None: ...
+    def last_counter(self, key: str) -> int | None: ...
 
 
 class ModbusGate:
@@ -83,6 +83,9 @@ class ModbusGate:
                 "unknown_device", f"{arrival.device_id!r} is not in [sources.modbus] devices"
             )
         return AuthMethod.ALLOWLIST
+
+    def admit(self, arrival: Arrival, auth: AuthMethod) -> None:
+        """No budget: the gateway polls a Modbus device at its configured intervals."""
 
 
 @dataclass
@@ -498,7 +501,8 @@ class ModbusSource:
     def _offer(self, st: DeviceState, values: list[SensorValue]) -> bool:
         device = st.cfg.device_id
         if st.counter < 0:
-            st.counter = self.pipeline.last_counter(device) or 0
+            key = counter_key(device, Transport.MODBUS, AuthMethod.ALLOWLIST)
+            st.counter = self.pipeline.last_counter(key) or 0
         # Modbus has no frame counter: the gateway numbers the polls, in milliseconds of its
         # clock and never backwards (a restart continues above the journaled counter).
         st.counter = max(st.counter + 1, time.time_ns() // 1_000_000)

@@ -281,9 +281,12 @@ class DeviceRegistry:
         key_kind: KeyKind = KeyKind.HMAC,
         window_s: float = DEFAULT_JOIN_WINDOW_S,
         now: float | None = None,
+        replace_revoked: bool = False,
     ) -> tuple[DeviceRecord, bytes]:
         """Record a new device as pending with a fresh (or the given) key and open its join
-        window. Refuses an id that is already enrolled (use reopen or rotate_key)."""
+        window. Refuses an id that is already enrolled (use reopen or rotate_key), except a
+        revoked one with `replace_revoked` (`pair --replace`): the id is enrolled anew, with a key
+        epoch above the revoked one's."""
         validate_device_id(device_id)
         _check_window(window_s)
         sensors = tuple(sensors)
@@ -305,10 +308,19 @@ class DeviceRegistry:
         )
         with self._locked() as db:
             if db.contains(Query().id == device_id):
-                raise RegistryError(
-                    f"device {device_id!r} is already enrolled; use `devices rotate-key "
-                    f"{device_id}` for a new key or `devices revoke {device_id}` first"
-                )
+                old = self._get(db, device_id)
+                if old.status is not DeviceStatus.REVOKED:
+                    raise RegistryError(
+                        f"device {device_id!r} is already enrolled ({old.status}); use "
+                        f"`devices rotate-key {device_id}` for a new key, or `devices revoke "
+                        f"{device_id}` and then `pair {device_id} --replace`"
+                    )
+                if not replace_revoked:
+                    raise RegistryError(
+                        f"device {device_id!r} was revoked; enroll it anew with "
+                        f"`pair {device_id} --replace`"
+                    )
+                rec = replace(rec, key_epoch=old.key_epoch + 1)
             keys = self._read_keys()
             keys[device_id] = key.hex()
             self._write_keys(keys)  # the key first: a record never points at no key

@@ -328,3 +328,31 @@ def test_other_streams_get_no_priority_prefix(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("JOURNAL_STREAM", "1:2")
     assert agent.logs.writes_to_journal(io.StringIO()) is False
     assert agent.logs.writes_to_journal(io.StringIO(), env={}) is False
+
+
+def test_a_reason_budget_bounds_lines_over_all_ids_and_a_summary_tells_the_rest(
+    clock: FakeClock, captured: Captured
+) -> None:
+    limited = RateLimitedLog(
+        captured.logger, interval=60.0, reason_budget=3, summary_event="rejected_summary"
+    )
+    for i in range(20_000):  # 20,000 distinct unknown ids, as a flood would send them
+        d = f"ghost-{i % 7}" if i % 2 else f"u{i}"
+        limited.event((d, "unknown_device"), "rejected", budget="unknown_device", ident=d, d=d)
+    limited.event(("dev-1", "replay"), "rejected", budget="replay", ident="dev-1", d="dev-1")
+    warnings = captured.messages()
+    assert len(warnings) == 4  # 3 of the unknown_device budget, 1 replay
+    assert limited.pending_summary
+    clock.now += 60
+    limited.event(("dev-1", "replay", "again"), "rejected", budget="replay", ident="x", d="x")
+    summary = [m for m in captured.messages() if m.startswith("event=rejected_summary")]
+    assert len(summary) == 1
+    fields = dict(f.split("=", 1) for f in summary[0].split(" ")[1:])
+    assert fields["held_back"] == "19997"
+    assert fields["reasons"] == "unknown_device:19997"
+    assert int(fields["distinct_ids"]) <= RateLimitedLog.MAX_IDS + 1  # bounded memory
+    top = fields["top_ids"].split(",")
+    assert len(top) == 5 and all(t.startswith("ghost-") for t in top)  # the loudest ids
+    assert len(captured.messages()) == 6  # the summary, then a new window's first line
+    limited.flush()
+    assert len(captured.messages()) == 6  # nothing held back since: no summary line

@@ -4,6 +4,8 @@ topic matching does."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -53,3 +55,37 @@ def test_reply_topic_check(topic: str, filters: tuple[str, ...], allowed: bool) 
         assert reply_topic_allowed(topic, filters) is allowed
     # the same topic under other filters is judged again, not taken from the cache
     assert reply_topic_allowed(topic, ("elsewhere/#",)) is False
+
+
+@pytest.mark.parametrize(
+    ("asker", "reply_to", "corr", "reason"),
+    [
+        ("alice", "e/gw/rpc/res/alice", b"1", None),
+        ("alice", "e/gw/rpc/res/alice/deep/er", None, None),
+        ("alice", "e/gw/rpc/res/bob", b"1", "reply_topic_denied"),  # another client's topic
+        ("alice", "e/gw/rpc/res/alicex", b"1", "reply_topic_denied"),  # a longer name
+        ("alice", "e/gw/obs/dev-1/t", b"1", "reply_topic_denied"),
+        ("alice", "e/gw/rpc/res/alice", b"x" * 257, "correlation_invalid"),
+        ("alice", "e/gw/rpc/res/alice", "x" * 254, None),  # a 3.1.1 string, 256 bytes as JSON
+        ("alice", "e/gw/rpc/res/alice", {"a": 1}, "correlation_invalid"),
+        ("alice", "e/gw/rpc/res/alice", True, "correlation_invalid"),
+        ("", "e/gw/rpc/res/", b"1", "client_name_invalid"),
+        ("a" * 129, "e/gw/rpc/res/" + "a" * 129, b"1", "client_name_invalid"),
+    ],
+)
+def test_an_answer_goes_only_under_the_askers_own_name(
+    asker: str, reply_to: str, corr: object, reason: str | None
+) -> None:
+    from agent.config import BrokerEndpoint
+    from agent.mqtt import MqttResponder
+
+    r = MqttResponder(
+        BrokerEndpoint(host="127.0.0.1", port=1, protocol=5),
+        request_topic="e/gw/rpc/req",
+        reply_filters=("e/gw/rpc/res/{client}/#",),
+        client_id="t",
+        link="rpc",
+        logger=logging.getLogger("test"),
+    )
+    got = r.reply_refusal(asker, reply_to, corr)
+    assert (got[0] if got else None) == reason

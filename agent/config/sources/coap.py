@@ -25,7 +25,9 @@ class CoapObserveConfig:
 @dataclass(frozen=True, kw_only=True)
 class CoapSourceConfig:
     enabled: bool = False
-    bind: str = "0.0.0.0"
+    # Loopback unless the operator names the address devices reach (e.g. "0.0.0.0", or the LAN
+    # address): a device source open to every network is a choice, not a default.
+    bind: str = "127.0.0.1"
     port: int = 5683
     max_payload: int = MAX_PAYLOAD
     max_values_per_frame: int = MAX_VALUES_PER_FRAME

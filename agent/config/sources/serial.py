@@ -70,6 +70,17 @@ def read_serial_source(sr: Section) -> SerialSourceConfig:
     paths = [p.path for p in ports]
     if len(set(paths)) != len(paths):
         raise sr.err("ports", "lists one path twice; each port may be read by one reader only")
+    bound: dict[str, Path] = {}
+    for p in ports:
+        for d in sorted(p.devices | ({p.gps_device} if p.gps_device else set())):
+            if d in bound:
+                raise sr.err(
+                    "ports",
+                    f"binds device {d!r} to {bound[d]} and to {p.path}; a device id is bound "
+                    "to one port (device, gps_device, allowed_devices), so that one port "
+                    "cannot speak for another's device",
+                )
+            bound[d] = p.path
     cfg = SerialSourceConfig(
         ports=ports,
         max_values_per_frame=read_max_values(sr),

@@ -28,7 +28,16 @@ FLAG_TRIGGER_BASED = 0x04
 VERSION = 2
 
 Kind = Literal[
-    "sensor", "binary", "button", "dimmer", "packet_id", "timestamp", "text", "raw", "device"
+    "sensor",
+    "binary",
+    "button",
+    "command",
+    "dimmer",
+    "packet_id",
+    "timestamp",
+    "text",
+    "raw",
+    "device",
 ]
 
 
@@ -37,7 +46,8 @@ class ObjectType:
     """One object id of the BTHome v2 format: its name, size and exact factor.
 
     The factor is `multiplier * 10**exponent` (0.35 is 35e-2), so a value is never a float.
-    `length` 0 means the object carries its own length byte (text, raw).
+    `length` 0 means the object carries its own length byte (text, raw); the command object
+    (0x3B) has its own layout: a length byte (low 5 bits), an opcode, the arguments.
     """
 
     object_id: int
@@ -111,6 +121,7 @@ OBJECT_TYPES: dict[int, ObjectType] = {
         _s(0x2E, "humidity", 1, 0, "%"),
         _s(0x2F, "moisture", 1, 0, "%"),
         ObjectType(0x3A, "button", "button", 1, unit="{event}"),
+        ObjectType(0x3B, "command", "command", 0, unit="{command}"),
         ObjectType(0x3C, "dimmer", "dimmer", 2, unit="{step}"),
         _s(0x3D, "count", 2, 0, "1"),
         _s(0x3E, "count", 4, 0, "1"),
@@ -152,6 +163,7 @@ OBJECT_TYPES: dict[int, ObjectType] = {
         _s(0x62, "speed", 4, -6, "m/s", signed=True),
         _s(0x63, "acceleration", 4, -6, "m/s2", signed=True),
         _s(0x64, "light_level", 1, 0, "1"),
+        ObjectType(0x65, "settings_revision", "device", 1),
         ObjectType(0xF0, "device_type_id", "device", 2),
         ObjectType(0xF1, "firmware_version", "device", 4),
         ObjectType(0xF2, "firmware_version", "device", 3),
@@ -169,6 +181,8 @@ BUTTON_EVENTS = {
     0x80: "hold_press",
 }
 DIMMER_NONE, DIMMER_LEFT, DIMMER_RIGHT = 0x00, 0x01, 0x02
+COMMAND_OFF, COMMAND_ON, COMMAND_TOGGLE, COMMAND_STEP_UP, COMMAND_STEP_DOWN = range(5)
+COMMAND_RESERVED = 0xE0  # high 3 bits of the command's length byte: reserved, sent as 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +214,7 @@ class BTHomePacket:
     device_type_id: int | None = None
     firmware_version: int | None = None
     unknown_object_id: int | None = None
+    settings_revision: int | None = None
 
 
 def mac_bytes(address: str) -> bytes:
@@ -287,7 +302,7 @@ def _decode_objects(
     values: list[BTHomeValue] = []
     seen: dict[str, int] = {}
     texts: list[tuple[str, bytes]] = []
-    packet_id = timestamp = device_type = firmware = unknown = None
+    packet_id = timestamp = device_type = firmware = unknown = settings = None
     types = OBJECT_TYPES
     pos, end = 0, len(objects)
     while pos < end:
@@ -298,10 +313,17 @@ def _decode_objects(
             break
         pos += 1
         length = t.length
-        if length == 0:  # text / raw: a length byte first
+        if length == 0:  # text / raw / command: a length byte first
             if pos >= end:
                 raise FrameError("truncated_object", f"object 0x{oid:02x} without its length")
             length = objects[pos]
+            if t.kind == "command":
+                if length & COMMAND_RESERVED:
+                    # The reserved bits may one day change what the length means: the rest of
+                    # the advert cannot be read safely, as after an unknown object.
+                    unknown = oid
+                    break
+                length += 1  # the opcode, then `length` bytes of arguments
             pos += 1
         if pos + length > end:
             raise FrameError(
@@ -314,6 +336,16 @@ def _decode_objects(
         if kind == "text" or kind == "raw":
             texts.append((t.name, chunk))
             continue
+        if kind == "command":
+            # The opcode is signed as the value; arguments are opcode- and maker-specific
+            # bytes, kept like a raw object.
+            n = seen.get(t.name, 0) + 1
+            seen[t.name] = n
+            name = t.name if n == 1 else f"{t.name}_{n}"
+            values.append(BTHomeValue(name, chunk[0], 0, t.unit, oid))
+            if len(chunk) > 1:
+                texts.append((name, chunk[1:]))
+            continue
         raw = int.from_bytes(chunk, "little", signed=t.signed)
         if kind == "packet_id":
             packet_id = raw
@@ -324,11 +356,17 @@ def _decode_objects(
         if kind == "device":
             if t.name == "device_type_id":
                 device_type = raw
+            elif t.name == "settings_revision":
+                settings = raw
             else:
                 firmware = raw
             continue
-        if kind == "binary":
-            raw &= 1
+        if kind == "binary" and raw > 1:
+            # The spec defines 0 and 1 only; Home Assistant reads any other byte as "on", a
+            # bitmask reader as its lowest bit: the gateway signs neither guess.
+            raise FrameError(
+                "bad_binary", f"binary object 0x{oid:02x} is {raw}; BTHome defines 0 and 1 only"
+            )
         elif kind == "dimmer":
             event, steps = chunk[0], chunk[1]
             raw = -steps if event == DIMMER_LEFT else steps if event == DIMMER_RIGHT else 0
@@ -348,20 +386,27 @@ def _decode_objects(
         device_type_id=device_type,
         firmware_version=firmware,
         unknown_object_id=unknown,
+        settings_revision=settings,
     )
 
 
 def encode_objects(objects: list[tuple[int, int | bytes]]) -> bytes:
     """Object bytes for (object id, raw value) pairs in the given order: the raw value is the
-    integer on the wire (21.37 Cel as object 0x02 is 2137), bytes for text and raw objects, and
-    `event | steps << 8` for the dimmer. The spec wants ids in ascending order; callers keep it."""
+    integer on the wire (21.37 Cel as object 0x02 is 2137), bytes for text and raw objects,
+    opcode + argument bytes for a command, and `event | steps << 8` for the dimmer. The spec
+    wants ids in ascending order; callers keep it."""
     out = bytearray()
     for oid, value in objects:
         t = OBJECT_TYPES.get(oid)
         if t is None:
             raise ValueError(f"unknown BTHome object id 0x{oid:02x}")
         out.append(oid)
-        if t.length == 0:
+        if t.kind == "command":
+            if not isinstance(value, bytes) or not 1 <= len(value) <= 32:
+                raise ValueError("a command is its opcode byte and at most 31 argument bytes")
+            out.append(len(value) - 1)
+            out += value
+        elif t.length == 0:
             if not isinstance(value, bytes) or len(value) > 255:
                 raise ValueError(f"object 0x{oid:02x} takes at most 255 bytes")
             out.append(len(value))

@@ -25,8 +25,23 @@ def _reject_constant(name: str) -> Any:
     raise FrameError("not_finite", f"{name} is not a finite number")
 
 
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique, as the CBOR form demands: `{"n":9,"n":1}` read
+    last-wins by one parser and first-wins by another could mean two frames under one MAC."""
+    obj: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in obj:
+            raise FrameError("not_json", f"key {k[:20]!r} appears twice in one object")
+        obj[k] = v
+    return obj
+
+
 # One decoder for every frame: json.loads(...) with hooks would build a new one per call.
-_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+_DECODER = json.JSONDecoder(
+    parse_float=Decimal,
+    parse_constant=_reject_constant,
+    object_pairs_hook=_object_without_duplicates,
+)
 # A valid frame nests 3 deep ({"r":[{...}]}); anything past this is refused before parsing,
 # so hostile nesting cannot exhaust the parser's stack.
 MAX_DEPTH = 8

@@ -38,7 +38,7 @@ class Dapp:
     def __init__(self, port: int, v5: bool, gateway: str = GATEWAY) -> None:
         self.v5 = v5
         self.name = f"dapp-{uuid.uuid4().hex[:8]}"
-        self.req_topic = f"edgence/{gateway}/rpc/req"
+        self.req_topic = f"edgence/{gateway}/rpc/req/{self.name}"
         self.reply_topic = f"edgence/{gateway}/rpc/res/{self.name}"
         self.answers: dict[str, Any] = {}
         self.cv = threading.Condition()
@@ -131,7 +131,7 @@ async def start_stack(
         fwd,
         BrokerEndpoint(host="127.0.0.1", port=broker.port, protocol=5),
         request_topic=REQ_TOPIC,
-        reply_filters=(f"edgence/{GATEWAY}/rpc/res/#",),
+        reply_filters=(f"edgence/{GATEWAY}/rpc/res/{{client}}/#",),
         client_id="gw-rpc",
     )
     coap = CoapForwarder(fwd, "127.0.0.1", free_port())

@@ -227,7 +227,7 @@ def deployment(anvil: LocalAnvil, contracts_built: Path) -> Iterator[Deployment]
 
 class OracleAsker:
     """A dApp's MQTT 5 client for oracle queries (its own paho thread, independent of the
-    agent's MQTT code): request on .../oracle/req, answer on its own response topic."""
+    agent's MQTT code): request on .../oracle/req/<name>, answer on its own response topic."""
 
     def __init__(self, port: int, gateway: str) -> None:
         import threading
@@ -237,7 +237,7 @@ class OracleAsker:
         from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
         self.name = f"dapp-{uuid.uuid4().hex[:8]}"
-        self.req_topic = f"edgence/{gateway}/oracle/req"
+        self.req_topic = f"edgence/{gateway}/oracle/req/{self.name}"
         self.reply_topic = f"edgence/{gateway}/oracle/res/{self.name}"
         self.answers: dict[bytes, bytes] = {}
         self.cv = threading.Condition()

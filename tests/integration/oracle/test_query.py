@@ -229,7 +229,7 @@ async def test_independent_clients_mosquitto_rr_and_libcoap(
                 "-h",
                 "127.0.0.1",
                 "-t",
-                f"edgence/{gw}/oracle/req",
+                f"edgence/{gw}/oracle/req/me",
                 "-e",
                 f"edgence/{gw}/oracle/res/me",
                 "-m",

@@ -15,6 +15,7 @@ from agent.config import (
     EnrollmentConfig,
     ForwardConfig,
     GatewayConfig,
+    HomeAssistantConfig,
     JournalConfig,
     OracleConfig,
     config_from_dict,
@@ -67,6 +68,7 @@ def test_an_empty_config_loads_to_the_dataclass_defaults(tmp_path: Path) -> None
         election=ElectionConfig(store=data / "election.sqlite"),
         forward=ForwardConfig(mqtt=mqtt5),
         oracle=OracleConfig(mqtt=mqtt5),
+        homeassistant=HomeAssistantConfig(mqtt=LOCAL_BROKER),
     )
     # Every source shares the frame codec's own limits.
     for source in (cfg.sources.mqtt, cfg.sources.coap, cfg.sources.ble):

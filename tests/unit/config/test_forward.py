@@ -18,7 +18,7 @@ def test_forward_is_off_by_default_with_documented_defaults(tmp_path: Path) -> N
     assert cfg.forward.mqtt is not None and cfg.forward.mqtt.protocol == 5
     assert cfg.forward.mqtt.url == cfg.sources.mqtt.broker.url  # the local broker unless told
     assert (cfg.forward.coap_host, cfg.forward.coap_port) == ("127.0.0.1", 5683)
-    assert cfg.forward.reply_topics == ("{prefix}/{gateway}/rpc/res/#",)
+    assert cfg.forward.reply_topics == ("{prefix}/{gateway}/rpc/res/{client}/#",)
 
 
 def test_forward_values_are_read(tmp_path: Path) -> None:
@@ -45,6 +45,11 @@ def test_forward_values_are_read(tmp_path: Path) -> None:
         ("[forward]\nrate = 0\n", "forward.rate", "positive"),
         ('[forward.mqtt]\nprotocol = "3.1.1"\n', "forward.mqtt.protocol", '"5"'),
         ('[forward.mqtt]\nreply_topics = ["#"]\n', "forward.mqtt.reply_topics", "too wide"),
+        (
+            '[forward.mqtt]\nreply_topics = ["edgence/{gateway}/rpc/res/#"]\n',
+            "forward.mqtt.reply_topics",
+            "{client}",
+        ),
         ('[forward.coap]\nbind = "5683"\n', "forward.coap.bind", "HOST:PORT"),
         ("[forward]\nfoo = 1\n", "forward.foo", "not a known key"),
     ],

@@ -15,7 +15,7 @@ def test_oracle_defaults(tmp_path: Path) -> None:
     assert not cfg.oracle.enabled and not cfg.oracle.submit_enabled
     assert cfg.oracle.mqtt is not None and cfg.oracle.mqtt.url == cfg.sources.mqtt.broker.url
     assert cfg.oracle.mqtt.protocol == 5
-    assert cfg.oracle.reply_topics == ("{prefix}/{gateway}/oracle/res/#",)
+    assert cfg.oracle.reply_topics == ("{prefix}/{gateway}/oracle/res/{client}/#",)
 
 
 def test_oracle_values_are_read(tmp_path: Path) -> None:
@@ -44,6 +44,11 @@ def test_oracle_values_are_read(tmp_path: Path) -> None:
         ("[oracle.submit]\nenabled = true\n", "[oracle.submit.sensors]", "must list"),
         ('[oracle.mqtt]\nprotocol = "3.1.1"\n', "[oracle.mqtt.protocol]", '"5"'),
         ('[oracle.mqtt]\nreply_topics = ["#"]\n', "[oracle.mqtt.reply_topics]", "too wide"),
+        (
+            '[oracle.mqtt]\nreply_topics = ["a/{client}x/#"]\n',
+            "[oracle.mqtt.reply_topics]",
+            "{client}",
+        ),
         ("[oracle]\ncolour = 1\n", "[oracle.colour]", "not a known key"),
     ],
 )

@@ -54,9 +54,16 @@ def make_gate(
     return gate, reg
 
 
+def accept(gate: EnrollmentGate, arr: Arrival) -> AuthMethod:
+    """As the pipeline asks: who sent it, (the counter rule,) then the device's budget."""
+    auth = gate.check(arr)
+    gate.admit(arr, auth)
+    return auth
+
+
 def reason(gate: EnrollmentGate, arr: Arrival) -> str:
     with pytest.raises(RejectedReading) as info:
-        gate.check(arr)
+        accept(gate, arr)
     return info.value.reason
 
 
@@ -67,7 +74,7 @@ def test_active_device_with_a_good_mac_passes_and_a_forged_one_does_not(
     _, key = reg.enroll("dev-1", transport=Transport.MQTT, now=clock.t)
     reg.activate(["dev-1"])
     gate.load()
-    assert gate.check(arrival("dev-1", 1, key)) is AuthMethod.HMAC
+    assert accept(gate, arrival("dev-1", 1, key)) is AuthMethod.HMAC
     assert reason(gate, arrival("dev-1", 2, bytes(32))) == "bad_mac"
     assert reason(gate, arrival("dev-1", 3, None)) == "missing_mac"
 
@@ -92,12 +99,12 @@ async def test_pending_device_activates_on_first_verified_frame_within_window(
     assert reason(gate, arrival("dev-1", 1, bytes(32))) == "bad_mac"  # wrong key: still pending
     assert reg.get("dev-1").status is DeviceStatus.PENDING  # type: ignore[union-attr]
     clock.t += 59
-    assert gate.check(arrival("dev-1", 1, key)) is AuthMethod.HMAC
+    assert accept(gate, arrival("dev-1", 1, key)) is AuthMethod.HMAC
     await gate.flush_activations()
     assert reg.get("dev-1").status is DeviceStatus.ACTIVE  # type: ignore[union-attr]
     clock.t += 3600  # an active device no longer depends on the window
     gate.load()
-    assert gate.check(arrival("dev-1", 2, key)) is AuthMethod.HMAC
+    assert accept(gate, arrival("dev-1", 2, key)) is AuthMethod.HMAC
 
 
 def test_pending_device_after_its_window_is_refused_and_stays_pending(
@@ -118,7 +125,7 @@ def test_rotated_key_refuses_frames_under_the_old_one(tmp_path: Path, clock: Fak
     _, new = reg.rotate_key("dev-1", now=clock.t)
     gate.load()
     assert reason(gate, arrival("dev-1", 5, old)) == "bad_mac"
-    assert gate.check(arrival("dev-1", 6, new)) is AuthMethod.HMAC
+    assert accept(gate, arrival("dev-1", 6, new)) is AuthMethod.HMAC
 
 
 def test_rate_limit_is_per_device(tmp_path: Path, clock: FakeClock) -> None:
@@ -127,11 +134,11 @@ def test_rate_limit_is_per_device(tmp_path: Path, clock: FakeClock) -> None:
     reg.activate(["a", "b"])
     gate.load()
     for n in range(1, 4):
-        gate.check(arrival("a", n, keys["a"]))
+        accept(gate, arrival("a", n, keys["a"]))
     assert reason(gate, arrival("a", 4, keys["a"])) == "rate_limited"
-    assert gate.check(arrival("b", 1, keys["b"])) is AuthMethod.HMAC  # b is not starved
+    assert accept(gate, arrival("b", 1, keys["b"])) is AuthMethod.HMAC  # b is not starved
     clock.t += 0.5  # one token back at 2/s
-    assert gate.check(arrival("a", 5, keys["a"])) is AuthMethod.HMAC
+    assert accept(gate, arrival("a", 5, keys["a"])) is AuthMethod.HMAC
     assert reason(gate, arrival("a", 6, keys["a"])) == "rate_limited"
 
 
@@ -142,15 +149,15 @@ def test_bthome_device_needs_the_sources_decryption(tmp_path: Path, clock: FakeC
     gate.load()
     assert reason(gate, arrival("ble-1", 1, None, Transport.BLE)) == "bad_mac"  # plaintext
     ok = arrival("ble-1", 2, None, Transport.BLE, verified=AuthMethod.BTHOME)
-    assert gate.check(ok) is AuthMethod.BTHOME
+    assert accept(gate, ok) is AuthMethod.BTHOME
 
 
 def test_allowlisted_devices_pass_unauthenticated_and_are_marked_so(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    gate, _ = make_gate(tmp_path, clock, allowlist=["sim-1"])
+    gate, _ = make_gate(tmp_path, clock, allowlists={Transport.MQTT: ["sim-1"]})
     gate.load()
-    assert gate.check(arrival("sim-1", 1, None)) is AuthMethod.ALLOWLIST
+    assert accept(gate, arrival("sim-1", 1, None)) is AuthMethod.ALLOWLIST
 
 
 async def test_registry_changes_from_another_writer_are_picked_up(
@@ -169,7 +176,7 @@ async def test_registry_changes_from_another_writer_are_picked_up(
             await asyncio.sleep(0.01)
     finally:
         task.cancel()
-    assert gate.check(arrival("late", 1, key)) is AuthMethod.HMAC
+    assert accept(gate, arrival("late", 1, key)) is AuthMethod.HMAC
 
 
 async def test_registry_loaded_is_logged_when_enrollment_changes_not_on_every_rewrite(
@@ -197,7 +204,7 @@ async def test_registry_loaded_is_logged_when_enrollment_changes_not_on_every_re
     caplog.set_level(logging.INFO, logger="agent.devices.gate")
     task = asyncio.create_task(gate.run(poll=0.01))
     try:
-        assert gate.check(arrival("dev-a", 1, key)) is AuthMethod.HMAC  # activates dev-a
+        assert accept(gate, arrival("dev-a", 1, key)) is AuthMethod.HMAC  # activates dev-a
         for _ in range(500):
             if reg.get("dev-a").status is DeviceStatus.ACTIVE:  # type: ignore[union-attr]
                 break
@@ -221,14 +228,14 @@ def test_the_gate_refuses_a_millisecond_timestamp_even_from_an_allowlisted_devic
     tmp_path: Path, clock: FakeClock
 ) -> None:
     clock.t = 1_764_000_000
-    gate, _ = make_gate(tmp_path, clock, allowlist=["sim-1"])
+    gate, _ = make_gate(tmp_path, clock, allowlists={Transport.MQTT: ["sim-1"]})
     gate.load()
     ms = parse_frame(encode_frame(1, [("t", 1, 0, "Cel")], timestamp=1_764_000_000_000))
     with pytest.raises(RejectedReading, match="milliseconds") as info:
-        gate.check(Arrival(ms, "sim-1", Transport.MQTT, "mqtt"))
+        accept(gate, Arrival(ms, "sim-1", Transport.MQTT, "mqtt"))
     assert info.value.reason == "bad_time"
     ok = parse_frame(encode_frame(2, [("t", 1, 0, "Cel")], timestamp=1_764_000_000))
-    assert gate.check(Arrival(ok, "sim-1", Transport.MQTT, "mqtt")) is AuthMethod.ALLOWLIST
+    assert accept(gate, Arrival(ok, "sim-1", Transport.MQTT, "mqtt")) is AuthMethod.ALLOWLIST
 
 
 def test_the_gate_refuses_a_sensor_not_declared_at_pair(tmp_path: Path, clock: FakeClock) -> None:
@@ -236,10 +243,42 @@ def test_the_gate_refuses_a_sensor_not_declared_at_pair(tmp_path: Path, clock: F
     _, key = reg.enroll("dev-1", transport=Transport.MQTT, sensors=[("t", "Cel")], now=clock.t)
     reg.activate(["dev-1"])
     gate.load()
-    assert gate.check(arrival("dev-1", 1, key)) is AuthMethod.HMAC
+    assert accept(gate, arrival("dev-1", 1, key)) is AuthMethod.HMAC
     values = [("pressure", 1, 0, "hPa")]
     mac = frame_mac(key, "dev-1", parse_frame(encode_frame(2, values)))
     frame = parse_frame(encode_frame(2, values, mac=mac))
     with pytest.raises(RejectedReading, match="--sensor pressure:hPa") as info:
-        gate.check(Arrival(frame, "dev-1", Transport.MQTT, "mqtt"))
+        accept(gate, Arrival(frame, "dev-1", Transport.MQTT, "mqtt"))
     assert info.value.reason == "undeclared_sensor"
+
+
+def test_an_allowlisted_id_is_accepted_on_its_own_transport_only(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    gate, _ = make_gate(
+        tmp_path,
+        clock,
+        allowlists={Transport.MQTT: ["mq-1"], Transport.SERIAL: ["ser-1"]},
+    )
+    assert accept(gate, arrival("mq-1", 1, None)) is AuthMethod.ALLOWLIST
+    assert accept(gate, arrival("ser-1", 1, None, Transport.SERIAL)) is AuthMethod.ALLOWLIST
+    with pytest.raises(RejectedReading) as info:
+        accept(gate, arrival("ser-1", 2, None, Transport.MQTT))
+    assert info.value.reason == "unknown_device"
+    assert "allowlisted for serial only" in info.value.detail
+    assert reason(gate, arrival("mq-1", 2, None, Transport.COAP)) == "unknown_device"
+
+
+def test_checking_a_frame_costs_the_device_nothing_only_admitting_does(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    gate, reg = make_gate(tmp_path, clock, rate=1, burst=2)
+    _, key = reg.enroll("dev-1", transport=Transport.MQTT, now=clock.t)
+    gate.load()
+    captured = arrival("dev-1", 1, key)
+    for _ in range(100):  # what the pipeline does with a replay: check, then refuse the counter
+        assert gate.check(captured) is AuthMethod.HMAC
+    assert reg.get("dev-1").status is DeviceStatus.PENDING  # type: ignore[union-attr]
+    assert accept(gate, arrival("dev-1", 2, key)) is AuthMethod.HMAC
+    assert accept(gate, arrival("dev-1", 3, key)) is AuthMethod.HMAC
+    assert reason(gate, arrival("dev-1", 4, key)) == "rate_limited"

@@ -145,3 +145,18 @@ def test_as_root_the_registry_files_keep_the_data_dirs_owner(tmp_path: Path) -> 
         st = os.stat(p)
         assert (st.st_uid, st.st_gid) == (4242, 4343), p
     assert stat.S_IMODE(os.stat(reg.keys_path).st_mode) == 0o600
+
+
+def test_a_revoked_id_is_enrolled_anew_only_with_replace_revoked(tmp_path: Path) -> None:
+    reg = DeviceRegistry(tmp_path)
+    _, old_key = reg.enroll("dev-1", transport=Transport.MQTT)
+    with pytest.raises(RegistryError, match="rotate-key"):
+        reg.enroll("dev-1", transport=Transport.MQTT, replace_revoked=True)  # not revoked
+    reg.revoke("dev-1")
+    with pytest.raises(RegistryError, match="--replace"):
+        reg.enroll("dev-1", transport=Transport.MQTT)
+    rec, key = reg.enroll("dev-1", transport=Transport.COAP, replace_revoked=True)
+    assert rec.status is DeviceStatus.PENDING and rec.transport is Transport.COAP
+    assert key != old_key and reg.key_of("dev-1") == key
+    assert rec.key_epoch == 2 and rec.key_ref == "keys.json#dev-1@2"
+    assert [r.id for r in reg.all()] == ["dev-1"]

@@ -129,16 +129,20 @@ def test_timestamp_and_device_information_are_not_values() -> None:
 def test_every_object_id_round_trips(oid: int) -> None:
     t = OBJECT_TYPES[oid]
     raw: int | bytes = b"\x01\x02" if t.length == 0 else (1 << (8 * t.length - 2)) - 1
+    if t.kind == "binary":
+        raw = 1
     p = parse_bthome(
         encode_bthome([(oid, raw)], mac=MAC, bindkey=KEY, counter=7), mac=MAC, bindkey=KEY
     )
     assert p.counter == 7
     if t.kind in ("sensor", "button", "binary"):
         assert isinstance(raw, int)
-        expected = (raw & 1) if t.kind == "binary" else raw * t.multiplier
         assert [(v.name, v.value, v.exponent, v.object_id) for v in p.values] == [
-            (t.name, expected, t.exponent, oid)
+            (t.name, raw * t.multiplier, t.exponent, oid)
         ]
+    elif t.kind == "command":
+        assert [(v.name, v.value, v.unit) for v in p.values] == [("command", 1, "{command}")]
+        assert p.texts == (("command", b"\x02"),)
     elif t.kind in ("text", "raw"):
         assert p.texts == ((t.name, raw),)
     elif t.kind == "packet_id":
@@ -217,3 +221,40 @@ def test_encoder_refuses_values_that_do_not_fit() -> None:
         encode_objects([(0xEE, 1)])
     with pytest.raises(ValueError):
         encode_bthome([(0x01, 1)], bindkey=KEY, counter=1)  # no mac
+
+
+@pytest.mark.parametrize("byte", [2, 0x80, 0xFF])
+def test_a_binary_sensor_byte_other_than_0_or_1_is_refused(byte: int) -> None:
+    with pytest.raises(FrameError) as info:
+        parse_bthome(bytes((0x40, 0x01, 93, 0x1A, byte)))
+    assert info.value.reason == "bad_binary"
+    assert values(parse_bthome(bytes((0x40, 0x1A, 0x00, 0x1A, 0x01)))) == {
+        "door": (0, 0, "{bool}"),
+        "door_2": (1, 0, "{bool}"),
+    }
+
+
+def test_the_command_object_0x3b_is_decoded_and_what_follows_it_too() -> None:
+    # step up 5 steps (the spec's example 3B010305), then "on" without arguments, then a door.
+    p = parse_bthome(bytes.fromhex("403b0103053b00011a01"))
+    assert values(p) == {
+        "command": (3, 0, "{command}"),
+        "command_2": (1, 0, "{command}"),
+        "door": (1, 0, "{bool}"),
+    }
+    assert p.texts == (("command", b"\x05"),)
+    assert p.unknown_object_id is None
+    assert parse_bthome(encode_bthome([(0x3B, b"\x03\x05")])).values[0].value == 3
+
+
+def test_a_command_with_reserved_length_bits_ends_decoding_like_an_unknown_object() -> None:
+    p = parse_bthome(bytes.fromhex("40015d3b2103050201"))
+    assert values(p) == {"battery": (93, 0, "%")}
+    assert p.unknown_object_id == 0x3B
+
+
+def test_the_settings_revision_0x65_is_decoded_and_what_follows_it_too() -> None:
+    p = parse_bthome(bytes.fromhex("40015d6503f00100"))
+    assert p.settings_revision == 3 and p.device_type_id == 1
+    assert values(p) == {"battery": (93, 0, "%")}
+    assert p.unknown_object_id is None

@@ -490,3 +490,18 @@ def test_encode_then_parse_round_trips_500_random_frames() -> None:
             mac=mac,
             raw=payload,
         ), f"case {case}: {payload!r}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"v":1,"n":9,"n":1,"r":[{"s":"t","v":1,"u":"Cel"}]}',
+        '{"v":1,"n":1,"r":[{"s":"t","v":1,"v":999,"u":"Cel"}]}',
+        '{"v":1,"n":1,"r":[{"s":"t","v":1,"u":"Cel"}],"mac":"' + "0" * 64 + '","mac":"1"}',
+    ],
+)
+def test_json_with_a_key_twice_in_one_object_is_refused_as_cbor_is(text: str) -> None:
+    with pytest.raises(FrameError) as info:
+        parse_frame(text.encode())
+    assert info.value.reason == "not_json"
+    assert "appears twice" in info.value.detail

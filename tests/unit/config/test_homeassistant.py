@@ -1,0 +1,52 @@
+"""[homeassistant] (agent/config/homeassistant.py): off by default, values read, refusals naming
+the key and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.unit.config.helpers import MINIMAL, load, refusal
+
+
+def test_homeassistant_is_off_by_default_and_uses_the_local_broker(tmp_path: Path) -> None:
+    cfg = load(tmp_path, MINIMAL)
+    ha = cfg.homeassistant
+    assert not ha.enabled
+    assert ha.discovery_prefix == "homeassistant" and ha.topic_prefix == "edgence"
+    assert ha.state_interval_s == 1.0
+    assert ha.mqtt is not None and ha.mqtt.url == cfg.sources.mqtt.broker.url
+
+
+def test_homeassistant_values_are_read(tmp_path: Path) -> None:
+    cfg = load(
+        tmp_path,
+        MINIMAL + "[homeassistant]\nenabled = true\n"
+        'discovery_prefix = "ha/disc"\nstate_interval = "5s"\ntopic_prefix = "site-a"\n'
+        '[homeassistant.mqtt]\nurl = "mqtt://10.0.0.5:1885"\nusername = "gw"\n',
+    )
+    ha = cfg.homeassistant
+    assert ha.enabled and ha.discovery_prefix == "ha/disc" and ha.topic_prefix == "site-a"
+    assert ha.state_interval_s == 5.0
+    assert ha.mqtt is not None and ha.mqtt.url == "mqtt://10.0.0.5:1885"
+    assert ha.mqtt.username == "gw"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ('discovery_prefix = "home/#"\n', "homeassistant.discovery_prefix", "A-Z a-z 0-9 _ -"),
+        ('discovery_prefix = "/ha"\n', "homeassistant.discovery_prefix", '"homeassistant"'),
+        ("state_interval = 0\n", "homeassistant.state_interval", "positive duration"),
+        ('state_interval = "2h"\n', "homeassistant.state_interval", "at most 3600"),
+        ("enabled = 1\n", "homeassistant.enabled", "true or false"),
+        ("prefix = 1\n", "homeassistant.prefix", "allowed here: discovery_prefix, enabled"),
+        ('[homeassistant.mqtt]\nurl = "http://x"\n', "homeassistant.mqtt.url", "mqtt://"),
+    ],
+)
+def test_homeassistant_refusals_name_the_key(
+    tmp_path: Path, text: str, key: str, words: str
+) -> None:
+    path, msg = refusal(tmp_path, MINIMAL + "[homeassistant]\n" + text)
+    assert key in msg and words in msg and str(path) in msg
