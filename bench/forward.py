@@ -60,7 +60,7 @@ def deploy_counter(node: LocalAnvil) -> str:
     raise RuntimeError("Counter was not deployed")
 
 
-RELAY = "relay"  # the same-hop relay's name in the request topic (edgence/relay/rpc/req)
+RELAY = "relay"  # the same-hop relay's name in the request topic (edgence/relay/rpc/req/<asker>)
 
 
 def same_hop_relay(broker_port: int, rpc_url: str, ready: Any) -> None:
@@ -99,7 +99,7 @@ def same_hop_relay(broker_port: int, rpc_url: str, ready: Any) -> None:
         c.on_subscribe = lambda *a: ready.set()
 
         def subscribe(session_present: bool) -> None:
-            c.subscribe(f"edgence/{RELAY}/rpc/req", 0)
+            c.subscribe(f"edgence/{RELAY}/rpc/req/+", 0)
 
         conn.on_connected = subscribe
         await conn.run()
