@@ -7,9 +7,17 @@ and a batch that follows directly on the bridge's tail is published from memory,
 journal read. Any gap sends it back to catching up, so nothing is skipped or reordered.
 At most `inflight` PUBLISHes are unacknowledged; the journal cursor advances only over a
 contiguous run of PUBACKs. A retained birth / last-will message on `<prefix>/<gateway>/status`
-says whether the gateway is online. With `envelopes_per_message` > 1 (off by default) runs of
-consecutive envelopes go as one JSON array on `<prefix>/<gateway>/obs-batch` instead of one
-message per observation on `obs/<device>/<sensor>`.
+says whether the gateway is online.
+
+Only durable entries leave: an offered batch above the journal's last known durable sequence
+waits for one `journal.sync()` (journal reads do the same by themselves), so a sequence seen
+upstream is never assigned again, even after a power cut. Ranges the journal dropped
+(`overflow = "drop-oldest"`) are announced on `<prefix>/<gateway>/dropped` as signed Dropped
+statements (agent/attest/dropped.py), QoS 1, each marked announced in the journal once the
+broker acknowledged it. `bridge.url` may list several brokers (see MqttConnection's fallbacks).
+With `envelopes_per_message` > 1 (off by default) runs of consecutive envelopes go as one
+JSON array on `<prefix>/<gateway>/obs-batch` instead of one message per observation on
+`obs/<device>/<sensor>`.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -63,9 +72,11 @@ class Bridge:
         journal: Journal,
         gateway: str,
         metrics: Metrics,
+        sign_dropped: Callable[[int, int, int], bytes] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self.cfg = cfg
+        self.sign_dropped = sign_dropped
         self.journal = journal
         self.gateway = gateway
         self.metrics = metrics
@@ -73,6 +84,7 @@ class Bridge:
         self._rl = RateLimitedLog(self.log)
         self.base_topic = f"{cfg.topic_prefix}/{gateway}"
         self.status_topic = f"{self.base_topic}/status"
+        self.dropped_topic = f"{self.base_topic}/dropped"
         self.conn = MqttConnection(
             cfg.broker,
             client_id=cfg.broker.client_id or f"edgence-{gateway[2:14]}-bridge",
@@ -81,6 +93,8 @@ class Bridge:
             will=(self.status_topic, status_payload(gateway, "offline")),
             max_inflight=cfg.inflight,
             logger=self.log,
+            fallbacks=cfg.fallbacks,
+            failback_check=cfg.failback_check_s,
         )
         self.conn.client.on_publish = self._on_publish
         self.conn.on_connected = self._on_connected
@@ -97,6 +111,12 @@ class Bridge:
         self._live = False  # caught up: contiguous offers are published from memory
         self._fast: deque[tuple[int, str, str, bytes]] = deque()  # (seq, device, sensor, body)
         self._tail = 0  # while live: last sequence held (handed to paho or waiting in _fast)
+        self._durable = 0  # the journal's durable sequence as last seen
+        self._drops_seen = -1  # journal.drops_recorded when pending drops were last read
+        self._drop_mids: dict[int, int] = {}  # paho mid -> first sequence of a drop statement
+        self._drops_out: set[int] = set()  # drop statements handed to paho, not yet acked
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.drops_announced = 0
         self.watermark = 0
         self._persisted = 0
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -144,6 +164,9 @@ class Bridge:
     ) -> None:
         item = self._pending.pop(mid, None)
         if item is None:
+            first = self._drop_mids.pop(mid, None)
+            if first is not None:
+                self._drop_acked(first, rc)
             return  # a status message
         seq, topic, payload, count = item
         if rc.is_failure:
@@ -176,6 +199,51 @@ class Bridge:
             loop = asyncio.get_running_loop()
             self._flush_handle = loop.call_later(0.05, self._schedule_flush)
 
+    def _drop_acked(self, first: int, rc: ReasonCode) -> None:
+        self._drops_out.discard(first)
+        if rc.is_failure:
+            self._rl.event(
+                ("bridge", "drop_refused"),
+                "bridge_refused",
+                logging.ERROR,
+                topic=self.dropped_topic,
+                reason=str(rc),
+                retry_in="2s",
+            )
+            loop = asyncio.get_running_loop()
+            loop.call_later(2.0, self._recheck_drops)
+            return
+        self.drops_announced += 1
+        self.metrics.inc("drops_announced")
+        task = asyncio.get_running_loop().create_task(self.journal.drop_announced(first))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _recheck_drops(self) -> None:
+        self._drops_seen = -1
+        self._more.set()
+
+    async def _announce_drops(self) -> None:
+        """Publish every drop record not yet announced (and not in flight)."""
+        self._drops_seen = self.journal.drops_recorded
+        if self.sign_dropped is None:
+            return
+        for d in await self.journal.pending_drops():
+            if d.first_seq in self._drops_out:
+                continue
+            body = self.sign_dropped(d.first_seq, d.last_seq, d.dropped_at)
+            info = self.conn.client.publish(self.dropped_topic, body, qos=1)
+            self._drop_mids[info.mid] = d.first_seq
+            self._drops_out.add(d.first_seq)
+            event(
+                self.log,
+                "drop_announced",
+                logging.WARNING,
+                seq_from=d.first_seq,
+                seq_to=d.last_seq,
+                dropped_at=d.dropped_at,
+            )
+
     def _republish(self, seq: int, topic: str, payload: bytes, count: int) -> None:
         if self._pending.pop(-seq, None) is None:
             return  # the bridge restarted meanwhile; the journal replays it
@@ -203,6 +271,9 @@ class Bridge:
         self._live = False
         self._room.set()
         self._sent = self.watermark = self._persisted = await self.journal.cursor(SINK)
+        self._drop_mids.clear()
+        self._drops_out.clear()
+        self._drops_seen = -1
         conn_task = asyncio.create_task(self.conn.run())
         self.ready.set()
         try:
@@ -215,6 +286,13 @@ class Bridge:
         per_message = self.cfg.envelopes_per_message
         while True:
             await self.conn.connected.wait()
+            if self._drops_seen != self.journal.drops_recorded:
+                # Entries were dropped: those still waiting in memory may be among them, so
+                # read the survivors from the journal (only ones already handed to paho can be
+                # both delivered and announced dropped).
+                self._fast.clear()
+                self._live = False
+                await self._announce_drops()
             room = self.cfg.inflight - len(self._pending)
             if room <= 0:
                 self._room.clear()
@@ -224,17 +302,30 @@ class Bridge:
             room *= per_message  # observations that fit in the free messages of the window
             if self._fast:
                 batch = [self._fast.popleft() for _ in range(min(room, len(self._fast)))]
+                if batch[-1][0] > self._durable:
+                    # Offered straight from the pipeline: durable before it leaves the box.
+                    self._durable = await self.journal.sync()
             elif self._live:
-                await self._more.wait()
+                # Woken by an offer, or once a second to look for new drop records and for
+                # entries committed but not offered yet (a batch stored in parts is offered
+                # whole, after its last part): those are read from the journal.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._more.wait(), 1.0)
+                if not self._fast and self.journal.last_seq > self._tail:
+                    self._live = False
                 continue
             else:
                 entries, newest = await self.journal.read_tail(
                     SINK, self._sent, min(room, self.cfg.batch)
                 )
                 if not entries:
-                    # Everything appended so far has been read (the read and the newest
-                    # sequence come from the journal thread at one moment): go live.
-                    self._live, self._tail = True, max(self._sent, newest)
+                    # Everything appended up to `newest` has been read (the read and the
+                    # newest sequence come from the journal thread at one moment). A batch
+                    # committed since may have been offered while the read was on its way
+                    # back (and ignored, not being live): then read again, else go live.
+                    tail = max(self._sent, newest)
+                    if self.journal.last_seq <= tail:
+                        self._live, self._tail = True, tail
                     continue
                 batch = [(e.seq, e.device_id, e.sensor, e.envelope) for e in entries]
             if per_message > 1:
@@ -286,9 +377,12 @@ class Bridge:
         return Health(
             "up" if up else "down",
             {
-                "url": self.cfg.broker.url,
+                "url": self.conn.endpoint.url,
+                "broker": self.conn.endpoints.index(self.conn.endpoint) + 1,
+                "brokers": len(self.conn.endpoints),
                 "connected": up,
                 "inflight": len(self._pending),
                 "delivered_upto": self.watermark,
+                "drops_announced": self.drops_announced,
             },
         )

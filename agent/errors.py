@@ -72,6 +72,15 @@ class JournalFull(JournalError):
     """The journal is at its bound and its overflow policy is `reject-new`."""
 
 
+class JournalBatchTooLarge(JournalError):
+    """One batch is larger than journal.max_bytes: store it in smaller parts."""
+
+
+class JournalHeld(JournalFull):
+    """The journal is at its bound and its overflow policy is `pause`: nothing was stored,
+    the caller holds the batch (and stops taking more) until the sinks have delivered."""
+
+
 class ElectionError(AgentError):
     """A validator-election step failed: a malformed input, a proof or signature that does not
     verify, or a round that cannot be decided."""

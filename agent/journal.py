@@ -3,6 +3,16 @@
 Observations are committed here before any sink sees them; each sink reads in gateway-sequence
 order and acknowledges a watermark, so whatever was not acknowledged is delivered again.
 
+Gateway sequences have no gaps and are never reused: a batch's numbers are the next ones after
+the newest entry, assigned, signed and inserted in the journal's thread in one call, and they
+exist nowhere else until the insert has committed (a failed or interrupted append leaves no
+trace, so its numbers are simply assigned again). Nothing read from the journal leaves it before
+it is durable: with ``synchronous = "normal"`` a reader syncs the write-ahead log (one fsync for
+everything committed so far) before it is handed an entry it has not seen durable, so after a
+power cut the journal still holds every sequence anyone outside has seen, and numbering resumes
+after it. Undelivered entries removed by ``overflow = "drop-oldest"`` leave a record of their
+range in the same transaction (`pending_drops`), which the bridge announces upstream.
+
 Threading, enforced by structure: `Journal` (used as ``async with Journal(...) as journal``) owns
 one worker thread; the sqlite connection is opened in that thread (``check_same_thread=True``, so
 a call from any other thread raises) and every awaitable method runs there, one at a time. The
@@ -15,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self, TypeVar, TypeVarTuple
 
-from agent.errors import JournalError, JournalFull
+from agent.errors import JournalBatchTooLarge, JournalError, JournalFull, JournalHeld
 from agent.frame import counter_key
 from agent.model import Observation
 
@@ -65,12 +76,23 @@ _SCHEMA = (
         sink TEXT PRIMARY KEY,
         acked_seq INTEGER NOT NULL
     ) WITHOUT ROWID""",
+    # Ranges of undelivered entries removed by overflow = "drop-oldest", kept (delivered = 0)
+    # until the bridge has announced them upstream, then as history until max_age.
+    """CREATE TABLE IF NOT EXISTS drops (
+        first_seq INTEGER PRIMARY KEY,
+        last_seq INTEGER NOT NULL,
+        dropped_at INTEGER NOT NULL,
+        delivered INTEGER NOT NULL DEFAULT 0
+    )""",
 )
 
-# meta keys: the highest sequence ever handed out may be at most `seq_mark`; `pruned_upto` is
-# the highest sequence ever removed, so last_seq survives a journal that was pruned empty.
+# meta key: the highest sequence ever removed, so last_seq survives a journal pruned empty.
+# (Journals written before sequences became gapless also hold "seq_mark", the end of a block of
+# numbers reserved ahead; numbering resumes above it once, so none of them is ever reused.)
 _META_SEQ_MARK = "seq_mark"
 _META_PRUNED_UPTO = "pruned_upto"
+Overflow = Literal["pause", "drop-oldest", "reject-new"]
+_OVERFLOWS = ("pause", "drop-oldest", "reject-new")
 
 _INSERT_ENTRY = (
     "INSERT INTO entries (seq, device_id, sensor, counter, created_at, envelope) "
@@ -106,6 +128,15 @@ class JournalStats:
     oldest_created_at: float | None  # of the entry with the lowest sequence
     last_seq: int  # the highest sequence ever appended (0 if none)
     backlog: dict[str, int]  # per sink, entries with seq > that sink's cursor
+
+
+@dataclass(frozen=True)
+class DropRecord:
+    """A contiguous range of undelivered gateway sequences removed by overflow = drop-oldest."""
+
+    first_seq: int
+    last_seq: int
+    dropped_at: int  # unix seconds, the gateway's clock when they were removed
 
 
 @dataclass(frozen=True)
@@ -167,22 +198,19 @@ class _JournalCore:
         synchronous: Literal["normal", "full"],
         max_bytes: int,
         max_age_s: float,
-        overflow: Literal["drop-oldest", "reject-new"],
-        sequence_block: int,
+        overflow: Overflow,
         clock: Callable[[], float],
         logger: logging.Logger | None,
     ) -> None:
         # No defaults here: Journal's signature is the one place they are written.
         if synchronous not in ("normal", "full"):
             raise ValueError(f"synchronous {synchronous!r} must be 'normal' or 'full'")
-        if overflow not in ("drop-oldest", "reject-new"):
-            raise ValueError(f"overflow {overflow!r} must be 'drop-oldest' or 'reject-new'")
+        if overflow not in _OVERFLOWS:
+            raise ValueError(f"overflow {overflow!r} must be one of {', '.join(_OVERFLOWS)}")
         if max_bytes <= 0:
             raise ValueError(f"max_bytes {max_bytes!r} must be positive")
         if not max_age_s > 0:
             raise ValueError(f"max_age_s {max_age_s!r} must be positive")
-        if sequence_block < 1:
-            raise ValueError(f"sequence_block {sequence_block!r} must be at least 1")
         names = list(sinks)
         if any(not isinstance(s, str) or not s for s in names) or len(set(names)) != len(names):
             raise ValueError(f"sinks {names!r} must be distinct non-empty names")
@@ -192,7 +220,6 @@ class _JournalCore:
         self._max_bytes = max_bytes
         self._max_age_s = max_age_s
         self._overflow = overflow
-        self._sequence_block = sequence_block
         self._clock = clock
         self._log = logger if logger is not None else logging.getLogger(__name__)
         self._conn: sqlite3.Connection | None = None
@@ -200,11 +227,12 @@ class _JournalCore:
         self._entries = 0
         self._bytes = 0
         self._last_seq = 0
-        self._next_seq = 1
-        self._seq_mark = 0
+        self._seq_floor = 0  # numbering continues above this (last_seq, or an old block mark)
+        self._durable_seq = 0  # every entry up to here is on stable storage
         self._cursors: dict[str, int] = {}
         self._drops_pending: _DropSummary | None = None
         self._drop_logged_at = -math.inf
+        self.drops_recorded = 0  # grows with each drop record written; polled from the loop
 
     @property
     def path(self) -> Path:
@@ -251,86 +279,76 @@ class _JournalCore:
         finally:
             conn.close()
 
-    # -- sequences ---------------------------------------------------------------------------
+    # -- sequences and durability -----------------------------------------------------------
 
-    def reserve_sequences(self, n: int) -> range:
-        """Gateway sequences for the next n observations; never repeated, even after a crash.
-
-        Before handing out a number beyond the persisted high-water mark the mark is moved a
-        whole block ahead and committed durably; after a crash numbering resumes above the
-        mark, so the rest of the block becomes a gap (never a reuse).
-        """
+    def next_sequences(self, n: int) -> range:
+        """The sequences the next append of n observations must carry: the n numbers after the
+        newest one journaled. Nothing is reserved: until an append commits them, the same
+        numbers are handed out again (nothing signed with them has left the journal's thread)."""
         if n < 0:
-            raise ValueError(f"cannot reserve {n} sequences")
+            raise ValueError(f"cannot number {n} observations")
         self._db()
-        first = self._next_seq
-        last = first + n - 1
-        if last > _SEQ_LIMIT:
+        first = self._seq_floor + 1
+        if first + n - 1 > _SEQ_LIMIT:
             raise JournalError(f"journal {self._path}: gateway sequences exhausted")
-        if last > self._seq_mark:
-            block = self._sequence_block
-            mark = min(-(-last // block) * block, _SEQ_LIMIT)
-            self._persist_seq_mark(mark)
-            self._seq_mark = mark
-        self._next_seq = last + 1
-        return range(first, last + 1)
+        return range(first, first + n)
 
-    def _persist_seq_mark(self, mark: int) -> None:
-        conn = self._db()
-        # Signed observations may leave the box before their append is durable, so the mark
-        # is synced even at synchronous=normal, where a power cut could roll back a commit.
-        # It costs one fsync per block.
-        relax = self._synchronous != "full"
-        if relax:
+    @property
+    def durable_seq(self) -> int:
+        return self._durable_seq
+
+    def sync(self, *, force: bool = False) -> int:
+        """Make everything committed so far durable (one fsync of the write-ahead log, which
+        is what synchronous = "full" does at every commit); returns the durable sequence.
+        Without `force` it does nothing when every entry is known durable already."""
+        if self._durable_seq >= self._last_seq and not force:
+            return self._durable_seq
+        last = self._last_seq
+        if self._synchronous != "full":
             try:
-                conn.execute("PRAGMA synchronous=FULL")
-            except sqlite3.Error as exc:
-                raise self._error("reserve gateway sequences", exc) from exc
-        try:
-            with self._write("reserve gateway sequences") as c:
-                c.execute(_UPSERT_META_MAX, (_META_SEQ_MARK, mark))
-        finally:
-            if relax:
+                fd = os.open(f"{self._path}-wal", os.O_RDONLY)
+            except FileNotFoundError:
+                fd = -1  # checkpointed into the main file, which the checkpoint synced
+            except OSError as exc:
+                raise JournalError(f"journal {self._path}: sync failed: {exc}") from exc
+            if fd >= 0:
                 try:
-                    conn.execute("PRAGMA synchronous=NORMAL")
-                except sqlite3.Error as exc:
-                    # Only slower, not less safe: keep going and say so.
-                    self._log.warning(
-                        "event=journal_pragma_failed path=%s pragma=synchronous error=%s",
-                        self._path,
-                        exc,
-                    )
+                    os.fsync(fd)
+                except OSError as exc:
+                    raise JournalError(f"journal {self._path}: sync failed: {exc}") from exc
+                finally:
+                    os.close(fd)
+        self._durable_seq = last
+        return last
+
+    def _durable_upto(self, seq: int) -> None:
+        """Before an entry with this sequence leaves the journal: make it durable."""
+        if seq > self._durable_seq:
+            self.sync()
 
     # -- writing -----------------------------------------------------------------------------
 
     def append(self, observations: Sequence[Observation]) -> None:
         """Store a batch in one transaction, making room first according to the bounds.
 
-        Sequences must have come from reserve_sequences and be appended in increasing order
-        (the batch itself may be in any order): sinks read above a watermark, so an entry
-        appended below one would never be delivered.
+        The batch must carry exactly `next_sequences(len(batch))` (in any order): numbers
+        without gaps, each assigned once; sinks read above a watermark, so an entry appended
+        below one would never be delivered.
         """
         if not observations:
             return
         self._db()
         batch = sorted(observations, key=lambda o: o.gateway_sequence)
-        previous = self._last_seq
-        for obs in batch:
-            seq = obs.gateway_sequence
-            if seq <= previous:
+        expected = self.next_sequences(len(batch))
+        for obs, seq in zip(batch, expected, strict=True):
+            if obs.gateway_sequence != seq:
                 raise JournalError(
-                    f"journal {self._path}: gateway sequence {seq} is not above {previous}; "
-                    "observations must be appended once each, in sequence order"
+                    f"journal {self._path}: gateway sequence {obs.gateway_sequence} is not the "
+                    f"next one ({seq}); sign observations with next_sequences, append each once"
                 )
-            if seq >= self._next_seq:
-                raise JournalError(
-                    f"journal {self._path}: gateway sequence {seq} was never handed out by "
-                    "reserve_sequences; sign observations only with reserved sequences"
-                )
-            previous = seq
         incoming = sum(len(o.envelope) + ROW_OVERHEAD_BYTES for o in batch)
         if incoming > self._max_bytes:
-            raise JournalError(
+            raise JournalBatchTooLarge(
                 f"journal {self._path}: a batch of {len(batch)} observations ({incoming} bytes) "
                 f"is larger than journal.max_bytes = {self._max_bytes}; raise journal.max_bytes"
             )
@@ -367,24 +385,34 @@ class _JournalCore:
         self._removed(delivered)
         self._removed(dropped)
         self._log_drop(dropped)
+        self.drops_recorded += dropped.count > 0
         if rejected:
-            raise JournalFull(
+            error = JournalHeld if self._overflow == "pause" else JournalFull
+            then = (
+                "intake pauses until the sinks deliver"
+                if self._overflow == "pause"
+                else "the batch is refused"
+            )
+            raise error(
                 f"journal {self._path} is full: journal.max_bytes = {self._max_bytes} and "
                 f"{self._bytes} bytes are held by undelivered observations, which "
-                "journal.overflow = 'reject-new' keeps; the batch of "
-                f"{len(batch)} ({incoming} bytes) was not stored. Check that the sinks deliver, "
-                "raise journal.max_bytes, or set journal.overflow = 'drop-oldest'"
+                f"journal.overflow = {self._overflow!r} keeps; the batch of "
+                f"{len(batch)} ({incoming} bytes) was not stored and {then}. Check that the "
+                "sinks deliver, raise journal.max_bytes, or set journal.overflow = "
+                "'drop-oldest' (dropped ranges are announced upstream)"
             )
         self._entries += len(rows)
         self._bytes += incoming
-        self._last_seq = batch[-1].gateway_sequence
+        self._last_seq = self._seq_floor = batch[-1].gateway_sequence
+        if self._synchronous == "full":
+            self._durable_seq = self._last_seq
 
     def append_with(
         self, count: int, make: Callable[[range], list[Observation]]
     ) -> tuple[int, list[Observation]]:
-        """Reserve `count` sequences, build their observations with `make` and append them;
+        """Number the next `count` observations, build them with `make` and append them;
         returns the newest sequence before the batch and the observations."""
-        seqs = self.reserve_sequences(count)
+        seqs = self.next_sequences(count)
         observations = make(seqs)
         previous = self._last_seq
         self.append(observations)
@@ -411,8 +439,11 @@ class _JournalCore:
         1. Entries every sink acknowledged ("delivered") older than max_age_s are removed, and
            delivered entries are removed oldest first while the journal is over max_bytes.
         2. Then, with overflow = "drop-oldest", undelivered entries are dropped oldest first
-           while over max_bytes or older than max_age_s, and one warning line says so. With
-           "reject-new" undelivered entries are never dropped; append raises JournalFull.
+           while over max_bytes or older than max_age_s, one warning line says so and a drop
+           record (see pending_drops) keeps their range until it was announced. With "pause"
+           or "reject-new" undelivered entries are never dropped; append raises JournalHeld or
+           JournalFull.
+        3. Drop records already announced and older than max_age_s are forgotten.
 
         "Oldest" is sequence order; age removal stops at the first entry young enough, so after
         the clock steps back an old entry can wait behind a younger one.
@@ -420,9 +451,11 @@ class _JournalCore:
         cutoff = self._clock() - self._max_age_s
         with self._write("enforce bounds") as conn:
             delivered, dropped = self._make_room(conn, cutoff=cutoff, target=self._max_bytes)
+            conn.execute("DELETE FROM drops WHERE delivered = 1 AND dropped_at < ?", (cutoff,))
         self._removed(delivered)
         self._removed(dropped)
         self._log_drop(dropped)
+        self.drops_recorded += dropped.count > 0
         return PruneReport(
             delivered_removed=delivered.count,
             undelivered_dropped=dropped.count,
@@ -443,6 +476,11 @@ class _JournalCore:
                 conn, after=upto, upto=None, cutoff=cutoff, target=target, freed=delivered.freed
             )
             self._delete(conn, dropped)
+            if dropped.count:
+                conn.execute(
+                    "INSERT INTO drops (first_seq, last_seq, dropped_at) VALUES (?, ?, ?)",
+                    (dropped.first_seq, dropped.last_seq, int(self._clock())),
+                )
         return delivered, dropped
 
     def _plan(
@@ -497,6 +535,30 @@ class _JournalCore:
         self._entries -= removal.count
         self._bytes -= removal.freed
 
+    def pending_drops(self) -> list[DropRecord]:
+        """Drop records not yet announced upstream, oldest first; durable before returned."""
+        with self._guard("read drop records") as conn:
+            rows = conn.execute(
+                "SELECT first_seq, last_seq, dropped_at FROM drops WHERE delivered = 0 "
+                "ORDER BY first_seq"
+            ).fetchall()
+        if rows:
+            self.sync(force=True)  # a drop record may be the newest commit, with no entry
+        return [DropRecord(int(a), int(b), int(t)) for a, b, t in rows]
+
+    def drop_announced(self, first_seq: int) -> None:
+        """The drop record starting at `first_seq` reached upstream; kept as history."""
+        with self._write(f"mark drop {first_seq} announced") as conn:
+            conn.execute("UPDATE drops SET delivered = 1 WHERE first_seq = ?", (first_seq,))
+
+    def drops(self) -> list[tuple[DropRecord, bool]]:
+        """Every kept drop record and whether it was announced, oldest first."""
+        with self._guard("read drop records") as conn:
+            rows = conn.execute(
+                "SELECT first_seq, last_seq, dropped_at, delivered FROM drops ORDER BY first_seq"
+            ).fetchall()
+        return [(DropRecord(int(a), int(b), int(t)), bool(d)) for a, b, t, d in rows]
+
     def _log_drop(self, dropped: _Removal) -> None:
         """The first drop after a quiet minute is logged at once; the drops of the following
         commits (a full journal drops on every append) are added up into one summary line, once
@@ -550,7 +612,15 @@ class _JournalCore:
                 "WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
+        if rows:
+            self._durable_upto(int(rows[-1][0]))
         return [JournalEntry(*row) for row in rows]
+
+    def _one(self, row: tuple[int, str, str, float, bytes] | None) -> JournalEntry | None:
+        if row is None:
+            return None
+        self._durable_upto(int(row[0]))
+        return JournalEntry(*row)
 
     @property
     def last_seq(self) -> int:
@@ -594,7 +664,7 @@ class _JournalCore:
                 "WHERE device_id = ? AND sensor = ? ORDER BY seq DESC LIMIT 1",
                 (device_id, sensor),
             ).fetchone()
-        return None if row is None else JournalEntry(*row)
+        return self._one(row)
 
     def latest_each(self, keys: Sequence[tuple[str, str]]) -> list[JournalEntry]:
         """The newest kept entry of each (device, sensor) that has one, in the order asked."""
@@ -608,7 +678,7 @@ class _JournalCore:
                 "SELECT seq, device_id, sensor, created_at, envelope FROM entries WHERE seq = ?",
                 (seq,),
             ).fetchone()
-        return None if row is None else JournalEntry(*row)
+        return self._one(row)
 
     def latest_at(self, device_id: str, sensor: str, created_at: float) -> JournalEntry | None:
         """The newest kept entry for that device's sensor journaled at or before `created_at`."""
@@ -618,7 +688,7 @@ class _JournalCore:
                 "WHERE device_id = ? AND sensor = ? AND created_at <= ? ORDER BY seq DESC LIMIT 1",
                 (device_id, sensor, created_at),
             ).fetchone()
-        return None if row is None else JournalEntry(*row)
+        return self._one(row)
 
     def sensors_of(self, device_id: str) -> list[str]:
         """The sensors of a device that have kept entries, sorted."""
@@ -687,10 +757,13 @@ class _JournalCore:
         self._entries = int(count)
         self._bytes = int(envelope_bytes) + ROW_OVERHEAD_BYTES * self._entries
         self._last_seq = max(int(max_seq), meta.get(_META_PRUNED_UPTO, 0))
-        self._seq_mark = max(meta.get(_META_SEQ_MARK, 0), self._last_seq)
-        # Everything up to the mark may have been handed out before a crash.
-        self._next_seq = self._seq_mark + 1
+        # A journal from before gapless numbering may have handed out numbers up to its mark.
+        self._seq_floor = max(meta.get(_META_SEQ_MARK, 0), self._last_seq)
         self._cursors = {s: cursors.get(s, 0) for s in self._sinks}
+        # What this process finds is made durable before anything of it is read (after a
+        # crash the WAL may hold commits that never reached the disk).
+        self._durable_seq = 0
+        self.sync()
 
     def _delivered_upto(self) -> int:
         """Entries with seq <= this were acknowledged by every sink (all, without sinks)."""
@@ -793,8 +866,7 @@ class Journal:
         synchronous: Literal["normal", "full"] = "normal",
         max_bytes: int = 256 * 2**20,
         max_age_s: float = 7 * 86400,
-        overflow: Literal["drop-oldest", "reject-new"] = "drop-oldest",
-        sequence_block: int = 1000,
+        overflow: Overflow = "pause",
         clock: Callable[[], float] = time.time,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -805,7 +877,6 @@ class Journal:
             max_bytes=max_bytes,
             max_age_s=max_age_s,
             overflow=overflow,
-            sequence_block=sequence_block,
             clock=clock,
             logger=logger,
         )
@@ -869,24 +940,53 @@ class Journal:
 
     # -- writing -----------------------------------------------------------------------------
 
-    async def reserve_sequences(self, n: int) -> range:
-        """Gateway sequences for the next n observations; never repeated, even after a crash
-        (the high-water mark is persisted a block ahead before a number is handed out)."""
-        return await self._call(self._core.reserve_sequences, n)
+    async def next_sequences(self, n: int) -> range:
+        """The sequences the next append of n observations must carry (nothing is reserved:
+        prefer append_with, which numbers, builds and appends in one call)."""
+        return await self._call(self._core.next_sequences, n)
 
     async def append(self, observations: Sequence[Observation]) -> None:
         """Store a batch in one transaction, making room first according to the bounds; the
-        sequences must come from reserve_sequences, appended in increasing order. Raises
+        batch must carry next_sequences(len(batch)). Raises JournalHeld (policy pause),
         JournalFull (policy reject-new) or JournalError (disk full, read-only, damaged)."""
         await self._call(self._core.append, observations)
+
+    async def sync(self) -> int:
+        """Make everything committed durable; returns the newest durable sequence. A sink
+        that hands out observations it got from the pipeline (not read from the journal)
+        calls this first when they are above the last value it got."""
+        return await self._call(self._core.sync)
+
+    async def pending_drops(self) -> list[DropRecord]:
+        """Drop records (overflow = drop-oldest) not yet announced upstream, oldest first."""
+        return await self._call(self._core.pending_drops)
+
+    async def drop_announced(self, first_seq: int) -> None:
+        """Mark the drop record that starts at `first_seq` as announced."""
+        await self._call(self._core.drop_announced, first_seq)
+
+    async def drops(self) -> list[tuple[DropRecord, bool]]:
+        """Every kept drop record and whether it was announced."""
+        return await self._call(self._core.drops)
+
+    @property
+    def last_seq(self) -> int:
+        """The newest appended sequence, read from the loop without a thread hop (an int the
+        journal's thread replaces after each commit)."""
+        return self._core.last_seq
+
+    @property
+    def drops_recorded(self) -> int:
+        """Grows when a drop record is written (cheap to poll from the loop)."""
+        return self._core.drops_recorded
 
     async def append_with(
         self, count: int, make: Callable[[range], list[Observation]]
     ) -> tuple[int, list[Observation]]:
-        """Reserve `count` sequences, call `make(sequences)` IN THE JOURNAL'S THREAD to build
-        (sign) their observations, and append them: one thread hop for the whole batch, and
-        the sequences are durable before anything is signed. Returns the newest sequence before
-        the batch (for sinks that check continuity) and the observations."""
+        """Number the next `count` observations, call `make(sequences)` IN THE JOURNAL'S THREAD
+        to build (sign) them, and append them: one thread hop for the whole batch, and nothing
+        signed leaves before it is committed (so a failure leaves no gap). Returns the newest
+        sequence before the batch (for sinks that check continuity) and the observations."""
         return await self._call(self._core.append_with, count, make)
 
     async def ack(self, sink: str, upto_seq: int) -> None:

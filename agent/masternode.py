@@ -64,6 +64,10 @@ def revert_reason(abi: Sequence[dict[str, Any]], data: Any) -> str:
     return data
 
 
+def _reason_of_rpc(exc: RpcError, abi: Sequence[dict[str, Any]]) -> str:
+    return revert_reason(abi, exc.data) if exc.data else exc.message
+
+
 def _reason_of(exc: BaseException, abi: Sequence[dict[str, Any]]) -> str:
     cause = exc.__cause__
     if isinstance(cause, RpcError):
@@ -84,6 +88,11 @@ class MasternodeStatus:
     block: int
     heartbeat_window: int  # blocks
     required_collateral: int  # wei
+    standing: ServiceStandingInfo | None = None  # None: no ServiceStanding attached
+
+    @property
+    def in_service(self) -> bool | None:
+        return None if self.standing is None else not self.standing.out
 
     def describe(self) -> list[str]:
         state = "active" if self.active else "inactive" if self.registered else "not registered"
@@ -101,31 +110,72 @@ class MasternodeStatus:
                 f"heartbeat     block {self.last_heartbeat} (head {self.block}; "
                 f"inactive after block {due})",
             ]
+        if self.standing is not None:
+            lines.append(f"service       {self.standing.describe()}")
         return lines
 
 
-class RegistryClient:
-    """Calls and transactions to one MasternodeRegistry with the gateway key (via TxSender)."""
+@dataclass(frozen=True)
+class ServiceStandingInfo:
+    """A masternode's proof-of-service standing in the ServiceStanding contract."""
 
-    def __init__(
-        self, rpc: RpcClient, sender: TxSender, registry: str, artifact: Artifact | None = None
-    ) -> None:
+    contract: str
+    out: bool  # out of service: failed `fail_epochs` epochs in a row, not passed since
+    streak: int  # failed epochs in a row
+    last_failed: int  # epoch
+    fail_epochs: int  # K
+    epoch: int  # the current epoch
+
+    def describe(self) -> str:
+        state = "OUT OF SERVICE" if self.out else "in service"
+        row = f"{self.streak} failed epoch(s) in a row (out at {self.fail_epochs})"
+        last = f", last failed epoch {self.last_failed}" if self.streak else ""
+        return f"{state}: {row}{last}; epoch {self.epoch} (standing {self.contract})"
+
+
+class ContractClient:
+    """Calls and transactions to one deployed contract with the gateway key (via TxSender)."""
+
+    def __init__(self, rpc: RpcClient, sender: TxSender, address: str, artifact: Artifact) -> None:
         self.rpc = rpc
         self.sender = sender
-        self.registry = registry
-        self.art = artifact or load_artifact("MasternodeRegistry")
+        self.address = address
+        self.art = artifact
 
     async def call(self, fn: str, *args: Any) -> tuple[Any, ...]:
         item = self.art.function(fn)
         data = "0x" + encode_call(item, *args).hex()
-        out = await self.rpc.call("eth_call", [{"to": self.registry, "data": data}, "latest"])
+        try:
+            out = await self.rpc.call("eth_call", [{"to": self.address, "data": data}, "latest"])
+        except RpcError as exc:
+            raise ChainError(f"{self.art.name}.{fn}: {_reason_of_rpc(exc, self.art.abi)}") from exc
         raw = bytes.fromhex(str(out)[2:])
-        if not raw:
+        if not raw and item.get("outputs"):
             raise ChainError(
-                f"no MasternodeRegistry at {self.registry} (the call returned nothing): "
-                "check masternode.registry and chain.rpc_url"
+                f"no {self.art.name} at {self.address} (the call returned nothing): "
+                "check the contract address in [masternode] and chain.rpc_url"
             )
         return decode_result(item, raw)
+
+    async def transact(self, fn: str, *args: Any, value: int = 0) -> dict[str, Any]:
+        """Send one call and wait for its receipt; a revert raises TransactionError with the
+        contract's reason (e.g. `AlreadyRegistered(0x..)`)."""
+        data = encode_call(self.art.function(fn), *args)
+        try:
+            tx_id = await self.sender.send(self.address, data, value=value)
+        except TransactionError as exc:
+            raise TransactionError(f"{fn}: {_reason_of(exc, self.art.abi)}") from exc
+        return await self.sender.wait(tx_id)
+
+
+class RegistryClient(ContractClient):
+    """The MasternodeRegistry: status, register, heartbeat, withdraw."""
+
+    def __init__(
+        self, rpc: RpcClient, sender: TxSender, registry: str, artifact: Artifact | None = None
+    ) -> None:
+        super().__init__(rpc, sender, registry, artifact or load_artifact("MasternodeRegistry"))
+        self.registry = registry
 
     async def status(self, address: str | None = None) -> MasternodeStatus:
         who = address or self.sender.key.address
@@ -133,6 +183,7 @@ class RegistryClient:
         (window,) = await self.call("heartbeatWindow")
         (required,) = await self.call("collateral")
         head = hex_int(await self.rpc.call("eth_blockNumber"))
+        standing = await self.standing(who)
         return MasternodeStatus(
             who,
             self.registry,
@@ -145,17 +196,19 @@ class RegistryClient:
             head,
             window,
             required,
+            standing,
         )
 
-    async def transact(self, fn: str, *args: Any, value: int = 0) -> dict[str, Any]:
-        """Send one call and wait for its receipt; a revert raises TransactionError with the
-        contract's reason (e.g. `AlreadyRegistered(0x..)`)."""
-        data = encode_call(self.art.function(fn), *args)
-        try:
-            tx_id = await self.sender.send(self.registry, data, value=value)
-        except TransactionError as exc:
-            raise TransactionError(f"{fn}: {_reason_of(exc, self.art.abi)}") from exc
-        return await self.sender.wait(tx_id)
+    async def standing(self, address: str) -> ServiceStandingInfo | None:
+        """The masternode's service standing, when the registry has a ServiceStanding."""
+        (contract,) = await self.call("serviceStanding")
+        if int(contract, 16) == 0:
+            return None
+        st = ContractClient(self.rpc, self.sender, contract, load_artifact("ServiceStanding"))
+        out, streak, last_failed = await st.call("standing", address)
+        (k,) = await st.call("failEpochs")
+        (epoch,) = await st.call("currentEpoch")
+        return ServiceStandingInfo(contract, out, streak, last_failed, k, epoch)
 
     async def register(self, vrf_public_key: bytes) -> dict[str, Any]:
         if len(vrf_public_key) != 33 or vrf_public_key[0] not in (2, 3):
@@ -195,11 +248,13 @@ class HeartbeatTask:
         self._said_unregistered = False
         self.ready = asyncio.Event()
         self.registered: bool | None = None
+        self.in_service: bool | None = None  # None: unknown or no ServiceStanding attached
         self.failing: str | None = None
 
     async def beat_if_due(self) -> bool:
         st = await self.client.status()
         self.registered = st.registered
+        self.in_service = st.in_service
         if not st.registered:
             if not self._said_unregistered:
                 self._said_unregistered = True
@@ -246,8 +301,10 @@ class HeartbeatTask:
 
     def health(self) -> Health:
         return Health(
-            "degraded" if self.failing or self.registered is False else "up",
-            {"registered": self.registered, "error": self.failing},
+            "degraded"
+            if self.failing or self.registered is False or self.in_service is False
+            else "up",
+            {"registered": self.registered, "in_service": self.in_service, "error": self.failing},
         )
 
 

@@ -3,7 +3,10 @@
 `MqttConnection` owns one paho Client, connects in a worker thread (DNS, TCP and TLS may
 block), then reads and writes from the event loop. It reconnects with exponential backoff and
 full jitter until stopped, and calls `on_connected` after every (re)connection so that users
-re-subscribe and re-announce themselves there.
+re-subscribe and re-announce themselves there. Given `fallbacks`, a failed or lost connection
+moves on to the next broker, and while on a fallback the first is tried every `failback_check`
+seconds and returned to once it accepts connections; paho re-sends its unacknowledged QoS 1
+messages, in order, to whichever broker comes next (at least once, order kept).
 """
 
 from __future__ import annotations
@@ -141,8 +144,14 @@ class MqttConnection:
         logger: logging.Logger | None = None,
         backoff: tuple[float, float] = (0.25, 30.0),  # (initial, maximum) reconnect delay, s
         nodelay: bool = False,
+        fallbacks: tuple[BrokerEndpoint, ...] = (),
+        failback_check: float = 30.0,
     ) -> None:
-        self.endpoint = endpoint
+        self.endpoint = endpoint  # the broker in use (or being tried)
+        self.endpoints = (endpoint, *fallbacks)
+        self._index = 0
+        self._failback_check = failback_check
+        self._failing_back = False
         self._nodelay = nodelay  # TCP_NODELAY, for request/response links
         self.name = name
         self.log = logger or logging.getLogger(f"agent.mqtt.{name}")
@@ -328,15 +337,21 @@ class MqttConnection:
         self._loop_thread = threading.get_ident()
         self._backoff.succeeded()  # a new run starts from the shortest delay
         misc = asyncio.create_task(self._misc())
+        failback = asyncio.create_task(self._failback()) if len(self.endpoints) > 1 else None
         try:
             while not self._stopping:
                 self._lost.clear()
                 self._attempt_reported = False
+                self.endpoint = self.endpoints[self._index]
                 try:
                     await self._loop.run_in_executor(None, self._connect_blocking)
                 except (OSError, ssl.SSLError, ValueError) as exc:
                     if self._stopping:
                         break
+                    if self._next_endpoint():
+                        # Another broker to try: at once, the backoff is for a whole round.
+                        self._report("mqtt_connect_failed", logging.WARNING, error=str(exc)[:300])
+                        continue
                     wait = self._backoff.next_delay()
                     self._report(
                         "mqtt_connect_failed",
@@ -351,10 +366,46 @@ class MqttConnection:
                 if self._established:
                     self._backoff.succeeded()  # a session that came up resets the backoff
                     self._established = False
-                if not self._stopping:
+                if self._failing_back:
+                    self._failing_back = False
+                    self._index = 0
+                    continue
+                if not self._next_endpoint() and not self._stopping:
                     await self._backoff.wait()
         finally:
             misc.cancel()
+            if failback is not None:
+                failback.cancel()
+
+    def _next_endpoint(self) -> bool:
+        """Move to the next broker; False when that starts a new round (back at the first)."""
+        if len(self.endpoints) == 1:
+            return False
+        self._index = (self._index + 1) % len(self.endpoints)
+        return self._index != 0
+
+    async def _failback(self) -> None:
+        """While connected to a fallback: try the first broker's port now and then, and go back
+        to it when it accepts a connection."""
+        first = self.endpoints[0]
+        while True:
+            await asyncio.sleep(self._failback_check)
+            if self._index == 0 or not self.connected.is_set() or self._stopping:
+                continue
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(first.host, first.port), 5.0
+                )
+            except (OSError, TimeoutError):
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            if self._index == 0 or not self.connected.is_set() or self._stopping:
+                continue
+            self._report("mqtt_failback", to=first.url)
+            self._failing_back = True
+            self.client.disconnect()
 
     async def _misc(self) -> None:
         while True:

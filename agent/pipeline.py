@@ -3,7 +3,11 @@
 Sources `offer` Arrivals; one worker takes them in batches, checks the device and its counter,
 signs and journals the batch in the journal's thread (one hop per batch), then acknowledges the
 sources (only now is a reading *accepted*) and wakes the sinks. A journal I/O error holds the
-batch and retries: nothing accepted is dropped and nothing is signed twice for the sinks.
+batch and retries: nothing accepted is dropped and nothing is signed twice for the sinks. So
+does a full journal under `journal.overflow = "pause"` (the default): the batch is held, the
+pipeline says it has no space (the sources pause: MQTT stops reading so the broker keeps the
+rest, CoAP answers 5.03 with Max-Age, serial and BLE stop taking frames) until the sinks have
+delivered and the journal takes the batch. No reading is acknowledged and then refused.
 """
 
 from __future__ import annotations
@@ -20,10 +24,16 @@ from agent.attest.observation import ObservationSigner
 from agent.backoff import Backoff
 from agent.component import Health
 from agent.config.pipeline import PipelineConfig
-from agent.errors import JournalError, JournalFull, RejectedReading
+from agent.errors import (
+    JournalBatchTooLarge,
+    JournalError,
+    JournalFull,
+    JournalHeld,
+    RejectedReading,
+)
 from agent.frame import DeviceFrame, counter_key, counter_violation
 from agent.journal import Journal
-from agent.logs import RateLimitedLog
+from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
 from agent.model import AuthMethod, Observation, Reading, Transport
 
@@ -137,6 +147,7 @@ class Pipeline:
         self._queue: asyncio.Queue[Arrival] = asyncio.Queue()
         self._space = asyncio.Event()
         self._space.set()
+        self._held = False  # a batch waits for room in a full journal (overflow = "pause")
         # counter_key(device, transport, auth) -> the last counter journaled under it
         self._last_counter: dict[str, int] = {}
         self._counters_lock = asyncio.Lock()  # a reset never interleaves with a batch
@@ -191,8 +202,7 @@ class Pipeline:
         self._idle.clear()
         if self._queue.qsize() >= self.queue_size:
             self._space.clear()
-            return False
-        return True
+        return self._space.is_set()
 
     async def wait_for_space(self) -> None:
         await self._space.wait()
@@ -247,7 +257,7 @@ class Pipeline:
             last = len(batch)
             async with self._counters_lock:
                 await self._process(batch)
-            if self._queue.qsize() <= self.queue_size // 2:
+            if self._queue.qsize() <= self.queue_size // 2 and not self._held:
                 self._space.set()
             if self._queue.empty():
                 self._idle.set()
@@ -272,7 +282,12 @@ class Pipeline:
         q = self._queue.qsize()
         return Health(
             "up" if self._space.is_set() else "degraded",
-            {"queued": q, "bound": self.queue_size, "devices": len(self.device_sources)},
+            {
+                "queued": q,
+                "bound": self.queue_size,
+                "devices": len(self.device_sources),
+                "journal_full": self._held,
+            },
         )
 
     async def _process(self, batch: list[Arrival]) -> None:
@@ -296,7 +311,7 @@ class Pipeline:
                 reason = exc.reason if isinstance(exc, RejectedReading) else "bad_value"
                 arr.rejected = reason
                 self.reject(arr.source, arr.device_id, reason, str(exc))
-        previous, obs = await self._commit(readings) if readings else (0, [])
+        obs = await self._commit(readings) if readings else []
         if readings and not obs:  # the journal refused them (full, policy reject-new)
             for arr in batch:
                 arr.rejected = arr.rejected or "journal_full"
@@ -309,11 +324,10 @@ class Pipeline:
         for arr in batch:
             if arr.ack is not None:
                 arr.ack()
-        if obs:
-            for offer in self._sinks:
-                offer(previous, obs)
 
-    async def _commit(self, readings: list[Reading]) -> tuple[int, list[Observation]]:
+    async def _commit(self, readings: list[Reading]) -> list[Observation]:
+        """Sign and journal `readings`, offering each committed part to the sinks at once;
+        returns the observations ([] when the journal refused them: policy reject-new)."""
         sign = self.signer.sign
 
         def make(seqs: range) -> list[Observation]:
@@ -321,10 +335,34 @@ class Pipeline:
             # saves a second thread hop per batch.
             return [sign(r, s) for r, s in zip(readings, seqs, strict=True)]
 
-        retry = Backoff(0.1, 5.0, jitter=0.0, reset_after=math.inf)  # the one local journal
+        retry = Backoff(0.05, 1.0, jitter=0.0, reset_after=math.inf)  # the one local journal
         while True:
             try:
                 previous, obs = await self.journal.append_with(len(readings), make)
+            except JournalBatchTooLarge:
+                if len(readings) == 1:
+                    raise
+                # A small journal.max_bytes: store the batch in two parts, in order.
+                half = len(readings) // 2
+                first = await self._commit(readings[:half])
+                return first + await self._commit(readings[half:]) if first else []
+            except JournalHeld as exc:
+                # Policy pause: keep the batch, stop intake, try again once sinks delivered.
+                if not self._held:
+                    self._held = True
+                    self._space.clear()
+                    self.metrics.inc("intake_paused", reason="journal_full")
+                delay = retry.next_delay()
+                self._rl.event(
+                    ("journal", "held"),
+                    "journal_full_paused",
+                    logging.WARNING,
+                    held=len(readings),
+                    retry_in=f"{delay:.1f}s",
+                    detail=str(exc),
+                )
+                await asyncio.sleep(delay)
+                continue
             except JournalFull as exc:
                 # Policy reject-new: these readings are refused, deliberately and visibly.
                 for r in readings:
@@ -336,7 +374,7 @@ class Pipeline:
                     refused=len(readings),
                     detail=str(exc),
                 )
-                return 0, []
+                return []
             except JournalError as exc:
                 delay = retry.next_delay()
                 self.metrics.inc("journal_errors")
@@ -350,5 +388,10 @@ class Pipeline:
                 )
                 await asyncio.sleep(delay)
                 continue
+            if self._held:
+                self._held = False
+                event(self.log, "journal_room_again", held=len(readings))
             self.metrics.inc("observations_signed", len(obs))
-            return previous, obs
+            for offer in self._sinks:
+                offer(previous, obs)
+            return obs

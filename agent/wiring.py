@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from agent.attest.dropped import sign_dropped
 from agent.attest.feeds import FeedMap
 from agent.attest.keys import GatewayKey, load_key_file
 from agent.attest.observation import ObservationSigner
@@ -37,6 +38,7 @@ from agent.secrets import check_secret_mode
 from agent.upkeep import JournalUpkeep
 
 if TYPE_CHECKING:
+    from agent.chainclient.approvals import DappApprovals
     from agent.chainclient.forward import CoapForwarder, MqttForwarder
     from agent.chainclient.rpc import RpcClient
     from agent.chainclient.sender import TxSender
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from agent.hadiscovery import HomeAssistantDiscovery
     from agent.masternode import HeartbeatTask, OracleSubmitter
     from agent.oracle import CoapOracle, MqttOracle, OracleService
+    from agent.rewards import RewardCheckIn
     from agent.telemetry import Telemetry
 
 
@@ -96,6 +99,7 @@ class Parts:
     rpc: RpcClient | None = None
     tx_sender: TxSender | None = None
     chain_watcher: ChainWatcher | None = None
+    dapp_approvals: DappApprovals | None = None
     forward_mqtt: MqttForwarder | None = None
     forward_coap: CoapForwarder | None = None
     election: ElectionRounds | None = None
@@ -104,6 +108,7 @@ class Parts:
     oracle_mqtt: MqttOracle | None = None
     oracle_coap: CoapOracle | None = None
     heartbeat: HeartbeatTask | None = None
+    rewards: RewardCheckIn | None = None
     submitter: OracleSubmitter | None = None
     telemetry: Telemetry | None = None
     homeassistant: HomeAssistantDiscovery | None = None
@@ -119,6 +124,7 @@ class Parts:
             self.telemetry,
             self.homeassistant,
             self.chain_watcher,
+            self.dapp_approvals,
             self.tx_sender,
             self.forward_mqtt,
             self.forward_coap,
@@ -129,6 +135,7 @@ class Parts:
             self.oracle_mqtt,
             self.oracle_coap,
             self.heartbeat,
+            self.rewards,
             self.submitter,
         ]
         return [c for c in (*head, *self.sources, *tail) if c is not None]
@@ -205,7 +212,14 @@ def build(
         upkeep=JournalUpkeep(journal, metrics, bridge_up=lambda: False),
     )
     if cfg.bridge.enabled:
-        p.bridge = Bridge(cfg.bridge, journal=journal, gateway=key.address, metrics=metrics)
+        domain = signer.domain
+        p.bridge = Bridge(
+            cfg.bridge,
+            journal=journal,
+            gateway=key.address,
+            metrics=metrics,
+            sign_dropped=lambda first, last, at: sign_dropped(key, domain, first, last, at),
+        )
         pipeline.add_sink(p.bridge.offer)
         bridge = p.bridge
         p.upkeep.bridge_up = bridge.conn.connected.is_set
@@ -310,6 +324,19 @@ def _chain(p: Parts) -> None:
         return
     from agent.chainclient.forward import CoapForwarder, Forwarder, ForwardPolicy, MqttForwarder
 
+    if cfg.masternode.dapps is not None:
+        # Transactions only to the contracts of dApps the masternodes approved, followed from
+        # the chain (a watcher of its own when [chain] is not enabled).
+        from agent.chainclient.approvals import DappApprovals
+        from agent.chainclient.subscribe import ChainWatcher
+
+        if p.chain_watcher is None:
+            p.chain_watcher = ChainWatcher(
+                p.rpc, c.ws_url, poll_interval_s=c.poll_interval_s, metrics=p.metrics
+            )
+        p.dapp_approvals = DappApprovals(
+            p.rpc, cfg.masternode.dapps, p.chain_watcher, metrics=p.metrics
+        )
     forwarder = Forwarder(
         p.rpc,
         ForwardPolicy(
@@ -324,6 +351,7 @@ def _chain(p: Parts) -> None:
             max_inflight=f.max_inflight,
         ),
         p.metrics,
+        raw_tx_check=None if p.dapp_approvals is None else p.dapp_approvals.check_raw_transaction,
     )
     if f.mqtt_enabled and f.mqtt is not None:
         names = {"prefix": f.topic_prefix, "gateway": p.key.address, "client": "{client}"}
@@ -374,7 +402,7 @@ def _election(p: Parts) -> None:
 
 def _oracle(p: Parts) -> None:
     """[oracle] queries over MQTT 5 / CoAP, [oracle.submit] on-chain submission and the
-    [masternode] heartbeat (each only when enabled)."""
+    [masternode] heartbeat and reward check-in (each only when enabled)."""
     cfg = p.cfg
     o = cfg.oracle
     if o.enabled:
@@ -418,6 +446,16 @@ def _oracle(p: Parts) -> None:
         p.heartbeat = HeartbeatTask(
             RegistryClient(p.rpc, p.tx_sender, mn.registry),
             every_blocks=mn.heartbeat_every_blocks,
+            check_interval_s=mn.check_interval_s,
+            metrics=p.metrics,
+        )
+    if mn.registry is not None and mn.rewards is not None:
+        from agent.rewards import RewardCheckIn, RewardsClient
+
+        assert p.rpc is not None
+        p.rewards = RewardCheckIn(
+            RewardsClient(p.rpc, p.tx_sender, mn.rewards),
+            RegistryClient(p.rpc, p.tx_sender, mn.registry),
             check_interval_s=mn.check_interval_s,
             metrics=p.metrics,
         )

@@ -71,10 +71,10 @@ def run_timed(step: Callable[[], float], seconds: float) -> tuple[int, float]:
 
 
 def bench_journal(directory: Path, sync: Sync, size: int, seconds: float) -> float:
-    """Observations per second through reserve_sequences + append."""
+    """Observations per second through next_sequences + append."""
     template = template_batch(size)
     # The journal's synchronous core, driven from this one thread as Journal's worker drives
-    # it: the bench measures the SQL cost of reserve+append, not the event loop's thread hop.
+    # it: the bench measures the SQL cost of numbering+append, not the event loop's thread hop.
     journal = Journal(
         directory / f"journal-{sync}-{size}.sqlite",
         sinks=["bridge"],
@@ -86,7 +86,7 @@ def bench_journal(directory: Path, sync: Sync, size: int, seconds: float) -> flo
 
         def timed_step() -> float:
             start = time.perf_counter()
-            seqs = journal.reserve_sequences(size)
+            seqs = journal.next_sequences(size)
             reserve = time.perf_counter() - start
             # Stamping sequences stands in for signing; it is not the journal's cost.
             batch = [

@@ -11,8 +11,14 @@ pragma solidity ^0.8.24;
 ///   `heartbeatWindow` blocks old; missing heartbeats make it inactive (no transaction is
 ///   needed for that: `isActive` is computed from block numbers), a heartbeat resumes it;
 /// - withdrawing the collateral removes it from the list at once.
+/// - once a ServiceStanding contract is attached (by the deployer, once), a masternode that
+///   contract puts out of service is not active either, until it passes the probes again.
 /// Every change emits an event. Anyone may call `reportInactive` to log the Inactive event
 /// for a masternode whose heartbeats stopped (it changes nothing but the event record).
+interface IServiceStanding {
+    function inService(address masternode) external view returns (bool);
+}
+
 contract MasternodeRegistry {
     struct Masternode {
         bytes vrfPublicKey; // 33-byte compressed secp256k1 point (ECVRF, RFC 9381 form)
@@ -25,6 +31,9 @@ contract MasternodeRegistry {
 
     uint256 public immutable collateral;
     uint64 public immutable heartbeatWindow;
+    address public immutable deployer;
+    /// Proof-of-service verdicts (0: none attached, service is not checked).
+    IServiceStanding public serviceStanding;
 
     mapping(address => Masternode) private _nodes;
     address[] private _list;
@@ -35,6 +44,7 @@ contract MasternodeRegistry {
     event Resumed(address indexed masternode, uint64 lastHeartbeat, uint64 atBlock);
     event VrfKeyChanged(address indexed masternode, bytes vrfPublicKey);
     event Withdrawn(address indexed masternode, uint256 collateral, uint64 atBlock);
+    event ServiceStandingAttached(address standing);
 
     error WrongCollateral(uint256 sent, uint256 required);
     error AlreadyRegistered(address masternode);
@@ -42,12 +52,15 @@ contract MasternodeRegistry {
     error BadVrfPublicKey();
     error StillActive(address masternode, uint64 inactiveAfterBlock);
     error TransferFailed();
+    error NotDeployer(address caller);
+    error StandingAlreadyAttached(address standing);
 
     constructor(uint256 collateral_, uint64 heartbeatWindow_) {
         require(collateral_ > 0, "collateral must be positive");
         require(heartbeatWindow_ > 0, "heartbeat window must be positive");
         collateral = collateral_;
         heartbeatWindow = heartbeatWindow_;
+        deployer = msg.sender;
     }
 
     // -- changes --------------------------------------------------------------------------
@@ -113,15 +126,28 @@ contract MasternodeRegistry {
         }
     }
 
+    /// Attach the ServiceStanding contract whose verdicts `isActive` follows. Once, by the
+    /// deployer: after that nobody can detach or replace it.
+    function attachServiceStanding(address standing) external {
+        if (msg.sender != deployer) revert NotDeployer(msg.sender);
+        if (address(serviceStanding) != address(0)) revert StandingAlreadyAttached(address(serviceStanding));
+        require(standing.code.length != 0, "standing must be a contract");
+        serviceStanding = IServiceStanding(standing);
+        emit ServiceStandingAttached(standing);
+    }
+
     // -- views ----------------------------------------------------------------------------
 
     function isRegistered(address masternode) public view returns (bool) {
         return _nodes[masternode].index != 0;
     }
 
+    /// Registered, heartbeats on time, and in service (when a ServiceStanding is attached).
     function isActive(address masternode) public view returns (bool) {
         Masternode storage n = _nodes[masternode];
-        return n.index != 0 && block.number <= uint256(n.lastHeartbeat) + heartbeatWindow;
+        if (n.index == 0 || block.number > uint256(n.lastHeartbeat) + heartbeatWindow) return false;
+        IServiceStanding s = serviceStanding;
+        return address(s) == address(0) || s.inService(masternode);
     }
 
     function vrfPublicKey(address masternode) external view returns (bytes memory) {

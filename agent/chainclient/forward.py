@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,8 +223,12 @@ class Forwarder:
         *,
         logger: logging.Logger | None = None,
         down_hold_s: float = 0.5,
+        raw_tx_check: Callable[[Any], None] | None = None,
     ) -> None:
         self.rpc = rpc
+        # Raises a Refusal for an eth_sendRawTransaction the gateway must not pass on
+        # (agent/chainclient/approvals.py: only to approved dApps' contracts).
+        self.raw_tx_check = raw_tx_check
         self.policy = policy
         self.metrics = metrics
         self.log = logger or logging.getLogger("agent.chainclient.forward")
@@ -335,6 +340,8 @@ class Forwarder:
             )
         if method == "eth_getLogs":
             await self._check_log_range(params)
+        elif method == "eth_sendRawTransaction" and self.raw_tx_check is not None:
+            self.raw_tx_check(params)
 
     async def _check_log_range(self, params: Any) -> None:
         if not isinstance(params, list) or len(params) != 1 or not isinstance(params[0], dict):

@@ -1,6 +1,6 @@
 """The `edgence-agent` command: one module per command group (run: init/run/demo, status,
-doctor, devices: pair and devices, firmware, chain: masternode and election, contracts: contracts
-and keys, verify)."""
+doctor, devices: pair and devices, firmware, chain: masternode and election, dapps, contracts:
+contracts and keys, verify)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from agent import __version__
-from agent.cli import chain, contracts, devices, doctor, firmware, run, status, verify
+from agent.cli import chain, contracts, dapps, devices, doctor, firmware, run, status, verify
 from agent.cli.options import config_parent
 from agent.errors import AgentError
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_parsers(sub, config)
     status.add_parsers(sub, config)
     chain.add_parsers(sub, config)
+    dapps.add_parsers(sub, config)
     contracts.add_parsers(sub, config)
     verify.add_parsers(sub)
     devices.add_parsers(sub, config)

@@ -61,8 +61,11 @@ async def _masternode(args: argparse.Namespace) -> int:
         )
         client = RegistryClient(rpc, sender, registry)
         try:
-            if args.action != "status":
+            if args.action != "status" and not (args.action == "rewards" and args.show_only):
                 await sender.check_chain()
+            if args.action == "rewards":
+                await _rewards(cfg, rpc, sender, show_only=args.show_only)
+                return 0
             if args.action == "register":
                 vrf = cfg.masternode.vrf_public_key
                 if args.vrf_public_key:
@@ -96,6 +99,28 @@ async def _masternode(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _rewards(cfg: Any, rpc: Any, sender: Any, *, show_only: bool) -> None:
+    """What this masternode can claim from the RewardPool, then the claim (unless show_only)."""
+    from agent.rewards import RewardsClient
+
+    if cfg.masternode.rewards is None:
+        raise AgentError(
+            f"{cfg.path}: [masternode] rewards is not set",
+            fix="put the RewardPool's address in [masternode] rewards",
+        )
+    pool = RewardsClient(rpc, sender, cfg.masternode.rewards)
+    st = await pool.status()
+    for line in st.describe():
+        print(line)
+    if show_only or st.to_epoch <= st.from_epoch:
+        return
+    rc = await pool.claim()
+    print(
+        f"claimed {st.claimable} wei for epochs {st.from_epoch}..{st.to_epoch - 1}: "
+        f"transaction {rc['transactionHash']} mined in block {int(rc['blockNumber'], 16)}"
+    )
+
+
 def cmd_masternode(args: argparse.Namespace) -> int:
     return run_event_loop(_masternode(args))
 
@@ -119,8 +144,12 @@ def add_parsers(sub: Any, config: argparse.ArgumentParser) -> None:
     )
     s.add_argument(
         "action",
-        choices=["register", "status", "heartbeat", "withdraw"],
-        help="register (locks the collateral), status, heartbeat, withdraw (returns it)",
+        choices=["register", "status", "heartbeat", "withdraw", "rewards"],
+        help="register (locks the collateral), status, heartbeat, withdraw (returns it), "
+        "rewards (shows what the RewardPool owes this masternode and claims it)",
+    )
+    s.add_argument(
+        "--show-only", action="store_true", help="rewards: show what is claimable, do not claim"
     )
     s.add_argument(
         "--vrf-public-key", help="33-byte compressed VRF public key in hex (register only)"

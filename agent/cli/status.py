@@ -166,9 +166,47 @@ def render(h: dict[str, Any], color: bool = False) -> str:
     lines.append(f"{'chain':<10} height {height if height is not None else 'unknown'}")
     role = h["election"]["role"]
     lines.append(f"{'election':<10} role {role if role is not None else 'unknown'}")
+    lines += _masternode_lines(h.get("components", {}), paint)
     if h.get("restarts"):
         lines.append(f"{'restarts':<10} " + "  ".join(f"{k} {v}" for k, v in h["restarts"].items()))
     return "\n".join(lines)
+
+
+def _masternode_lines(components: dict[str, Any], paint: _Paint) -> list[str]:
+    """Service standing (from the heartbeat task) and reward check-ins, when they run."""
+    out: list[str] = []
+    hb = components.get("heartbeat")
+    if isinstance(hb, dict):
+        service = hb.get("in_service")
+        text = (
+            "in service"
+            if service is True
+            else "OUT OF SERVICE"
+            if service is False
+            else "no standing contract"
+        )
+        reg = hb.get("registered")
+        registered = (
+            "registered"
+            if reg is True
+            else "NOT REGISTERED"
+            if reg is False
+            else "registration unknown"
+        )
+        out.append(
+            f"{'masternode':<10} "
+            + paint(registered, reg if isinstance(reg, bool) else None)
+            + "  service "
+            + paint(text, service if isinstance(service, bool) else None)
+        )
+    rw = components.get("rewards")
+    if isinstance(rw, dict):
+        out.append(
+            f"{'rewards':<10} epoch {rw.get('epoch')}  "
+            + ("checked in" if rw.get("checked_in") else "not checked in")
+            + f"  claimable {rw.get('claimable_wei')} wei"
+        )
+    return out
 
 
 def watch(

@@ -1,5 +1,5 @@
-"""`edgence-agent verify`: check signed observation envelopes or oracle answers (one, or JSON
-lines, or batched messages: arrays of envelopes) offline."""
+"""`edgence-agent verify`: check signed observation envelopes, oracle answers or Dropped
+statements (one, or JSON lines, or batched messages: arrays of envelopes) offline."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from agent.errors import AgentError, EnvelopeError
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from agent.attest.dropped import is_dropped_statement, verify_dropped
     from agent.oracle import verify_document
 
     data = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
@@ -29,6 +30,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
     docs = [env for doc in docs for env in _members(doc)]
     bad = 0
     for i, doc in enumerate(docs, 1):
+        if is_dropped_statement(doc):
+            try:
+                d = verify_dropped(doc)
+            except EnvelopeError as exc:
+                bad += 1
+                print(f"INVALID #{i}: {exc}")
+                continue
+            print(
+                f"ok dropped signer={d.signer} first={d.first_sequence} last={d.last_sequence} "
+                f"droppedAt={d.dropped_at} chainId={d.domain.chain_id}"
+            )
+            continue
         try:
             lines = verify_document(doc)
         except EnvelopeError as exc:
@@ -53,6 +66,8 @@ def _members(doc: str) -> list[str]:
 
 
 def add_parsers(sub: Any) -> None:
-    s = sub.add_parser("verify", help="check a signed observation envelope (FILE or -)")
+    s = sub.add_parser(
+        "verify", help="check signed observation envelopes or Dropped statements (FILE or -)"
+    )
     s.add_argument("file")
     s.set_defaults(fn=cmd_verify)

@@ -9,7 +9,7 @@ from typing import Literal, cast, get_args
 from agent.config.reader import Section
 
 Synchronous = Literal["normal", "full"]
-Overflow = Literal["drop-oldest", "reject-new"]
+Overflow = Literal["pause", "drop-oldest", "reject-new"]
 FILE_NAME = "journal.sqlite"  # in the data directory, unless `path` says otherwise
 
 
@@ -19,7 +19,7 @@ class JournalConfig:
     max_bytes: int = 256 * 2**20
     max_age_s: float = 7 * 86400.0
     synchronous: Synchronous = "normal"
-    overflow: Overflow = "drop-oldest"
+    overflow: Overflow = "pause"
 
 
 def read_journal(j: Section, data_dir: Path) -> JournalConfig:

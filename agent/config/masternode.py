@@ -1,4 +1,5 @@
-"""[masternode]: this gateway in the MasternodeRegistry (registry address, VRF key, heartbeats)."""
+"""[masternode]: this gateway in the MasternodeRegistry (registry address, VRF key, heartbeats),
+the RewardPool it checks in with and the DappRegistry whose approvals forwarding follows."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ class MasternodeConfig:
     heartbeat: bool = True  # send heartbeats automatically (needs [chain] and registry)
     heartbeat_every_blocks: int = 0  # 0: half the registry's heartbeat window
     check_interval_s: float = 15.0
+    rewards: str | None = None  # the RewardPool's address: check in every epoch, claim by CLI
+    dapps: str | None = None  # the DappRegistry's address: forwarding admits only its approvals
 
 
 def _vrf_public_key(mn: Section) -> bytes | None:
@@ -44,6 +47,8 @@ def read_masternode(mn: Section) -> MasternodeConfig:
             "heartbeat_every_blocks", M.heartbeat_every_blocks, 0, 10_000_000
         ),
         check_interval_s=mn.duration("check_interval", M.check_interval_s),
+        rewards=mn.address("rewards", M.rewards),
+        dapps=mn.address("dapps", M.dapps),
     )
     mn.done()
     return cfg

@@ -61,6 +61,10 @@ class MqttSource:
     def _on_connected(self, session_present: bool) -> None:
         # Re-subscribe on every connection: a broker that lost our session forgot them.
         self.conn.client.subscribe([(t, self.cfg.qos) for t in self.cfg.topics])
+        if session_present:
+            # Already subscribed in the kept session, and serving: the SUBACK may wait behind
+            # a backlog that intake is paused on (a full journal), so readiness does not.
+            self.ready.set()
 
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, rcs: Any, props: Any

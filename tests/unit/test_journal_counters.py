@@ -39,7 +39,7 @@ def observation(
 async def test_counters_are_kept_per_transport_for_unauthenticated_devices(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite"
     async with Journal(path, sinks=["bridge"]) as journal:
-        seqs = await journal.reserve_sequences(4)
+        seqs = await journal.next_sequences(4)
         await journal.append(
             [
                 observation(seqs[0], "dev-1", MAX, Transport.MQTT, AuthMethod.ALLOWLIST),  # spoof

@@ -167,3 +167,31 @@ async def test_each_distinct_rejection_is_logged_and_repeats_go_to_debug(
     assert [m for lvl, m in lines if lvl == logging.DEBUG] == [
         m for m in warned if "counter 4 " in m
     ]
+
+
+async def test_a_full_journal_pauses_intake_and_acknowledges_only_what_it_stored(
+    tmp_path: Path,
+) -> None:
+    """overflow = "pause" (the default): the batch that does not fit is held, unacknowledged,
+    the pipeline reports no space (sources pause), and it goes in once the bridge delivered."""
+    h = Harness(tmp_path, max_bytes=4_000)
+    await h.start()
+    try:
+        n = 0
+        while h.pipeline.has_space():
+            n += 1
+            h.offer("dev-1", n)
+            await asyncio.sleep(0.05)
+        held = n
+        assert h.acked == list(range(1, held))  # the held frame is not acknowledged
+        assert h.metrics.get("frames_rejected") == 0
+        assert h.metrics.by_label("intake_paused", "reason") == {"journal_full": 1}
+        h.offer("dev-1", held + 1)  # a source that offers anyway is told to wait
+        assert not h.pipeline.has_space()
+        await h.journal.ack("bridge", (await h.journal.stats()).last_seq)
+        await h.settle()
+        assert h.pipeline.has_space()
+        assert h.acked == list(range(1, held + 2))
+        assert [c for _, c in await h.journaled()][-2:] == [held, held + 1]
+    finally:
+        await h.stop()

@@ -16,7 +16,17 @@ def test_shipped_artifacts_equal_a_fresh_build_and_are_committed() -> None:
     assert check() == []
     names = sorted(p.stem for p in ARTIFACTS_DIR.glob("*.json"))
     assert names == sorted(
-        ["ConsumerExample", "Counter", "ElectionBoard", "MasternodeRegistry", "ObservationOracle"]
+        [
+            "ConsumerExample",
+            "Counter",
+            "DappRegistry",
+            "ElectionBoard",
+            "IServiceStanding",
+            "MasternodeRegistry",
+            "ObservationOracle",
+            "RewardPool",
+            "ServiceStanding",
+        ]
     )
     if (ROOT / ".git").exists():
         tracked = subprocess.run(

@@ -64,3 +64,35 @@ def test_bad_bridge_topic_prefix_is_refused(tmp_path: Path, prefix: str) -> None
     assert (
         "[bridge.topic_prefix] must be a topic prefix without + # or leading/trailing /" in message
     )
+
+
+def test_bridge_url_may_list_several_brokers_sharing_the_sections_login(tmp_path: Path) -> None:
+    cfg = load(
+        tmp_path,
+        MINIMAL + '[bridge]\nurl = ["mqtt://a:1883", "mqtt://b:1884"]\nusername = "gw"\n'
+        'failback_check = "10s"\n',
+    ).bridge
+    assert [(b.host, b.port, b.username) for b in cfg.brokers] == [
+        ("a", 1883, "gw"),
+        ("b", 1884, "gw"),
+    ]
+    assert cfg.failback_check_s == 10.0
+
+
+@pytest.mark.parametrize(
+    ("urls", "problem"),
+    [
+        ("[]", "must be a broker URL or a non-empty list of distinct ones"),
+        ('["mqtt://a", "mqtt://a"]', "must be a broker URL or a non-empty list of distinct ones"),
+        ('["mqtt://a", 5]', "must be a broker URL or a non-empty list of distinct ones"),
+        ('["mqtt://a", "mqtts://b"]', "must use one scheme for every broker"),
+        ('["mqtt://a", "http://b"]', "must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"),
+    ],
+)
+def test_a_bad_bridge_url_list_is_refused_naming_key_and_file(
+    tmp_path: Path, urls: str, problem: str
+) -> None:
+    path, message = refusal(tmp_path, MINIMAL + f"[bridge]\nurl = {urls}\n")
+    assert str(path) in message
+    assert "[bridge.url]" in message
+    assert problem in message

@@ -183,7 +183,11 @@ def test_integer_out_of_range_is_refused_with_its_bounds(
 @pytest.mark.parametrize(
     ("text", "key", "allowed"),
     [
-        ('[journal]\noverflow = "drop-newest"\n', "journal.overflow", "drop-oldest, reject-new"),
+        (
+            '[journal]\noverflow = "drop-newest"\n',
+            "journal.overflow",
+            "pause, drop-oldest, reject-new",
+        ),
         ('[journal]\nsynchronous = "off"\n', "journal.synchronous", "normal, full"),
         ('[log]\nlevel = "trace"\n', "log.level", "debug, info, warning, error"),
         ('[bridge]\nprotocol = "5.0"\n', "bridge.protocol", "3.1.1, 5"),
