@@ -15,6 +15,9 @@ upstream is never assigned again, even after a power cut. Ranges the journal dro
 (`overflow = "drop-oldest"`) are announced on `<prefix>/<gateway>/dropped` as signed Dropped
 statements (agent/attest/dropped.py), QoS 1, each marked announced in the journal once the
 broker acknowledged it. `bridge.url` may list several brokers (see MqttConnection's fallbacks).
+With `envelopes_per_message` > 1 (off by default) runs of consecutive envelopes go as one
+JSON array on `<prefix>/<gateway>/obs-batch` instead of one message per observation on
+`obs/<device>/<sensor>`.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from agent.model import Observation
 from agent.mqtt import MqttConnection
 
 SINK = "bridge"
+BATCH_SUFFIX = "obs-batch"  # topic of batched envelopes, under <prefix>/<gateway>/
 
 
 def status_payload(gateway: str, state: str) -> bytes:
@@ -97,8 +101,10 @@ class Bridge:
         self._more = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
-        # paho mid -> (gateway sequence, topic, payload); the payload is kept for a republish
-        self._pending: dict[int, tuple[int, str, bytes]] = {}
+        # paho mid -> (gateway sequence, topic, payload, observations); the payload is kept for
+        # a republish. A batched message (envelopes_per_message > 1) is held under its last
+        # sequence: it carries a contiguous run, acknowledged all at once.
+        self._pending: dict[int, tuple[int, str, bytes, int]] = {}
         self._order: deque[int] = deque()  # sequences handed to paho, in order
         self._acked: set[int] = set()
         self._sent = 0  # last sequence handed to paho
@@ -162,7 +168,7 @@ class Bridge:
             if first is not None:
                 self._drop_acked(first, rc)
             return  # a status message
-        seq, topic, payload = item
+        seq, topic, payload, count = item
         if rc.is_failure:
             # An MQTT 5 broker refused it (not authorised, quota exceeded...). It is not
             # delivered: publish it again after a pause, keeping its place in the window, so
@@ -178,9 +184,9 @@ class Bridge:
                 retry_in="2s",
             )
             self._pending[-seq] = item  # placeholder: still occupies the window
-            asyncio.get_running_loop().call_later(2.0, self._republish, seq, topic, payload)
+            asyncio.get_running_loop().call_later(2.0, self._republish, seq, topic, payload, count)
             return
-        self.metrics.inc("observations_delivered")
+        self.metrics.inc("observations_delivered", count)
         self._acked.add(seq)
         while self._order and self._order[0] in self._acked:
             self.watermark = self._order.popleft()
@@ -238,11 +244,11 @@ class Bridge:
                 dropped_at=d.dropped_at,
             )
 
-    def _republish(self, seq: int, topic: str, payload: bytes) -> None:
+    def _republish(self, seq: int, topic: str, payload: bytes, count: int) -> None:
         if self._pending.pop(-seq, None) is None:
             return  # the bridge restarted meanwhile; the journal replays it
         info = self.conn.client.publish(topic, payload, qos=1)
-        self._pending[info.mid] = (seq, topic, payload)
+        self._pending[info.mid] = (seq, topic, payload, count)
 
     def _schedule_flush(self) -> None:
         self._flush_handle = None
@@ -277,7 +283,7 @@ class Bridge:
 
     async def _pump(self) -> None:
         prefix = f"{self.base_topic}/obs/"
-        publish = self.conn.client.publish
+        per_message = self.cfg.envelopes_per_message
         while True:
             await self.conn.connected.wait()
             if self._drops_seen != self.journal.drops_recorded:
@@ -293,6 +299,7 @@ class Bridge:
                 await self._room.wait()
                 continue
             self._more.clear()
+            room *= per_message  # observations that fit in the free messages of the window
             if self._fast:
                 batch = [self._fast.popleft() for _ in range(min(room, len(self._fast)))]
                 if batch[-1][0] > self._durable:
@@ -321,12 +328,30 @@ class Bridge:
                         self._live, self._tail = True, tail
                     continue
                 batch = [(e.seq, e.device_id, e.sensor, e.envelope) for e in entries]
-            for seq, device, sensor, body in batch:
-                topic = f"{prefix}{device}/{sensor}"
-                info = publish(topic, body, qos=1)
-                self._pending[info.mid] = (seq, topic, body)
-                self._order.append(seq)
-                self._sent = seq
+            if per_message > 1:
+                self._publish_batched(batch, per_message)
+            else:
+                self._publish_each(batch, prefix)
+
+    def _publish_each(self, batch: list[tuple[int, str, str, bytes]], prefix: str) -> None:
+        publish, pending, order = self.conn.client.publish, self._pending, self._order
+        for seq, device, sensor, body in batch:
+            topic = f"{prefix}{device}/{sensor}"
+            pending[publish(topic, body, qos=1).mid] = (seq, topic, body, 1)
+            order.append(seq)
+        self._sent = batch[-1][0]
+
+    def _publish_batched(self, batch: list[tuple[int, str, str, bytes]], per_message: int) -> None:
+        """Consecutive envelopes as one JSON array per message, on `<prefix>/<gateway>/obs-batch`:
+        one PUBLISH and one PUBACK for up to `per_message` observations."""
+        publish, topic = self.conn.client.publish, f"{self.base_topic}/{BATCH_SUFFIX}"
+        for i in range(0, len(batch), per_message):
+            run = batch[i : i + per_message]
+            payload = b"[" + b",".join(item[3] for item in run) + b"]"
+            seq = run[-1][0]
+            self._pending[publish(topic, payload, qos=1).mid] = (seq, topic, payload, len(run))
+            self._order.append(seq)
+        self._sent = batch[-1][0]
 
     async def stop(self, grace: float = 1.0) -> None:
         """Publish the offline status, give in-flight messages `grace` seconds to be acknowledged,

@@ -10,13 +10,39 @@ import time
 from pathlib import Path
 
 
-def spawn_agent(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    """`edgence-agent run --config <config>`, its output to `log`; returns at once."""
+def agent_cpus() -> set[int] | None:
+    """The CPUs a benchmark pins the system under test to (`BENCH_AGENT_CPUS=1`, a comma list),
+    so that CPU per observation is measured on one core; None: not pinned."""
+    spec = os.environ.get("BENCH_AGENT_CPUS", "")
+    return {int(c) for c in spec.split(",") if c.strip()} or None
+
+
+def pin(pid: int = 0) -> None:
+    """Pin a process (0: this one) to `agent_cpus()`, if set; threads started later inherit."""
+    cpus = agent_cpus()
+    if cpus is not None:
+        os.sched_setaffinity(pid, cpus)
+
+
+def spawn_agent(
+    config: Path, log: Path, python_flags: tuple[str, ...] = (), source: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """`edgence-agent run --config <config>`, its output to `log`; returns at once. Pinned to
+    `agent_cpus()` from its first instruction when BENCH_AGENT_CPUS is set. `source`: run the
+    agent package found in that directory instead (another commit's tree, for before/after)."""
+    cpus = agent_cpus()
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
+            [sys.executable, *python_flags, "-m", "agent.cli", "run", "--config", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=env,
+            # `python -m` puts the working directory first on sys.path, before PYTHONPATH
+            cwd=source,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing as mp
 import os
 import statistics
 import tempfile
@@ -37,11 +38,12 @@ from agent.chainclient.rpc import RpcClient
 from agent.chainclient.tx import Eip1559Tx, contract_address, encode_call
 from agent.config import BrokerEndpoint
 from agent.localbroker import LocalMosquitto, free_port
-from agent.mqtt import MqttConnection
-from bench.agentproc import cpu_seconds, spawn_agent, wait_ready
+from agent.mqtt import MqttConnection, publish_json_reply
+from bench.agentproc import cpu_seconds, pin, spawn_agent, wait_ready
 from bench.results import write_section
 
 Ask = Callable[[bytes], Awaitable[bytes]]
+SAME_HOP = "same-hop relay over MQTT 5 (no checks)"
 
 
 def deploy_counter(node: LocalAnvil) -> str:
@@ -58,13 +60,60 @@ def deploy_counter(node: LocalAnvil) -> str:
     raise RuntimeError("Counter was not deployed")
 
 
+RELAY = "relay"  # the same-hop relay's name in the request topic (edgence/relay/rpc/req/<asker>)
+
+
+def same_hop_relay(broker_port: int, rpc_url: str, ready: Any) -> None:
+    """The baseline for forwarding (a child process): a minimal MQTT 5 responder that passes
+    each request to the node over the agent's own HTTP client (RpcClient, keep-alive pool) and
+    publishes the answer to the request's Response Topic with its Correlation Data, on the
+    agent's own MQTT plumbing (MqttConnection on the event loop). No allowlist, no limits, no
+    batching, no checks: the same hops and nothing else."""
+    pin()
+
+    async def main() -> None:
+        rpc = RpcClient(rpc_url, pool_size=64)
+        conn = MqttConnection(
+            BrokerEndpoint("127.0.0.1", broker_port, protocol=5),
+            client_id="bench-relay",
+            clean_start=True,
+            name="relay",
+            max_inflight=1000,
+            nodelay=True,
+        )
+        c = conn.client
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def serve(body: bytes, reply_to: str, corr: bytes | None) -> None:
+            publish_json_reply(c, reply_to, await rpc.post(body), corr, qos=0)
+
+        def on_message(client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+            props = msg.properties
+            t = asyncio.get_running_loop().create_task(
+                serve(bytes(msg.payload), props.ResponseTopic, props.CorrelationData)  # type: ignore[union-attr]
+            )
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+
+        c.on_message = on_message
+        c.on_subscribe = lambda *a: ready.set()
+
+        def subscribe(session_present: bool) -> None:
+            c.subscribe(f"edgence/{RELAY}/rpc/req/+", 0)
+
+        conn.on_connected = subscribe
+        await conn.run()
+
+    asyncio.run(main())
+
+
 def start_agent(d: Path, node: LocalAnvil, broker: LocalMosquitto, coap_port: int) -> Any:
     d.mkdir(parents=True, exist_ok=True)
     key = GatewayKey.generate()
     write_key_file(d / "gateway.key", key)
     (d / "agent.toml").write_text(
         f'[gateway]\nkey_file = "gateway.key"\n[sources.mqtt]\nurl = "{broker.url}"\n'
-        '[bridge]\nenabled = false\n[log]\nlevel = "info"\n'
+        '[bridge]\nenabled = false\n[log]\nlevel = "info"\n[metrics]\nenabled = false\n'
         f'[chain]\nrpc_url = "{node.url}"\n'
         "[forward]\nenabled = true\nrate = 100000\nburst = 100000\nmax_inflight = 1000\n"
         f'[forward.coap]\nenabled = true\nbind = "127.0.0.1:{coap_port}"\n'
@@ -102,7 +151,7 @@ class MqttDapp:
         self._subscribed = asyncio.Event()
         self.conn = MqttConnection(
             BrokerEndpoint("127.0.0.1", port, protocol=5),
-            client_id="bench-dapp",
+            client_id=f"bench-dapp-{gateway[:12]}",
             clean_start=True,
             name="bench-dapp",
             max_inflight=1000,
@@ -234,6 +283,14 @@ async def run(n: int, window: int, repeat: int) -> str:
         await asyncio.to_thread(wait_ready, proc, work / "agent" / "agent.log")
         mqtt = MqttDapp(broker.port, gateway)
         await mqtt.ready()
+        relay_ready = mp.get_context("spawn").Event()
+        relay_proc = mp.get_context("spawn").Process(
+            target=same_hop_relay, args=(broker.port, node.url, relay_ready), daemon=True
+        )
+        relay_proc.start()
+        await asyncio.to_thread(relay_ready.wait, 30)
+        relay = MqttDapp(broker.port, RELAY)
+        await relay.ready()
         # One CoAP client (its own UDP endpoint) per outstanding request: a CoAP client keeps
         # one request outstanding per server (NSTART = 1, RFC 7252), so fewer clients could not
         # fill the window. Each request takes an idle client and gives it back.
@@ -255,6 +312,7 @@ async def run(n: int, window: int, repeat: int) -> str:
 
         paths: dict[str, Ask] = {
             "direct JSON-RPC over HTTP (baseline)": direct_client.post,
+            SAME_HOP: relay.ask,
             "forwarded over MQTT 5 (Mosquitto)": mqtt.ask,
             "forwarded over CoAP": coap_ask,
         }
@@ -272,18 +330,24 @@ async def run(n: int, window: int, repeat: int) -> str:
         for _ in range(repeat):
             for name, ask in paths.items():
                 lat[name] += await latency(ask, body, n)
-                c0 = cpu_seconds(proc.pid)
+                # the system under test: the agent, or the relay on the relay's row
+                sut = int(relay_proc.pid or 0) if name == SAME_HOP else proc.pid
+                c0 = cpu_seconds(sut)
                 s0 = {c: cpu_seconds(pid) for c, pid in pids.items()}
                 g0 = time.process_time()
                 if ask == mqtt.ask:
                     tput[name].append(await mqtt.blast(body, n, window))
+                elif ask == relay.ask:
+                    tput[name].append(await relay.blast(body, n, window))
                 else:
                     tput[name].append(await throughput(ask, body, n, window))
-                cpu[name].append((cpu_seconds(proc.pid) - c0) / n * 1e6)
+                cpu[name].append((cpu_seconds(sut) - c0) / n * 1e6)
                 share[name]["load generator"].append((time.process_time() - g0) / n * 1e6)
                 for c, pid in pids.items():
                     share[name][c].append((cpu_seconds(pid) - s0[c]) / n * 1e6)
         await mqtt.close()
+        await relay.close()
+        relay_proc.kill()
         for ctx in coap_ctxs:
             await ctx.shutdown()
         await direct_client.close()
@@ -295,10 +359,12 @@ async def run(n: int, window: int, repeat: int) -> str:
     base = "direct JSON-RPC over HTTP (baseline)"
     base_p50 = statistics.median(lat[base])
     base_tput = statistics.median(tput[base])
+    relay_tput = statistics.median(tput[SAME_HOP])
+    load = os.getloadavg()[0]
     rows = [
         "| path | p50 ms | p99 ms | added p50 ms | throughput req/s (median) | runs | "
-        "ratio to direct | agent CPU µs per request |",
-        "|---|---|---|---|---|---|---|---|",
+        "ratio to direct | ratio to relay | agent CPU µs per request | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in paths:
         p50 = statistics.median(lat[name])
@@ -307,7 +373,8 @@ async def run(n: int, window: int, repeat: int) -> str:
             f"| {name} | {p50:.2f} | {pct(lat[name], 0.99):.2f} | "
             f"{'-' if name == base else f'{p50 - base_p50:+.2f}'} | {t:,.0f} | "
             f"{', '.join(f'{x:,.0f}' for x in tput[name])} | {t / base_tput:.2f} | "
-            f"{'-' if name == base else f'{statistics.median(cpu[name]):.0f}'} |"
+            f"{'-' if name == base else f'{t / relay_tput:.2f}'} | "
+            f"{'-' if name == base else f'{statistics.median(cpu[name]):.0f}'} | {load:.1f} |"
         )
     cores = os.cpu_count() or 1
     rows += [
@@ -318,6 +385,8 @@ async def run(n: int, window: int, repeat: int) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name in paths:
+        if name == SAME_HOP:
+            continue  # its process is not among the shares' columns
         med = {c: statistics.median(v) for c, v in share[name].items()}
         total = sum(med.values())
         free = cores * 1e6 / (total - med["agent"])
@@ -329,6 +398,11 @@ async def run(n: int, window: int, repeat: int) -> str:
         )
     rows.append("")
     rows.append(
+        f"Same-hop relay (the forwarding baseline): a child process, a paho MQTT 5 responder on "
+        "the agent's MqttConnection passing each request to anvil over the agent's RpcClient "
+        "and answering to its Response Topic, no checks and no batching; its row's CPU column "
+        "is the relay's own. Targets (issue 23): forwarded over MQTT 5 >= 0.8x the relay's "
+        "throughput and <= 100 µs agent CPU per request. "
         f"eth_call of Counter.number() on anvil; latency: {n} "
         f"requests one at a time per run ({repeat} runs pooled); throughput: {n} requests with "
         f"{window} outstanding, median of {repeat} interleaved runs. Direct: aiohttp keep-alive "

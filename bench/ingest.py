@@ -44,7 +44,7 @@ from agent.devices.codecs.frame import encode_frame
 from agent.devices.registry import DeviceRegistry
 from agent.localbroker import LocalMosquitto, free_port
 from agent.model import Transport
-from bench.agentproc import cpu_seconds, spawn_agent, wait_ready
+from bench.agentproc import cpu_seconds, pin, spawn_agent, wait_ready
 from bench.results import write_section
 
 DEVICES = 8
@@ -69,6 +69,12 @@ def bench_frame(i: int, signed: bool) -> bytes:
         )
     return encode_frame(counter, values, timestamp=BENCH_TS)
 
+
+# `--base DIR`: "agent-base" runs the agent package in DIR (an earlier commit's tree).
+BASE_SOURCE: Path | None = None
+
+# "agent-batched": the bridge's optional batched upstream envelope, on.
+BATCHED_TOML = "envelopes_per_message = 32\n"
 
 INFLIGHT = int(os.environ.get("BENCH_BROKER_INFLIGHT", "1000"))
 
@@ -103,8 +109,9 @@ def publisher(port: int, n: int, rate: float | None, out: Connection, signed: bo
     c.disconnect()
 
 
-def collector(port: int, n: int, topic: str, out: Connection) -> None:
-    """Subscribes upstream and records (receive time, payload) for n messages."""
+def collector(port: int, n: int, topic: str, out: Connection, idle: float = 5.0) -> None:
+    """Subscribes upstream and records (receive time, payload) for n messages, or until
+    nothing arrived for `idle` seconds."""
     got: list[tuple[int, bytes]] = []
     done = threading.Event()
     subscribed = threading.Event()
@@ -123,7 +130,7 @@ def collector(port: int, n: int, topic: str, out: Connection) -> None:
     subscribed.wait(10)
     out.send("subscribed")
     last = -1
-    while not done.wait(5):  # stop when nothing arrived for 5 s
+    while not done.wait(idle):  # stop when nothing arrived for `idle` seconds
         if len(got) == last:
             break
         last = len(got)
@@ -134,6 +141,7 @@ def collector(port: int, n: int, topic: str, out: Connection) -> None:
 
 def relay(local: int, upstream: int, ready: Connection) -> None:
     """The baseline: a bare paho relay, subscribe and republish unchanged, QoS 1."""
+    pin()  # on the agent's core(s), when the run pins them
     pub = _client("bench-relay-pub", upstream)
     pub.loop_start()
     sub = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-relay-sub")
@@ -162,6 +170,7 @@ class Result:
     stop_s: float | None = None
     cpu_us: float = float("nan")
     scrapes: int = 0
+    load: float = float("nan")  # the machine's 1-minute load average at the end of the run
 
 
 def _key_of(payload: bytes, kind: str) -> tuple[str, int]:
@@ -179,9 +188,14 @@ def flood_with_c_clients(
     topic: str,
     workdir: Path,
     signed: bool = False,
+    count_token: bytes | None = None,
 ) -> tuple[int, list[int]]:
     """Publish n frames with one `mosquitto_pub -l` per device; return (start ns, arrival ns)
-    as `mosquitto_sub` stamped them (wall clock with nanoseconds)."""
+    as `mosquitto_sub` stamped them (wall clock with nanoseconds). On the batched topic each
+    message's stamp counts once per envelope in it (`count_token`: the bytes that occur once
+    per reading in a message that may carry several, for other gateways' formats)."""
+    batched = topic.endswith("/obs-batch") or count_token is not None
+    token = count_token or b'"signature"'
     workdir.mkdir(parents=True, exist_ok=True)
     files = []
     for dev in range(DEVICES):
@@ -200,10 +214,7 @@ def flood_with_c_clients(
                 topic,
                 "-q",
                 "1",
-                "-C",
-                str(n),
-                "-F",
-                "%U",
+                *(["-F", "%U %p"] if batched else ["-C", str(n), "-F", "%U"]),
                 "-i",
                 "bench-c-collector",
             ],
@@ -237,10 +248,26 @@ def flood_with_c_clients(
                 )
         for p in pubs:
             p.wait(120)
+        if batched:  # no message count to stop at: count envelopes until all n arrived
+            seen, last_change, size = 0, time.monotonic(), 0
+            while seen < n and time.monotonic() - last_change < 10:
+                time.sleep(0.05)
+                if out.stat().st_size != size:
+                    size, last_change = out.stat().st_size, time.monotonic()
+                    seen = out.read_bytes().count(token)
+            sub.kill()
+            sub.wait(10)
         try:
             sub.wait(60)
         except subprocess.TimeoutExpired:
             sub.kill()
+    if batched:
+        stamps = []
+        for line in out.read_bytes().splitlines():
+            stamp, _, payload = line.partition(b" ")
+            if payload.endswith((b"]", b"}")):  # a message cut by the kill is not counted
+                stamps += [int(stamp.replace(b".", b""))] * payload.count(token)
+        return t0, stamps
     stamps = [int(line.replace(b".", b"")) for line in out.read_bytes().split() if line]
     return t0, stamps
 
@@ -280,6 +307,20 @@ def measure(
     sync: str = "normal",
     metrics: str = "on",
 ) -> Result:
+    """One run (see `_measure`), with the machine's load average when it ended."""
+    r = _measure(kind, n, rate, workdir, sync, metrics)
+    r.load = os.getloadavg()[0]
+    return r
+
+
+def _measure(
+    kind: str,
+    n: int,
+    rate: float | None,
+    workdir: Path,
+    sync: str = "normal",
+    metrics: str = "on",
+) -> Result:
     """kind: relay, agent (allowlisted devices) or agent-hmac (enrolled devices, signed frames).
     metrics: "on" (endpoint listening, nobody scraping: a default install), "off" or
     "scraped" (a Scraper polls it during the run)."""
@@ -305,11 +346,21 @@ def measure(
                 if metrics == "off"
                 else f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
             )
-            proc, ready_s = start_agent(workdir / kind, local, upstream, sync, signed, extra)
-            topic = "edgence/+/obs/#"
+            proc, ready_s = start_agent(
+                workdir / kind,
+                local,
+                upstream,
+                sync,
+                signed,
+                extra,
+                source=BASE_SOURCE if kind == "agent-base" else None,
+                bridge_toml=BATCHED_TOML if kind == "agent-batched" else "",
+            )
+            topic = "edgence/+/obs/#" if kind != "agent-batched" else "edgence/+/obs-batch"
             if metrics == "scraped":
                 scraper = Scraper(port)
         cpu_before = cpu_seconds(proc.pid)
+        profiler = _profile(proc.pid, workdir / kind)
         if rate is None:
             t0, stamps = flood_with_c_clients(
                 local, upstream, n, topic, workdir / kind / "c", signed
@@ -331,6 +382,9 @@ def measure(
             pub.join(5)
             col.join(5)
         cpu_us = (cpu_seconds(proc.pid) - cpu_before) / n * 1e6
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(30)
         scrapes = scraper.stop() if scraper is not None else 0
         if kind != "relay":
             rss = peak_rss_mb(proc.pid)
@@ -379,6 +433,31 @@ def measure(
     )
 
 
+def _profile(pid: int, d: Path) -> subprocess.Popen[bytes] | None:
+    """`BENCH_PYSPY=DIR`: py-spy samples the system under test during the run (all threads,
+    idle ones left out) and writes collapsed stacks to DIR/<kind>-<pid>.txt."""
+    out = os.environ.get("BENCH_PYSPY")
+    if not out:
+        return None
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--rate",
+            "250",
+            "--output",
+            str(Path(out) / f"{d.name}-{pid}.txt"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def start_agent(
     d: Path,
     local: LocalMosquitto,
@@ -386,6 +465,8 @@ def start_agent(
     sync: str = "normal",
     enrolled: bool = False,
     metrics_toml: str = "",
+    source: Path | None = None,
+    bridge_toml: str = "",
 ) -> tuple[Any, float]:
     d.mkdir(parents=True, exist_ok=True)
     write_key_file(d / "gateway.key", GatewayKey.generate())
@@ -398,7 +479,7 @@ def start_agent(
         devices = ""
     (d / "agent.toml").write_text(
         f'[gateway]\nkey_file = "gateway.key"\n[sources.mqtt]\nurl = "{local.url}"\n'
-        f'allowed_devices = [{devices}]\n[bridge]\nurl = "{upstream.url}"\n'
+        f'allowed_devices = [{devices}]\n[bridge]\nurl = "{upstream.url}"\n{bridge_toml}'
         f'[journal]\nsynchronous = "{sync}"\n[log]\nlevel = "info"\n'
         "[enrollment]\nrate = 100000\nburst = 1000000\n"
         + metrics_toml
@@ -406,7 +487,7 @@ def start_agent(
     )
     log = d / "agent.log"
     t0 = time.monotonic()
-    proc = spawn_agent(d / "agent.toml", log)
+    proc = spawn_agent(d / "agent.toml", log, source=source)
     wait_ready(proc, log, 20)
     return proc, time.monotonic() - t0
 
@@ -431,7 +512,7 @@ def main() -> int:
     ap.add_argument("--write", action="store_true", help="write bench/RESULTS.md")
     ap.add_argument(
         "--only",
-        choices=["fixed", "max", "metrics"],
+        choices=["fixed", "max", "metrics", "cost"],
         help="run one of the two load shapes, or the metrics-endpoint comparison",
     )
     ap.add_argument(
@@ -439,7 +520,14 @@ def main() -> int:
         action="store_true",
         help="compare enrolled devices (HMAC-verified frames) with allowlisted ones, max rate",
     )
+    ap.add_argument(
+        "--base",
+        type=Path,
+        help="with --only cost: also run the agent package in this directory (before/after)",
+    )
     args = ap.parse_args()
+    if args.only == "cost":
+        return cost_comparison(args.n, args.repeat, args.base, args.write)
     if args.auth:
         return compare_auth(args.n, args.repeat, args.write)
     if args.only == "metrics":
@@ -471,8 +559,8 @@ def main() -> int:
     table = [
         "| path | offered | received | throughput /s (median) | runs /s | ratio to relay "
         "| CPU µs per message (median) | p50 ms | p99 ms | agent peak RSS MB | agent ready s "
-        "| agent stop s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| agent stop s | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (label, offered), rs in runs.items():
         r, all_tp = _median_result(rs)
@@ -486,7 +574,7 @@ def main() -> int:
             f"| {names[label]} | {offered} | {r.received}/{r.n} | {r.throughput:,.0f} | "
             f"{', '.join(f'{t:,.0f}' for t in all_tp)} | {r.throughput / base.throughput:.2f} "
             f"| {cpu:.0f} "
-            f"{lat}| {rss} | {ready} | {stop} |"
+            f"{lat}| {rss} | {ready} | {stop} | {', '.join(f'{x.load:.1f}' for x in rs)} |"
         )
     text = "\n".join(table)
     print(text)
@@ -511,6 +599,66 @@ def main() -> int:
             f"--repeat {args.repeat} --write",
             text + "\n" + note,
         )
+    return 0
+
+
+def cost_comparison(n: int, repeat: int, base: Path | None, write: bool) -> int:
+    """Agent CPU per observation at maximum rate with the system under test pinned to one core
+    (BENCH_AGENT_CPUS, default CPU 1), against the bare relay on the same core, interleaved:
+    optionally an earlier tree of the agent (`base`), and the batched upstream envelope."""
+    global BASE_SOURCE
+    os.environ.setdefault("BENCH_AGENT_CPUS", "1")
+    BASE_SOURCE = base
+    kinds = ["relay", *(["agent-base"] if base else []), "agent", "agent-batched"]
+    runs: dict[str, list[Result]] = {k: [] for k in kinds}
+    with tempfile.TemporaryDirectory(prefix="edgence-bench-") as tmp:
+        for rep in range(repeat):
+            for kind in kinds:
+                r = measure(kind, n, None, Path(tmp) / f"{rep}-{kind}")
+                runs[kind].append(r)
+                print(
+                    f"  {kind:<13} {r.received}/{r.n} in, {r.throughput:8.0f}/s  "
+                    f"cpu {r.cpu_us:5.0f} us/obs  load {r.load:.1f}",
+                    file=sys.stderr,
+                )
+    names = {
+        "relay": "bare paho relay (republish unchanged)",
+        "agent-base": f"edgence-agent before ({base.name if base else ''})",
+        "agent": "edgence-agent",
+        "agent-batched": "edgence-agent, envelopes_per_message = 32",
+    }
+    relay_cpu = statistics.median(x.cpu_us for x in runs["relay"])
+    table = [
+        "| path (one core) | received | CPU µs per observation (median) | runs µs | CPU ratio "
+        "to relay | throughput /s (median) | load average (1 min) at each run's end |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind, rs in runs.items():
+        r, _ = _median_result(rs)
+        cpu = statistics.median(x.cpu_us for x in rs)
+        table.append(
+            f"| {names[kind]} | {min(x.received for x in rs)}/{n} | {cpu:.0f} | "
+            f"{', '.join(f'{x.cpu_us:.0f}' for x in rs)} | {cpu / relay_cpu:.2f} | "
+            f"{r.throughput:,.0f} | {', '.join(f'{x.load:.1f}' for x in rs)} |"
+        )
+    text = "\n".join(table)
+    print(text)
+    if write:
+        note = (
+            "\nMaximum rate, 8 devices, load from `mosquitto_pub -l` per device and "
+            "`mosquitto_sub` upstream as in the ingest section; MQTT in, QoS 1 both sides, "
+            "allowlisted devices, every reading signed (EIP-712) and journaled (WAL, "
+            "synchronous=normal) and bridged. The system under test (agent or relay, all its "
+            f"threads) is pinned with sched_setaffinity to CPU {os.environ['BENCH_AGENT_CPUS']}; "
+            "brokers and load generators float. CPU per observation = user + system time of "
+            "that process during the run / N: what one core spends per reading, the primary "
+            "figure (throughput on this shared machine mostly measures the neighbours). Runs "
+            "interleaved; median shown.\n"
+        )
+        cmd = f"python -m bench.ingest --only cost --n {n} --repeat {repeat}" + (
+            f" --base {base}" if base else ""
+        )
+        write_section("ingest-cost", cmd + " --write", text + "\n" + note)
     return 0
 
 

@@ -75,6 +75,7 @@ _FIELDS = {
 }
 # json.dumps builds a new encoder per call when given separators; reuse one (same output).
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
+_UNSIGNED_JSON = _COMPACT.encode(list(UNSIGNED_FIELDS))
 _BYTES32_RE = re.compile(r"^0x[0-9a-fA-F]{64}\Z")
 _SIGNATURE_RE = re.compile(r"^0x[0-9a-fA-F]{130}\Z")
 _ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}\Z")
@@ -111,7 +112,15 @@ class VerifiedObservation:
 class ObservationSigner:
     """Signs Readings with the gateway key under one EIP-712 domain, each into its feed."""
 
-    __slots__ = ("_domain", "_domain_sep", "_feeds", "_key", "_label_hex", "_prefix")
+    __slots__ = (
+        "_domain",
+        "_domain_sep",
+        "_feeds",
+        "_key",
+        "_label_hex",
+        "_label_json",
+        "_prefix",
+    )
 
     def __init__(self, key: GatewayKey, domain: Eip712Domain, feeds: FeedMap | None = None) -> None:
         self._key = key
@@ -126,6 +135,7 @@ class ObservationSigner:
         # The constant head of every envelope, left open so the body can be appended.
         self._prefix = _COMPACT.encode(head)[:-1] + ","
         self._label_hex: dict[str, str] = {}
+        self._label_json: dict[str, str] = {}
 
     @property
     def gateway(self) -> str:
@@ -143,37 +153,40 @@ class ObservationSigner:
             cached = self._label_hex[label] = "0x" + label_bytes32(label, what).hex()
         return cached
 
+    def _json(self, text: str) -> str:
+        """`text` as a JSON string (cached like the labels: a unit may hold `"` or `\\`)."""
+        cached = self._label_json.get(text)
+        if cached is None:
+            if len(self._label_json) >= _LABEL_CACHE_MAX:
+                self._label_json.clear()
+            cached = self._label_json[text] = _COMPACT.encode(text)
+        return cached
+
     def sign(self, reading: Reading, gateway_sequence: int) -> Observation:
         feed = self._feeds.feed(reading.device_id, reading.sensor)
         digest = observation_digest(self._domain_sep, reading, gateway_sequence, feed)
         signature = self._key.sign_digest(digest)
-        body = {
-            "message": {
-                "feed": "0x" + feed.hex(),
-                "deviceId": self._hex32(reading.device_id, "device id"),
-                "sensor": self._hex32(reading.sensor, "sensor"),
-                "value": str(reading.value),
-                "exponent": reading.exponent,
-                "unit": self._hex32(reading.unit, "unit"),
-                "timestamp": reading.timestamp,
-                "deviceCounter": reading.counter,
-                "gatewaySequence": gateway_sequence,
-                "transport": transport_code(reading.transport),
-                "assurance": reading.auth.assurance,
-            },
-            "reading": {
-                "device": reading.device_id,
-                "sensor": reading.sensor,
-                "value": decimal_string(reading.value, reading.exponent),
-                "unit": reading.unit,
-                "transport": reading.transport.value,
-                "auth": reading.auth.value,
-            },
-            "unsigned": list(UNSIGNED_FIELDS),
-            "digest": "0x" + digest.hex(),
-            "signature": "0x" + signature.hex(),
-        }
-        envelope = self._prefix + _COMPACT.encode(body)[1:]
+        device, sensor, unit = reading.device_id, reading.sensor, reading.unit
+        # The body written straight into the envelope's fixed layout: the same bytes as
+        # json.dumps(compact) of the documented key order (tests compare the two), at a
+        # fraction of its cost per reading. Device and sensor ids are NAME_RE (nothing to
+        # escape: observation_digest checked them), numbers are ints, the rest is escaped once.
+        envelope = (
+            f'{self._prefix}"message":{{"feed":"0x{feed.hex()}",'
+            f'"deviceId":"{self._hex32(device, "device id")}",'
+            f'"sensor":"{self._hex32(sensor, "sensor")}",'
+            f'"value":"{int(reading.value)}","exponent":{int(reading.exponent)},'
+            f'"unit":"{self._hex32(unit, "unit")}","timestamp":{int(reading.timestamp)},'
+            f'"deviceCounter":{int(reading.counter)},"gatewaySequence":{int(gateway_sequence)},'
+            f'"transport":{transport_code(reading.transport)},'
+            f'"assurance":{int(reading.auth.assurance)}}},'
+            f'"reading":{{"device":"{device}","sensor":"{sensor}",'
+            f'"value":"{decimal_string(reading.value, reading.exponent)}",'
+            f'"unit":{self._json(unit)},"transport":{self._json(reading.transport.value)},'
+            f'"auth":{self._json(reading.auth.value)}}},'
+            f'"unsigned":{_UNSIGNED_JSON},"digest":"0x{digest.hex()}",'
+            f'"signature":"0x{signature.hex()}"}}'
+        )
         return Observation(
             reading=reading,
             gateway_sequence=gateway_sequence,
@@ -265,6 +278,21 @@ def _parse(data: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
         raise EnvelopeError(f"envelope is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise EnvelopeError("envelope must be a JSON object")
+    return parsed
+
+
+def split_batch(data: bytes | str) -> list[Mapping[str, Any]]:
+    """The envelopes of a batched upstream message (bridge.envelopes_per_message > 1): a JSON
+    array of envelope objects, each to be checked with `verify_envelope` on its own (a batch
+    vouches for nothing as a whole); EnvelopeError when it is not such an array."""
+    try:
+        parsed = json.loads(data, object_pairs_hook=_no_duplicate_keys)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EnvelopeError(f"batch is not valid JSON: {exc}") from None
+    if not isinstance(parsed, list) or not parsed:
+        raise EnvelopeError("batch must be a non-empty JSON array of envelope objects")
+    if not all(isinstance(env, dict) for env in parsed):
+        raise EnvelopeError("every element of a batch must be an envelope object")
     return parsed
 
 

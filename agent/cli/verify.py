@@ -1,5 +1,5 @@
 """`edgence-agent verify`: check signed observation envelopes, oracle answers or Dropped
-statements (one, or JSON lines) offline."""
+statements (one, or JSON lines, or batched messages: arrays of envelopes) offline."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         docs = [text]
     except json.JSONDecodeError:
         docs = [line for line in text.splitlines() if line.strip()]
+    docs = [env for doc in docs for env in _members(doc)]
     bad = 0
     for i, doc in enumerate(docs, 1):
         if is_dropped_statement(doc):
@@ -49,6 +50,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
             continue
         print("\n".join(lines))
     return 1 if bad else 0
+
+
+def _members(doc: str) -> list[str]:
+    """A batched upstream message (a JSON array, bridge.envelopes_per_message) gives its
+    envelopes, each verified on its own; anything else is one document."""
+    if not doc.lstrip().startswith("["):
+        return [doc]
+    from agent.attest.observation import split_batch
+
+    try:
+        return [json.dumps(env, separators=(",", ":")) for env in split_batch(doc)]
+    except EnvelopeError:
+        return [doc]  # reported as invalid by the verifier, with its reason
 
 
 def add_parsers(sub: Any) -> None:

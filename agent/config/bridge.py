@@ -34,6 +34,9 @@ class BridgeConfig:
     topic_prefix: str = TOPIC_PREFIX
     inflight: int = 256
     batch: int = 512
+    # > 1: up to this many envelopes per upstream message, a JSON array on
+    # <prefix>/<gateway>/obs-batch (each envelope still signed on its own); 1: one per message.
+    envelopes_per_message: int = 1
 
     @property
     def brokers(self) -> tuple[BrokerEndpoint, ...]:
@@ -71,6 +74,7 @@ def read_bridge(b: Section) -> BridgeConfig:
         topic_prefix=read_topic_prefix(b, B.topic_prefix),
         inflight=b.int_range("inflight", B.inflight, 1, 65_000),
         batch=b.int_range("batch", B.batch, 1, 10_000),
+        envelopes_per_message=b.int_range("envelopes_per_message", B.envelopes_per_message, 1, 256),
     )
     b.done()
     return cfg

@@ -330,3 +330,34 @@ def test_fast_path_rejects_gateway_sequence_outside_uint64(sequence: int) -> Non
     reading = _random_reading(random.Random(0))
     with pytest.raises(ValueError, match="gateway sequence"):
         observation_struct_hash(reading, sequence, bytes(32))
+
+
+def test_keccak256_matches_pycryptodome_at_block_edges_and_across_threads() -> None:
+    # keccak256 reuses one hashing state per thread; every length around the 136-byte rate
+    # and hashes made in several threads at once must still give keccak.new()'s digests.
+    import threading
+
+    from Crypto.Hash import keccak
+
+    def reference(data: bytes) -> bytes:
+        return keccak.new(data=data, digest_bits=256).digest()
+
+    inputs = [bytes(range(256))[:n] * 3 for n in (0, 1, 135, 136, 137, 255)] + [b"x" * 5000]
+    assert [keccak256(d) for d in inputs] == [reference(d) for d in inputs]
+    assert keccak256(b"") == bytes.fromhex(
+        "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
+    )
+    wrong: list[bytes] = []
+
+    def hash_many(seed: int) -> None:
+        for i in range(300):
+            data = bytes([seed, i % 256]) * (i % 70)
+            if keccak256(data) != reference(data):
+                wrong.append(data)
+
+    threads = [threading.Thread(target=hash_many, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []

@@ -15,7 +15,7 @@ from eth_utils.crypto import keccak as eth_keccak
 from agent.attest.eip712 import OBSERVATION_TYPES, domain_separator, observation_digest
 from agent.attest.feeds import FeedMap, default_feed
 from agent.attest.keys import SECP256K1_HALF_N, SECP256K1_N, GatewayKey
-from agent.attest.observation import ObservationSigner, verify_envelope
+from agent.attest.observation import ObservationSigner, split_batch, verify_envelope
 from agent.errors import EnvelopeError
 from agent.model import AuthMethod, Eip712Domain, Observation, Reading, Transport
 
@@ -448,6 +448,23 @@ def test_units_with_json_special_characters_round_trip(
     assert json.loads(signer.sign(reading, 0).envelope)["reading"]["value"] == "-5000"
 
 
+@pytest.mark.parametrize("unit", ["Cel", "m/s", '"', "\\", '\\"{}[],:'])
+@pytest.mark.parametrize(
+    ("value", "exponent"), [(0, 0), (-5, 3), (2**255 - 1, -77), (-(2**255), 5), (7, -128)]
+)
+def test_envelope_bytes_are_exactly_compact_json_dumps_of_its_fields(
+    signer: ObservationSigner, unit: str, value: int, exponent: int
+) -> None:
+    # The signer writes the envelope from a template; it must be byte for byte what
+    # json.dumps with compact separators makes of the same fields in the same order.
+    reading = Reading(
+        "dev.A:1-x_", "s_2", value, exponent, unit, 2**40, 2**63, Transport.SERIAL, AuthMethod.HMAC
+    )
+    envelope = signer.sign(reading, 2**64 - 1).envelope
+    assert envelope == json.dumps(json.loads(envelope), separators=(",", ":")).encode()
+    assert verify_envelope(envelope).reading == reading
+
+
 def _leaves(obj: Any, path: str = "") -> list[str]:
     if isinstance(obj, dict):
         return [leaf for k, v in obj.items() for leaf in _leaves(v, f"{path}.{k}" if path else k)]
@@ -489,3 +506,28 @@ def test_every_envelope_field_is_signed_checked_or_declared_unsigned(
             except EnvelopeError:
                 continue
             assert leaf in env["unsigned"], f"{leaf} = {value!r} passed verification unnoticed"
+
+
+def test_a_batch_splits_into_envelopes_that_each_verify_on_their_own(
+    signer: ObservationSigner,
+) -> None:
+    readings = [
+        Reading("sim-1", "temp", v, -1, "Cel", 1_700_000_000, v, Transport.MQTT, AuthMethod.HMAC)
+        for v in range(1, 4)
+    ]
+    batch = b"[" + b",".join(signer.sign(r, i + 10).envelope for i, r in enumerate(readings)) + b"]"
+    verified = [verify_envelope(env) for env in split_batch(batch)]
+    assert [v.reading for v in verified] == readings
+    assert [v.gateway_sequence for v in verified] == [10, 11, 12]
+    # A tampered member fails alone; its neighbours still verify.
+    tampered = split_batch(batch.replace(b'"value":"2"', b'"value":"9"', 1))
+    with pytest.raises(EnvelopeError):
+        verify_envelope(tampered[1])
+    assert verify_envelope(tampered[0]).reading == readings[0]
+    assert verify_envelope(tampered[2]).reading == readings[2]
+
+
+@pytest.mark.parametrize("payload", [b"{}", b"[]", b"[1]", b'[{"a":1,"a":2}]', b"[", b"\xff"])
+def test_what_is_not_a_batch_of_envelope_objects_is_refused(payload: bytes) -> None:
+    with pytest.raises(EnvelopeError):
+        split_batch(payload)

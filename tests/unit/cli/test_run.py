@@ -278,6 +278,19 @@ def test_verify_reads_a_pretty_printed_envelope_from_a_file(
     assert result.stdout.startswith(f"ok signer={gateway.address} seq=1 ")
 
 
+def test_verify_checks_each_envelope_of_a_batched_message_on_its_own(
+    tmp_path: Path, gateway: GatewayKey, signer: ObservationSigner
+) -> None:
+    good = [signer.sign(reading(), seq).envelope for seq in (5, 6)]
+    bad = tampered(signer.sign(reading(), 7).envelope, "message.deviceCounter", 8).encode()
+    batch = b"[" + b",".join([good[0], bad, good[1]]) + b"]"
+    result = cli("verify", "-", cwd=tmp_path, stdin=batch.decode())
+    assert result.returncode == 1
+    oks = [line for line in result.stdout.splitlines() if line.startswith("ok signer")]
+    assert [line.split()[2] for line in oks] == ["seq=5", "seq=6"]
+    assert "INVALID #2: " in result.stdout and "digest mismatch" in result.stdout
+
+
 @pytest.mark.parametrize(
     ("path", "value", "why"),
     [

@@ -47,6 +47,7 @@ def test_only_gateway_key_file_is_required_and_everything_else_has_defaults(
     b = cfg.bridge
     assert b.enabled and b.broker.url == "mqtt://127.0.0.1:1884" and b.fallbacks == ()
     assert (b.topic_prefix, b.inflight, b.batch, b.broker.keepalive) == ("edgence", 256, 512, 30)
+    assert b.envelopes_per_message == 1  # batched upstream envelopes are off by default
     j = cfg.journal
     assert j.path == tmp_path / "data" / "journal.sqlite"
     assert (j.max_bytes, j.max_age_s) == (256 * 2**20, 7 * 86400.0)

@@ -163,6 +163,11 @@ def test_unknown_key_in_a_section_is_refused_listing_the_allowed_keys(
         (MINIMAL + "[sources.mqtt]\nqos = -1\n", "sources.mqtt.qos", "between 0 and 1, got -1"),
         (MINIMAL + "[bridge]\ninflight = 0\n", "bridge.inflight", "between 1 and 65000, got 0"),
         (MINIMAL + "[bridge]\nkeepalive = 4\n", "bridge.keepalive", "between 5 and 3600, got 4"),
+        (
+            MINIMAL + "[bridge]\nenvelopes_per_message = 257\n",
+            "bridge.envelopes_per_message",
+            "between 1 and 256, got 257",
+        ),
         (MINIMAL + "[pipeline]\nqueue_size = 15\n", "pipeline.queue_size", "between 16 and"),
         (MINIMAL + "chain_id = 0\n", "gateway.chain_id", "between 1 and"),
     ],
