@@ -59,6 +59,27 @@ if TYPE_CHECKING:
     from agent.telemetry import Telemetry
 
 
+def tx_sender(
+    cfg: AgentConfig, rpc: RpcClient, key: GatewayKey, metrics: Metrics | None = None
+) -> TxSender:
+    """The agent's own transactions as [chain] configures them (the running agent and the
+    commands that send one transaction share this)."""
+    from agent.chainclient.sender import TxSender
+
+    c = cfg.chain
+    return TxSender(
+        rpc,
+        key,
+        cfg.gateway.chain_id,
+        c.store or cfg.gateway.data_dir / "chain.sqlite",
+        metrics=metrics,
+        confirmations=c.confirmations,
+        poll_interval_s=c.poll_interval_s,
+        stuck_after_s=c.stuck_after_s,
+        fee_bump_percent=c.fee_bump_percent,
+    )
+
+
 def load_gateway_key(cfg: AgentConfig) -> GatewayKey:
     """The gateway key, refusing loose permissions; the passphrase comes from
     gateway.passphrase_file (also 0600) or the EDGENCE_KEY_PASSPHRASE environment variable."""
@@ -311,20 +332,9 @@ def _chain(p: Parts) -> None:
     c = cfg.chain
     p.rpc = RpcClient(c.rpc_url, timeout=c.timeout_s)
     if c.enabled:
-        from agent.chainclient.sender import TxSender
         from agent.chainclient.subscribe import ChainWatcher
 
-        p.tx_sender = TxSender(
-            p.rpc,
-            p.key,
-            cfg.gateway.chain_id,
-            c.store or cfg.gateway.data_dir / "chain.sqlite",
-            metrics=p.metrics,
-            confirmations=c.confirmations,
-            poll_interval_s=c.poll_interval_s,
-            stuck_after_s=c.stuck_after_s,
-            fee_bump_percent=c.fee_bump_percent,
-        )
+        p.tx_sender = tx_sender(cfg, p.rpc, p.key, p.metrics)
         p.chain_watcher = ChainWatcher(
             p.rpc, c.ws_url, poll_interval_s=c.poll_interval_s, metrics=p.metrics
         )

@@ -36,9 +36,8 @@ def cmd_election_status(args: argparse.Namespace) -> int:
 
 async def _masternode(args: argparse.Namespace) -> int:
     from agent.chainclient.rpc import RpcClient
-    from agent.chainclient.sender import TxSender
     from agent.masternode import RegistryClient
-    from agent.wiring import load_gateway_key
+    from agent.wiring import load_gateway_key, tx_sender
 
     cfg = load(args)
     registry = cfg.masternode.registry
@@ -50,15 +49,7 @@ async def _masternode(args: argparse.Namespace) -> int:
     key = load_gateway_key(cfg)
     c = cfg.chain
     async with RpcClient(c.rpc_url, timeout=c.timeout_s) as rpc:
-        sender = TxSender(
-            rpc,
-            key,
-            cfg.gateway.chain_id,
-            c.store or cfg.gateway.data_dir / "chain.sqlite",
-            confirmations=c.confirmations,
-            poll_interval_s=c.poll_interval_s,
-            fee_bump_percent=c.fee_bump_percent,
-        )
+        sender = tx_sender(cfg, rpc, key)
         client = RegistryClient(rpc, sender, registry)
         try:
             if args.action != "status" and not (args.action == "rewards" and args.show_only):

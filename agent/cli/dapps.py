@@ -15,9 +15,8 @@ async def _dapps(args: argparse.Namespace) -> int:
     from agent.chainclient.approvals import DappRegistryView
     from agent.chainclient.contracts import load_artifact
     from agent.chainclient.rpc import RpcClient
-    from agent.chainclient.sender import TxSender
     from agent.masternode import ContractClient
-    from agent.wiring import load_gateway_key
+    from agent.wiring import load_gateway_key, tx_sender
 
     cfg = load(args)
     address = cfg.masternode.dapps
@@ -33,15 +32,7 @@ async def _dapps(args: argparse.Namespace) -> int:
         if args.action == "vote":
             if args.id is None or args.stance is None:
                 raise AgentError("dapps vote needs a proposal id and approve or revoke")
-            sender = TxSender(
-                rpc,
-                key,
-                cfg.gateway.chain_id,
-                c.store or cfg.gateway.data_dir / "chain.sqlite",
-                confirmations=c.confirmations,
-                poll_interval_s=c.poll_interval_s,
-                fee_bump_percent=c.fee_bump_percent,
-            )
+            sender = tx_sender(cfg, rpc, key)
             try:
                 await sender.check_chain()
                 client = ContractClient(rpc, sender, address, load_artifact("DappRegistry"))
