@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     contracts.add_parsers(sub, config)
     verify.add_parsers(sub)
     devices.add_parsers(sub, config)
-    firmware.add_parsers(sub)
+    firmware.add_parsers(sub, config)
     return p
 
 

@@ -1,7 +1,8 @@
 """`edgence-agent firmware deploy`: copy the MicroPython firmware (boot.py, main.py, lib/) and
 a device's provisioning bundle (config.json) onto a board through its raw REPL, with progress.
 The library goes as .mpy compiled for the board's MicroPython (agent/fwbuild.py), or as
-sources with --sources.
+sources with --sources. `firmware update` and `firmware status`: over the air, through the
+running agent's command service (agent/downlink/otaupdate.py, docs/ota.md).
 
 The board is put in safe mode first (a `SAFE` file: boot.py then arms no watchdog and main.py
 does not start), so a board whose watchdog bites mid-copy comes back copyable; the flag is
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -189,7 +191,133 @@ def cmd_firmware_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: Any) -> None:
+_VERSION_RE = re.compile(r"""^VERSION\s*=\s*["']([^"']+)["']""", re.M)
+
+
+def update_files(source: Path) -> list[tuple[str, bytes]]:
+    """Every file under `source` (paths as on the board), without caches and dot files."""
+    if not source.is_dir():
+        raise DeployError(f"--source {source} is not a directory")
+    out = []
+    for p in sorted(source.rglob("*")):
+        rel = p.relative_to(source)
+        if p.is_file() and "__pycache__" not in rel.parts and not rel.name.startswith("."):
+            out.append((rel.as_posix(), p.read_bytes()))
+    if not out:
+        raise DeployError(f"--source {source} holds no files")
+    return out
+
+
+def update_version(source: Path, given: str | None) -> str:
+    if given:
+        return given
+    init = source / "lib" / "edgence" / "__init__.py"
+    m = _VERSION_RE.search(init.read_text()) if init.is_file() else None
+    if m is None:
+        raise DeployError(
+            f'no version: {init} with VERSION = "..." is not in --source {source}',
+            fix="pass --version (the version the new firmware reports)",
+        )
+    return m.group(1)
+
+
+def _command_sender(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    """(config, CommandClient, gateway address) for the running agent's command service."""
+    from agent.cli.options import load
+    from agent.config.downlink import OPERATOR
+    from agent.downlink.client import CommandClient
+    from agent.wiring import load_gateway_key
+
+    cfg = load(args)
+    d = cfg.downlink
+    if not d.enabled or d.mqtt is None:
+        raise AgentError(
+            f"{cfg.path}: downlink.enabled is false; updates go as commands",
+            fix="set [downlink] enabled = true and restart the agent",
+        )
+    gateway = load_gateway_key(cfg).address
+    return cfg, CommandClient(d.mqtt, d.topic_prefix, gateway, OPERATOR), gateway
+
+
+def _sender(client: Any, device: str) -> Any:
+    async def send(action: str, a: Any, ttl: float) -> dict[str, Any]:
+        req = {"device": device, "action": action, "args": dict(a), "ttl": ttl}
+        out: dict[str, Any] = await client.send(req, wait_s=ttl + 10)
+        return out
+
+    return send
+
+
+def cmd_firmware_update(args: argparse.Namespace) -> int:
+    """Send new firmware files to a device over the air (docs/ota.md)."""
+    import asyncio
+
+    from agent.devices.registry import DeviceRegistry
+    from agent.downlink.ota import OtaError, build_manifest
+    from agent.downlink.otaupdate import UpdateFailed, Updater
+
+    files = update_files(args.source)
+    version = update_version(args.source, args.fw_version)
+    try:
+        manifest = build_manifest(version, files, args.block_size, args.boots)
+    except OtaError as exc:
+        raise DeployError(f"--source {args.source}: {exc.reason}: {exc.detail}") from None
+    cfg, client, _ = _command_sender(args)
+    key = DeviceRegistry(cfg.enrollment.registry_dir).key_of(args.device_id)
+    if key is None:
+        raise AgentError(
+            f"{args.device_id!r} is not enrolled in {cfg.enrollment.registry_dir}",
+            fix="edgence-agent devices list",
+        )
+    total = sum(len(c) for _, c in files)
+    print(f"updating {args.device_id} to {version}: {len(files)} files, {total} bytes, "
+          f"blocks of {manifest.block_size}", flush=True)  # fmt: skip
+
+    async def go() -> Any:
+        async with client:
+            up = Updater(
+                _sender(client, args.device_id), key, args.device_id, manifest,
+                dict(files), ttl=cfg.downlink.default_ttl_s,
+                progress=lambda line: print(line, flush=True),
+            )  # fmt: skip
+            return await up.run(args.timeout if args.wait else None)
+
+    try:
+        res = asyncio.run(go())
+    except UpdateFailed as exc:
+        print(f"error: {exc.description}", file=sys.stderr)
+        if exc.fix:
+            print(f"fix: {exc.fix}", file=sys.stderr)
+        return 1
+    note = f"{res.blocks} blocks" + (f", {res.resent} sent again" if res.resent else "")
+    if res.state == "ok":
+        print(f"done: {args.device_id} runs {res.running}, confirmed ({note})")
+    else:
+        print(f"staged: {args.device_id} restarts into {version} ({note})")
+        print(f"check it: edgence-agent firmware status {args.device_id}")
+    return 0
+
+
+def cmd_firmware_status(args: argparse.Namespace) -> int:
+    """What the device says about its firmware and its last update."""
+    import asyncio
+
+    _, client, _ = _command_sender(args)
+
+    async def go() -> dict[str, Any]:
+        async with client:
+            out: dict[str, Any] = await _sender(client, args.device_id)("ota_status", {}, args.ttl)
+            return out
+
+    out = asyncio.run(go())
+    if not out.get("ok"):
+        print(f"error: {out.get('error')}: {out.get('detail')}", file=sys.stderr)
+        return 1
+    print(json.dumps(out["result"], sort_keys=True))
+    return 0
+
+
+def add_parsers(sub: Any, config: argparse.ArgumentParser) -> None:
     f = sub.add_parser("firmware", help="MicroPython firmware for the sensors")
     fsub = f.add_subparsers(dest="firmware_command", required=True)
     s = fsub.add_parser("deploy", help="copy firmware and a bundle onto a board (raw REPL)")
@@ -209,3 +337,28 @@ def add_parsers(sub: Any) -> None:
     )
     s.add_argument("--no-reset", action="store_true", help="do not soft-reset afterwards")
     s.set_defaults(fn=cmd_firmware_deploy)
+    u = fsub.add_parser(
+        "update",
+        parents=[config],
+        help="send new firmware files to a device over the air (through the running agent)",
+    )
+    u.add_argument("device_id")
+    u.add_argument(
+        "--source", type=Path, required=True, help="the files, as on the board (main.py, lib/...)"
+    )
+    u.add_argument(
+        "--version",
+        dest="fw_version",
+        help="the version it reports (default: VERSION in SOURCE/lib/edgence/__init__.py)",
+    )
+    u.add_argument("--wait", action="store_true", help="wait until it confirms or rolls back")
+    u.add_argument("--timeout", type=float, default=300, help="--wait at most this long (s)")
+    u.add_argument("--boots", type=int, default=3, help="boots to confirm in, else roll back")
+    u.add_argument("--block-size", type=int, default=240, help="bytes per block (16-240)")
+    u.set_defaults(fn=cmd_firmware_update)
+    st = fsub.add_parser(
+        "status", parents=[config], help="a device's firmware version and update state"
+    )
+    st.add_argument("device_id")
+    st.add_argument("--ttl", type=float, default=60, help="wait this long for the device (s)")
+    st.set_defaults(fn=cmd_firmware_status)

@@ -4,10 +4,20 @@
 # config.json, on a board the firmware does not support, or with a counter in flash that
 # cannot be trusted, the watchdog is not armed either: the board says why and waits at the
 # REPL (a watchdog would only reset it into the same error, again and again).
+# An over-the-air update is switched in (or rolled back) by otaboot first (docs/ota.md); a new
+# version that cannot even be imported, or finds no valid config, resets at once and counts a
+# boot, one that hangs is reset by the watchdog.
 import sys
 
 import machine
-from edgence import config, counter, watchdog
+import otaboot
+
+otaboot.boot()
+try:
+    from edgence import config, counter, watchdog
+except Exception as exc:
+    otaboot.failed(machine, type(exc).__name__)
+    raise
 
 try:
     _fw = config.load("config.json").firmware
@@ -28,6 +38,9 @@ if _fw is not None:
     except counter.CounterError as exc:
         print("edgence event=counter_error error=%s" % exc)
         _fw = None
+
+if _fw is None:
+    otaboot.failed(machine, "config")
 
 _pin = (_fw or {}).get("safe_pin")
 if _pin is None:

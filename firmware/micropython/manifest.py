@@ -7,3 +7,4 @@
 # then flash the build and put only boot.py, main.py and config.json on the board (README.md).
 include("$(PORT_DIR)/boards/manifest.py")
 package("edgence", base_path="lib")
+module("otaboot.py", base_path="lib")

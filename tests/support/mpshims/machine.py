@@ -20,6 +20,7 @@ from typing import Any
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 _CAUSES = {"pwron": PWRON_RESET, "hard": HARD_RESET, "wdt": WDT_RESET, "deepsleep": DEEPSLEEP_RESET}
 RTC_FILE = ".rtc-memory"
+WDT_ARMED = False  # firmware_host keeps a crashed firmware's process while a watchdog runs
 
 
 def _restart(cause: str) -> None:
@@ -53,6 +54,8 @@ class WDT:
     """Restarts the process unless fed within `timeout` ms; cannot be stopped (as on ESP32)."""
 
     def __init__(self, id: int = 0, timeout: int = 5000) -> None:
+        global WDT_ARMED
+        WDT_ARMED = True
         self.timeout = timeout / 1000
         self.deadline = time.monotonic() + self.timeout
         threading.Thread(target=self._watch, daemon=True).start()

@@ -56,6 +56,7 @@ class Node:
         self.store_errors = 0
         self._told = [0, 0]  # drops and encode errors the gateway has heard of
         self._carried = None  # what the frame just taken carries
+        self.confirm = None  # called once at the first delivery (an update on trial: otaboot)
 
     def idle(self):
         """Called from every bounded wait: feeds the watchdog (which decides from the last
@@ -119,6 +120,9 @@ class Node:
         self.sent += 1
         if self.watchdog is not None:
             self.watchdog.delivered()
+        if self.confirm is not None:
+            confirm, self.confirm = self.confirm, None
+            confirm()
 
     def flush(self):
         """Send what the outbox holds, oldest first, up to FLUSH_MAX frames; False at the first

@@ -150,6 +150,10 @@ def build_node(cfg, machine, watchdog=None, flash="."):
         node.downlink = Downlink(cfg, {}, flash, clock=unix_time)
         node.downlink.handlers = standard_handlers(node, machine, VERSION)
         node.link.downlink = node.downlink
+    import otaboot
+
+    if otaboot.in_trial():  # an update's first delivered reading confirms it (docs/ota.md)
+        node.confirm = otaboot.confirm
     if hasattr(node.link, "idle"):
         node.link.idle = node.idle  # the one idle hook, for every wait of every transport
     return node

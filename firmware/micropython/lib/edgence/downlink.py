@@ -20,7 +20,10 @@ _FIELDS = ("v", "id", "n", "exp", "a", "args", "mac")
 
 
 class CommandError(ValueError):
-    """A handler's refusal of its arguments: answered `bad_args` with the message."""
+    """A handler's refusal of its arguments: answered `bad_args` (or the subclass's `status`)
+    with the message."""
+
+    status = "bad_args"
 
 
 def _lines(args):
@@ -147,7 +150,7 @@ class Downlink:
                     status = "ok"
                     self.executed += 1
                 except CommandError as exc:
-                    status, result = "bad_args", {"error": str(exc)[:64]}
+                    status, result = exc.status, {"error": str(exc)[:64]}
                 except Exception as exc:  # a failing handler is answered, never fatal
                     status, result = "failed", {"error": type(exc).__name__}
         answer = encode_answer(self.key, self.device_id, n, cid, status, result)
@@ -163,7 +166,8 @@ class Downlink:
 
 
 def standard_handlers(node, machine, version):
-    """The firmware's handler table: set an output, set the report interval, reboot, version.
+    """The firmware's handler table: set an output, set the report interval, reboot, version,
+    and the steps of an over-the-air update (edgence.ota).
     Outputs are only the pins listed in firmware.outputs (a command cannot drive any pin)."""
     fw = node.cfg.firmware
     outputs = fw.get("outputs") or []
@@ -198,9 +202,20 @@ def standard_handlers(node, machine, version):
     def report_version(args):
         return {"version": version}
 
-    return {
+    def ota(action):
+        def step(args):
+            from edgence import ota  # imported at the first update only (docs/ota.md)
+
+            return ota.handle(node, machine, action, args)
+
+        return step
+
+    table = {
         "set_output": set_output,
         "set_interval": set_interval,
         "reboot": reboot,
         "version": report_version,
     }
+    for a in ("ota_begin", "ota_file", "ota_manifest", "ota_block", "ota_apply", "ota_status"):
+        table[a] = ota(a)
+    return table
