@@ -20,10 +20,8 @@ _FIELDS = ("v", "id", "n", "exp", "a", "args", "mac")
 
 
 class CommandError(ValueError):
-    """A handler's refusal of its arguments: answered `bad_args` (or the subclass's `status`)
-    with the message."""
-
-    status = "bad_args"
+    """A handler's refusal: CommandError(message) is answered `bad_args` with the message,
+    CommandError(status, message) with that status."""
 
 
 def _lines(args):
@@ -150,7 +148,9 @@ class Downlink:
                     status = "ok"
                     self.executed += 1
                 except CommandError as exc:
-                    status, result = exc.status, {"error": str(exc)[:64]}
+                    a = exc.args
+                    status, msg = (a[0], a[1]) if len(a) > 1 else ("bad_args", str(exc))
+                    result = {"error": msg[:64]}
                 except Exception as exc:  # a failing handler is answered, never fatal
                     status, result = "failed", {"error": type(exc).__name__}
         answer = encode_answer(self.key, self.device_id, n, cid, status, result)

@@ -29,19 +29,12 @@ _OK = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
 refused = 0
 
 
-class OtaError(CommandError):
-    """A refused step; `status` is the answer's status (docs/ota.md lists them)."""
-
-    def __init__(self, status, msg):
-        CommandError.__init__(self, msg)
-        self.status = status
-
-
 def _refuse(status, msg):
+    """A refused step, answered with `status` (docs/ota.md lists them), counted and logged."""
     global refused
     refused += 1
     otaboot.log("ota_refused", reason=status, total=refused)
-    return OtaError(status, msg)
+    return CommandError(status, msg)
 
 
 def _int(args, k, lo, hi):
@@ -194,7 +187,8 @@ def verify_manifest(dl, args):
         raise _refuse("no_manifest", "%d of %d files declared" % (len(s["files"]), s["cnt"]))
     canon = PREFIX + ("%s\n%d\n" % (dl.device_id, s["n"])).encode() + manifest_body(s)
     mac = args.get("mac")
-    if not isinstance(mac, str) or not _same(hex_of(hmac_sha256(dl.key, canon)).encode(), mac):
+    want = hex_of(hmac_sha256(dl.key, canon)).encode()
+    if not isinstance(mac, str) or not _same(want, mac.encode()):
         otaboot.remove(SESSION)
         _clear()
         raise _refuse("bad_manifest_mac", "manifest mac does not verify: nothing staged")
@@ -224,10 +218,12 @@ def block(args):
     if len(data) > (MAX_BLOCK * 4) // 3:
         raise _refuse("oversize", "block above %d bytes" % MAX_BLOCK)
     try:
-        data = a2b_base64(data)
-    except ValueError:
+        data = a2b_base64(data.encode())
+    except Exception:  # MicroPython raises a bare Exception for bad padding
         raise _refuse("bad_block", "block %d of file %d is not base64" % (i, k)) from None
     bs = s["bs"]
+    if len(data) > bs:
+        raise _refuse("oversize", "block %d of file %d: above %d bytes" % (i, k, bs))
     if len(data) != min(bs, n - i * bs):
         raise _refuse("bad_block", "block %d of file %d has %d bytes" % (i, k, len(data)))
     if hex_of(hashlib.sha256(data).digest()) != args.get("h"):
