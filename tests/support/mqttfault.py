@@ -9,6 +9,7 @@ catch; loopback TCP never loses or changes a byte). Everything else passes uncha
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from types import TracebackType
@@ -98,7 +99,5 @@ class CorruptingProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass

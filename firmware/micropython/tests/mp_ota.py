@@ -32,7 +32,7 @@ from edgence.frame import hex_of  # noqa: E402
 class Cfg:
     key = bytes.fromhex(spec["key"])
     device_id = spec["device"]
-    firmware = {}
+    firmware = {}  # noqa: RUF012
 
 
 class Machine:
