@@ -248,6 +248,10 @@ def _sender(client: Any, device: str) -> Any:
     return send
 
 
+def _n(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
 def cmd_firmware_update(args: argparse.Namespace) -> int:
     """Send new firmware files to a device over the air (docs/ota.md)."""
     import asyncio
@@ -270,7 +274,7 @@ def cmd_firmware_update(args: argparse.Namespace) -> int:
             fix="edgence-agent devices list",
         )
     total = sum(len(c) for _, c in files)
-    print(f"updating {args.device_id} to {version}: {len(files)} files, {total} bytes, "
+    print(f"updating {args.device_id} to {version}: {_n(len(files), 'file')}, {total} bytes, "
           f"blocks of {manifest.block_size}", flush=True)  # fmt: skip
 
     async def go() -> Any:
@@ -289,7 +293,7 @@ def cmd_firmware_update(args: argparse.Namespace) -> int:
         if exc.fix:
             print(f"fix: {exc.fix}", file=sys.stderr)
         return 1
-    note = f"{res.blocks} blocks" + (f", {res.resent} sent again" if res.resent else "")
+    note = _n(res.blocks, "block") + (f", {res.resent} sent again" if res.resent else "")
     if res.state == "ok":
         print(f"done: {args.device_id} runs {res.running}, confirmed ({note})")
     else:

@@ -103,7 +103,7 @@ class Updater:
                 await self.call("ota_file", file_args(self.m, n))
             mac = manifest_mac(self.key, self.device, session, self.m)
             await self.call("ota_manifest", {"mac": mac})
-            self.progress(f"manifest accepted (session {session}, {len(self.m.files)} files)")
+            self.progress(f"manifest accepted: session {session}")
             k, i = 0, 0
         await self.transfer(k, i)
         return resumed

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -197,3 +199,41 @@ def test_a_version_that_crashes_at_boot_is_rolled_back_to_the_previous_one(
     wait_until(lambda: len(gateway.observations("ota-5")) > n, 30, "readings after the rollback")
     if isinstance(board, EmulatedBoard):
         assert (flash(board) / INIT).read_bytes() == (FIRMWARE / INIT).read_bytes()
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "ota.md"
+
+
+def walkthrough_script() -> str:
+    text = DOC.read_text(encoding="utf-8")
+    section = text.split("<!-- walkthrough:start -->", 1)[1].split("<!-- walkthrough:end -->")[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert len(blocks) == 3, "the walk-through lost its command blocks"
+    return "set -euo pipefail\n" + "\n".join(blocks)
+
+
+@pytest.mark.needs("deploy", "mqtt")
+def test_the_walkthrough_updates_the_device_as_written(
+    gateway: Gateway, board: Board, tmp_path: Path
+) -> None:
+    bring_up(gateway, board, "greenhouse-1")
+    work = tmp_path / "walk"
+    work.mkdir()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "EDGENCE_CONFIG": str(gateway.config),
+        "FIRMWARE": str(FIRMWARE),
+    }
+    proc = subprocess.run(
+        ["bash", "-c", walkthrough_script()],
+        cwd=work, env=env, capture_output=True, text=True, timeout=200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    doc = DOC.read_text(encoding="utf-8")
+    # The output the page shows is what the commands print.
+    for line in out.splitlines():
+        assert line in doc, f"{line!r} is not in {DOC.name}:\n{out}"
+    assert "done: greenhouse-1 runs 0.2.0, confirmed" in out
+    assert '{"running": "0.2.0", "state": "ok", "v": "0.2.0"}' in out
