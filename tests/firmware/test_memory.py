@@ -35,11 +35,21 @@ def compiled_lib(dest: Path) -> Path:
     return dest
 
 
-def run_steps(lib: Path, script: Path, steps: int, heap: int = HEAP) -> Any:
+def run_steps(
+    lib: Path, script: Path, steps: int, heap: int = HEAP, extra: tuple[str, ...] = ()
+) -> Any:
     node = shutil.which("node")
     assert node is not None, "node is needed to run MicroPython (wasm)"
     r = subprocess.run(
-        [node, str(MP_TESTS / "run_steps.mjs"), str(heap), str(lib), str(script), str(steps)],
+        [
+            node,
+            str(MP_TESTS / "run_steps.mjs"),
+            str(heap),
+            str(lib),
+            str(script),
+            str(steps),
+            *extra,
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -83,3 +93,36 @@ def test_a_signed_4_reading_frame_allocates_at_most_1_5_kb() -> None:
     assert r["advert_plain"] <= 1536, r
     # Encrypted adverts here use the pure-Python AES (this port has no cryptolib).
     assert r["advert_encrypted"] <= 8192, r
+
+
+def test_an_update_fits_the_64_kb_heap_beside_the_command_handling(tmp_path: Path) -> None:
+    """Boot with the command handling, the manifest, then one block per call and the apply,
+    each on the fixed heap: the staging code is imported at the first ota_* command and a block
+    is appended to flash as it comes (never the whole file in RAM)."""
+    from agent.downlink.codec import Command, encode_command
+    from agent.downlink.ota import begin_args, block_args, build_manifest, file_args, manifest_mac
+
+    key, dev = bytes(range(32)), "dev-1"
+    data = bytes(range(256)) * 40  # 10 KB: 43 blocks of 240
+    m = build_manifest("0.2.0", [("lib/edgence/app.py", data)])
+    steps: list[tuple[str, Any]] = [
+        ("ota_status", {}),
+        ("ota_begin", dict(begin_args(m))),
+        ("ota_file", dict(file_args(m, 0))),
+        ("ota_manifest", {"mac": manifest_mac(key, dev, 2, m)}),
+    ]
+    steps += [
+        ("ota_block", dict(block_args(0, i, data[i * 240 : (i + 1) * 240]))) for i in range(43)
+    ]
+    steps.append(("ota_apply", {}))
+    files = []
+    for n, (a, args) in enumerate(steps, 1):
+        p = tmp_path / f"p{n}"
+        p.write_bytes(encode_command(key, Command(f"c{n}", dev, a, args, 2**40, n)))
+        files.append(f"{p}:/flash/p{n}")
+    lib = compiled_lib(tmp_path / "mpy")
+    r = run_steps(lib, MP_TESTS / "mp_ota_heap.py", len(steps) - 4, extra=tuple(files))
+    assert r["statuses"] == ["ok"] * len(steps), r["statuses"]
+    assert r["resets"] == 1  # restarted after the apply was answered
+    assert r["grew"] == 0 and r["step_peak"] < r["heap"]
+    assert r["live_after"] < r["boot_live"] + 16384  # the staging code, not the file
