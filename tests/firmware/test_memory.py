@@ -124,5 +124,7 @@ def test_an_update_fits_the_64_kb_heap_beside_the_command_handling(tmp_path: Pat
     r = run_steps(lib, MP_TESTS / "mp_ota_heap.py", len(steps) - 4, extra=tuple(files))
     assert r["statuses"] == ["ok"] * len(steps), r["statuses"]
     assert r["resets"] == 1  # restarted after the apply was answered
-    assert r["grew"] == 0 and r["step_peak"] < r["heap"]
-    assert r["live_after"] < r["boot_live"] + 16384  # the staging code, not the file
+    assert r["heap"] == HEAP - 1536 and r["boot_grew"] == 0 and r["grew"] == 0
+    assert r["step_peak"] < r["heap"]
+    # What stays alive with the staging code imported (28.8 KB measured): under half the heap.
+    assert r["live_after"] < HEAP // 2
