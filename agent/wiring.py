@@ -39,7 +39,7 @@ from agent.upkeep import JournalUpkeep
 
 if TYPE_CHECKING:
     from agent.chainclient.approvals import DappApprovals
-    from agent.chainclient.forward import CoapForwarder, MqttForwarder
+    from agent.chainclient.forwardservers import CoapForwarder, MqttForwarder
     from agent.chainclient.rpc import RpcClient
     from agent.chainclient.sender import TxSender
     from agent.chainclient.subscribe import ChainWatcher
@@ -342,7 +342,8 @@ def _chain(p: Parts) -> None:
     f = cfg.forward
     if not f.enabled:
         return
-    from agent.chainclient.forward import CoapForwarder, Forwarder, ForwardPolicy, MqttForwarder
+    from agent.chainclient.forward import Forwarder, ForwardPolicy
+    from agent.chainclient.forwardservers import CoapForwarder, MqttForwarder
 
     if cfg.masternode.dapps is not None:
         # Transactions only to the contracts of dApps the masternodes approved, followed from

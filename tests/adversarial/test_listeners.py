@@ -18,7 +18,8 @@ from typing import Any
 import aiocoap
 import pytest
 
-from agent.chainclient.forward import CoapForwarder, Forwarder, ForwardPolicy
+from agent.chainclient.forward import Forwarder, ForwardPolicy
+from agent.chainclient.forwardservers import CoapForwarder
 from agent.chainclient.rpc import RpcClient
 from agent.coapserver import CoapServer
 from agent.journal import Journal
