@@ -54,7 +54,8 @@ if TYPE_CHECKING:
     from agent.election.rounds import ConnectionPublisher, ElectionRounds
     from agent.hadiscovery import HomeAssistantDiscovery
     from agent.masternode import HeartbeatTask, OracleSubmitter
-    from agent.oracle import CoapOracle, MqttOracle, OracleService
+    from agent.oracle.servers import CoapOracle, MqttOracle
+    from agent.oracle.service import OracleService
     from agent.rewards import RewardCheckIn
     from agent.telemetry import Telemetry
 
@@ -442,7 +443,8 @@ def _oracle(p: Parts) -> None:
     cfg = p.cfg
     o = cfg.oracle
     if o.enabled:
-        from agent.oracle import CoapOracle, MqttOracle, OracleService
+        from agent.oracle.servers import CoapOracle, MqttOracle
+        from agent.oracle.service import OracleService
 
         gate = p.gate
         configured = frozenset(d.device_id for d in cfg.sources.ble.devices)

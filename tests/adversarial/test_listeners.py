@@ -26,7 +26,8 @@ from agent.journal import Journal
 from agent.localbroker import LocalMosquitto
 from agent.localbroker import free_port as tcp_free_port
 from agent.metrics import Metrics
-from agent.oracle import CoapOracle, OracleService
+from agent.oracle.servers import CoapOracle
+from agent.oracle.service import OracleService
 from tests.integration.conftest import agent_config_dict, write_agent_dir
 
 
