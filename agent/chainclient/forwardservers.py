@@ -11,7 +11,7 @@ from typing import Any
 from agent.chainclient.forward import Forwarder
 from agent.coapserver import CoapServer
 from agent.config import BrokerEndpoint
-from agent.mqtt import MqttResponder, publish_json_reply
+from agent.responder import MqttResponder, publish_json_reply
 
 # -- MQTT --------------------------------------------------------------------------------------
 

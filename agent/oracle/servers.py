@@ -9,9 +9,9 @@ from typing import Any
 
 from agent.coapserver import CoapServer
 from agent.config import BrokerEndpoint
-from agent.mqtt import MqttResponder, publish_json_reply
 from agent.oracle.query import OracleQuery, QueryError
 from agent.oracle.service import OracleService
+from agent.responder import MqttResponder, publish_json_reply
 
 # -- MQTT ----------------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
-"""The MQTT request/response helpers: JSON reply properties pack as paho's own Properties do
-(and paho reads them back), and the reply-topic check (with its cache) answers as paho's
-topic matching does."""
+"""The MQTT request/response helpers (agent/responder.py): JSON reply properties pack as paho's
+own Properties do (and paho reads them back), and the reply-topic check (with its cache)
+answers as paho's topic matching does."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.mqtt import JsonReplyProperties, reply_topic_allowed
+from agent.responder import JsonReplyProperties, reply_topic_allowed
 
 
 def paho_reply_properties(correlation: bytes | None) -> Properties:
@@ -77,7 +77,7 @@ def test_an_answer_goes_only_under_the_askers_own_name(
     asker: str, reply_to: str, corr: object, reason: str | None
 ) -> None:
     from agent.config import BrokerEndpoint
-    from agent.mqtt import MqttResponder
+    from agent.responder import MqttResponder
 
     r = MqttResponder(
         BrokerEndpoint(host="127.0.0.1", port=1, protocol=5),
