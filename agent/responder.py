@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
@@ -15,6 +15,7 @@ from paho.mqtt.properties import Properties, VariableByteIntegers, writeBytes, w
 
 from agent.component import Health
 from agent.config import BrokerEndpoint
+from agent.config.service import RequestResponseConfig
 from agent.mqtt import MqttConnection
 
 _REPLY_VERDICTS: dict[tuple[str, tuple[str, ...]], bool] = {}
@@ -179,4 +180,53 @@ class MqttResponder:
         return Health(
             "up" if up else "down",
             {"url": self.conn.endpoint.url, "topic": self.request_topic, "busy": len(self._tasks)},
+        )
+
+
+S = TypeVar("S")
+
+
+class ServiceResponder(MqttResponder, Generic[S]):
+    """A responder that hands each request to one service object (forwarding's `Forwarder`, the
+    oracle's `OracleService`): the constructor they share, and the one way wiring builds them
+    from their config section. `link` is both the connection's name and the topic level of the
+    requests: `<prefix>/<gateway>/<link>/req/<name>`."""
+
+    link: ClassVar[str]
+    logger_name: ClassVar[str]
+
+    def __init__(
+        self,
+        service: S,
+        endpoint: BrokerEndpoint,
+        *,
+        request_topic: str,
+        reply_filters: tuple[str, ...],
+        client_id: str,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        super().__init__(
+            endpoint,
+            request_topic=request_topic,
+            reply_filters=reply_filters,
+            client_id=client_id,
+            link=self.link,
+            logger=logger or logging.getLogger(self.logger_name),
+        )
+        self.service = service
+
+    @classmethod
+    def from_config(
+        cls, service: S, cfg: RequestResponseConfig, *, gateway: str, client_id: str
+    ) -> Self:
+        """The service's responder on `[<section>.mqtt]`, its reply filters with the prefix and
+        the gateway filled in (`{client}` stays, for each asker's name)."""
+        assert cfg.mqtt is not None  # the config reader always sets it
+        names = {"prefix": cfg.topic_prefix, "gateway": gateway, "client": CLIENT}
+        return cls(
+            service,
+            cfg.mqtt,
+            request_topic=f"{cfg.topic_prefix}/{gateway}/{cls.link}/req",
+            reply_filters=tuple(t.format(**names) for t in cfg.reply_topics),
+            client_id=client_id,
         )

@@ -376,13 +376,11 @@ def _chain(p: Parts) -> None:
         raw_tx_check=None if p.dapp_approvals is None else p.dapp_approvals.check_raw_transaction,
     )
     if f.mqtt_enabled and f.mqtt is not None:
-        names = {"prefix": f.topic_prefix, "gateway": p.key.address, "client": "{client}"}
-        p.forward_mqtt = MqttForwarder(
+        p.forward_mqtt = MqttForwarder.from_config(
             forwarder,
-            f.mqtt,
-            request_topic=f"{f.topic_prefix}/{p.key.address}/rpc/req",
-            reply_filters=tuple(t.format(**names) for t in f.reply_topics),
-            client_id=f.mqtt.client_id or client_id(p.key, "rpc"),
+            f,
+            gateway=p.key.address,
+            client_id=f.mqtt.client_id or client_id(p.key, MqttForwarder.link),
         )
     if f.coap_enabled:
         p.forward_coap = CoapForwarder(forwarder, f.coap_host, f.coap_port)
@@ -464,13 +462,11 @@ def _oracle(p: Parts) -> None:
         )
         p.pipeline.add_sink(p.oracle.offer)
         if o.mqtt_enabled and o.mqtt is not None:
-            names = {"prefix": o.topic_prefix, "gateway": p.key.address, "client": "{client}"}
-            p.oracle_mqtt = MqttOracle(
+            p.oracle_mqtt = MqttOracle.from_config(
                 p.oracle,
-                o.mqtt,
-                request_topic=f"{o.topic_prefix}/{p.key.address}/oracle/req",
-                reply_filters=tuple(t.format(**names) for t in o.reply_topics),
-                client_id=o.mqtt.client_id or client_id(p.key, "oracle"),
+                o,
+                gateway=p.key.address,
+                client_id=o.mqtt.client_id or client_id(p.key, MqttOracle.link),
             )
         if o.coap_enabled:
             p.oracle_coap = CoapOracle(p.oracle, o.coap_host, o.coap_port)

@@ -10,36 +10,17 @@ from typing import Any
 
 from agent.chainclient.forward import Forwarder
 from agent.coapserver import CoapServer
-from agent.config import BrokerEndpoint
-from agent.responder import MqttResponder, publish_json_reply
+from agent.responder import ServiceResponder, publish_json_reply
 
 # -- MQTT --------------------------------------------------------------------------------------
 
 
-class MqttForwarder(MqttResponder):
+class MqttForwarder(ServiceResponder[Forwarder]):
     """Serves `<prefix>/<gateway>/rpc/req/+` on a broker (an MQTT 5 connection of its own)."""
 
     name = "forward-mqtt"
-
-    def __init__(
-        self,
-        forwarder: Forwarder,
-        endpoint: BrokerEndpoint,
-        *,
-        request_topic: str,
-        reply_filters: tuple[str, ...],
-        client_id: str,
-        logger: logging.Logger | None = None,
-    ) -> None:
-        super().__init__(
-            endpoint,
-            request_topic=request_topic,
-            reply_filters=reply_filters,
-            client_id=client_id,
-            link="rpc",
-            logger=logger or logging.getLogger("agent.chainclient.forward.mqtt"),
-        )
-        self.fwd = forwarder
+    link = "rpc"
+    logger_name = "agent.chainclient.forward.mqtt"
 
     async def serve(
         self, asker: str, payload: bytes, reply_to: str | None, corr: bytes | None, qos: int = 1
@@ -52,13 +33,13 @@ class MqttForwarder(MqttResponder):
             try:
                 env = (
                     json.loads(payload)
-                    if len(payload) <= self.fwd.policy.max_request_bytes
+                    if len(payload) <= self.service.policy.max_request_bytes
                     else None
                 )
             except (ValueError, UnicodeDecodeError):
                 env = None
             if not isinstance(env, dict) or not isinstance(env.get("reply_to"), str):
-                self.fwd.unanswerable(
+                self.service.unanswerable(
                     "mqtt",
                     "no_reply_topic",
                     "no MQTT 5 Response Topic and no reply_to in the payload: nowhere to answer",
@@ -69,11 +50,11 @@ class MqttForwarder(MqttResponder):
         assert reply_to is not None
         refusal = self.reply_refusal(asker, reply_to, correlation)
         if refusal is not None:
-            self.fwd.unanswerable("mqtt", *refusal)
+            self.service.unanswerable("mqtt", *refusal)
             return
         # The limit is the asker's (its request topic, which the broker's ACL binds to its
         # login), whatever reply topic it names.
-        answer = await self.fwd.handle(f"mqtt:{asker}", payload, "mqtt")
+        answer = await self.service.handle(f"mqtt:{asker}", payload, "mqtt")
         if answer is None:
             return
         if v311:

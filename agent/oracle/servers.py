@@ -8,38 +8,19 @@ import logging
 from typing import Any
 
 from agent.coapserver import CoapServer
-from agent.config import BrokerEndpoint
 from agent.oracle.query import OracleQuery, QueryError
 from agent.oracle.service import OracleService
-from agent.responder import MqttResponder, publish_json_reply
+from agent.responder import ServiceResponder, publish_json_reply
 
 # -- MQTT ----------------------------------------------------------------------------------------
 
 
-class MqttOracle(MqttResponder):
+class MqttOracle(ServiceResponder[OracleService]):
     """Serves `<prefix>/<gateway>/oracle/req/+` over MQTT 5 (a connection of its own)."""
 
     name = "oracle-mqtt"
-
-    def __init__(
-        self,
-        service: OracleService,
-        endpoint: BrokerEndpoint,
-        *,
-        request_topic: str,
-        reply_filters: tuple[str, ...],
-        client_id: str,
-        logger: logging.Logger | None = None,
-    ) -> None:
-        super().__init__(
-            endpoint,
-            request_topic=request_topic,
-            reply_filters=reply_filters,
-            client_id=client_id,
-            link="oracle",
-            logger=logger or logging.getLogger("agent.oracle.mqtt"),
-        )
-        self.service = service
+    link = "oracle"
+    logger_name = "agent.oracle.mqtt"
 
     async def serve(
         self, asker: str, payload: bytes, reply_to: str | None, corr: bytes | None, qos: int = 1

@@ -89,3 +89,25 @@ def test_an_answer_goes_only_under_the_askers_own_name(
     )
     got = r.reply_refusal(asker, reply_to, corr)
     assert (got[0] if got else None) == reason
+
+
+def test_a_service_responder_takes_its_topics_from_its_config_section() -> None:
+    from agent.config import BrokerEndpoint
+    from agent.config.service import RequestResponseConfig
+    from agent.responder import ServiceResponder
+
+    class Echo(ServiceResponder[str]):
+        link = "echo"
+        logger_name = "test.echo"
+
+    cfg = RequestResponseConfig(
+        mqtt=BrokerEndpoint(host="127.0.0.1", port=1, protocol=5),
+        topic_prefix="e",
+        reply_topics=("{prefix}/{gateway}/echo/res/{client}/#",),
+    )
+    r = Echo.from_config("the service", cfg, gateway="gw", client_id="t")
+    assert r.service == "the service" and r.conn.name == "echo"
+    assert r.request_topic == "e/gw/echo/req"
+    assert r.reply_filters == ("e/gw/echo/res/{client}/#",)
+    assert r.reply_refusal("alice", "e/gw/echo/res/alice/1", b"1") is None
+    assert r.reply_refusal("alice", "e/gw/echo/res/bob/1", b"1") is not None
