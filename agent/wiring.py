@@ -459,6 +459,8 @@ def _oracle(p: Parts) -> None:
             known_device=known_device,
             metrics=p.metrics,
             max_inflight=o.max_inflight,
+            rate=o.rate,
+            burst=o.burst,
         )
         p.pipeline.add_sink(p.oracle.offer)
         if o.mqtt_enabled and o.mqtt is not None:

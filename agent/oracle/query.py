@@ -31,10 +31,11 @@ class QueryError(AgentError):
         "not_found": 404,
         "busy": 503,
         "unavailable": 503,
+        "rate_limited": 429,
     }
 
-    def __init__(self, code: str, message: str) -> None:
-        self.code, self.message = code, message
+    def __init__(self, code: str, message: str, *, retry_after_ms: int | None = None) -> None:
+        self.code, self.message, self.retry_after_ms = code, message, retry_after_ms
         super().__init__(f"{code}: {message}")
 
     @property
@@ -42,9 +43,10 @@ class QueryError(AgentError):
         return self.STATUS.get(self.code, 500)
 
     def body(self) -> bytes:
-        return _COMPACT.encode(
-            {"v": 1, "ok": False, "error": {"code": self.code, "message": self.message}}
-        ).encode()
+        error: dict[str, str | int] = {"code": self.code, "message": self.message}
+        if self.retry_after_ms is not None:
+            error["retry_after_ms"] = self.retry_after_ms
+        return _COMPACT.encode({"v": 1, "ok": False, "error": error}).encode()
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,9 @@ class MqttOracle(ServiceResponder[OracleService]):
         if refusal is not None:
             self.service.refused(QueryError("malformed", refusal[1]), "mqtt")
             return
-        answer = await self.service.handle_json(payload, "mqtt")
+        # The limit is the asker's (its request topic, which the broker's ACL binds to its
+        # login), whatever reply topic it names.
+        answer = await self.service.handle_json(payload, "mqtt", client=f"mqtt:{asker}")
         publish_json_reply(self.conn.client, reply_to, answer, corr)
 
 

@@ -18,7 +18,13 @@ observation was signed under another domain than the oracle contract's (e.g. bef
 `gateway.verifying_contract` was set), "submit":null and "submit_refused":<why> instead of
 calldata the contract would revert; or
 {"v":1,"ok":false,"error":{"code":<label>,"message":<text>}} where the label is one of
-malformed, unknown_device, unknown_sensor, no_data, not_found, busy, unavailable.
+malformed, unknown_device, unknown_sensor, no_data, not_found, busy, unavailable, rate_limited
+(then also "retry_after_ms":<n>).
+
+Over MQTT each client (its broker username, the last level of its request topic, which the
+broker's ACL binds to its login) has a token bucket of `rate` queries per second and `burst`,
+whatever Response Topic it names; a query over the limit is answered `rate_limited` without
+reading the journal.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from agent.metrics import Metrics
 from agent.model import Observation
 from agent.oracle.calldata import SUBMIT_SIGNATURE, submit_calldata
 from agent.oracle.query import OracleQuery, QueryError
+from agent.ratelimit import KeyedBuckets
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 
@@ -52,6 +59,9 @@ class OracleService:
         known_device: Callable[[str], bool],
         metrics: Metrics,
         max_inflight: int = 64,
+        rate: float = 20.0,
+        burst: int = 40,
+        max_clients: int = 10_000,
         logger: logging.Logger | None = None,
     ) -> None:
         self.journal = journal
@@ -59,6 +69,9 @@ class OracleService:
         self.known_device = known_device
         self.metrics = metrics
         self.max_inflight = max_inflight
+        self.rate, self.burst = rate, burst
+        # One bucket per client, the least recently seen forgotten first beyond `max_clients`.
+        self.buckets = KeyedBuckets(rate, burst, max_keys=max_clients)
         self.log = logger or logging.getLogger("agent.oracle")
         self._rl_log = RateLimitedLog(self.log, interval=30.0)
         self._watchers: dict[tuple[str, str], set[Callable[[], None]]] = {}
@@ -164,26 +177,46 @@ class OracleService:
         self.metrics.inc("oracle_queries", transport=transport, result="ok")
         return body
 
-    async def handle_json(self, payload: bytes, transport: str) -> bytes:
-        """A JSON request in, the answer or the error body out."""
+    def admit(self, client: str, transport: str) -> None:
+        """Spend one of `client`'s queries; QueryError `rate_limited` (counted and logged) when
+        its bucket is empty."""
+        wait = self.buckets.take(client)
+        if wait > 0:
+            exc = QueryError(
+                "rate_limited",
+                f"rate limit of {self.rate:g} queries/s (burst {self.burst}) exceeded; slow down",
+                retry_after_ms=int(wait * 1000) + 1,
+            )
+            self.refused(exc, transport, client)
+            raise exc
+
+    async def handle_json(self, payload: bytes, transport: str, client: str | None = None) -> bytes:
+        """A JSON request in, the answer or the error body out; with `client`, the query is
+        first counted against that client's rate limit."""
         try:
+            if client is not None:
+                self.admit(client, transport)
             q = OracleQuery.from_json(payload)
         except QueryError as exc:
-            self.refused(exc, transport)
+            if exc.code != "rate_limited":
+                self.refused(exc, transport)
             return exc.body()
         try:
             return await self.answer(q, transport)
         except QueryError as exc:
             return exc.body()
 
-    def refused(self, exc: QueryError, transport: str) -> None:
+    def refused(self, exc: QueryError, transport: str, client: str | None = None) -> None:
+        """Count the refusal (`oracle_queries{result=<code>}`) and log it, at most one line per
+        30 s for each transport and code (and client, when one is named)."""
         self.metrics.inc("oracle_queries", transport=transport, result=exc.code)
         self._rl_log.event(
-            (transport, exc.code),
+            (transport, exc.code, client or ""),
             "oracle_query_refused",
             logging.WARNING if exc.code in ("unavailable", "busy") else logging.INFO,
             transport=transport,
             reason=exc.code,
+            client=client[:80] if client is not None else None,  # None: left out of the line
             detail=exc.message[:160],
         )
 

@@ -1,13 +1,15 @@
 """Each dApp's answers reach only that dApp: against the real agent (forwarding to a real anvil,
 the oracle) on a real Mosquitto configured with the password file and the ACL that `pair`
 writes. A second client can neither read another's answers, nor forge them, nor make the
-gateway answer onto them, nor escape its own rate limit by naming new response topics; over
-CoAP the limit is per peer address, whatever source port a client uses."""
+gateway answer onto them, nor escape its own rate limit (forwarding's or the oracle's) by naming
+new response topics; over CoAP the limit is per peer address, whatever source port a client
+uses."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -164,6 +166,7 @@ async def start(
     generated: GeneratedBroker,
     upstream: LocalMosquitto,
     anvil: LocalAnvil,
+    oracle: dict[str, Any] | None = None,
     **forward: Any,
 ) -> tuple[Any, str]:
     agent_login = generated.logins[AGENT]
@@ -172,7 +175,7 @@ async def start(
     cfg["sources"]["mqtt"] |= login
     cfg["chain"] = {"rpc_url": anvil.url}
     cfg["forward"] = {"enabled": True, **forward, "mqtt": dict(login)}
-    cfg["oracle"] = {"enabled": True, "mqtt": dict(login)}
+    cfg["oracle"] = {"enabled": True, **(oracle or {}), "mqtt": dict(login)}
     key = GatewayKey.generate()
     running = await start_agent(cfg, key)
     await asyncio.wait_for(running.agent.forward_mqtt.ready.wait(), 10)
@@ -263,6 +266,50 @@ async def test_varying_the_response_topic_does_not_escape_the_rate_limit(
         await alice.publish(f"{base}/req/alice", rpc("eth_chainId"), f"{base}/res/alice", b"mine")
         assert (await alice.answer(b"mine"))["result"] == hex(31337)
         assert all(c != b"a" for _, c, _ in bob.got)
+    finally:
+        alice.close()
+        bob.close()
+
+
+@pytest.mark.parametrize("vary_topic", [False, True])
+async def test_an_oracle_client_flooding_is_limited_and_another_is_still_served(
+    vary_topic: bool,
+    generated: GeneratedBroker,
+    upstream_broker: LocalMosquitto,
+    anvil: LocalAnvil,
+    start_agent: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Per username, whether the flood keeps one Response Topic or names a new one each time."""
+    caplog.set_level(logging.DEBUG, logger="agent.oracle")
+    # A bucket of 3 that refills once in 100 s: within the test only 3 queries pass.
+    running, gw = await start(
+        start_agent, generated, upstream_broker, anvil, oracle={"rate": 0.01, "burst": 3}
+    )
+    base = f"edgence/{gw}/oracle"
+    query = {"device": "dev-1", "sensor": "t"}
+    bob = Client(generated, "bob", [f"{base}/res/bob/#"])
+    alice = Client(generated, "alice", [f"{base}/res/alice/#"])
+    try:
+        for i in range(8):
+            reply_to = f"{base}/res/bob/{i}" if vary_topic else f"{base}/res/bob"
+            await bob.publish(f"{base}/req/bob", query, reply_to, b"%d" % i)
+        codes = [(await bob.answer(b"%d" % i))["error"]["code"] for i in range(8)]
+        # served (the journal was asked: no observation of dev-1 yet) while the budget lasts,
+        # then refused
+        assert codes == ["no_data"] * 3 + ["rate_limited"] * 5, codes
+        await alice.publish(f"{base}/req/alice", query, f"{base}/res/alice", b"mine")
+        assert (await alice.answer(b"mine"))["error"]["code"] == "no_data"
+        metrics = running.agent.metrics
+        assert metrics.get("oracle_queries", transport="mqtt", result="rate_limited") == 5
+        assert metrics.get("oracle_queries", transport="mqtt", result="no_data") == 4
+        # one line for the flood (the rest at debug level), naming the client
+        lines = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno >= logging.INFO and "reason=rate_limited" in r.getMessage()
+        ]
+        assert len(lines) == 1 and "client=mqtt:bob" in lines[0], lines
     finally:
         alice.close()
         bob.close()

@@ -41,3 +41,23 @@ def test_an_answer_for_another_domain_has_no_calldata_and_a_v1_envelope_says_why
     with pytest.raises(QueryError) as info:
         _service(DOMAIN.verifying_contract).render(JournalEntry(3, "dev-1", "temp", 0.0, old))
     assert info.value.code == "not_found" and "Observation type v1" in info.value.message
+
+
+async def test_each_client_has_its_own_budget_and_a_refusal_says_when_to_retry() -> None:
+    # One query per 1000 s after a burst of 2: within the test, only the burst passes.
+    metrics = Metrics()
+    service = OracleService(
+        None,  # type: ignore[arg-type]  # malformed queries never reach the journal
+        contract=DOMAIN.verifying_contract,
+        known_device=lambda d: True,
+        metrics=metrics,
+        rate=0.001,
+        burst=2,
+    )
+    bob = [json.loads(await service.handle_json(b"{", "mqtt", client="mqtt:bob")) for _ in "abc"]
+    assert [a["error"]["code"] for a in bob] == ["malformed", "malformed", "rate_limited"]
+    assert bob[2]["error"]["retry_after_ms"] > 900_000
+    alice = json.loads(await service.handle_json(b"{", "mqtt", client="mqtt:alice"))
+    assert alice["error"]["code"] == "malformed"  # served: bob's flood is not alice's
+    assert metrics.get("oracle_queries", transport="mqtt", result="rate_limited") == 1
+    assert metrics.get("oracle_queries", transport="mqtt", result="malformed") == 3
