@@ -141,25 +141,15 @@ class OracleService:
                 f"signed under the EIP-712 domain of {signed_for}, not of the oracle contract "
                 f"{self.contract}: the contract would refuse it"
             )
-            return (
-                b'{"v":1,"ok":true,"observation":'
-                + entry.envelope
-                + b',"submit":null,"submit_refused":'
-                + _COMPACT.encode(why).encode()
-                + b"}"
-            )
-        submit = {
-            "to": self.contract,
-            "function": SUBMIT_SIGNATURE,
-            "data": "0x" + submit_calldata(v).hex(),
-        }
-        return (
-            b'{"v":1,"ok":true,"observation":'
-            + entry.envelope
-            + b',"submit":'
-            + _COMPACT.encode(submit).encode()
-            + b"}"
-        )
+            tail = b',"submit":null,"submit_refused":' + _COMPACT.encode(why).encode()
+        else:
+            submit = {
+                "to": self.contract,
+                "function": SUBMIT_SIGNATURE,
+                "data": "0x" + submit_calldata(v).hex(),
+            }
+            tail = b',"submit":' + _COMPACT.encode(submit).encode()
+        return b'{"v":1,"ok":true,"observation":' + entry.envelope + tail + b"}"
 
     async def answer(self, q: OracleQuery, transport: str) -> bytes:
         """The answer's bytes; raises QueryError (already counted and logged)."""
