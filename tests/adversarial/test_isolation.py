@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,7 +28,12 @@ from agent.chainclient.anvil import LocalAnvil
 from agent.config import BrokerAuthConfig
 from agent.devices.brokerauth import MosquittoAuth
 from agent.localbroker import LocalMosquitto, free_port
-from tests.integration.conftest import agent_config_dict, async_wait_until
+from tests.integration.conftest import (
+    AgentProcess,
+    agent_config_dict,
+    async_wait_until,
+    write_agent_dir,
+)
 
 AGENT = "edgence-agent"
 
@@ -271,43 +275,46 @@ async def test_varying_the_response_topic_does_not_escape_the_rate_limit(
         bob.close()
 
 
+@pytest.mark.timeout(120)  # two Mosquittos and an agent process on a busy machine
 @pytest.mark.parametrize("vary_topic", [False, True])
-async def test_an_oracle_client_flooding_is_limited_and_another_is_still_served(
+def test_an_oracle_client_flooding_is_limited_and_another_is_still_served(
     vary_topic: bool,
+    tmp_path: Path,
     generated: GeneratedBroker,
     upstream_broker: LocalMosquitto,
-    anvil: LocalAnvil,
-    start_agent: Callable[..., Any],
-    caplog: pytest.LogCaptureFixture,
+    agent_process: Callable[[Path], AgentProcess],
 ) -> None:
-    """Per username, whether the flood keeps one Response Topic or names a new one each time."""
-    caplog.set_level(logging.DEBUG, logger="agent.oracle")
+    """Against `edgence-agent run` as a process: the oracle's limit is per username, whether
+    the flood keeps one Response Topic or names a new one each time."""
+    login = {"username": AGENT, "password_file": str(generated.logins[AGENT].password_file)}
+    cfg = agent_config_dict(generated.broker, upstream_broker)
+    cfg["sources"]["mqtt"] |= login
     # A bucket of 3 that refills once in 100 s: within the test only 3 queries pass.
-    running, gw = await start(
-        start_agent, generated, upstream_broker, anvil, oracle={"rate": 0.01, "burst": 3}
-    )
-    base = f"edgence/{gw}/oracle"
+    cfg["oracle"] = {"enabled": True, "rate": 0.01, "burst": 3, "mqtt": dict(login)}
+    config, key = write_agent_dir(tmp_path / "etc", cfg)
+    proc = agent_process(config)
+    proc.start()  # ready: the oracle has subscribed to its requests
+    base = f"edgence/{key.address}/oracle"
     query = {"device": "dev-1", "sensor": "t"}
     bob = Client(generated, "bob", [f"{base}/res/bob/#"])
     alice = Client(generated, "alice", [f"{base}/res/alice/#"])
     try:
         for i in range(8):
             reply_to = f"{base}/res/bob/{i}" if vary_topic else f"{base}/res/bob"
-            await bob.publish(f"{base}/req/bob", query, reply_to, b"%d" % i)
-        codes = [(await bob.answer(b"%d" % i))["error"]["code"] for i in range(8)]
+            bob._publish(f"{base}/req/bob", query, reply_to, b"%d" % i)
+        answers = [bob._answer(b"%d" % i, 10.0)["error"] for i in range(8)]
         # served (the journal was asked: no observation of dev-1 yet) while the budget lasts,
-        # then refused
-        assert codes == ["no_data"] * 3 + ["rate_limited"] * 5, codes
-        await alice.publish(f"{base}/req/alice", query, f"{base}/res/alice", b"mine")
-        assert (await alice.answer(b"mine"))["error"]["code"] == "no_data"
-        metrics = running.agent.metrics
-        assert metrics.get("oracle_queries", transport="mqtt", result="rate_limited") == 5
-        assert metrics.get("oracle_queries", transport="mqtt", result="no_data") == 4
-        # one line for the flood (the rest at debug level), naming the client
+        # then refused with the time to wait
+        codes = [a["code"] for a in answers]
+        assert codes == ["no_data"] * 3 + ["rate_limited"] * 5, answers
+        assert all(a["retry_after_ms"] > 0 for a in answers[3:])
+        alice._publish(f"{base}/req/alice", query, f"{base}/res/alice", b"mine")
+        assert alice._answer(b"mine", 10.0)["error"]["code"] == "no_data"
+        # one log line for the flood (the rest at debug level), naming the client
         lines = [
-            r.getMessage()
-            for r in caplog.records
-            if r.levelno >= logging.INFO and "reason=rate_limited" in r.getMessage()
+            line
+            for line in proc.log_text().splitlines()
+            if "event=oracle_query_refused" in line and "reason=rate_limited" in line
         ]
         assert len(lines) == 1 and "client=mqtt:bob" in lines[0], lines
     finally:
