@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from agent.chainclient.rpc import RpcClient
     from agent.chainclient.sender import TxSender
     from agent.chainclient.subscribe import ChainWatcher
-    from agent.devices.ble import BleBackend, BleDeviceDirectory, BleSource
+    from agent.devices.ble import BleBackend, BleSource
+    from agent.devices.bledevices import BleDeviceDirectory
     from agent.devices.coap import CoapSource
     from agent.devices.modbus import ModbusSource
     from agent.devices.mqtt import MqttSource
@@ -208,7 +209,7 @@ def build(
     )
     device_gate: DeviceGate = gate
     if cfg.sources.ble.enabled:
-        from agent.devices.ble import BleGate, ConfiguredBleDevices, EnrolledBleDevices
+        from agent.devices.bledevices import BleGate, ConfiguredBleDevices, EnrolledBleDevices
 
         if ble_devices is None:
             configured = ConfiguredBleDevices(cfg.sources.ble.devices)

@@ -16,72 +16,27 @@ import asyncio
 import contextlib
 import json
 import logging
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.attest.keys import GatewayKey
-from agent.attest.receipt import receipt_message, sign_receipt
 from agent.component import Health
 from agent.config import DownlinkConfig
-from agent.devices.registry import DeviceRecord, DeviceStatus
-from agent.downlink.codec import (
-    Command,
-    DownlinkError,
-    answer_canonical,
-    check_args,
-    encode_command,
-    parse_answer,
-    verify_answer,
-)
+from agent.downlink.codec import Command, DownlinkError, encode_command, parse_answer, verify_answer
+from agent.downlink.outcomes import answered, expired
+from agent.downlink.policy import DeviceKeys, policy_refusal
+from agent.downlink.requests import CommandRefused, new_command, parse_request, topic_device
 from agent.downlink.store import CommandStore, StoredCommand
-from agent.errors import AgentError
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
 from agent.model import NAME_RE, Eip712Domain, Transport
 from agent.mqtt import MqttResponder, publish_json_reply
-
-MAX_REQUEST_BYTES = 4096
-
-
-class CommandRefused(AgentError):
-    """A command the gateway will not queue; `reason` is a stable label, `detail` says why."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-class DeviceKeys(Protocol):
-    """The enrolled devices as the gateway last read them (agent/devices/gate.py)."""
-
-    @property
-    def records(self) -> Mapping[str, DeviceRecord]: ...
-
-    @property
-    def keys(self) -> Mapping[str, bytes]: ...
-
-
-def _topic_device(template: str) -> Callable[[str], str | None]:
-    """The device id in a topic made from `template` ("devices/{id}/ack"), or None."""
-    levels = template.split("/")
-    at = levels.index("{id}")
-
-    def device_of(topic: str) -> str | None:
-        parts = topic.split("/")
-        if len(parts) != len(levels):
-            return None
-        dev = parts[at]
-        return dev if NAME_RE.match(dev) else None
-
-    return device_of
 
 
 class Downlink(MqttResponder):
@@ -124,7 +79,7 @@ class Downlink(MqttResponder):
         self.clock = clock
         self.rlog = RateLimitedLog(self.log)
         self._ack_filter = cfg.ack_topic.format(id="+")
-        self._ack_device = _topic_device(cfg.ack_topic)
+        self._ack_device = topic_device(cfg.ack_topic)
         self._queues: dict[str, deque[str]] = {}  # device -> open command ids, oldest first
         self._inflight: dict[str, StoredCommand] = {}  # device -> the command sent to it
         self._frames: dict[str, bytes] = {}  # device -> the in-flight command's frame
@@ -184,7 +139,7 @@ class Downlink(MqttResponder):
         try:
             if self._busy > self.cfg.max_inflight:
                 raise CommandRefused("busy", f"more than {self.cfg.max_inflight} requests waiting")
-            req = _parse_request(payload)
+            req = parse_request(payload)
             stored = await self.submit(
                 requester,
                 req["device"],
@@ -231,45 +186,19 @@ class Downlink(MqttResponder):
     def check(self, requester: str, device: str, action: str, trusted: bool = False) -> bytes:
         """The device key, if `requester` may send `action` to `device`; raises CommandRefused.
         `trusted`: the operator's own configuration asks ([[downlink.events]]), no policy."""
-        if not NAME_RE.match(device):
-            raise self._refuse(requester, device[:40], action, "unknown_device", "not a device id")
-        rule = self.cfg.rule_for(requester)
-        if not trusted and (rule is None or not rule.allows(device, action)):
-            allowed = (
-                "nothing (no [[downlink.policy]] for this requester)"
-                if rule is None
-                else f"actions {list(rule.actions)} on devices {list(rule.devices)}"
-            )
-            raise self._refuse(
-                requester,
-                device,
-                action,
-                "not_allowed",
-                f"{requester!r} may not send {action!r} to {device!r}; "
-                f"[[downlink.policy]] in {self.config_file} allows it {allowed}",
-            )
-        rec = self.devices.records.get(device)
-        key = self.devices.keys.get(device)
-        if rec is None or key is None:
-            raise self._refuse(
-                requester,
-                device,
-                action,
-                "unknown_device",
-                f"{device!r} is not enrolled (edgence-agent pair)",
-            )
-        if rec.status is DeviceStatus.REVOKED:
-            raise self._refuse(requester, device, action, "revoked", f"{device!r} was revoked")
-        if rec.transport not in self.transports:
-            raise self._refuse(
-                requester,
-                device,
-                action,
-                "wrong_transport",
-                f"{device!r} is enrolled over {rec.transport}; commands go over "
-                + " and ".join(str(t) for t in sorted(self.transports)),
-            )
-        return key
+        refusal = policy_refusal(
+            self.cfg,
+            self.devices,
+            self.transports,
+            self.config_file,
+            requester,
+            device,
+            action,
+            trusted,
+        )
+        if refusal is not None:
+            raise self._refuse(requester, device[:40], action, *refusal)
+        return self.devices.keys[device]
 
     async def submit(
         self,
@@ -294,44 +223,12 @@ class Downlink(MqttResponder):
                 "action must be 1-32 of A-Z a-z 0-9 _ . : -",
             )
         self.check(requester, device, action, trusted)
-        ttl = self.cfg.default_ttl_s if ttl is None else ttl
-        if ttl <= 0:
-            raise self._refuse(
-                requester,
-                device,
-                action,
-                "expired",
-                f"the command's ttl ({ttl:g} s) has already ended",
-            )
-        if ttl > self.cfg.max_ttl_s:
-            raise self._refuse(
-                requester,
-                device,
-                action,
-                "bad_ttl",
-                f"ttl {ttl:g} s is above downlink.max_ttl ({self.cfg.max_ttl_s:g} s)",
-            )
         try:
-            clean = check_args(dict(args))
-        except DownlinkError as exc:
-            raise self._refuse(requester, device, action, "bad_args", exc.detail) from None
-        if command_id is not None and not NAME_RE.match(command_id):
-            raise self._refuse(
-                requester, device, action, "bad_request", "id must be 1-32 of A-Z a-z 0-9 _ . : -"
+            cmd = new_command(
+                self.cfg, requester, device, action, args, ttl, command_id, self.clock()
             )
-        now = self.clock()
-        cmd = StoredCommand(
-            command_id=command_id or f"c{secrets.token_hex(8)}",
-            device_id=device,
-            action=action,
-            args=clean,
-            requester=requester,
-            created=int(now),
-            expires=int(now + ttl + 0.999),
-            counter=None,
-            state="queued",
-            outcome=None,
-        )
+        except CommandRefused as exc:
+            raise self._refuse(requester, device, action, exc.reason, exc.detail) from None
         stored, new = await self.store.add(cmd, event_key)
         if new:
             self.metrics.inc("commands_queued")
@@ -463,31 +360,7 @@ class Downlink(MqttResponder):
                 n=answer.counter,
             )
             return "not_in_flight"
-        canon = answer_canonical(
-            device, answer.counter, answer.command_id, answer.status, answer.result
-        )
-        now = int(self.clock())
-        receipt = sign_receipt(
-            self.key,
-            self.domain,
-            receipt_message(
-                cmd.command_id, device, cmd.action, answer.status, canon, answer.counter, now
-            ),
-            canon,
-            dict(answer.result),
-        )
-        outcome: dict[str, Any] = {
-            "ok": answer.ok,
-            "id": cmd.command_id,
-            "device": device,
-            "action": cmd.action,
-            "status": answer.status,
-            "result": dict(answer.result),
-            "receipt": receipt.as_json(self.domain),
-        }
-        if not answer.ok:
-            outcome["error"] = answer.status
-            outcome["detail"] = f"the device answered {answer.status!r}"
+        outcome = answered(self.key, self.domain, cmd, answer, int(self.clock()))
         self.metrics.inc("commands_answered", status=answer.status)
         event(
             self.log,
@@ -520,16 +393,8 @@ class Downlink(MqttResponder):
         for cmd in await self.store.open_commands():
             if cmd.expires > now:
                 continue
-            bad = self._bad_answers.get(cmd.command_id, 0)
-            if bad:
-                reason = "bad_answer_mac"
-                detail = f"{bad} answer(s) failed the device's MAC; none verified before the TTL"
-            elif cmd.counter is None:
-                reason = "device_offline"
-                detail = "the TTL ended while earlier commands to the device were pending"
-            else:
-                reason = "device_offline"
-                detail = "the device did not answer before the TTL ended"
+            outcome = expired(cmd, self._bad_answers.get(cmd.command_id, 0))
+            reason = outcome["error"]
             self.metrics.inc("commands_expired", reason=reason)
             self.rlog.event(
                 (cmd.device_id, reason),
@@ -539,18 +404,7 @@ class Downlink(MqttResponder):
                 device=cmd.device_id,
                 reason=reason,
             )
-            await self._finish(
-                cmd,
-                "expired",
-                {
-                    "ok": False,
-                    "id": cmd.command_id,
-                    "device": cmd.device_id,
-                    "action": cmd.action,
-                    "error": reason,
-                    "detail": detail,
-                },
-            )
+            await self._finish(cmd, "expired", outcome)
 
     async def _ticks(self) -> None:
         last_resend = time.monotonic()
@@ -596,31 +450,4 @@ class Downlink(MqttResponder):
         return Health(h.state, detail)
 
 
-def _parse_request(payload: bytes) -> dict[str, Any]:
-    """{"device":..., "action":..., "args":{...}, "ttl": seconds, "id": optional}."""
-    if len(payload) > MAX_REQUEST_BYTES:
-        raise CommandRefused("bad_request", f"larger than {MAX_REQUEST_BYTES} bytes")
-    try:
-        req = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise CommandRefused("bad_request", "the request is not JSON") from None
-    if not isinstance(req, dict):
-        raise CommandRefused("bad_request", "the request must be a JSON object")
-    unknown = sorted(set(req) - {"device", "action", "args", "ttl", "id"})
-    if unknown:
-        raise CommandRefused(
-            "bad_request", f"unknown field {unknown[0]!r}; allowed: device, action, args, ttl, id"
-        )
-    for k in ("device", "action"):
-        if not isinstance(req.get(k), str):
-            raise CommandRefused("bad_request", f"{k} is required (text)")
-    req.setdefault("args", {})
-    ttl = req.get("ttl")
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)):
-        raise CommandRefused("bad_request", "ttl must be a number of seconds")
-    if "id" in req and not isinstance(req["id"], str):
-        raise CommandRefused("bad_request", "id must be text")
-    return req
-
-
-__all__ = ["CommandRefused", "DeviceKeys", "Downlink"]
+__all__ = ["Downlink"]
