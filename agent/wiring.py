@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from agent.devices.modbus import ModbusSource
     from agent.devices.mqtt import MqttSource
     from agent.devices.serial import SerialSource
+    from agent.downlink.coapcommands import CoapCommands
     from agent.downlink.events import ContractCommands
     from agent.downlink.service import Downlink
     from agent.election.aggregator import CommitteeAggregator
@@ -140,6 +141,7 @@ class Parts:
     homeassistant: HomeAssistantDiscovery | None = None
     downlink: Downlink | None = None
     downlink_events: ContractCommands | None = None
+    downlink_coap: CoapCommands | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.monotonic)
 
@@ -168,6 +170,7 @@ class Parts:
             self.submitter,
             self.downlink,
             self.downlink_events,
+            self.downlink_coap,
         ]
         return [c for c in (*head, *self.sources, *tail) if c is not None]
 
@@ -528,12 +531,46 @@ def _downlink(p: Parts) -> None:
     if p.coap is not None:  # CoAP devices get their command with the answer to a POST
         p.coap.commands = p.downlink
         p.downlink.transports.add(Transport.COAP)
+    if p.ble is not None:  # BLE devices get theirs by GATT write
+        _ble_commands(p, p.downlink)
+    if d.coap_enabled:
+        from agent.downlink.coapcommands import CoapCommands
+
+        p.downlink_coap = CoapCommands(p.downlink, d.coap_host, d.coap_port)
+    ha = p.cfg.homeassistant
+    if p.homeassistant is not None and ha.commands:
+        from agent.hacommands import HaCommands
+
+        p.homeassistant.use_commands(HaCommands(ha.commands, p.homeassistant.topics, p.downlink))
     if d.events and p.chain_watcher is not None and p.rpc is not None:
         from agent.downlink.events import ContractCommands
 
         p.downlink_events = ContractCommands(
             p.downlink, d.events, rpc=p.rpc, watcher=p.chain_watcher, metrics=p.metrics
         )
+
+
+def _ble_commands(p: Parts, downlink: Downlink) -> None:
+    """Commands to devices enrolled over BLE, written to their command characteristic."""
+    from agent.devices.blecommands import GattCommands
+
+    assert p.ble is not None
+    ble, gate = p.cfg.sources.ble, p.gate
+
+    def address_of(device: str) -> str | None:
+        rec = gate.records.get(device)
+        return rec.address.upper() if rec is not None and rec.transport is Transport.BLE else None
+
+    gc = GattCommands(
+        p.ble.gatt_link,
+        command_characteristic=ble.command_characteristic,
+        answer_characteristic=ble.answer_characteristic,
+        address_of=address_of,
+        resend_s=p.cfg.downlink.resend_s,
+    )
+    gc.answers = downlink
+    downlink.pushers[Transport.BLE] = gc
+    downlink.transports.add(Transport.BLE)
 
 
 __all__ = ["Parts", "build", "client_id", "domain_of", "load_gateway_key"]

@@ -67,4 +67,18 @@ def expired(cmd: StoredCommand, bad_answers: int) -> dict[str, Any]:
     }
 
 
-__all__ = ["answered", "expired"]
+def delivered_unanswered(cmd: StoredCommand) -> dict[str, Any]:
+    """The outcome of a command written to a device that cannot answer (a BTHome-only BLE
+    sensor): delivered, and nothing proves more, so there is no receipt."""
+    return {
+        "ok": True,
+        "id": cmd.command_id,
+        "device": cmd.device_id,
+        "action": cmd.action,
+        "status": "delivered_unanswered",
+        "detail": "written to the device, which cannot answer (no answer characteristic): "
+        "no receipt; its next advertisement shows the effect",
+    }
+
+
+__all__ = ["answered", "delivered_unanswered", "expired"]

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
@@ -29,14 +28,26 @@ from agent.attest.keys import GatewayKey
 from agent.component import Health
 from agent.config import DownlinkConfig
 from agent.downlink.codec import Command, DownlinkError, encode_command, parse_answer, verify_answer
-from agent.downlink.outcomes import answered, expired
-from agent.downlink.policy import DeviceKeys, policy_refusal
+from agent.downlink.mqttrequests import serve_mqtt_request
+from agent.downlink.outcomes import answered, delivered_unanswered, expired
+from agent.downlink.policy import CommandPolicy, DeviceKeys
 from agent.downlink.requests import CommandRefused, new_command, parse_request, topic_device
 from agent.downlink.store import CommandStore, StoredCommand
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
-from agent.model import NAME_RE, Eip712Domain, Transport
-from agent.mqtt import MqttResponder, publish_json_reply
+from agent.model import Eip712Domain, Transport
+from agent.mqtt import MqttResponder
+
+
+class CommandPusher(Protocol):
+    """A transport that pushes the command in flight to the device itself (BLE GATT write,
+    agent/devices/blecommands.py) and hands the device's answer to `take_answer`."""
+
+    def deliver(self, device: str, command_id: str, frame: bytes) -> None: ...
+
+    def cancel(self, device: str) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class Downlink(MqttResponder):
@@ -85,7 +96,9 @@ class Downlink(MqttResponder):
         self._frames: dict[str, bytes] = {}  # device -> the in-flight command's frame
         self._bad_answers: dict[str, int] = {}  # command id -> answers refused (bad MAC)
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
-        self.transports = {Transport.MQTT}  # wiring adds CoAP when the CoAP source serves commands
+        self.transports = {Transport.MQTT}  # wiring adds CoAP and BLE when their sources run
+        self.pushers: dict[Transport, CommandPusher] = {}  # transports that push (BLE GATT)
+        self.policy = CommandPolicy(cfg, devices, self.transports, config_file)
         self._loaded = False
         self._timer: asyncio.Task[None] | None = None
         self._busy = 0
@@ -103,38 +116,21 @@ class Downlink(MqttResponder):
             props = getattr(msg, "properties", None)
             reply_to = getattr(props, "ResponseTopic", None) if props is not None else None
             corr = getattr(props, "CorrelationData", None) if props is not None else None
-            coro = self._serve_request(
-                requester, bytes(msg.payload), reply_to, corr, min(msg.qos, 1)
+            coro = serve_mqtt_request(
+                self, requester, bytes(msg.payload), reply_to, corr, min(msg.qos, 1)
             )
         else:
             device = self._ack_device(topic)
             if device is None:
                 return
-            coro = self._mqtt_answer(device, bytes(msg.payload))
+            coro = self._take_mqtt_answer(device, bytes(msg.payload))
         t = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
-    async def _mqtt_answer(self, device: str, payload: bytes) -> None:
-        await self._on_answer(device, payload)  # refusals are counted and logged there
-
-    async def _serve_request(
-        self, requester: str, payload: bytes, reply_to: str | None, corr: bytes | None, qos: int
-    ) -> None:
-        if reply_to is None:
-            self._count_refusal(
-                requester,
-                "-",
-                "-",
-                "no_reply_topic",
-                f"no Response Topic under {list(self.reply_filters)}",
-            )
-            return
-        refusal = self.reply_refusal(requester, reply_to, corr)
-        if refusal is not None:
-            self._count_refusal(requester, "-", "-", *refusal)
-            return
-        answer: dict[str, Any]
+    async def answer_request(self, requester: str, payload: bytes) -> dict[str, Any]:
+        """A requester's JSON request (MQTT or CoAP) -> the outcome it is answered with, once
+        the device answered or the TTL ended, or the refusal."""
         self._busy += 1
         try:
             if self._busy > self.cfg.max_inflight:
@@ -148,27 +144,20 @@ class Downlink(MqttResponder):
                 req.get("ttl"),
                 command_id=req.get("id"),
             )
-            answer = await self.outcome(stored.command_id)
+            return await self.outcome(stored.command_id)
         except CommandRefused as exc:
-            answer = {"ok": False, "error": exc.reason, "detail": exc.detail}
+            return {"ok": False, "error": exc.reason, "detail": exc.detail}
         finally:
             self._busy -= 1
-        publish_json_reply(
-            self.conn.client,
-            reply_to,
-            json.dumps(answer, separators=(",", ":")).encode(),
-            corr,
-            qos,
-        )
 
     # -- the public side -------------------------------------------------------------------
     def _refuse(
         self, requester: str, device: str, action: str, reason: str, detail: str
     ) -> CommandRefused:
-        self._count_refusal(requester, device, action, reason, detail)
+        self.count_refusal(requester, device, action, reason, detail)
         return CommandRefused(reason, detail)
 
-    def _count_refusal(
+    def count_refusal(
         self, requester: str, device: str, action: str, reason: str, detail: str
     ) -> None:
         self.metrics.inc("commands_refused", reason=reason)
@@ -186,18 +175,9 @@ class Downlink(MqttResponder):
     def check(self, requester: str, device: str, action: str, trusted: bool = False) -> bytes:
         """The device key, if `requester` may send `action` to `device`; raises CommandRefused.
         `trusted`: the operator's own configuration asks ([[downlink.events]]), no policy."""
-        refusal = policy_refusal(
-            self.cfg,
-            self.devices,
-            self.transports,
-            self.config_file,
-            requester,
-            device,
-            action,
-            trusted,
-        )
+        refusal = self.policy.refusal(requester, device, action, trusted)
         if refusal is not None:
-            raise self._refuse(requester, device[:40], action, *refusal)
+            raise self._refuse(requester, device[:40], action[:40], *refusal)
         return self.devices.keys[device]
 
     async def submit(
@@ -214,14 +194,6 @@ class Downlink(MqttResponder):
     ) -> StoredCommand:
         """Check and queue a command; returns it as stored. The same `command_id` (or
         `event_key`) again returns the command already queued, never a second one."""
-        if not NAME_RE.match(action):
-            raise self._refuse(
-                requester,
-                device,
-                action[:40],
-                "bad_request",
-                "action must be 1-32 of A-Z a-z 0-9 _ . : -",
-            )
         self.check(requester, device, action, trusted)
         try:
             cmd = new_command(
@@ -284,6 +256,9 @@ class Downlink(MqttResponder):
             self._inflight[device] = cmd
             self._frames[device] = frame
             self._publish_frame(device)
+            pusher = self._pusher(device)
+            if pusher is not None:
+                pusher.deliver(device, cid, frame)
             event(self.log, "command_sent", id=cid, device=device, n=cmd.counter)
             return
         self._queues.pop(device, None)
@@ -302,9 +277,16 @@ class Downlink(MqttResponder):
         self.conn.client.publish(topic, frame, qos=1, retain=True, properties=props)
         self.metrics.inc("command_frames_sent")
 
+    def _pusher(self, device: str) -> CommandPusher | None:
+        rec = self.devices.records.get(device)
+        return None if rec is None else self.pushers.get(rec.transport)
+
     def _clear(self, device: str) -> None:
         self._inflight.pop(device, None)
         self._frames.pop(device, None)
+        pusher = self._pusher(device)
+        if pusher is not None:
+            pusher.cancel(device)
         rec = self.devices.records.get(device)
         if self.conn.connected.is_set() and (rec is None or rec.transport is Transport.MQTT):
             self.conn.client.publish(self.cfg.down_topic.format(id=device), b"", qos=1, retain=True)
@@ -324,7 +306,7 @@ class Downlink(MqttResponder):
             self._clear(cmd.device_id)
         await self._kick(cmd.device_id)
 
-    # -- CoAP delivery (agent/devices/coap.py CommandHooks) ----------------------------------
+    # -- CoAP and BLE delivery (coapresources.CommandHooks, blecommands.AnswerSink) ---------
     def pending_frame(self, device: str) -> bytes | None:
         """The command in flight for a device, for the answer to its next CoAP POST."""
         frame = self._frames.get(device)
@@ -333,8 +315,21 @@ class Downlink(MqttResponder):
         return frame
 
     async def take_answer(self, device: str, payload: bytes) -> str | None:
-        """A device's answer that came over CoAP: None if taken, else why not."""
+        """A device's answer that came over CoAP or BLE: None if taken, else why not."""
         return await self._on_answer(device, payload)
+
+    async def _take_mqtt_answer(self, device: str, payload: bytes) -> None:
+        await self._on_answer(device, payload)  # refusals are counted and logged there
+
+    async def take_unanswered(self, device: str, command_id: str) -> None:
+        """The in-flight command was written to a device that cannot answer (BLE without an
+        answer characteristic): it ends delivered, without a receipt."""
+        cmd = self._inflight.get(device)
+        if cmd is None or cmd.command_id != command_id:
+            return
+        self.metrics.inc("commands_delivered_unanswered")
+        event(self.log, "command_delivered_unanswered", id=command_id, device=device)
+        await self._finish(cmd, "delivered", delivered_unanswered(cmd))
 
     async def _on_answer(self, device: str, payload: bytes) -> str | None:
         if not payload:
@@ -439,6 +434,8 @@ class Downlink(MqttResponder):
     async def stop(self, grace: float = 0.3) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        for pusher in self.pushers.values():
+            await pusher.close()
         await super().stop(grace)
         await self.store.close()
 
