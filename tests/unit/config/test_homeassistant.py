@@ -41,7 +41,11 @@ def test_homeassistant_values_are_read(tmp_path: Path) -> None:
         ("state_interval = 0\n", "homeassistant.state_interval", "positive duration"),
         ('state_interval = "2h"\n', "homeassistant.state_interval", "at most 3600"),
         ("enabled = 1\n", "homeassistant.enabled", "true or false"),
-        ("prefix = 1\n", "homeassistant.prefix", "allowed here: commands, discovery_prefix, enabled"),
+        (
+            "prefix = 1\n",
+            "homeassistant.prefix",
+            "allowed here: commands, discovery_prefix, enabled",
+        ),
         ('[homeassistant.mqtt]\nurl = "http://x"\n', "homeassistant.mqtt.url", "mqtt://"),
     ],
 )
