@@ -30,7 +30,8 @@ CF_JSON = 50
 
 
 def coap_requester(remote: Any) -> str:
-    """`coap:<IP address>` of a request's sender (forwarding's client name)."""
+    """`coap:<IP address>` of a request's sender, as forwarding names its CoAP clients (an
+    IPv4 client as a.b.c.d, not in its IPv6-mapped form)."""
     while getattr(remote, "underlying_address", None) is not None:
         remote = remote.underlying_address
     sockaddr = getattr(remote, "sockaddr", None)
@@ -105,7 +106,9 @@ class CoapCommands(CoapServer):
     async def handle(self, request: aiocoap.Message, spool: Any) -> aiocoap.Message:
         from aiocoap.numbers.codes import Code
 
-        requester = coap_requester(request.remote)[:32]
+        # Not truncated: a policy can name only ids of up to 32 characters, so a longer one
+        # (a long IPv6 address) is allowed nothing, never mistaken for another address.
+        requester = coap_requester(request.remote)
         dl = self.downlink
         wait = self.buckets.take(requester)
         if wait:
