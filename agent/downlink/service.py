@@ -1,7 +1,7 @@
-"""The downlink component: takes commands (MQTT 5 request/response from dApps and operators,
-`submit()` from the contract-event follower), frames each with the device key and its downlink
-counter, delivers it on `devices/<id>/down`, and answers the requester with the gateway's
-signed receipt of the device's authenticated answer (docs/downlink.md).
+"""The downlink component: takes commands (`answer_request` for dApps and operators over MQTT 5
+and CoAP, `submit()` for contract events and Home Assistant), frames each with the device key
+and its downlink counter, delivers it (MQTT `devices/<id>/down`, CoAP, BLE GATT write), and
+answers with the gateway's signed receipt of the device's authenticated answer (docs/downlink.md).
 
 Delivery is one command at a time per device, in order. The command in flight is published
 retained (QoS 1, MQTT 5 Message Expiry = what is left of its TTL), so a device that was offline
