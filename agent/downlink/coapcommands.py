@@ -4,7 +4,8 @@ signed receipt. The requester is the CoAP client's identity as forwarding names 
 (`coap:<address>`), and [[downlink.policy]] decides what it may command.
 
 Hostile input is cheap to refuse: the body is bounded before it is assembled, each requester has
-a token bucket, and the service's `max_inflight` bounds what waits.
+a token bucket (`downlink.rate` / `burst`, as forwarding's and the oracle's per client), and the
+service's `max_inflight` bounds what waits.
 """
 
 from __future__ import annotations
@@ -22,9 +23,6 @@ if TYPE_CHECKING:
 
     from agent.downlink.service import Downlink
 
-# Requests per second (and burst) one CoAP requester may make; more are answered 4.29.
-REQUESTS_PER_S = 5.0
-REQUESTS_BURST = 20.0
 MAX_REQUESTERS = 4096
 CF_JSON = 50
 
@@ -72,8 +70,8 @@ class CoapCommands(CoapServer):
         host: str,
         port: int,
         *,
-        rate: float = REQUESTS_PER_S,
-        burst: float = REQUESTS_BURST,
+        rate: float,
+        burst: float,
         logger: logging.Logger | None = None,
     ) -> None:
         super().__init__(host, port, logger or logging.getLogger("agent.downlink.coap"))

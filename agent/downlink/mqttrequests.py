@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from agent.mqtt import publish_json_reply
+from agent.responder import publish_json_reply
 
 if TYPE_CHECKING:
     from agent.downlink.service import Downlink

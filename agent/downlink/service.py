@@ -36,7 +36,7 @@ from agent.downlink.store import CommandStore, StoredCommand
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
 from agent.model import Eip712Domain, Transport
-from agent.mqtt import MqttResponder
+from agent.responder import MqttResponder
 
 
 class CommandPusher(Protocol):

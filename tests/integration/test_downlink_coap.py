@@ -66,9 +66,14 @@ async def coap_command_rig(tmp: Path, broker: LocalMosquitto) -> AsyncIterator[C
         CommandRule(ME, ("*",), ("open",)),
     )
     dl, metrics, _ = command_service(
-        tmp, broker.port, [(DEVICE, Transport.MQTT), ("gate-2", Transport.MQTT)], policy
+        tmp,
+        broker.port,
+        [(DEVICE, Transport.MQTT), ("gate-2", Transport.MQTT)],
+        policy,
+        rate=5.0,
+        burst=20,
     )
-    server = CoapCommands(dl, "127.0.0.1", free_udp_port())
+    server = CoapCommands(dl, "127.0.0.1", free_udp_port(), rate=dl.cfg.rate, burst=dl.cfg.burst)
     board = await asyncio.to_thread(MqttBoard, broker.port, DEVICE, tmp / "flash")
     tasks = await run_parts(dl, server)
     rig = CoapCommandRig(dl, server, metrics, board)
