@@ -35,6 +35,7 @@ async def _dapps(args: argparse.Namespace) -> int:
             sender = tx_sender(cfg, rpc, key)
             try:
                 await sender.check_chain()
+                await sender.check_unfinished()
                 client = ContractClient(rpc, sender, address, load_artifact("DappRegistry"))
                 rc = await client.transact("vote", args.id, args.stance == "approve")
                 print(

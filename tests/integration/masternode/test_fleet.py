@@ -86,6 +86,9 @@ class TcpGate:
                 a, _ = ls.accept()
             except OSError:
                 return
+            if self._listener is not ls:
+                a.close()
+                return
             try:
                 b = socket.create_connection(self.target)
             except OSError:
@@ -108,9 +111,13 @@ class TcpGate:
                 s.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        ls, self._listener = self._listener, None
+        if ls is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would leave the
+            # socket listening until that call returns.
+            with contextlib.suppress(OSError):
+                ls.shutdown(socket.SHUT_RDWR)
+            ls.close()
         with self._lock:
             conns, self._conns = self._conns, []
         for s in conns:
@@ -291,6 +298,8 @@ def test_the_elected_committee_puts_a_node_that_stops_serving_out_and_back(
         for p in procs.values():
             p.wait(30)
         gate.close()
+        miner.expect = lambda h: 0
+        miner.resume()  # the claims below are mined
 
     # The per-epoch table, from the chain: the committee posted, each node's verdicts, check-in.
     posted_t = event_topic(load_artifact("ElectionBoard").event("CommitteePosted"))
