@@ -16,6 +16,7 @@ from agent.attest.keys import GatewayKey
 from agent.chainclient.anvil import LocalAnvil
 from agent.chainclient.rpc import RpcClient
 from agent.chainclient.sender import TxSender
+from agent.cli.status import _masternode_lines, _Paint
 from agent.config import BrokerEndpoint
 from agent.devices.codecs.frame import encode_frame
 from agent.localbroker import LocalMosquitto
@@ -96,6 +97,8 @@ async def test_a_committee_member_probes_every_masternode_once_per_epoch(
             assert duty.last == {good.lower(): True, mute.lower(): False}
             health = duty.health()
             assert health.detail["committee_epoch"] == e and health.detail["failed"] == 1
+            (line,) = _masternode_lines({"service-probe": health.as_dict()}, _Paint(False))
+            assert f"on the committee of {e}  verdicts for {e}: 2 probed, 1 failed" in line
         finally:
             await member.close()
             await stranger.close()
