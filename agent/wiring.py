@@ -18,7 +18,7 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from agent.attest.dropped import sign_dropped
@@ -55,10 +55,12 @@ if TYPE_CHECKING:
     from agent.election.aggregator import CommitteeAggregator
     from agent.election.rounds import ConnectionPublisher, ElectionRounds
     from agent.hadiscovery import HomeAssistantDiscovery
-    from agent.masternode import HeartbeatTask, OracleSubmitter
+    from agent.masternode import HeartbeatTask
     from agent.oracle.servers import CoapOracle, MqttOracle
     from agent.oracle.service import OracleService
+    from agent.oraclesubmit import OracleSubmitter
     from agent.rewards import RewardCheckIn
+    from agent.serviceduty import ServiceDuty
     from agent.telemetry import Telemetry
 
 
@@ -137,6 +139,7 @@ class Parts:
     oracle_coap: CoapOracle | None = None
     heartbeat: HeartbeatTask | None = None
     rewards: RewardCheckIn | None = None
+    service_duty: ServiceDuty | None = None
     submitter: OracleSubmitter | None = None
     telemetry: Telemetry | None = None
     homeassistant: HomeAssistantDiscovery | None = None
@@ -168,6 +171,7 @@ class Parts:
             self.oracle_coap,
             self.heartbeat,
             self.rewards,
+            self.service_duty,
             self.submitter,
             self.downlink,
             self.downlink_events,
@@ -478,7 +482,8 @@ def _oracle(p: Parts) -> None:
             p.oracle_coap = CoapOracle(p.oracle, o.coap_host, o.coap_port)
     if p.tx_sender is None:
         return
-    from agent.masternode import HeartbeatTask, OracleSubmitter, RegistryClient
+    from agent.masternode import HeartbeatTask, RegistryClient
+    from agent.oraclesubmit import OracleSubmitter
 
     mn = cfg.masternode
     if mn.registry is not None and mn.heartbeat:
@@ -499,6 +504,8 @@ def _oracle(p: Parts) -> None:
             check_interval_s=mn.check_interval_s,
             metrics=p.metrics,
         )
+    if mn.registry is not None and mn.probe.enabled:
+        _service_duty(p, mn.registry)
     if o.submit_enabled:
         p.submitter = OracleSubmitter(
             p.journal,
@@ -509,6 +516,40 @@ def _oracle(p: Parts) -> None:
             max_batch=o.submit_max_batch,
             metrics=p.metrics,
         )
+
+
+def _service_duty(p: Parts, registry: str) -> None:
+    """[masternode.probe]: proof-of-service probes when this node is on the epoch's committee,
+    over [masternode.probe.mqtt] or else the bridge's upstream broker (MQTT 5 either way)."""
+    from agent.serviceduty import ServiceDuty
+    from agent.serviceprobe import ServiceProber
+
+    cfg = p.cfg.masternode.probe
+    endpoint = replace(cfg.mqtt or p.cfg.bridge.broker, protocol=5)
+    assert p.rpc is not None and p.tx_sender is not None
+    rpc = p.rpc
+
+    def prober() -> ServiceProber:
+        return ServiceProber(
+            endpoint,
+            rpc,
+            device=cfg.device,
+            sensor=cfg.sensor,
+            prefix=p.cfg.bridge.topic_prefix,
+            timeout_s=cfg.timeout_s,
+            max_age_s=cfg.max_age_s,
+            max_lag=cfg.max_lag,
+        )
+
+    p.service_duty = ServiceDuty(
+        rpc,
+        p.tx_sender,
+        registry,
+        prober,
+        check_interval_s=p.cfg.masternode.check_interval_s,
+        concurrency=cfg.concurrency,
+        metrics=p.metrics,
+    )
 
 
 def _downlink(p: Parts) -> None:

@@ -53,6 +53,20 @@ def check_config(cfg: AgentConfig) -> None:
                 "needs [downlink] enabled = true and a [[downlink.policy]] with requester = "
                 f'"{HA_REQUESTER}" naming the devices and actions Home Assistant may command',
             )
+    probe = cfg.masternode.probe
+    if probe.enabled and not cfg.chain.enabled:
+        raise ConfigError(
+            file,
+            "masternode.probe.enabled",
+            "needs [chain] enabled = true (the committee and the verdicts are on chain)",
+        )
+    if probe.enabled and not cfg.bridge.enabled and probe.mqtt is None:
+        raise ConfigError(
+            file,
+            "masternode.probe.mqtt",
+            "is needed when the bridge is disabled: probes go over the upstream broker "
+            '(add [masternode.probe.mqtt] url = "mqtt://HOST:PORT")',
+        )
     if cfg.oracle.submit_enabled and not cfg.chain.enabled:
         raise ConfigError(
             file,
