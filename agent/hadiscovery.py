@@ -9,8 +9,9 @@ What it publishes (payloads in agent/hapayload.py), all retained, QoS 1, on its 
 - the agent's availability: "online" once the agent is ready, "offline" when it stops, and
   "offline" as the connection's last will when it dies;
 - a revoked device's configs and state as empty payloads (Home Assistant removes the entities).
-Commands are not handled here: given `actions`, each device's actions are announced as buttons
-whose command topic belongs to the downlink command path.
+Given `commands` (agent/hacommands.py, [[homeassistant.commands]]), each device's commands are
+announced as buttons or switches, and the presses Home Assistant publishes on their command
+topics are handed to it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import paho.mqtt.client as paho
 
@@ -32,7 +33,7 @@ from agent.hapayload import (
     DeviceAction,
     StateCoalescer,
     Topics,
-    button_config,
+    action_config,
     encode,
     gateway_config,
     sensor_config,
@@ -40,6 +41,9 @@ from agent.hapayload import (
 from agent.logs import event
 from agent.model import Observation
 from agent.mqtt import MqttConnection
+
+if TYPE_CHECKING:
+    from agent.hacommands import HaCommands
 
 REVOKED = "revoked"
 # Entities per device: a device may name any sensor in its frames; Home Assistant should not
@@ -95,6 +99,8 @@ class HomeAssistantDiscovery:
             logger=self.log,
         )
         self.conn.on_connected = self._on_connected
+        self.conn.client.on_message = self._on_message
+        self.commands: HaCommands | None = None
         self.ready = asyncio.Event()
         self.states = StateCoalescer(cfg.state_interval_s)
         # device -> {config topic: payload}: what Home Assistant should have, re-sent on connect
@@ -110,6 +116,15 @@ class HomeAssistantDiscovery:
         self._stopping = False
         self.published_states = 0
         self.published_configs = 0
+
+    def use_commands(self, commands: HaCommands) -> None:
+        """Announce `commands`' entities and hand it the presses (before `run`)."""
+        self.commands = commands
+        self.actions = dict(commands.actions())
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        if self.commands is not None and not self._stopping:
+            self.commands.on_message(msg.topic, bytes(msg.payload), self._publish)
 
     # -- the sink --------------------------------------------------------------------------
     def offer(self, previous_seq: int, observations: list[Observation]) -> None:
@@ -150,12 +165,8 @@ class HomeAssistantDiscovery:
                     limit=MAX_SENSORS_PER_DEVICE,
                 )
             return False
-        if new_device:  # its buttons too
-            for action in self.actions.get(device, ()):
-                doc = button_config(t, device, self._device_name(device), action, __version__)
-                topic = t.config("button", device, f"action.{action.name}")
-                configs[topic] = encode(doc)
-                self._publish_config(topic, configs[topic])
+        if new_device:  # its buttons and switches too
+            self._announce_actions(device, configs)
         self._units[(device, sensor)] = unit
         doc = sensor_config(t, device, self._device_name(device), sensor, unit, __version__)
         topic = t.config("sensor", device, sensor)
@@ -164,6 +175,14 @@ class HomeAssistantDiscovery:
         event(self.log, "ha_entity_announced", device=device, sensor=sensor, unit=unit)
         self._publish(t.gateway_state, encode({"devices": len(self._configs)}))
         return True
+
+    def _announce_actions(self, device: str, configs: dict[str, bytes]) -> None:
+        for action in self.actions.get(device, ()):
+            topic, doc = action_config(
+                self.topics, device, self._device_name(device), action, __version__
+            )
+            configs[topic] = encode(doc)
+            self._publish_config(topic, configs[topic])
 
     def _publish_config(self, topic: str, payload: bytes) -> None:
         if self._publish(topic, payload):
@@ -174,7 +193,7 @@ class HomeAssistantDiscovery:
         topics = set(self._configs.pop(device, {}))
         topics |= {t.config("sensor", device, s) for s, _ in declared}
         topics |= {
-            t.config("button", device, f"action.{a.name}") for a in self.actions.get(device, ())
+            t.config(a.kind, device, f"action.{a.name}") for a in self.actions.get(device, ())
         }
         topics.add(t.state(device))
         self._revoked[device] = topics
@@ -213,6 +232,8 @@ class HomeAssistantDiscovery:
             for sensor, unit in sensors:
                 if (device, sensor) not in self._units:
                     self._announce_sensor(device, sensor, unit)
+            if device not in self._configs and device in self.actions:  # commands, no sensor
+                self._announce_actions(device, self._configs.setdefault(device, {}))
 
     # -- MQTT ------------------------------------------------------------------------------
     def _publish(self, topic: str, payload: bytes) -> bool:
@@ -223,6 +244,8 @@ class HomeAssistantDiscovery:
 
     def _on_connected(self, session_present: bool) -> None:
         t = self.topics
+        if self.commands is not None:
+            self.conn.client.subscribe(t.commands, 1)
         self._publish(t.gateway_config, encode(gateway_config(t, __version__)))
         for configs in self._configs.values():
             for topic, payload in configs.items():
@@ -288,6 +311,8 @@ class HomeAssistantDiscovery:
             self._timer = None
         self._publish(self.topics.availability, NOT_AVAILABLE.encode())
         self._online = False
+        if self.commands is not None:
+            await self.commands.close()
         await self.conn.stop(grace)
 
     def health(self) -> Health:

@@ -103,13 +103,17 @@ def ha_unit(unit: str, sensor: str = "") -> tuple[str | None, str | None, str]:
 
 @dataclass(frozen=True, slots=True)
 class DeviceAction:
-    """A command a device accepts, shown in Home Assistant as a button: pressing it publishes
-    `payload` on `command_topic`. The downlink command path provides these; discovery only
-    announces them."""
+    """A command a device accepts, shown in Home Assistant as a button (pressing it publishes
+    `payload` on `command_topic`) or a switch (publishing ON or OFF there, its state read from
+    `state_topic`). `attributes_topic` carries the outcome of the last command and its signed
+    receipt (agent/hacommands.py)."""
 
-    name: str  # A-Z a-z 0-9 _ . : - (an action name of the downlink protocol)
+    name: str  # A-Z a-z 0-9 _ . : - (the entity's name)
     command_topic: str
     payload: str = "PRESS"
+    kind: str = "button"  # or "switch"
+    state_topic: str | None = None  # switch: "ON" / "OFF" once the device answered ok
+    attributes_topic: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +144,15 @@ class Topics:
     @property
     def gateway_state(self) -> str:
         return f"{self.base}/gateway/state"
+
+    def command(self, device: str, entity: str) -> str:
+        """Where Home Assistant publishes a press (or ON/OFF) of one command entity."""
+        return f"{self.base}/{object_id(device)}/cmd/{object_id(entity)}"
+
+    @property
+    def commands(self) -> str:
+        """The filter of every command topic."""
+        return f"{self.base}/+/cmd/+"
 
     def config(self, component: str, device: str, entity: str) -> str:
         return (
@@ -216,7 +229,7 @@ def button_config(
     t: Topics, device: str, name: str, action: DeviceAction, version: str
 ) -> dict[str, object]:
     """The discovery config of one command of one device, as a button."""
-    return {
+    cfg: dict[str, object] = {
         "name": action.name,
         "unique_id": t.unique_id(device, f"action.{action.name}"),
         "command_topic": action.command_topic,
@@ -228,6 +241,32 @@ def button_config(
         "qos": 1,
         "retain": False,
     }
+    if action.attributes_topic is not None:
+        cfg["json_attributes_topic"] = action.attributes_topic
+    return cfg
+
+
+def switch_config(
+    t: Topics, device: str, name: str, action: DeviceAction, version: str
+) -> dict[str, object]:
+    """The discovery config of one command of one device, as a switch: not optimistic, its
+    state is what the device's authenticated answer said."""
+    cfg = button_config(t, device, name, action, version)
+    del cfg["payload_press"]
+    cfg |= {"payload_on": "ON", "payload_off": "OFF", "optimistic": False}
+    if action.state_topic is not None:
+        cfg |= {"state_topic": action.state_topic, "state_on": "ON", "state_off": "OFF"}
+    return cfg
+
+
+def action_config(
+    t: Topics, device: str, name: str, action: DeviceAction, version: str
+) -> tuple[str, dict[str, object]]:
+    """(discovery topic, config) of a command entity, button or switch."""
+    build = switch_config if action.kind == "switch" else button_config
+    return t.config(action.kind, device, f"action.{action.name}"), build(
+        t, device, name, action, version
+    )
 
 
 def gateway_config(t: Topics, version: str) -> dict[str, object]:
@@ -313,6 +352,7 @@ __all__ = [
     "DeviceAction",
     "StateCoalescer",
     "Topics",
+    "action_config",
     "button_config",
     "device_block",
     "encode",
@@ -322,4 +362,5 @@ __all__ = [
     "object_id",
     "sensor_config",
     "state_document",
+    "switch_config",
 ]

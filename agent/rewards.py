@@ -9,13 +9,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from agent.chainclient.contractclient import ContractClient
 from agent.chainclient.contracts import load_artifact
 from agent.chainclient.rpc import RpcClient, hex_int
 from agent.chainclient.sender import TxSender
 from agent.component import Health
 from agent.errors import ChainError
 from agent.logs import event
-from agent.masternode import ContractClient, RegistryClient
+from agent.masternode import RegistryClient
 from agent.metrics import Metrics
 
 ALL_EPOCHS = 2**64  # claim(upto) is capped at the current epoch by the contract

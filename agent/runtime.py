@@ -30,7 +30,8 @@ from agent.sdnotify import Watchdog, notify, watchdog_interval
 from agent.wiring import Parts, build, domain_of, load_gateway_key
 
 if TYPE_CHECKING:
-    from agent.devices.ble import BleBackend, BleDeviceDirectory
+    from agent.devices.ble import BleBackend
+    from agent.devices.bledevices import BleDeviceDirectory
 
 log = logging.getLogger("agent.runtime")
 

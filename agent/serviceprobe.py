@@ -23,13 +23,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.attest.observation import verify_envelope
+from agent.chainclient.contractclient import ContractClient
 from agent.chainclient.contracts import load_artifact
 from agent.chainclient.rpc import RpcClient, hex_int
 from agent.chainclient.sender import TxSender
 from agent.config import BrokerEndpoint
 from agent.errors import EnvelopeError
 from agent.logs import event
-from agent.masternode import ContractClient
 from agent.mqtt import MqttConnection
 
 # -- judging (pure) ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from agent.attest.dropped import sign_dropped
@@ -43,20 +43,24 @@ if TYPE_CHECKING:
     from agent.chainclient.rpc import RpcClient
     from agent.chainclient.sender import TxSender
     from agent.chainclient.subscribe import ChainWatcher
-    from agent.devices.ble import BleBackend, BleDeviceDirectory, BleSource
+    from agent.devices.ble import BleBackend, BleSource
+    from agent.devices.bledevices import BleDeviceDirectory
     from agent.devices.coap import CoapSource
     from agent.devices.modbus import ModbusSource
     from agent.devices.mqtt import MqttSource
     from agent.devices.serial import SerialSource
+    from agent.downlink.coapcommands import CoapCommands
     from agent.downlink.events import ContractCommands
     from agent.downlink.service import Downlink
     from agent.election.aggregator import CommitteeAggregator
     from agent.election.rounds import ConnectionPublisher, ElectionRounds
     from agent.hadiscovery import HomeAssistantDiscovery
-    from agent.masternode import HeartbeatTask, OracleSubmitter
+    from agent.masternode import HeartbeatTask
     from agent.oracle.servers import CoapOracle, MqttOracle
     from agent.oracle.service import OracleService
+    from agent.oraclesubmit import OracleSubmitter
     from agent.rewards import RewardCheckIn
+    from agent.serviceduty import ServiceDuty
     from agent.telemetry import Telemetry
 
 
@@ -135,11 +139,13 @@ class Parts:
     oracle_coap: CoapOracle | None = None
     heartbeat: HeartbeatTask | None = None
     rewards: RewardCheckIn | None = None
+    service_duty: ServiceDuty | None = None
     submitter: OracleSubmitter | None = None
     telemetry: Telemetry | None = None
     homeassistant: HomeAssistantDiscovery | None = None
     downlink: Downlink | None = None
     downlink_events: ContractCommands | None = None
+    downlink_coap: CoapCommands | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.monotonic)
 
@@ -165,9 +171,11 @@ class Parts:
             self.oracle_coap,
             self.heartbeat,
             self.rewards,
+            self.service_duty,
             self.submitter,
             self.downlink,
             self.downlink_events,
+            self.downlink_coap,
         ]
         return [c for c in (*head, *self.sources, *tail) if c is not None]
 
@@ -209,7 +217,7 @@ def build(
     )
     device_gate: DeviceGate = gate
     if cfg.sources.ble.enabled:
-        from agent.devices.ble import BleGate, ConfiguredBleDevices, EnrolledBleDevices
+        from agent.devices.bledevices import BleGate, ConfiguredBleDevices, EnrolledBleDevices
 
         if ble_devices is None:
             configured = ConfiguredBleDevices(cfg.sources.ble.devices)
@@ -474,7 +482,8 @@ def _oracle(p: Parts) -> None:
             p.oracle_coap = CoapOracle(p.oracle, o.coap_host, o.coap_port)
     if p.tx_sender is None:
         return
-    from agent.masternode import HeartbeatTask, OracleSubmitter, RegistryClient
+    from agent.masternode import HeartbeatTask, RegistryClient
+    from agent.oraclesubmit import OracleSubmitter
 
     mn = cfg.masternode
     if mn.registry is not None and mn.heartbeat:
@@ -495,6 +504,8 @@ def _oracle(p: Parts) -> None:
             check_interval_s=mn.check_interval_s,
             metrics=p.metrics,
         )
+    if mn.registry is not None and mn.probe.enabled:
+        _service_duty(p, mn.registry)
     if o.submit_enabled:
         p.submitter = OracleSubmitter(
             p.journal,
@@ -505,6 +516,40 @@ def _oracle(p: Parts) -> None:
             max_batch=o.submit_max_batch,
             metrics=p.metrics,
         )
+
+
+def _service_duty(p: Parts, registry: str) -> None:
+    """[masternode.probe]: proof-of-service probes when this node is on the epoch's committee,
+    over [masternode.probe.mqtt] or else the bridge's upstream broker (MQTT 5 either way)."""
+    from agent.serviceduty import ServiceDuty
+    from agent.serviceprobe import ServiceProber
+
+    cfg = p.cfg.masternode.probe
+    endpoint = replace(cfg.mqtt or p.cfg.bridge.broker, protocol=5)
+    assert p.rpc is not None and p.tx_sender is not None
+    rpc = p.rpc
+
+    def prober() -> ServiceProber:
+        return ServiceProber(
+            endpoint,
+            rpc,
+            device=cfg.device,
+            sensor=cfg.sensor,
+            prefix=p.cfg.bridge.topic_prefix,
+            timeout_s=cfg.timeout_s,
+            max_age_s=cfg.max_age_s,
+            max_lag=cfg.max_lag,
+        )
+
+    p.service_duty = ServiceDuty(
+        rpc,
+        p.tx_sender,
+        registry,
+        prober,
+        check_interval_s=p.cfg.masternode.check_interval_s,
+        concurrency=cfg.concurrency,
+        metrics=p.metrics,
+    )
 
 
 def _downlink(p: Parts) -> None:
@@ -528,12 +573,48 @@ def _downlink(p: Parts) -> None:
     if p.coap is not None:  # CoAP devices get their command with the answer to a POST
         p.coap.commands = p.downlink
         p.downlink.transports.add(Transport.COAP)
+    if p.ble is not None:  # BLE devices get theirs by GATT write
+        _ble_commands(p, p.downlink)
+    if d.coap_enabled:
+        from agent.downlink.coapcommands import CoapCommands
+
+        p.downlink_coap = CoapCommands(
+            p.downlink, d.coap_host, d.coap_port, rate=d.rate, burst=d.burst
+        )
+    ha = p.cfg.homeassistant
+    if p.homeassistant is not None and ha.commands:
+        from agent.hacommands import HaCommands
+
+        p.homeassistant.use_commands(HaCommands(ha.commands, p.homeassistant.topics, p.downlink))
     if d.events and p.chain_watcher is not None and p.rpc is not None:
         from agent.downlink.events import ContractCommands
 
         p.downlink_events = ContractCommands(
             p.downlink, d.events, rpc=p.rpc, watcher=p.chain_watcher, metrics=p.metrics
         )
+
+
+def _ble_commands(p: Parts, downlink: Downlink) -> None:
+    """Commands to devices enrolled over BLE, written to their command characteristic."""
+    from agent.devices.blecommands import GattCommands
+
+    assert p.ble is not None
+    ble, gate = p.cfg.sources.ble, p.gate
+
+    def address_of(device: str) -> str | None:
+        rec = gate.records.get(device)
+        return rec.address.upper() if rec is not None and rec.transport is Transport.BLE else None
+
+    gc = GattCommands(
+        p.ble.gatt_link,
+        command_characteristic=ble.command_characteristic,
+        answer_characteristic=ble.answer_characteristic,
+        address_of=address_of,
+        resend_s=p.cfg.downlink.resend_s,
+    )
+    gc.answers = downlink
+    downlink.pushers[Transport.BLE] = gc
+    downlink.transports.add(Transport.BLE)
 
 
 __all__ = ["Parts", "build", "client_id", "domain_of", "load_gateway_key"]

@@ -45,6 +45,7 @@ contract ElectionBoard {
     mapping(uint64 => bytes32) public committeeHash; // round -> keccak256(abi.encodePacked(elected))
     mapping(uint64 => bool) public disputed; // two different committees posted for the round
     mapping(uint64 => mapping(address => uint32)) public rankOf; // round -> node -> rank + 1
+    mapping(uint64 => uint32) public committeeSize; // round -> distinct members posted
 
     /// payload: the 64-byte signature (paper) or the 81-byte proof (vrf), as sent.
     /// definiteHash: what the node claimed (paper), zero in vrf mode. count: 1 for the first.
@@ -100,9 +101,14 @@ contract ElectionBoard {
         bytes32 have = committeeHash[round];
         if (have == bytes32(0)) {
             committeeHash[round] = h;
+            uint32 size = 0;
             for (uint256 i = 0; i < elected.length; i++) {
-                if (rankOf[round][elected[i]] == 0) rankOf[round][elected[i]] = uint32(i + 1);
+                if (rankOf[round][elected[i]] == 0) {
+                    rankOf[round][elected[i]] = uint32(i + 1);
+                    size++;
+                }
             }
+            committeeSize[round] = size;
             emit CommitteePosted(round, msg.sender, elected);
         } else if (have != h && !disputed[round]) {
             disputed[round] = true;

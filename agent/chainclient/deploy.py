@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.attest.feeds import default_feed, feed_id
+from agent.chainclient.contractclient import revert_reason
 from agent.chainclient.contracts import Artifact, load_artifact
 from agent.chainclient.rpc import RpcClient, hex_int
 from agent.chainclient.sender import TxSender
 from agent.chainclient.tx import decode_result, encode_call, encode_constructor
 from agent.errors import ChainError, RpcError, TransactionError
-from agent.masternode import revert_reason
 from agent.model import ASSURANCE_NAMES, bytes32_label
 
 

@@ -261,6 +261,15 @@ class TxSender:
         await self._broadcast(own.id, new)
 
     # -- watching ------------------------------------------------------------------------------
+    async def check_unfinished(self) -> None:
+        """One pass of the watcher over every unfinished transaction, sending again those the
+        node lost or never got (an agent stopped between storing and broadcasting one). A
+        command that sends without the watcher running calls it first, so that its transaction
+        does not wait forever behind a nonce the node never saw."""
+        await self.open()
+        for own in await self.store.unfinished(self.chain_id):
+            await self.check(own.id)
+
     async def check(self, tx_id: int) -> OwnTx:
         """Look at one transaction once: mined (on the canonical chain)? dropped? stuck?"""
         own = await self.store.get(tx_id, self.chain_id)

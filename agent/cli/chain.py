@@ -54,6 +54,7 @@ async def _masternode(args: argparse.Namespace) -> int:
         try:
             if args.action != "status" and not (args.action == "rewards" and args.show_only):
                 await sender.check_chain()
+                await sender.check_unfinished()
             if args.action == "rewards":
                 await _rewards(cfg, rpc, sender, show_only=args.show_only)
                 return 0

@@ -377,3 +377,25 @@ def check_listeners(cfg: AgentConfig) -> Check:
         )
         parts.append(f"{proto} {where} ({key.rpartition('.')[0]}, {scope})")
     return Check("listen", "ok", "; ".join(parts))
+
+
+def check_service(cfg: AgentConfig) -> Check:
+    """A masternode is probed over the upstream broker (its oracle and its forwarding): both
+    must be enabled and answer there, or the elected committee fails it every epoch."""
+    if cfg.masternode.registry is None:
+        return Check("service", "skip", "not a masternode ([masternode] registry unset)")
+    upstream = (cfg.bridge.broker.host, cfg.bridge.broker.port)
+    missing = []
+    for key, svc in (("oracle", cfg.oracle), ("forward", cfg.forward)):
+        if not svc.enabled or not svc.mqtt_enabled or svc.mqtt is None:
+            missing.append(f"{key}.enabled = true with {key}.mqtt")
+        elif (svc.mqtt.host, svc.mqtt.port) != upstream:
+            missing.append(f"{key}.mqtt.url = the upstream broker ({cfg.bridge.broker.url})")
+    if missing:
+        return Check(
+            "service",
+            "warn",
+            "proof-of-service probes come over the upstream broker and would go unanswered",
+            "set " + "; ".join(missing),
+        )
+    return Check("service", "ok", f"oracle and forwarding answer on {cfg.bridge.broker.url}")

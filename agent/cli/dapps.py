@@ -13,9 +13,9 @@ from agent.errors import AgentError
 
 async def _dapps(args: argparse.Namespace) -> int:
     from agent.chainclient.approvals import DappRegistryView
+    from agent.chainclient.contractclient import ContractClient
     from agent.chainclient.contracts import load_artifact
     from agent.chainclient.rpc import RpcClient
-    from agent.masternode import ContractClient
     from agent.wiring import load_gateway_key, tx_sender
 
     cfg = load(args)
@@ -35,6 +35,7 @@ async def _dapps(args: argparse.Namespace) -> int:
             sender = tx_sender(cfg, rpc, key)
             try:
                 await sender.check_chain()
+                await sender.check_unfinished()
                 client = ContractClient(rpc, sender, address, load_artifact("DappRegistry"))
                 rc = await client.transact("vote", args.id, args.stance == "approve")
                 print(

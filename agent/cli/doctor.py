@@ -28,6 +28,7 @@ from agent.cli.checks import (
     check_listeners,
     check_secrets,
     check_serial,
+    check_service,
 )
 from agent.cli.options import find_config
 from agent.cli.probes import check_agent, check_broker, check_chain, probe_mqtt
@@ -66,6 +67,7 @@ def run_checks(opts: DoctorOptions) -> list[Check]:
             check_bluetooth(cfg, opts.sysfs),
             check_serial(cfg),
             check_listeners(cfg),
+            check_service(cfg),
         ]
     elif opts.chain_url:
         out.append(check_chain(None, opts.chain_url, opts.timeout))

@@ -173,7 +173,8 @@ def render(h: dict[str, Any], color: bool = False) -> str:
 
 
 def _masternode_lines(components: dict[str, Any], paint: _Paint) -> list[str]:
-    """Service standing (from the heartbeat task) and reward check-ins, when they run."""
+    """Service standing (from the heartbeat task), the committee's probes and reward check-ins,
+    when they run."""
     out: list[str] = []
     hb = components.get("heartbeat")
     if isinstance(hb, dict):
@@ -198,6 +199,15 @@ def _masternode_lines(components: dict[str, Any], paint: _Paint) -> list[str]:
             + paint(registered, reg if isinstance(reg, bool) else None)
             + "  service "
             + paint(text, service if isinstance(service, bool) else None)
+        )
+    sp = components.get("service-probe")
+    if isinstance(sp, dict):
+        member, judged = sp.get("committee_epoch"), sp.get("verdicts_epoch")
+        counts = f"{sp.get('probed')} probed, {sp.get('failed')} failed"
+        out.append(
+            f"{'probes':<10} epoch {sp.get('epoch')}  "
+            + ("never on the committee" if member is None else f"on the committee of {member}")
+            + ("" if judged is None else f"  verdicts for {judged}: {counts}")
         )
     rw = components.get("rewards")
     if isinstance(rw, dict):

@@ -41,6 +41,32 @@ def check_config(cfg: AgentConfig) -> None:
             "downlink.events",
             "needs [chain] enabled = true (contract events are read from the full node)",
         )
+    ha = cfg.homeassistant
+    if ha.enabled and ha.commands:
+        from agent.config.homeassistant import HA_REQUESTER
+
+        d = cfg.downlink
+        if not d.enabled or d.rule_for(HA_REQUESTER) is None:
+            raise ConfigError(
+                file,
+                "homeassistant.commands",
+                "needs [downlink] enabled = true and a [[downlink.policy]] with requester = "
+                f'"{HA_REQUESTER}" naming the devices and actions Home Assistant may command',
+            )
+    probe = cfg.masternode.probe
+    if probe.enabled and not cfg.chain.enabled:
+        raise ConfigError(
+            file,
+            "masternode.probe.enabled",
+            "needs [chain] enabled = true (the committee and the verdicts are on chain)",
+        )
+    if probe.enabled and not cfg.bridge.enabled and probe.mqtt is None:
+        raise ConfigError(
+            file,
+            "masternode.probe.mqtt",
+            "is needed when the bridge is disabled: probes go over the upstream broker "
+            '(add [masternode.probe.mqtt] url = "mqtt://HOST:PORT")',
+        )
     if cfg.oracle.submit_enabled and not cfg.chain.enabled:
         raise ConfigError(
             file,
@@ -69,12 +95,15 @@ def listening_sockets(cfg: AgentConfig) -> list[tuple[str, str, str, int]]:
         out.append(("forward.coap.bind", "udp", fwd.coap_host, fwd.coap_port))
     if orc.enabled and orc.coap_enabled:
         out.append(("oracle.coap.bind", "udp", orc.coap_host, orc.coap_port))
+    dl = cfg.downlink
+    if dl.enabled and dl.coap_enabled:
+        out.append(("downlink.coap.bind", "udp", dl.coap_host, dl.coap_port))
     return out
 
 
 def _coap_ports(cfg: AgentConfig, file: str) -> None:
-    """Three CoAP servers may run (device source, dApp forwarding, oracle queries): each needs
-    its own UDP port on overlapping addresses."""
+    """Four CoAP servers may run (device source, dApp forwarding, oracle queries, dApp
+    commands): each needs its own UDP port on overlapping addresses."""
     servers = [
         (key, f"[{key.rpartition('.')[0]}]", host, port)
         for key, proto, host, port in listening_sockets(cfg)

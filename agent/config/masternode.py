@@ -1,11 +1,48 @@
 """[masternode]: this gateway in the MasternodeRegistry (registry address, VRF key, heartbeats),
-the RewardPool it checks in with and the DappRegistry whose approvals forwarding follows."""
+the RewardPool it checks in with, the DappRegistry whose approvals forwarding follows, and
+[masternode.probe]: the proof-of-service probes it sends when it is on an epoch's committee."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
+from agent.config.broker import BrokerEndpoint, read_broker
 from agent.config.reader import Section
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeConfig:
+    """[masternode.probe]: probing every masternode when this node is on the epoch's elected
+    committee. The fleet agrees on one (device, sensor) every masternode's oracle serves."""
+
+    enabled: bool = False
+    device: str = ""  # required when enabled
+    sensor: str = ""  # required when enabled
+    timeout_s: float = 5.0  # per answer
+    max_age_s: int = 600  # the oracle's observation at most this old
+    max_lag: int = 5  # the forwarded eth_blockNumber at most this many blocks off our head
+    concurrency: int = 16  # probes in flight
+    mqtt: BrokerEndpoint | None = None  # None: the bridge's upstream broker
+
+
+def read_probe(sec: Section) -> ProbeConfig:
+    P = ProbeConfig
+    enabled = sec.get("enabled", bool, P.enabled)
+    m = sec.sub("mqtt")
+    broker = replace(read_broker(m, None), protocol=5) if m.data else None
+    m.done()
+    cfg = ProbeConfig(
+        enabled=enabled,
+        device=sec.get("device", str, P.device, required=enabled),
+        sensor=sec.get("sensor", str, P.sensor, required=enabled),
+        timeout_s=sec.duration("timeout", P.timeout_s),
+        max_age_s=sec.int_range("max_age", P.max_age_s, 1, 86_400 * 30),
+        max_lag=sec.int_range("max_lag", P.max_lag, 0, 10_000),
+        concurrency=sec.int_range("concurrency", P.concurrency, 1, 1024),
+        mqtt=broker,
+    )
+    sec.done()
+    return cfg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -19,6 +56,7 @@ class MasternodeConfig:
     check_interval_s: float = 15.0
     rewards: str | None = None  # the RewardPool's address: check in every epoch, claim by CLI
     dapps: str | None = None  # the DappRegistry's address: forwarding admits only its approvals
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
 def _vrf_public_key(mn: Section) -> bytes | None:
@@ -49,6 +87,9 @@ def read_masternode(mn: Section) -> MasternodeConfig:
         check_interval_s=mn.duration("check_interval", M.check_interval_s),
         rewards=mn.address("rewards", M.rewards),
         dapps=mn.address("dapps", M.dapps),
+        probe=read_probe(mn.sub("probe")),
     )
+    if cfg.probe.enabled and cfg.registry is None:
+        raise mn.err("probe", "needs registry (the MasternodeRegistry whose masternodes it probes)")
     mn.done()
     return cfg

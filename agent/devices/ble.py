@@ -1,5 +1,6 @@
-"""BLE source: one long-lived bleak scanner for BTHome v2 adverts, and GATT connections to
-peripherals that notify device frames. Parsing lives in codecs/bthome.py and codecs/frame.py.
+"""BLE source: one long-lived bleak scanner for BTHome v2 adverts, and the GATT sessions of
+peripherals that notify device frames (agent/devices/blegatt.py). Parsing lives in
+codecs/bthome.py and codecs/frame.py; which devices are known, in agent/devices/bledevices.py.
 
 The same code runs with BlueZ on a Raspberry Pi and with a Bumble-backed bleak backend in tests:
 only the `BleBackend` differs (docs/ble.md).
@@ -12,11 +13,10 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-from bleak import BleakClient, BleakScanner
+from bleak import BleakScanner
 from bleak.backends.client import BaseBleakClient
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
@@ -24,7 +24,9 @@ from bleak.exc import BleakDBusError, BleakError
 
 from agent.backoff import Backoff
 from agent.component import Detail, Health, State
-from agent.config import BleDeviceConfig, BleSourceConfig
+from agent.config import BleSourceConfig
+from agent.devices.bledevices import BleDevice, BleDeviceDirectory
+from agent.devices.blegatt import GattFrames, GattLink
 from agent.devices.codecs.bthome import (
     BTHOME_SERVICE_UUID,
     FLAG_ENCRYPTED,
@@ -32,163 +34,17 @@ from agent.devices.codecs.bthome import (
     mac_bytes,
     parse_bthome,
 )
-from agent.devices.codecs.frame import parse_frame
-from agent.devices.gate import EnrollmentGate
-from agent.devices.registry import DeviceStatus
-from agent.errors import BleUnavailable, FrameError, KeyFileError, RejectedReading
+from agent.errors import BleUnavailable, FrameError
 from agent.frame import DeviceFrame, SensorValue, counter_key
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
 from agent.model import AuthMethod, Transport
 from agent.pipeline import Arrival, Pipeline
-from agent.secrets import check_secret_mode
 
 INSTALL_HINT = (
     "sudo apt-get install bluez dbus && sudo systemctl enable --now bluetooth "
     "(in a container, mount /run/dbus/system_bus_socket); or set [sources.ble] enabled = false"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class BleDevice:
-    """What the source needs to know about one BLE device."""
-
-    device_id: str
-    mac: str  # upper-case AA:BB:CC:DD:EE:FF
-    mode: Literal["bthome", "gatt"]
-    bindkey: bytes | None = None  # BTHome AES key: the device is accepted encrypted only
-    characteristic: str | None = None  # gatt: UUID of the notify characteristic
-
-
-class BleDeviceDirectory(Protocol):
-    """Where BLE devices come from: the config, and the enrollment registry."""
-
-    # True when devices may appear while running (enrolled with `pair`): scan even with none.
-    dynamic: bool
-
-    def by_mac(self, mac: str) -> BleDevice | None: ...
-
-    def by_id(self, device_id: str) -> BleDevice | None: ...
-
-    def all(self) -> Sequence[BleDevice]: ...
-
-
-def read_bindkey(path: Any) -> bytes:
-    """A BTHome bindkey file: mode 0600, 32 hex digits (whitespace around them ignored)."""
-    check_secret_mode(path)
-    text = open(path, encoding="ascii", errors="replace").read().strip()  # noqa: SIM115
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        key = b""
-    if len(key) != 16:
-        raise KeyFileError(f"{path}: a BTHome bindkey file holds 32 hex digits (16 bytes)")
-    return key
-
-
-class ConfiguredBleDevices:
-    """The devices of `[sources.ble.devices]`, bindkeys read from their 0600 files."""
-
-    dynamic = False
-
-    def __init__(self, devices: Sequence[BleDeviceConfig]) -> None:
-        self._by_mac: dict[str, BleDevice] = {}
-        self._by_id: dict[str, BleDevice] = {}
-        for d in devices:
-            bindkey = read_bindkey(d.bindkey_file) if d.bindkey_file is not None else None
-            dev = BleDevice(d.device_id, d.mac, d.mode, bindkey, d.characteristic)
-            self._by_mac[d.mac] = dev
-            self._by_id[d.device_id] = dev
-
-    def by_mac(self, mac: str) -> BleDevice | None:
-        return self._by_mac.get(mac)
-
-    def by_id(self, device_id: str) -> BleDevice | None:
-        return self._by_id.get(device_id)
-
-    def all(self) -> Sequence[BleDevice]:
-        return list(self._by_id.values())
-
-
-class EnrolledBleDevices:
-    """Configured devices plus those enrolled with `edgence-agent pair --transport ble
-    --address MAC --bindkey HEX`, as the enrollment gate currently knows them (it re-reads the
-    registry when it changes). Revoked devices are left out; the gate refuses them anyway."""
-
-    dynamic = True
-
-    def __init__(self, configured: ConfiguredBleDevices, gate: EnrollmentGate) -> None:
-        self.configured = configured
-        self.gate = gate
-        self._seen: object = None
-        self._by_mac: dict[str, BleDevice] = {}
-        self._by_id: dict[str, BleDevice] = {}
-
-    def _refresh(self) -> None:
-        records = self.gate.records
-        if records is self._seen:  # the gate replaces the mapping on every reload
-            return
-        by_mac: dict[str, BleDevice] = {}
-        for rec in records.values():
-            if rec.transport is not Transport.BLE or rec.status is DeviceStatus.REVOKED:
-                continue
-            mac = rec.address.upper()
-            key = self.gate.keys.get(rec.id)
-            by_mac[mac] = BleDevice(rec.id, mac, "bthome", key)
-        self._by_mac = by_mac
-        self._by_id = {d.device_id: d for d in by_mac.values()}
-        self._seen = records
-
-    def is_enrolled(self, device_id: str) -> bool:
-        return self.configured.by_id(device_id) is None and self.by_id(device_id) is not None
-
-    def by_mac(self, mac: str) -> BleDevice | None:
-        self._refresh()
-        return self.configured.by_mac(mac) or self._by_mac.get(mac)
-
-    def by_id(self, device_id: str) -> BleDevice | None:
-        self._refresh()
-        return self.configured.by_id(device_id) or self._by_id.get(device_id)
-
-    def all(self) -> Sequence[BleDevice]:
-        self._refresh()
-        return [*self.configured.all(), *self._by_id.values()]
-
-
-class BleGate:
-    """The pipeline's check for BLE arrivals: the device must be in the directory, and a
-    device with a bindkey is accepted only from adverts whose MIC the source verified.
-    Enrolled devices are checked by the enrollment gate (status, join window, rate)."""
-
-    def __init__(
-        self, directory: BleDeviceDirectory, enrolled: EnrollmentGate | None = None
-    ) -> None:
-        self.directory = directory
-        self.enrolled = enrolled
-
-    def check(self, arrival: Arrival) -> AuthMethod:
-        if (
-            self.enrolled is not None
-            and isinstance(self.directory, EnrolledBleDevices)
-            and self.directory.is_enrolled(arrival.device_id)
-        ):
-            return self.enrolled.check(arrival)
-        dev = self.directory.by_id(arrival.device_id)
-        if dev is None:
-            raise RejectedReading("unknown_device", f"{arrival.device_id!r} is no BLE device")
-        if dev.bindkey is not None and arrival.verified is not AuthMethod.BTHOME:
-            raise RejectedReading("downgrade", "device has a bindkey; plaintext is refused")
-        return arrival.verified or AuthMethod.ALLOWLIST
-
-    def admit(self, arrival: Arrival, auth: AuthMethod) -> None:
-        """Enrolled devices spend their budget at the enrollment gate; configured ones have
-        none (a radio is rate-limited by the air)."""
-        if (
-            self.enrolled is not None
-            and isinstance(self.directory, EnrolledBleDevices)
-            and self.directory.is_enrolled(arrival.device_id)
-        ):
-            self.enrolled.admit(arrival, auth)
 
 
 @dataclass(frozen=True)
@@ -251,13 +107,22 @@ class BleSource:
         self._last_advert = 0.0
         self._state: dict[str, _AdvertState] = {}
         self._paused = False
-        self._slots = asyncio.Semaphore(cfg.max_connections)
-        self._clients: set[BleakClient] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self.received = 0
-        self.connected: set[str] = set()  # device ids with a live GATT connection
+        self._adverts = 0
+        self.gatt_link = GattLink(cfg, metrics, self.backend.client, self.log)
+        self.gatt = GattFrames(self.gatt_link, pipeline, self._offer, lambda: self._stopping)
         metrics.gauge("frames_received_ble", lambda: float(self.received))
+
+    @property
+    def received(self) -> int:
+        """BTHome adverts and GATT frames received."""
+        return self._adverts + self.gatt.received
+
+    @property
+    def connected(self) -> set[str]:
+        """Device ids with a live GATT frame session."""
+        return self.gatt.connected
 
     # -- lifecycle -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -269,7 +134,7 @@ class BleSource:
             self.ready.set()
         for d in devices:
             if d.mode == "gatt":
-                self._tasks.append(asyncio.create_task(self._gatt_forever(d)))
+                self._tasks.append(asyncio.create_task(self.gatt.run(d)))
         try:
             if self._tasks:
                 await asyncio.gather(*self._tasks)
@@ -316,9 +181,7 @@ class BleSource:
         if self._watchdog is not None:
             self._watchdog.cancel()
         await self._stop_scanner()
-        for client in list(self._clients):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.disconnect(), grace)
+        await self.gatt_link.close(grace)
         for t in self._tasks:
             t.cancel()
 
@@ -431,7 +294,7 @@ class BleSource:
         data = adv.service_data.get(BTHOME_SERVICE_UUID)
         if data is None:
             return
-        self.received += 1
+        self._adverts += 1
         mac = device.address.upper()
         dev = self.directory.by_mac(mac)
         if dev is None and len(data) >= 7 and data[0] & FLAG_MAC_INCLUDED:
@@ -527,123 +390,5 @@ class BleSource:
         finally:
             self._paused = False
 
-    # -- GATT ----------------------------------------------------------------------------
-    async def _gatt_forever(self, dev: BleDevice) -> None:
-        backoff = Backoff(1.0, self.cfg.reconnect_max_s, jitter=0.5, reset_after=math.inf)
-        while not self._stopping:
-            had_connection = False
-            async with self._slots:  # adapters have few connection slots
-                try:
-                    had_connection = await self._gatt_session(dev)
-                except Exception as exc:  # one device's trouble never stops the others
-                    self.metrics.inc("gatt_sessions_failed")
-                    self._rl.event(
-                        (dev.device_id, "gatt"),
-                        "gatt_unreachable",
-                        device=dev.device_id,
-                        mac=dev.mac,
-                        error=f"{type(exc).__name__}: {exc}"[:200],
-                    )
-            if had_connection:
-                backoff.succeeded()
-            await backoff.wait()
 
-    async def _connect(self, dev: BleDevice, disconnected: asyncio.Event) -> BleakClient:
-        """A fresh client per attempt (a failed BlueZ connection leaves state behind), at most
-        `connect_attempts` attempts with a short backoff between them."""
-        kwargs: dict[str, Any] = {}
-        if self.cfg.adapter:
-            kwargs["adapter"] = self.cfg.adapter
-        last: BaseException | None = None
-        backoff = Backoff(0.5, 2.0, jitter=0.0, reset_after=math.inf)
-        for attempt in range(1, self.cfg.connect_attempts + 1):
-            client = BleakClient(
-                dev.mac,
-                lambda _c: disconnected.set(),
-                timeout=self.cfg.connect_timeout_s,
-                backend=self.backend.client,
-                **kwargs,
-            )
-            try:
-                await asyncio.wait_for(client.connect(), self.cfg.connect_timeout_s + 1)
-                return client
-            except (BleakError, OSError, TimeoutError) as exc:
-                last = exc
-                self.metrics.inc("gatt_connect_failures")
-                with contextlib.suppress(Exception):
-                    await client.disconnect()
-                if attempt < self.cfg.connect_attempts:
-                    await backoff.wait()
-        assert last is not None
-        raise last
-
-    async def _gatt_session(self, dev: BleDevice) -> bool:
-        disconnected = asyncio.Event()
-        client = await self._connect(dev, disconnected)
-        self._clients.add(client)
-        self.connected.add(dev.device_id)
-        self.metrics.inc("gatt_connects")
-        event(self.log, "gatt_connected", device=dev.device_id, mac=dev.mac)
-        buffer = bytearray()
-
-        def on_notify(_char: Any, data: bytearray) -> None:
-            self._on_gatt_data(dev, buffer, data)
-
-        try:
-            assert dev.characteristic is not None
-            await client.start_notify(dev.characteristic, on_notify)
-            await disconnected.wait()
-        finally:
-            self.connected.discard(dev.device_id)
-            self._clients.discard(client)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.disconnect(), 2)
-            event(self.log, "gatt_disconnected", device=dev.device_id, mac=dev.mac)
-        return True
-
-    def _on_gatt_data(self, dev: BleDevice, buffer: bytearray, data: bytearray) -> None:
-        """Notifications carry newline-terminated JSON device frames, split to the MTU."""
-        buffer += data
-        while True:
-            end = buffer.find(b"\n")
-            if end < 0:
-                break
-            line = bytes(buffer[:end])
-            del buffer[: end + 1]
-            if line.strip():
-                self._gatt_frame(dev, line)
-        if len(buffer) > self.cfg.max_payload:
-            self.pipeline.reject(
-                "ble", dev.device_id, "oversize", f"no newline within {self.cfg.max_payload} bytes"
-            )
-            buffer.clear()
-
-    def _gatt_frame(self, dev: BleDevice, line: bytes) -> None:
-        self.received += 1
-        try:
-            frame = parse_frame(
-                line, max_bytes=self.cfg.max_payload, max_values=self.cfg.max_values_per_frame
-            )
-        except FrameError as exc:
-            self.pipeline.reject("ble", dev.device_id, exc.reason, exc.detail)
-            return
-        if frame.device_id is not None and frame.device_id != dev.device_id:
-            self.pipeline.reject(
-                "ble",
-                dev.device_id,
-                "device_mismatch",
-                f"frame id {frame.device_id!r} from {dev.mac}",
-            )
-            return
-        self._offer(Arrival(frame, dev.device_id, Transport.BLE, "ble"))
-
-
-__all__ = [
-    "BleBackend",
-    "BleDevice",
-    "BleDeviceDirectory",
-    "BleGate",
-    "BleSource",
-    "ConfiguredBleDevices",
-    "read_bindkey",
-]
+__all__ = ["BleBackend", "BleSource"]

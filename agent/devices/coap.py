@@ -1,4 +1,5 @@
-"""CoAP source (aiocoap): devices POST frames to /up/{device}; configured devices are OBSERVEd.
+"""CoAP source (aiocoap): devices POST frames to /up/{device} (agent/devices/coapresources.py);
+configured devices are OBSERVEd (agent/devices/coapobserve.py).
 
 A POST is answered only after the pipeline's verdict: 2.04 once the frame is signed and
 journaled, 4.xx/5.03 otherwise (table in docs/device-frame.md, "Over CoAP"). Devices with OSCORE
@@ -10,26 +11,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import aiocoap
 import aiocoap.error
 import aiocoap.resource
 from aiocoap.blockwise import Block1Spool
 from aiocoap.numbers.codes import Code
-from aiocoap.util.linkformat import Link, LinkFormat
 
-from agent.backoff import Backoff
 from agent.coapsite import DirectSite, ServerContext
 from agent.component import Health, State
-from agent.config import CoapObserveConfig, CoapSourceConfig
+from agent.config import CoapSourceConfig
+from agent.devices.coapobserve import CF_CBOR, CF_JSON, CoapObserver
+from agent.devices.coapresources import (
+    AckResource,
+    CommandHooks,
+    Reply,
+    UpResource,
+    code_for_rejection,
+)
 from agent.devices.codecs.cbor_frame import parse_cbor_frame
 from agent.devices.codecs.frame import parse_frame
-from agent.errors import AgentError, ConfigError, FrameError
+from agent.errors import ConfigError, FrameError
 from agent.frame import DeviceFrame
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
@@ -37,18 +43,6 @@ from agent.model import NAME_RE, AuthMethod, Transport
 from agent.pipeline import Arrival, Pipeline
 from agent.ratelimit import KeyedBuckets
 from agent.secrets import check_secret_mode
-
-CF_JSON = 50
-CF_CBOR = 60
-
-# The pipeline's refusal reasons as CoAP response codes. Authentication failures are 4.01;
-# `replay` is 4.00, not 4.01: the device's credentials are fine, its counter is not (a device
-# that re-sends a frame whose 2.04 it missed learns the frame is already taken, and must not
-# conclude that it needs re-pairing).
-UNAUTHENTICATED = frozenset(
-    {"unknown_device", "missing_mac", "bad_mac", "revoked", "not_active", "wrong_transport"}
-)
-
 
 # Refused POSTs per peer host: past this budget, a peer's requests are answered 4.29 before they
 # are parsed, so a replay or forgery flood from one address costs the agent little and costs the
@@ -68,72 +62,6 @@ def peer_host(remote: Any) -> str:
     if isinstance(sockaddr, tuple) and sockaddr:
         return str(sockaddr[0]).removeprefix("::ffff:")
     return str(getattr(remote, "hostinfo", "?"))
-
-
-def code_for_rejection(reason: str) -> Code:
-    if reason in UNAUTHENTICATED:
-        return Code.UNAUTHORIZED
-    if reason == "rate_limited":
-        return Code.TOO_MANY_REQUESTS
-    if reason == "journal_full":
-        return Code.SERVICE_UNAVAILABLE
-    return Code.BAD_REQUEST
-
-
-class _Reply(Exception):
-    """Internal: leave the request handler with this response."""
-
-    def __init__(self, message: aiocoap.Message) -> None:
-        self.message = message
-
-
-class UpResource(aiocoap.resource.Resource, aiocoap.resource.PathCapable):  # type: ignore[misc]
-    """/up/{device}: POST a device frame (JSON, content-format 50, or CBOR, 60)."""
-
-    def __init__(self, source: CoapSource) -> None:
-        super().__init__()
-        self.source = source
-        self._spool = Block1Spool()
-
-    async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
-        return False  # assembled here, bounded by max_payload (aiocoap's own is unbounded)
-
-    def get_resources_as_linkheader(self) -> LinkFormat:
-        return LinkFormat([Link("", rt="edgence.frame", ct="50 60", title="POST /up/{device}")])
-
-    async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
-        try:
-            return await self.source.handle_post(request, self._spool)
-        except _Reply as r:
-            return r.message
-
-
-class CommandHooks(Protocol):
-    """The downlink's side of CoAP delivery (agent/downlink/service.py): the command a device
-    should get with its next 2.04, and the device's answer POSTed to /ack/<device>."""
-
-    def pending_frame(self, device: str) -> bytes | None: ...
-
-    async def take_answer(self, device: str, payload: bytes) -> str | None: ...
-
-
-class AckResource(aiocoap.resource.Resource, aiocoap.resource.PathCapable):  # type: ignore[misc]
-    """/ack/{device}: POST a device's answer to the command it got (docs/downlink.md)."""
-
-    def __init__(self, source: CoapSource) -> None:
-        super().__init__()
-        self.source = source
-
-    async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
-        path = request.opt.uri_path
-        hooks = self.source.commands
-        if hooks is None or len(path) != 1 or not NAME_RE.match(path[0]):
-            return aiocoap.Message(code=Code.NOT_FOUND, payload=b"bad_path")
-        reason = await hooks.take_answer(path[0], bytes(request.payload))
-        if reason is None:
-            return aiocoap.Message(code=Code.CHANGED)
-        code = Code.UNAUTHORIZED if reason == "bad_mac" else Code.BAD_REQUEST
-        return aiocoap.Message(code=code, payload=reason.encode())
 
 
 class CoapSource:
@@ -159,8 +87,8 @@ class CoapSource:
         self._client: aiocoap.Context | None = None
         self._accepting = True
         self.received = 0
-        self.observing: dict[str, bool] = {o.device: False for o in cfg.observe}
-        self._registered: dict[str, bool] = dict(self.observing)
+        self.observer = CoapObserver(cfg, pipeline, metrics, self._parse, self._count, self.log)
+        self.observing = self.observer.observing
         self._peer_refusals = KeyedBuckets(
             PEER_REFUSALS_PER_S, PEER_REFUSALS_BURST, max_keys=MAX_PEERS
         )
@@ -200,11 +128,11 @@ class CoapSource:
         )
         return OscoreSiteWrapper(site, creds)
 
-    def _reply(self, code: Code, reason: str, **options: Any) -> _Reply:
+    def _reply(self, code: Code, reason: str, **options: Any) -> Reply:
         self.metrics.inc("coap_responses", code=str(code.dotted))
-        return _Reply(aiocoap.Message(code=code, payload=reason.encode(), **options))
+        return Reply(aiocoap.Message(code=code, payload=reason.encode(), **options))
 
-    def _refuse(self, device: str, code: Code, reason: str, detail: str, **opts: Any) -> _Reply:
+    def _refuse(self, device: str, code: Code, reason: str, detail: str, **opts: Any) -> Reply:
         self.pipeline.reject("coap", device, reason, detail)
         return self._reply(code, reason, **opts)
 
@@ -235,7 +163,7 @@ class CoapSource:
             raise self._reply(Code.TOO_MANY_REQUESTS, "peer_limited", max_age=1)
         try:
             return await self._handle_post(request, spool)
-        except _Reply as r:
+        except Reply as r:
             if not r.message.code.is_successful() and r.message.code != Code.CONTINUE:
                 self._charge_peer(peer, r.message.payload.decode(errors="replace"))
             raise
@@ -328,6 +256,9 @@ class CoapSource:
             )
         return True
 
+    def _count(self) -> None:
+        self.received += 1
+
     def _parse(self, payload: bytes, cbor: bool) -> DeviceFrame:
         if cbor:
             return parse_cbor_frame(
@@ -352,91 +283,6 @@ class CoapSource:
         await done
         return arrival.rejected
 
-    # -- client: OBSERVE -----------------------------------------------------------------
-    def _handle_notification(self, oc: CoapObserveConfig, msg: aiocoap.Message) -> bool:
-        """Parse one notification and offer it; False when the pipeline asks us to wait."""
-        self.received += 1
-        cf = msg.opt.content_format
-        if cf is not None and int(cf) not in (CF_JSON, CF_CBOR):
-            self.pipeline.reject(
-                "coap", oc.device, "bad_content_format", f"notification content-format {int(cf)}"
-            )
-            return True
-        try:
-            frame = self._parse(msg.payload, cf is not None and int(cf) == CF_CBOR)
-        except FrameError as exc:
-            self.pipeline.reject("coap", oc.device, exc.reason, f"{oc.uri}: {exc.detail}")
-            return True
-        if frame.device_id is not None and frame.device_id != oc.device:
-            self.pipeline.reject(
-                "coap", oc.device, "device_mismatch", f"frame id {frame.device_id!r} at {oc.uri}"
-            )
-            return True
-        return self.pipeline.offer(Arrival(frame, oc.device, Transport.COAP, "coap"))
-
-    async def _observe_once(self, ctx: aiocoap.Context, oc: CoapObserveConfig) -> None:
-        """Register, take notifications until they stop; raises why the observation ended."""
-        pr = ctx.request(aiocoap.Message(code=Code.GET, uri=oc.uri, observe=0))
-        try:
-            first = await asyncio.wait_for(pr.response, oc.timeout_s)
-            if not first.code.is_successful():
-                raise ObserveLost(f"device answered {first.code.dotted}")
-            self.observing[oc.device] = first.opt.observe is not None
-            if not self._handle_notification(oc, first):
-                await self.pipeline.wait_for_space()
-            if first.opt.observe is None:
-                raise ObserveLost("the resource is not observable (no Observe option)")
-            self._registered[oc.device] = True
-            event(self.log, "coap_observing", device=oc.device, uri=oc.uri)
-            self.metrics.inc("coap_observe_registered", device=oc.device)
-            max_age = first.opt.max_age if first.opt.max_age is not None else 60
-            notes = pr.observation.__aiter__()
-            while True:
-                # No notification while the last one is fresh plus a margin: the device may
-                # have rebooted and forgotten us (RFC 7641 3.3.1); register again.
-                wait = oc.reregister_s if oc.reregister_s is not None else max_age * 1.25 + 1
-                try:
-                    msg = await asyncio.wait_for(notes.__anext__(), wait)
-                except StopAsyncIteration:
-                    raise ObserveLost("the device ended the observation") from None
-                except TimeoutError:
-                    raise ObserveLost(f"no notification for {wait:.1f}s") from None
-                max_age = msg.opt.max_age if msg.opt.max_age is not None else 60
-                if not msg.code.is_successful():
-                    raise ObserveLost(f"device sent {msg.code.dotted}")
-                if not self._handle_notification(oc, msg):
-                    await self.pipeline.wait_for_space()
-        finally:
-            self.observing[oc.device] = False
-            if not pr.observation.cancelled:  # an error may have ended it already
-                pr.observation.cancel()
-            if not pr.response.done():
-                pr.response.cancel()
-
-    async def _observe(self, ctx: aiocoap.Context, oc: CoapObserveConfig) -> None:
-        """One device's observation, re-registered with backoff; independent of all others."""
-        backoff = Backoff(0.5, self.cfg.backoff_max_s, jitter=0.25, reset_after=math.inf)
-        while True:
-            self._registered[oc.device] = False
-            try:
-                await self._observe_once(ctx, oc)
-                why = "ended"
-            except (ObserveLost, aiocoap.error.Error, OSError, TimeoutError) as exc:
-                why = str(exc) or type(exc).__name__
-            if self._registered[oc.device]:
-                backoff.succeeded()  # it worked until now: the first retry comes soon
-            delay = backoff.next_delay()
-            self.metrics.inc("coap_observe_lost", device=oc.device)
-            self._rl.event(
-                ("observe", oc.device),
-                "coap_observe_lost",
-                device=oc.device,
-                uri=oc.uri,
-                reason=why[:120],
-                retry_in=f"{delay:.1f}s",
-            )
-            await asyncio.sleep(delay)
-
     # -- lifecycle -----------------------------------------------------------------------
     async def run(self) -> None:
         self._accepting = True
@@ -453,7 +299,10 @@ class CoapSource:
                     loggername="agent.devices.coap.aiocoap-client", transports=["udp6"]
                 )
                 client = self._client
-                tasks = [asyncio.create_task(self._observe(client, oc)) for oc in self.cfg.observe]
+                tasks = [
+                    asyncio.create_task(self.observer.observe(client, oc))
+                    for oc in self.cfg.observe
+                ]
             event(
                 self.log,
                 "coap_listening",
@@ -491,7 +340,9 @@ class CoapSource:
 
     def health(self) -> Health:
         parts = {
-            oc.device: Health("up" if self._registered.get(oc.device) else "down", {"uri": oc.uri})
+            oc.device: Health(
+                "up" if self.observer.registered.get(oc.device) else "down", {"uri": oc.uri}
+            )
             for oc in self.cfg.observe
         }
         listening = self._server is not None
@@ -509,10 +360,6 @@ class CoapSource:
             },
             parts,
         )
-
-
-class ObserveLost(AgentError):
-    """An observation ended: the device went away, rebooted, or refused."""
 
 
 def oscore_devices(oscore_dir: Path | None, config_file: str) -> frozenset[str]:

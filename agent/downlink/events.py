@@ -23,7 +23,8 @@ from agent.chainclient.subscribe import ChainWatcher, Feed
 from agent.component import Health
 from agent.config.downlink import EventRule
 from agent.downlink.eventabi import EventSpec
-from agent.downlink.service import CommandRefused, Downlink
+from agent.downlink.requests import CommandRefused
+from agent.downlink.service import Downlink
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
 from agent.model import NAME_RE

@@ -1,7 +1,7 @@
-"""The downlink component: takes commands (MQTT 5 request/response from dApps and operators,
-`submit()` from the contract-event follower), frames each with the device key and its downlink
-counter, delivers it on `devices/<id>/down`, and answers the requester with the gateway's
-signed receipt of the device's authenticated answer (docs/downlink.md).
+"""The downlink component: takes commands (`answer_request` for dApps and operators over MQTT 5
+and CoAP, `submit()` for contract events and Home Assistant), frames each with the device key
+and its downlink counter, delivers it (MQTT `devices/<id>/down`, CoAP, BLE GATT write), and
+answers with the gateway's signed receipt of the device's authenticated answer (docs/downlink.md).
 
 Delivery is one command at a time per device, in order. The command in flight is published
 retained (QoS 1, MQTT 5 Message Expiry = what is left of its TTL), so a device that was offline
@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -27,61 +25,29 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.attest.keys import GatewayKey
-from agent.attest.receipt import receipt_message, sign_receipt
 from agent.component import Health
 from agent.config import DownlinkConfig
-from agent.devices.registry import DeviceRecord, DeviceStatus
-from agent.downlink.codec import (
-    Command,
-    DownlinkError,
-    answer_canonical,
-    check_args,
-    encode_command,
-    parse_answer,
-    verify_answer,
-)
+from agent.downlink.codec import Command, DownlinkError, encode_command, parse_answer, verify_answer
+from agent.downlink.mqttrequests import serve_mqtt_request
+from agent.downlink.outcomes import answered, delivered_unanswered, expired
+from agent.downlink.policy import CommandPolicy, DeviceKeys
+from agent.downlink.requests import CommandRefused, new_command, parse_request, topic_device
 from agent.downlink.store import CommandStore, StoredCommand
-from agent.errors import AgentError
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
-from agent.model import NAME_RE, Eip712Domain, Transport
-from agent.responder import MqttResponder, publish_json_reply
-
-MAX_REQUEST_BYTES = 4096
+from agent.model import Eip712Domain, Transport
+from agent.responder import MqttResponder
 
 
-class CommandRefused(AgentError):
-    """A command the gateway will not queue; `reason` is a stable label, `detail` says why."""
+class CommandPusher(Protocol):
+    """A transport that pushes the command in flight to the device itself (BLE GATT write,
+    agent/devices/blecommands.py) and hands the device's answer to `take_answer`."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+    def deliver(self, device: str, command_id: str, frame: bytes) -> None: ...
 
+    def cancel(self, device: str) -> None: ...
 
-class DeviceKeys(Protocol):
-    """The enrolled devices as the gateway last read them (agent/devices/gate.py)."""
-
-    @property
-    def records(self) -> Mapping[str, DeviceRecord]: ...
-
-    @property
-    def keys(self) -> Mapping[str, bytes]: ...
-
-
-def _topic_device(template: str) -> Callable[[str], str | None]:
-    """The device id in a topic made from `template` ("devices/{id}/ack"), or None."""
-    levels = template.split("/")
-    at = levels.index("{id}")
-
-    def device_of(topic: str) -> str | None:
-        parts = topic.split("/")
-        if len(parts) != len(levels):
-            return None
-        dev = parts[at]
-        return dev if NAME_RE.match(dev) else None
-
-    return device_of
+    async def close(self) -> None: ...
 
 
 class Downlink(MqttResponder):
@@ -124,13 +90,15 @@ class Downlink(MqttResponder):
         self.clock = clock
         self.rlog = RateLimitedLog(self.log)
         self._ack_filter = cfg.ack_topic.format(id="+")
-        self._ack_device = _topic_device(cfg.ack_topic)
+        self._ack_device = topic_device(cfg.ack_topic)
         self._queues: dict[str, deque[str]] = {}  # device -> open command ids, oldest first
         self._inflight: dict[str, StoredCommand] = {}  # device -> the command sent to it
         self._frames: dict[str, bytes] = {}  # device -> the in-flight command's frame
         self._bad_answers: dict[str, int] = {}  # command id -> answers refused (bad MAC)
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
-        self.transports = {Transport.MQTT}  # wiring adds CoAP when the CoAP source serves commands
+        self.transports = {Transport.MQTT}  # wiring adds CoAP and BLE when their sources run
+        self.pushers: dict[Transport, CommandPusher] = {}  # transports that push (BLE GATT)
+        self.policy = CommandPolicy(cfg, devices, self.transports, config_file)
         self._loaded = False
         self._timer: asyncio.Task[None] | None = None
         self._busy = 0
@@ -148,43 +116,26 @@ class Downlink(MqttResponder):
             props = getattr(msg, "properties", None)
             reply_to = getattr(props, "ResponseTopic", None) if props is not None else None
             corr = getattr(props, "CorrelationData", None) if props is not None else None
-            coro = self._serve_request(
-                requester, bytes(msg.payload), reply_to, corr, min(msg.qos, 1)
+            coro = serve_mqtt_request(
+                self, requester, bytes(msg.payload), reply_to, corr, min(msg.qos, 1)
             )
         else:
             device = self._ack_device(topic)
             if device is None:
                 return
-            coro = self._mqtt_answer(device, bytes(msg.payload))
+            coro = self._take_mqtt_answer(device, bytes(msg.payload))
         t = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
-    async def _mqtt_answer(self, device: str, payload: bytes) -> None:
-        await self._on_answer(device, payload)  # refusals are counted and logged there
-
-    async def _serve_request(
-        self, requester: str, payload: bytes, reply_to: str | None, corr: bytes | None, qos: int
-    ) -> None:
-        if reply_to is None:
-            self._count_refusal(
-                requester,
-                "-",
-                "-",
-                "no_reply_topic",
-                f"no Response Topic under {list(self.reply_filters)}",
-            )
-            return
-        refusal = self.reply_refusal(requester, reply_to, corr)
-        if refusal is not None:
-            self._count_refusal(requester, "-", "-", *refusal)
-            return
-        answer: dict[str, Any]
+    async def answer_request(self, requester: str, payload: bytes) -> dict[str, Any]:
+        """A requester's JSON request (MQTT or CoAP) -> the outcome it is answered with, once
+        the device answered or the TTL ended, or the refusal."""
         self._busy += 1
         try:
             if self._busy > self.cfg.max_inflight:
                 raise CommandRefused("busy", f"more than {self.cfg.max_inflight} requests waiting")
-            req = _parse_request(payload)
+            req = parse_request(payload)
             stored = await self.submit(
                 requester,
                 req["device"],
@@ -193,27 +144,20 @@ class Downlink(MqttResponder):
                 req.get("ttl"),
                 command_id=req.get("id"),
             )
-            answer = await self.outcome(stored.command_id)
+            return await self.outcome(stored.command_id)
         except CommandRefused as exc:
-            answer = {"ok": False, "error": exc.reason, "detail": exc.detail}
+            return {"ok": False, "error": exc.reason, "detail": exc.detail}
         finally:
             self._busy -= 1
-        publish_json_reply(
-            self.conn.client,
-            reply_to,
-            json.dumps(answer, separators=(",", ":")).encode(),
-            corr,
-            qos,
-        )
 
     # -- the public side -------------------------------------------------------------------
     def _refuse(
         self, requester: str, device: str, action: str, reason: str, detail: str
     ) -> CommandRefused:
-        self._count_refusal(requester, device, action, reason, detail)
+        self.count_refusal(requester, device, action, reason, detail)
         return CommandRefused(reason, detail)
 
-    def _count_refusal(
+    def count_refusal(
         self, requester: str, device: str, action: str, reason: str, detail: str
     ) -> None:
         self.metrics.inc("commands_refused", reason=reason)
@@ -231,45 +175,10 @@ class Downlink(MqttResponder):
     def check(self, requester: str, device: str, action: str, trusted: bool = False) -> bytes:
         """The device key, if `requester` may send `action` to `device`; raises CommandRefused.
         `trusted`: the operator's own configuration asks ([[downlink.events]]), no policy."""
-        if not NAME_RE.match(device):
-            raise self._refuse(requester, device[:40], action, "unknown_device", "not a device id")
-        rule = self.cfg.rule_for(requester)
-        if not trusted and (rule is None or not rule.allows(device, action)):
-            allowed = (
-                "nothing (no [[downlink.policy]] for this requester)"
-                if rule is None
-                else f"actions {list(rule.actions)} on devices {list(rule.devices)}"
-            )
-            raise self._refuse(
-                requester,
-                device,
-                action,
-                "not_allowed",
-                f"{requester!r} may not send {action!r} to {device!r}; "
-                f"[[downlink.policy]] in {self.config_file} allows it {allowed}",
-            )
-        rec = self.devices.records.get(device)
-        key = self.devices.keys.get(device)
-        if rec is None or key is None:
-            raise self._refuse(
-                requester,
-                device,
-                action,
-                "unknown_device",
-                f"{device!r} is not enrolled (edgence-agent pair)",
-            )
-        if rec.status is DeviceStatus.REVOKED:
-            raise self._refuse(requester, device, action, "revoked", f"{device!r} was revoked")
-        if rec.transport not in self.transports:
-            raise self._refuse(
-                requester,
-                device,
-                action,
-                "wrong_transport",
-                f"{device!r} is enrolled over {rec.transport}; commands go over "
-                + " and ".join(str(t) for t in sorted(self.transports)),
-            )
-        return key
+        refusal = self.policy.refusal(requester, device, action, trusted)
+        if refusal is not None:
+            raise self._refuse(requester, device[:40], action[:40], *refusal)
+        return self.devices.keys[device]
 
     async def submit(
         self,
@@ -285,53 +194,13 @@ class Downlink(MqttResponder):
     ) -> StoredCommand:
         """Check and queue a command; returns it as stored. The same `command_id` (or
         `event_key`) again returns the command already queued, never a second one."""
-        if not NAME_RE.match(action):
-            raise self._refuse(
-                requester,
-                device,
-                action[:40],
-                "bad_request",
-                "action must be 1-32 of A-Z a-z 0-9 _ . : -",
-            )
         self.check(requester, device, action, trusted)
-        ttl = self.cfg.default_ttl_s if ttl is None else ttl
-        if ttl <= 0:
-            raise self._refuse(
-                requester,
-                device,
-                action,
-                "expired",
-                f"the command's ttl ({ttl:g} s) has already ended",
-            )
-        if ttl > self.cfg.max_ttl_s:
-            raise self._refuse(
-                requester,
-                device,
-                action,
-                "bad_ttl",
-                f"ttl {ttl:g} s is above downlink.max_ttl ({self.cfg.max_ttl_s:g} s)",
-            )
         try:
-            clean = check_args(dict(args))
-        except DownlinkError as exc:
-            raise self._refuse(requester, device, action, "bad_args", exc.detail) from None
-        if command_id is not None and not NAME_RE.match(command_id):
-            raise self._refuse(
-                requester, device, action, "bad_request", "id must be 1-32 of A-Z a-z 0-9 _ . : -"
+            cmd = new_command(
+                self.cfg, requester, device, action, args, ttl, command_id, self.clock()
             )
-        now = self.clock()
-        cmd = StoredCommand(
-            command_id=command_id or f"c{secrets.token_hex(8)}",
-            device_id=device,
-            action=action,
-            args=clean,
-            requester=requester,
-            created=int(now),
-            expires=int(now + ttl + 0.999),
-            counter=None,
-            state="queued",
-            outcome=None,
-        )
+        except CommandRefused as exc:
+            raise self._refuse(requester, device, action, exc.reason, exc.detail) from None
         stored, new = await self.store.add(cmd, event_key)
         if new:
             self.metrics.inc("commands_queued")
@@ -387,6 +256,9 @@ class Downlink(MqttResponder):
             self._inflight[device] = cmd
             self._frames[device] = frame
             self._publish_frame(device)
+            pusher = self._pusher(device)
+            if pusher is not None:
+                pusher.deliver(device, cid, frame)
             event(self.log, "command_sent", id=cid, device=device, n=cmd.counter)
             return
         self._queues.pop(device, None)
@@ -405,9 +277,16 @@ class Downlink(MqttResponder):
         self.conn.client.publish(topic, frame, qos=1, retain=True, properties=props)
         self.metrics.inc("command_frames_sent")
 
+    def _pusher(self, device: str) -> CommandPusher | None:
+        rec = self.devices.records.get(device)
+        return None if rec is None else self.pushers.get(rec.transport)
+
     def _clear(self, device: str) -> None:
         self._inflight.pop(device, None)
         self._frames.pop(device, None)
+        pusher = self._pusher(device)
+        if pusher is not None:
+            pusher.cancel(device)
         rec = self.devices.records.get(device)
         if self.conn.connected.is_set() and (rec is None or rec.transport is Transport.MQTT):
             self.conn.client.publish(self.cfg.down_topic.format(id=device), b"", qos=1, retain=True)
@@ -427,7 +306,7 @@ class Downlink(MqttResponder):
             self._clear(cmd.device_id)
         await self._kick(cmd.device_id)
 
-    # -- CoAP delivery (agent/devices/coap.py CommandHooks) ----------------------------------
+    # -- CoAP and BLE delivery (coapresources.CommandHooks, blecommands.AnswerSink) ---------
     def pending_frame(self, device: str) -> bytes | None:
         """The command in flight for a device, for the answer to its next CoAP POST."""
         frame = self._frames.get(device)
@@ -436,8 +315,21 @@ class Downlink(MqttResponder):
         return frame
 
     async def take_answer(self, device: str, payload: bytes) -> str | None:
-        """A device's answer that came over CoAP: None if taken, else why not."""
+        """A device's answer that came over CoAP or BLE: None if taken, else why not."""
         return await self._on_answer(device, payload)
+
+    async def _take_mqtt_answer(self, device: str, payload: bytes) -> None:
+        await self._on_answer(device, payload)  # refusals are counted and logged there
+
+    async def take_unanswered(self, device: str, command_id: str) -> None:
+        """The in-flight command was written to a device that cannot answer (BLE without an
+        answer characteristic): it ends delivered, without a receipt."""
+        cmd = self._inflight.get(device)
+        if cmd is None or cmd.command_id != command_id:
+            return
+        self.metrics.inc("commands_delivered_unanswered")
+        event(self.log, "command_delivered_unanswered", id=command_id, device=device)
+        await self._finish(cmd, "delivered", delivered_unanswered(cmd))
 
     async def _on_answer(self, device: str, payload: bytes) -> str | None:
         if not payload:
@@ -463,31 +355,7 @@ class Downlink(MqttResponder):
                 n=answer.counter,
             )
             return "not_in_flight"
-        canon = answer_canonical(
-            device, answer.counter, answer.command_id, answer.status, answer.result
-        )
-        now = int(self.clock())
-        receipt = sign_receipt(
-            self.key,
-            self.domain,
-            receipt_message(
-                cmd.command_id, device, cmd.action, answer.status, canon, answer.counter, now
-            ),
-            canon,
-            dict(answer.result),
-        )
-        outcome: dict[str, Any] = {
-            "ok": answer.ok,
-            "id": cmd.command_id,
-            "device": device,
-            "action": cmd.action,
-            "status": answer.status,
-            "result": dict(answer.result),
-            "receipt": receipt.as_json(self.domain),
-        }
-        if not answer.ok:
-            outcome["error"] = answer.status
-            outcome["detail"] = f"the device answered {answer.status!r}"
+        outcome = answered(self.key, self.domain, cmd, answer, int(self.clock()))
         self.metrics.inc("commands_answered", status=answer.status)
         event(
             self.log,
@@ -520,16 +388,8 @@ class Downlink(MqttResponder):
         for cmd in await self.store.open_commands():
             if cmd.expires > now:
                 continue
-            bad = self._bad_answers.get(cmd.command_id, 0)
-            if bad:
-                reason = "bad_answer_mac"
-                detail = f"{bad} answer(s) failed the device's MAC; none verified before the TTL"
-            elif cmd.counter is None:
-                reason = "device_offline"
-                detail = "the TTL ended while earlier commands to the device were pending"
-            else:
-                reason = "device_offline"
-                detail = "the device did not answer before the TTL ended"
+            outcome = expired(cmd, self._bad_answers.get(cmd.command_id, 0))
+            reason = outcome["error"]
             self.metrics.inc("commands_expired", reason=reason)
             self.rlog.event(
                 (cmd.device_id, reason),
@@ -539,18 +399,7 @@ class Downlink(MqttResponder):
                 device=cmd.device_id,
                 reason=reason,
             )
-            await self._finish(
-                cmd,
-                "expired",
-                {
-                    "ok": False,
-                    "id": cmd.command_id,
-                    "device": cmd.device_id,
-                    "action": cmd.action,
-                    "error": reason,
-                    "detail": detail,
-                },
-            )
+            await self._finish(cmd, "expired", outcome)
 
     async def _ticks(self) -> None:
         last_resend = time.monotonic()
@@ -585,6 +434,8 @@ class Downlink(MqttResponder):
     async def stop(self, grace: float = 0.3) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        for pusher in self.pushers.values():
+            await pusher.close()
         await super().stop(grace)
         await self.store.close()
 
@@ -596,31 +447,4 @@ class Downlink(MqttResponder):
         return Health(h.state, detail)
 
 
-def _parse_request(payload: bytes) -> dict[str, Any]:
-    """{"device":..., "action":..., "args":{...}, "ttl": seconds, "id": optional}."""
-    if len(payload) > MAX_REQUEST_BYTES:
-        raise CommandRefused("bad_request", f"larger than {MAX_REQUEST_BYTES} bytes")
-    try:
-        req = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise CommandRefused("bad_request", "the request is not JSON") from None
-    if not isinstance(req, dict):
-        raise CommandRefused("bad_request", "the request must be a JSON object")
-    unknown = sorted(set(req) - {"device", "action", "args", "ttl", "id"})
-    if unknown:
-        raise CommandRefused(
-            "bad_request", f"unknown field {unknown[0]!r}; allowed: device, action, args, ttl, id"
-        )
-    for k in ("device", "action"):
-        if not isinstance(req.get(k), str):
-            raise CommandRefused("bad_request", f"{k} is required (text)")
-    req.setdefault("args", {})
-    ttl = req.get("ttl")
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)):
-        raise CommandRefused("bad_request", "ttl must be a number of seconds")
-    if "id" in req and not isinstance(req["id"], str):
-        raise CommandRefused("bad_request", "id must be text")
-    return req
-
-
-__all__ = ["CommandRefused", "DeviceKeys", "Downlink"]
+__all__ = ["Downlink"]

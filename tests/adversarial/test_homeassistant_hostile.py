@@ -72,3 +72,60 @@ async def test_hostile_ids_give_valid_distinct_discovery_topics_and_a_flood_is_c
     assert accepted == n  # every frame was accepted; only the state messages merged
     ha.close()
     states.close()
+
+
+async def test_a_press_flood_and_garbage_on_command_topics_queue_at_most_the_pending_bound(
+    tmp_path: Path,
+    local_broker: LocalMosquitto,
+    upstream_broker: LocalMosquitto,
+    start_agent: Any,
+    caplog: Any,
+) -> None:
+    """Whoever can publish on the command topics presses for Home Assistant (the broker's ACL
+    is the gate, docs/home-assistant.md): a flood of presses for a device that never answers
+    queues at most MAX_PENDING_PRESSES commands at once, payloads that are not the entity's
+    are ignored, and a press on a topic of no declared entity does nothing."""
+    from agent.hacommands import MAX_PENDING_PRESSES
+
+    reg = DeviceRegistry(tmp_path / "agent" / "data" / "devices")
+    reg.enroll("gate-9", transport=Transport.MQTT)  # never connects
+    cfg = agent_config_dict(
+        local_broker,
+        upstream_broker,
+        downlink={
+            "enabled": True,
+            "default_ttl": "10s",
+            "mqtt": {"url": local_broker.url},
+            "policy": [{"requester": "homeassistant", "devices": ["*"], "actions": ["*"]}],
+        },
+        homeassistant={
+            "enabled": True,
+            "commands": [{"device": "gate-9", "action": "open"}],
+        },
+    )
+    cfg["sources"]["mqtt"]["allowed_devices"] = []
+    running = await start_agent(cfg)
+    gw = running.agent.key.address
+    base = f"edgence/{gw}/ha/gate-9/cmd"
+    ha = Collector(local_broker.port, "homeassistant/#")
+    await async_wait_until(lambda: any("action_2eopen" in t for t in configs(ha)), 10, "entity")
+    for payload in (b"ON", b"", b"\xff" * 300, b"PRESS " * 50):
+        ha.client.publish(f"{base}/open", payload, qos=1)
+    ha.client.publish(f"{base}/other", b"PRESS", qos=1)
+    ha.client.publish(f"edgence/{gw}/ha/nobody/cmd/open", b"PRESS", qos=1)
+    for _ in range(200):
+        ha.client.publish(f"{base}/open", b"PRESS", qos=1)
+    metrics = running.agent.metrics
+    await async_wait_until(
+        lambda: metrics.get("commands_queued") >= MAX_PENDING_PRESSES, 20, "presses queued"
+    )
+    outcome_topic = f"{base}/open/receipt"
+    states = Collector(local_broker.port, f"{base}/#")
+    await async_wait_until(lambda: latest(states, outcome_topic) is not None, 30, "outcome")
+    got = json.loads(latest(states, outcome_topic) or b"{}")
+    assert got["ok"] is False and got["error"] == "device_offline"
+    assert metrics.get("commands_queued") <= MAX_PENDING_PRESSES
+    assert "event=ha_command_ignored" in caplog.text and "reason=busy" in caplog.text
+    assert "reason=bad_payload" in caplog.text
+    ha.close()
+    states.close()

@@ -15,7 +15,7 @@ from edgence.app import Node
 from edgence.counter import BlockCounter
 from edgence.outbox import Outbox
 
-from agent.cli.devices import build_bundle
+from agent.cli.pair import build_bundle
 from agent.config import config_from_dict
 from agent.devices.registry import DeviceRegistry
 from agent.model import Transport

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from bleak.backends.characteristic import BleakGATTCharacteristic
@@ -22,7 +23,7 @@ from bleak.exc import BleakDeviceNotFoundError, BleakError
 from bumble.controller import Controller
 from bumble.core import UUID, AdvertisingData
 from bumble.device import Advertisement, Connection, Device, Peer
-from bumble.gatt import Characteristic, Service
+from bumble.gatt import Characteristic, CharacteristicValue, Service
 from bumble.hci import Address
 from bumble.host import Host
 from bumble.link import LocalLink
@@ -33,6 +34,10 @@ from agent.devices.ble import BleBackend
 BTHOME_UUID = UUID.from_16_bits(0xFCD2)
 FRAME_SERVICE = UUID("6e400001-b5a3-f393-e0a9-e50e24dcca9e")
 FRAME_CHARACTERISTIC = "6e400003-b5a3-f393-e0a9-e50e24dcca9e"
+# Commands (docs/downlink.md, "Over BLE"): the agent writes to the first and the device answers
+# by notification on the second ([sources.ble] command_/answer_characteristic defaults).
+COMMAND_CHARACTERISTIC = "6e400002-b5a3-f393-e0a9-e50e24dcca9e"
+ANSWER_CHARACTERISTIC = FRAME_CHARACTERISTIC
 
 
 def uuid_str(u: UUID) -> str:
@@ -350,12 +355,105 @@ class FramePeripheral:
             await self.device.notify_subscribers(self.characteristic, data[i : i + 20])
 
 
+class CommandPeripheral:
+    """A virtual BLE device that takes commands by GATT write and answers by notification.
+    Writes are reassembled up to a newline and each line is handed to `handle` (the device's
+    command handler: bytes -> the answer, or None for what it does not answer); answers go out
+    newline-terminated, split to 20 bytes. With `answers=False` it has no answer
+    characteristic, like a BTHome-only sensor. It advertises again after every disconnection
+    while it is `present`."""
+
+    def __init__(
+        self,
+        radio: VirtualRadio,
+        address: str,
+        handle: Callable[[bytes], bytes | None],
+        *,
+        answers: bool = True,
+    ) -> None:
+        self.address = address
+        self.handle = handle
+        self.device = radio._device(f"commanded-{address}", address)
+        self.lines: list[bytes] = []  # every complete line written to it
+        self.present = False
+        self._buffer = bytearray()
+        self.command: Characteristic[bytes] = Characteristic(
+            COMMAND_CHARACTERISTIC,
+            Characteristic.Properties.WRITE,
+            Characteristic.WRITEABLE,
+            CharacteristicValue(write=self._on_write),
+        )
+        self.answer = (
+            Characteristic(
+                ANSWER_CHARACTERISTIC,
+                Characteristic.Properties.NOTIFY | Characteristic.Properties.READ,
+                Characteristic.READABLE,
+                b"",
+            )
+            if answers
+            else None
+        )
+        chars = [self.command] if self.answer is None else [self.command, self.answer]
+        self.device.add_service(Service(FRAME_SERVICE, chars))
+        self.connections: list[Connection] = []
+        self.device.on(self.device.EVENT_CONNECTION, self._on_connection)
+
+    def _on_connection(self, connection: Connection) -> None:
+        self.connections.append(connection)
+
+        def gone(reason: int) -> None:
+            if connection in self.connections:
+                self.connections.remove(connection)
+            if self.present:
+                asyncio.get_running_loop().create_task(self._advertise())
+
+        connection.on(connection.EVENT_DISCONNECTION, gone)
+
+    async def _advertise(self) -> None:
+        if self.present and not self.device.is_advertising:
+            await self.device.start_advertising(
+                advertising_interval_min=20.0, advertising_interval_max=20.0
+            )
+
+    async def appear(self) -> None:
+        if not self.device.powered_on:
+            await self.device.power_on()
+        self.present = True
+        await self._advertise()
+
+    async def disappear(self) -> None:
+        """Out of range: stop advertising and drop every connection."""
+        self.present = False
+        if self.device.is_advertising:
+            await self.device.stop_advertising()
+        for c in list(self.connections):
+            await c.disconnect()
+
+    def _on_write(self, connection: Connection, value: bytes) -> None:
+        self._buffer += value
+        while (end := self._buffer.find(b"\n")) >= 0:
+            line = bytes(self._buffer[:end])
+            del self._buffer[: end + 1]
+            self.lines.append(line)
+            answer = self.handle(line)
+            if answer is not None and self.answer is not None:
+                asyncio.get_running_loop().create_task(self._notify(answer + b"\n"))
+
+    async def _notify(self, data: bytes) -> None:
+        assert self.answer is not None
+        for i in range(0, len(data), 20):
+            await self.device.notify_subscribers(self.answer, data[i : i + 20])
+
+
 __all__ = [
+    "ANSWER_CHARACTERISTIC",
     "BTHOME_UUID",
+    "COMMAND_CHARACTERISTIC",
     "FRAME_CHARACTERISTIC",
     "BTHomeSensor",
     "BumbleClient",
     "BumbleScanner",
+    "CommandPeripheral",
     "FramePeripheral",
     "VirtualRadio",
 ]

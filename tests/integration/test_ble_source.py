@@ -15,7 +15,8 @@ import pytest
 
 from agent.attest.observation import verify_envelope
 from agent.config import config_from_dict
-from agent.devices.ble import BleSource, ConfiguredBleDevices
+from agent.devices.ble import BleSource
+from agent.devices.bledevices import ConfiguredBleDevices
 from agent.devices.codecs.bthome import encode_bthome, mac_bytes
 from agent.devices.codecs.frame import encode_frame
 from agent.localbroker import LocalMosquitto

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from agent.config import config_from_dict
-from agent.devices.ble import BleSource, ConfiguredBleDevices
+from agent.devices.ble import BleSource
+from agent.devices.bledevices import ConfiguredBleDevices
 from agent.localbroker import LocalMosquitto
 from agent.metrics import Metrics
 from tests.support.modbus_peers import simple_device, start_tcp_server, stop_server

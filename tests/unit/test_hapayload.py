@@ -16,6 +16,7 @@ from agent.hapayload import (
     DeviceAction,
     StateCoalescer,
     Topics,
+    action_config,
     button_config,
     gateway_config,
     ha_unit,
@@ -23,11 +24,13 @@ from agent.hapayload import (
     object_id,
     sensor_config,
     state_document,
+    switch_config,
 )
 from agent.model import NAME_RE
 
 # Transcribed from home-assistant.io source/_integrations/sensor.mqtt.markdown (commit 9e4a69ab,
-# "Configuration variables"), button.mqtt.markdown, and mqtt.markdown ("Discovery payload":
+# "Configuration variables"), button.mqtt.markdown, switch.mqtt.markdown, and mqtt.markdown
+# ("Discovery payload":
 # `origin`; "Discovery topic": the id character class). Required keys are marked.
 SENSOR_KEYS = {
     "availability", "availability_mode", "availability_template", "availability_topic",
@@ -45,6 +48,15 @@ BUTTON_KEYS = {
     "payload_available", "payload_not_available", "payload_press", "qos", "retain", "unique_id",
 }  # fmt: skip
 BUTTON_REQUIRED = {"command_topic"}
+SWITCH_KEYS = {
+    "availability", "availability_mode", "availability_template", "availability_topic",
+    "command_template", "command_topic", "device", "device_class", "enabled_by_default",
+    "encoding", "entity_category", "entity_picture", "icon", "json_attributes_template",
+    "json_attributes_topic", "name", "object_id", "optimistic", "payload_available",
+    "payload_not_available", "payload_off", "payload_on", "qos", "retain", "state_off",
+    "state_on", "state_topic", "unique_id", "value_template",
+}  # fmt: skip
+SWITCH_REQUIRED = {"command_topic"}
 DISCOVERY_KEYS = {"origin"}  # accepted in every discovery payload
 AVAILABILITY_KEYS = {"payload_available", "payload_not_available", "topic", "value_template"}
 DEVICE_KEYS = {
@@ -124,6 +136,39 @@ def test_button_and_gateway_configs_use_only_documented_keys() -> None:
     check_keys(gw, SENSOR_KEYS, SENSOR_REQUIRED)
     assert gw["entity_category"] == "diagnostic"  # the only category HA allows on sensors
     assert gw["device"]["identifiers"] == [T.gateway_identifier]
+
+
+def test_command_buttons_and_switches_use_only_documented_keys_and_are_not_optimistic() -> None:
+    base = "edgence/gw/ha/gate-1/cmd/"
+    button = DeviceAction(
+        "reboot", base + "reboot", attributes_topic=base + "reboot/receipt", kind="button"
+    )
+    topic, doc = action_config(T, "gate-1", "Gate", button, "0.1.0")
+    check_keys(doc, BUTTON_KEYS, BUTTON_REQUIRED)
+    assert topic == f"homeassistant/button/{T.node_id}/gate-1__action_2ereboot/config"
+    assert doc["json_attributes_topic"] == base + "reboot/receipt"
+    switch = DeviceAction(
+        "gate",
+        base + "gate",
+        kind="switch",
+        state_topic=base + "gate/state",
+        attributes_topic=base + "gate/receipt",
+    )
+    topic, doc = action_config(T, "gate-1", "Gate", switch, "0.1.0")
+    check_keys(doc, SWITCH_KEYS, SWITCH_REQUIRED)
+    assert topic == f"homeassistant/switch/{T.node_id}/gate-1__action_2egate/config"
+    assert (doc["payload_on"], doc["payload_off"]) == ("ON", "OFF")
+    assert (doc["state_on"], doc["state_off"]) == ("ON", "OFF")
+    assert doc["optimistic"] is False and doc["state_topic"] == base + "gate/state"
+    assert doc["retain"] is False  # a press is never replayed by the broker
+    assert switch_config(T, "gate-1", "Gate", switch, "0.1.0") == doc
+
+
+def test_command_topics_are_one_per_entity_and_match_the_filter() -> None:
+    topics = {T.command(d, e) for d in HOSTILE_IDS for e in ("open", "a.b", "a_2eb")}
+    assert len(topics) == len(HOSTILE_IDS) * 3
+    prefix, _, _ = T.commands.partition("+")
+    assert all(t.startswith(prefix) and t.count("/") == T.commands.count("/") for t in topics)
 
 
 def test_common_units_map_to_home_assistant_units_and_classes() -> None:

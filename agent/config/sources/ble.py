@@ -47,6 +47,10 @@ class BleSourceConfig:
     max_payload: int = MAX_PAYLOAD
     max_values_per_frame: int = MAX_VALUES_PER_FRAME
     devices: tuple[BleDeviceConfig, ...] = ()
+    # Commands to enrolled BLE devices (docs/downlink.md, "Over BLE"): written to the first,
+    # answered by notification on the second (Nordic UART Service RX and TX by default).
+    command_characteristic: str = "6e400002-b5a3-f393-e0a9-e50e24dcca9e"
+    answer_characteristic: str = "6e400003-b5a3-f393-e0a9-e50e24dcca9e"
 
 
 def _device(table: Section, device_id: str, macs: dict[str, str]) -> BleDeviceConfig:
@@ -84,6 +88,15 @@ def _device(table: Section, device_id: str, macs: dict[str, str]) -> BleDeviceCo
     )
 
 
+def _uuid(sec: Section, key: str, default: str) -> str:
+    value = sec.get(key, str, default)
+    if not _UUID_RE.match(value):
+        raise sec.err(
+            key, f"must be a characteristic UUID (16-bit like 2a6e or 128-bit); got {value!r}"
+        )
+    return value.lower()
+
+
 def read_ble_source(sec: Section) -> BleSourceConfig:
     B = BleSourceConfig
     adapter = sec.get("adapter", str, B.adapter)
@@ -107,6 +120,8 @@ def read_ble_source(sec: Section) -> BleSourceConfig:
         max_payload=sec.int_range("max_payload", B.max_payload, 64, 256 * 1024),
         max_values_per_frame=read_max_values(sec),
         devices=devices,
+        command_characteristic=_uuid(sec, "command_characteristic", B.command_characteristic),
+        answer_characteristic=_uuid(sec, "answer_characteristic", B.answer_characteristic),
     )
     sec.done()
     return cfg

@@ -21,6 +21,7 @@ def test_shipped_artifacts_equal_a_fresh_build_and_are_committed() -> None:
             "Counter",
             "DappRegistry",
             "ElectionBoard",
+            "IElectionCommittee",
             "IServiceStanding",
             "MasternodeRegistry",
             "ObservationOracle",

@@ -144,3 +144,28 @@ async def test_nonce_too_low_is_recovered(
     assert receipt["status"] == "0x1" and await number(rpc, counter) == 1
     assert s.metrics.get("own_tx_renonced") == 1
     await s.close()
+
+
+async def test_a_stored_transaction_never_broadcast_is_sent_before_the_next_one(
+    anvil: LocalAnvil, counter: Deployed, tmp_path: Path, rpc_of: Callable[[LocalAnvil], RpcClient]
+) -> None:
+    """An agent stopped between storing a transaction and broadcasting it leaves that state
+    behind (here produced by storing one and not sending it); a command sending the next one
+    without the watcher running would wait forever behind the unseen nonce."""
+    key = GatewayKey.generate()
+    fund(anvil, key)
+    rpc = rpc_of(anvil)
+    inc = encode_call(counter.artifact.function("increment"))
+    stopped = sender(rpc, key, tmp_path / "chain.sqlite")
+    tip, cap = await stopped.fees()
+    lost = Eip1559Tx(31337, 0, tip, cap, 100_000, counter.address, 0, inc).sign(key)
+    await stopped.open()
+    await stopped.store.insert(lost, 0.0)
+    await stopped.close()
+    cli = sender(rpc, key, tmp_path / "chain.sqlite")
+    await cli.check_unfinished()
+    tx_id = await cli.send(counter.address, inc)
+    assert (await cli.store.get(tx_id, 31337)).tx.nonce == 1
+    await asyncio.wait_for(cli.wait(tx_id), 10)
+    assert await number(rpc, counter) == 2
+    await cli.close()

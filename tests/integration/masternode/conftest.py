@@ -1,6 +1,11 @@
 """The masternode layer's contracts on a real anvil: a MasternodeRegistry with a
 ServiceStanding attached, a RewardPool and a DappRegistry, deployed with anvil's funded
-development key; masternodes are fresh keys funded with anvil_setBalance."""
+development key; masternodes are fresh keys funded with anvil_setBalance.
+
+The ServiceStanding's committee is an ElectionBoard's, posted for each epoch by `next_epoch`
+as the agents would after a round. So that the poster does not change the masternode counts
+the tests assert (votes, shares), the board stands on a registry of its own holding only the
+poster: ServiceStanding reads nothing of the board's registry."""
 
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ class Layer:
     rewards: Contract
     dapps: Contract
     committee: list[GatewayKey]
+    board: Contract
+    poster: GatewayKey
     nodes: list[GatewayKey] = field(default_factory=list)
 
     def masternode(self) -> GatewayKey:
@@ -41,27 +48,38 @@ class Layer:
     def epoch(self) -> int:
         return int(self.chain.call(self.rewards, "currentEpoch")[0])
 
-    def next_epoch(self) -> int:
-        """Mine to the first block of the next epoch; returns its number."""
+    def next_epoch(self, committee: list[GatewayKey] | None = None) -> int:
+        """Mine to the first block of the next epoch and post its committee (`committee`, by
+        default the layer's); returns its number."""
         e = self.epoch()
         while self.epoch() == e:
             self.chain.mine(1)
+        members = [k.address for k in (self.committee if committee is None else committee)]
+        self.chain.transact(self.poster, self.board, "postCommittee", e + 1, members)
         return e + 1
 
 
 def deploy_layer(chain: Chain, committee_size: int = 3, epoch_blocks: int = EPOCH_BLOCKS) -> Layer:
     committee = [GatewayKey.generate() for _ in range(committee_size)]
-    for k in committee:
+    poster = GatewayKey.generate()
+    for k in (*committee, poster):
         chain.fund(k)
     registry = chain.deploy("MasternodeRegistry", COLLATERAL, WINDOW_BLOCKS)
-    first = chain.block_number()
-    standing = chain.deploy(
-        "ServiceStanding", epoch_blocks, first, FAIL_EPOCHS, [k.address for k in committee]
-    )
+    posters = chain.deploy("MasternodeRegistry", COLLATERAL, 10**9)
+    vrf = bytes([2]) + poster.public_key_uncompressed[1:33]
+    chain.transact(poster, posters, "register", vrf, value=COLLATERAL)
+    while chain.block_number() < epoch_blocks + 2:
+        chain.mine(1)
+    # Epoch e is blocks (start + (e+1)L, start + (e+2)L]: epoch 0 begins at the next block.
+    start = chain.block_number() - epoch_blocks
+    board = chain.deploy("ElectionBoard", 1, posters.address, start, epoch_blocks, 2, 1, 1)
+    standing = chain.deploy("ServiceStanding", board.address, FAIL_EPOCHS)
     chain.transact(chain.dev, registry, "attachServiceStanding", standing.address)
+    first = start + epoch_blocks + 1  # the board's first epoch block: the pool's epochs equal its
     rewards = chain.deploy("RewardPool", registry.address, REWARD, epoch_blocks, first)
     dapps = chain.deploy("DappRegistry", registry.address)
-    return Layer(chain, registry, standing, rewards, dapps, committee)
+    layer = Layer(chain, registry, standing, rewards, dapps, committee, board, poster)
+    return layer
 
 
 @pytest.fixture

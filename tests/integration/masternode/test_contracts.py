@@ -1,6 +1,7 @@
-"""RewardPool, ServiceStanding (attached to the MasternodeRegistry) and DappRegistry on a real
-anvil: equal shares among the masternodes in service, nothing for epochs out of service, K
-failed epochs in a row before a masternode is out, votes by active masternodes only."""
+"""RewardPool, ServiceStanding (attached to the MasternodeRegistry, its committee the
+ElectionBoard's) and DappRegistry on a real anvil: equal shares among the masternodes in
+service, nothing for epochs out of service, K failed epochs in a row before a masternode is
+out, verdicts by the epoch's posted committee only, votes by active masternodes only."""
 
 from __future__ import annotations
 
@@ -120,21 +121,28 @@ def test_a_minority_of_the_committee_cannot_fail_a_node(layer: Layer) -> None:
     assert c.call(layer.standing, "inService", n.address) == (True,)
 
 
-def test_only_the_committee_submits_verdicts_and_only_for_recent_epochs(layer: Layer) -> None:
+def test_only_the_posted_committee_submits_verdicts_and_only_for_recent_epochs(
+    layer: Layer,
+) -> None:
     c = layer.chain
     n = layer.masternode()
+    with pytest.raises(Reverted) as exc:  # no committee posted for the deployment's epoch
+        c.transact(layer.committee[0], layer.standing, "submitVerdicts", layer.epoch(), [], [])
+    assert exc.value.name == "CommitteeNotPosted"
+    old = layer.next_epoch()
     with pytest.raises(Reverted) as exc:
-        c.transact(n, layer.standing, "submitVerdicts", layer.epoch(), [n.address], [False])
+        c.transact(n, layer.standing, "submitVerdicts", old, [n.address], [False])
     assert exc.value.name == "NotCommittee"
-    old = layer.epoch()
+    assert c.call(layer.standing, "isCommittee", old, layer.committee[0].address) == (True,)
+    assert c.call(layer.standing, "isCommittee", old, n.address) == (False,)
+    with pytest.raises(Reverted) as exc:  # verdicts for an epoch not begun
+        c.transact(layer.committee[0], layer.standing, "submitVerdicts", old + 1, [], [])
+    assert exc.value.name == "WrongEpoch"
     layer.next_epoch()
     layer.next_epoch()
     with pytest.raises(Reverted) as exc:
         c.transact(layer.committee[0], layer.standing, "submitVerdicts", old, [n.address], [False])
     assert exc.value.name == "WrongEpoch"
-    with pytest.raises(Reverted) as exc:
-        c.transact(n, layer.standing, "setCommittee", [n.address])
-    assert exc.value.name == "NotAdmin"
     with pytest.raises(Reverted) as exc:
         c.transact(c.dev, layer.registry, "attachServiceStanding", n.address)
     assert exc.value.name == "StandingAlreadyAttached"
@@ -145,6 +153,32 @@ def test_only_the_committee_submits_verdicts_and_only_for_recent_epochs(layer: L
     with pytest.raises(Reverted) as exc:
         c.transact(c.dev, fresh, "attachServiceStanding", n.address)  # not a contract
     assert exc.value.reason == "standing must be a contract"
+
+
+def test_the_committee_follows_the_board_and_a_disputed_epoch_takes_no_verdicts(
+    layer: Layer,
+) -> None:
+    c = layer.chain
+    n = layer.masternode()
+    other = [GatewayKey.generate() for _ in range(3)]
+    for k in other:
+        c.fund(k)
+    e = layer.next_epoch(other)  # this epoch's committee: three others, majority two
+    with pytest.raises(Reverted) as exc:
+        c.transact(layer.committee[0], layer.standing, "submitVerdicts", e, [n.address], [False])
+    assert exc.value.name == "NotCommittee"
+    c.transact(other[0], layer.standing, "submitVerdicts", e, [n.address], [False])
+    c.transact(other[1], layer.standing, "submitVerdicts", e, [n.address], [False])
+    assert c.call(layer.standing, "standing", n.address) == (False, 1, e)
+    # A second, different committee posted for the next epoch: disputed, no verdicts at all.
+    e = layer.next_epoch()
+    c.transact(layer.poster, layer.board, "postCommittee", e, [other[0].address])
+    assert c.call(layer.board, "disputed", e) == (True,)
+    with pytest.raises(Reverted) as exc:
+        c.transact(layer.committee[0], layer.standing, "submitVerdicts", e, [n.address], [False])
+    assert exc.value.name == "CommitteeDisputed"
+    assert c.call(layer.standing, "isCommittee", e, layer.committee[0].address) == (False,)
+    assert c.call(layer.standing, "inService", n.address) == (True,)
 
 
 def test_dapp_is_approved_by_a_majority_of_active_masternodes_and_revoked_by_vote(

@@ -125,7 +125,7 @@ class Reverted(Exception):
     """A call the contract refused; `name` is its custom error (or Error for a require)."""
 
     def __init__(self, art: Artifact, error: dict[str, Any]) -> None:
-        from agent.masternode import revert_reason
+        from agent.chainclient.contractclient import revert_reason
 
         self.reason = revert_reason(art.abi, error.get("data"))
         self.name = self.reason.split("(", 1)[0]

@@ -13,8 +13,8 @@ from agent.attest.eip712 import OBSERVATION_TYPES, keccak256
 from agent.attest.feeds import default_feed
 from agent.attest.keys import SECP256K1_N, GatewayKey
 from agent.attest.observation import verify_envelope
+from agent.chainclient.contractclient import revert_reason
 from agent.chainclient.tx import event_topic
-from agent.masternode import revert_reason
 from agent.model import AuthMethod, Transport, label_bytes32
 from agent.oracle import observation_tuple
 from tests.integration.oracle.conftest import (

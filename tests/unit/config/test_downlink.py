@@ -111,3 +111,15 @@ def test_the_acl_lets_each_device_read_only_its_own_commands() -> None:
     agent = lines[lines.index("user edgence-agent") :]
     assert "topic write devices/+/down" in agent and "topic read devices/+/ack" in agent
     assert not any("read devices/+/down" in x for x in lines)  # nobody reads every device's
+
+
+def test_coap_commands_are_off_by_default_and_need_a_port_of_their_own(tmp_path: Path) -> None:
+    d = load(tmp_path, ON).downlink
+    assert not d.coap_enabled
+    on = load(tmp_path, ON + '[downlink.coap]\nenabled = true\nbind = "0.0.0.0:5699"\n').downlink
+    assert on.coap_enabled and (on.coap_host, on.coap_port) == ("0.0.0.0", 5699)
+    # The default port is the CoAP source's: the clash is refused, naming both.
+    path, msg = refusal(
+        tmp_path, ON + "[sources.coap]\nenabled = true\n[downlink.coap]\nenabled = true\n"
+    )
+    assert "downlink.coap.bind" in msg and "[sources.coap]" in msg and str(path) in msg

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agent.config import BleSourceConfig, config_from_dict
-from agent.devices.ble import BleDevice, BleGate, ConfiguredBleDevices, read_bindkey
+from agent.devices.bledevices import BleDevice, BleGate, ConfiguredBleDevices, read_bindkey
 from agent.devices.codecs.frame import encode_frame, parse_frame
 from agent.errors import KeyFileError, RejectedReading
 from agent.model import AuthMethod, Transport

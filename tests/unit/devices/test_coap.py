@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from aiocoap.numbers.codes import Code
 
-from agent.devices.coap import code_for_rejection, oscore_devices
+from agent.devices.coap import oscore_devices
+from agent.devices.coapresources import code_for_rejection
 from agent.errors import ConfigError, KeyFileError
 
 

@@ -10,7 +10,7 @@ from eth_abi.abi import encode as abi_encode
 from agent.attest.eip712 import keccak256
 from agent.attest.keys import GatewayKey
 from agent.attest.observation import ObservationSigner, VerifiedObservation, verify_envelope
-from agent.masternode import revert_reason
+from agent.chainclient.contractclient import revert_reason
 from agent.model import AuthMethod, Eip712Domain, Reading, Transport
 from agent.oracle.calldata import (
     OBSERVATION_TUPLE,

@@ -79,3 +79,17 @@ def test_config_errors_name_the_key(
         load(tmp_path, ble)
     assert err.value.key == key
     assert fragment in err.value.problem
+
+
+def test_command_characteristics_default_to_the_uart_service_and_are_checked(
+    tmp_path: Path,
+) -> None:
+    ble = load(tmp_path, {"enabled": True})
+    assert ble.command_characteristic == "6e400002-b5a3-f393-e0a9-e50e24dcca9e"
+    assert ble.answer_characteristic == "6e400003-b5a3-f393-e0a9-e50e24dcca9e"
+    assert load(tmp_path, {"command_characteristic": "FFE1"}).command_characteristic == "ffe1"
+    with pytest.raises(ConfigError) as e:
+        load(tmp_path, {"answer_characteristic": "nope"})
+    msg = str(e.value)
+    assert "sources.ble.answer_characteristic" in msg and "characteristic UUID" in msg
+    assert "agent.toml" in msg
