@@ -14,6 +14,7 @@ the next epoch leader's. One report per node per epoch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -195,7 +196,11 @@ class CommitteeAggregator:
                     event(
                         self.log, "election_aggregate_failed", logging.WARNING, error=self.failing
                     )
-                await asyncio.sleep(self.interval)
+                # Wake on the election's next head (a turn starts at a block), or after
+                # `interval` at the latest.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.rounds.stepped.wait(), self.interval)
+                self.rounds.stepped.clear()
         finally:
             conn.cancel()
             await asyncio.gather(conn, return_exceptions=True)
