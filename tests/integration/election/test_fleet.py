@@ -276,6 +276,31 @@ def test_a_fleet_of_seven_elects_reports_survives_a_leader_killed_mid_epoch_and_
             out[r] = (tuple(a.lower() for a in elected), hex_int(lg["blockNumber"]))
         return out
 
+    def sent_report(who: str, since: int) -> bool:
+        """`who` has a report to the oracle in the pool, or mined from block `since` on."""
+        if any(str(tx["to"]).lower() == oracle.lower() for tx in pool_from(node, who)):
+            return True
+        found = logs(node, oracle, event_topic(art.event("ObservationAccepted")), since)
+        for txh in {lg["transactionHash"] for lg in found}:
+            tx = node.rpc("eth_getTransactionByHash", [txh])
+            if isinstance(tx, dict) and str(tx["from"]).lower() == who.lower():
+                return True
+        return False
+
+    def leader_sent(h: int) -> bool:
+        """At each epoch's offset LEAD - 2 the chain waits until its (living) leader's report
+        is sent (mined by offset LEAD - 1), as it waits for the round's submissions: a leader
+        slowed by a busy machine, not the board's rule, is what a 0.3 s block would otherwise
+        test."""
+        ep = epoch_at(sched, h)
+        if ep is None or h != ep.first + LEAD - 2:
+            return True
+        posted = committees().get(ep.round)
+        if posted is None or posted[0][0] not in {a.lower() for a in fleet.procs}:
+            return True
+        return sent_report(posted[0][0], ep.first)
+
+    miner.waits_for = leader_sent
     try:
         # Epochs with every node up: each committee posted, each epoch's feeds by its leader.
         wait_until(lambda: len(committees()) >= 3, 120, "three committees posted")
@@ -307,11 +332,9 @@ def test_a_fleet_of_seven_elects_reports_survives_a_leader_killed_mid_epoch_and_
         turn = ve.first + LEAD
 
         def standby_sent(h: int) -> bool:
-            return h != turn or any(
-                str(tx["to"]).lower() == oracle.lower() for tx in pool_from(node, standby)
-            )
+            return h != turn or sent_report(standby, ve.first)
 
-        miner.waits_for = standby_sent
+        miner.waits_for = lambda h: standby_sent(h) and leader_sent(h)
         # Meanwhile a masternode outside that committee withdraws, for good (mined in the
         # epoch's next block: before the next round's cutoff).
         leaver_i = next(i for i, k in enumerate(fleet.keys) if k.address not in committee)
@@ -350,13 +373,13 @@ def test_a_fleet_of_seven_elects_reports_survives_a_leader_killed_mid_epoch_and_
             early = sorted(rs)[0]
             if e == victim_epoch:
                 # The leader died in it: each feed reported by the next elected node in its
-                # turn, from LEAD on and before the fallback; nothing by the dead leader.
-                assert all(s != victim for _, s in rs), (e, c, rs)
-                assert any(s == standby and LEAD <= o < FALLBACK for o, s in rs), (e, c, rs)
-                assert early[0] >= LEAD and early[1] == standby, (e, c, rs)
+                # turn, from LEAD on and before the fallback, and by nobody else (the nodes
+                # after it find its report and send nothing).
+                assert all(s == standby and LEAD <= o < FALLBACK for o, s in rs), (e, c, rs)
             else:
-                # Reported by the epoch's leader, first and before the standby's turn.
-                assert early[1] == c[0] and early[0] < LEAD, (e, feed.hex(), c, rs)
+                # Reported by the epoch's leader before the standby's turn, and by nobody else.
+                assert all(s == c[0] for _, s in rs), (e, feed.hex(), c, rs)
+                assert early[0] < LEAD, (e, feed.hex(), c, rs)
         if sched.cutoff(e) > withdrawn_at:
             assert leaver not in c, f"epoch {e}: the withdrawn masternode elected"
     assert any(sched.cutoff(e) > withdrawn_at for e in full)
