@@ -9,7 +9,7 @@ selection and aggregation logic, at 1,000.
 Baseline measured in the same run: one ECVRF verification, the unit the vrf decision is made
 of (the decision's CPU is shown as a multiple of it).
 
-Run: python -m bench.record election-cost -- python bench/election_cost.py
+Run: python -m bench.record election-cost -- python -m bench.election_cost   (a few minutes)
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Baseline measured in the same run: the election's own work for one epoch at n=7 
 bench/election_cost.py simulates it (own ECVRF proof, standings, vrf tally, aggregation of 10
 feeds x 7 gateways); the ratio says how much of a real agent's epoch that simulation covers.
 
-Run: python -m bench.record election-fleet -- python bench/election_fleet.py   (4-6 minutes)
+Run: python -m bench.record election-fleet -- python -m bench.election_fleet   (1-4 minutes)
 """
 
 from __future__ import annotations
