@@ -36,18 +36,9 @@ from agent.election.membership import OwnStanding
 from agent.election.publish import ResultPublisher
 from agent.election.schedule import RoundSchedule
 from agent.election.store import ElectionStore
-from agent.election.tally import (
-    RoundResult,
-    chain_id_bytes,
-)
+from agent.election.tally import RoundResult, chain_id_bytes
 from agent.election.vrf_mode import vrf_alpha
-from agent.errors import (
-    ElectionError,
-    NodeUnreachable,
-    RpcError,
-    RpcTimeout,
-    TransactionError,
-)
+from agent.errors import ElectionError, NodeUnreachable, RpcError, RpcTimeout, TransactionError
 from agent.logs import event
 from agent.metrics import Metrics
 
