@@ -53,7 +53,8 @@ if TYPE_CHECKING:
     from agent.downlink.events import ContractCommands
     from agent.downlink.service import Downlink
     from agent.election.aggregator import CommitteeAggregator
-    from agent.election.rounds import ConnectionPublisher, ElectionRounds
+    from agent.election.publish import ConnectionPublisher
+    from agent.election.rounds import ElectionRounds
     from agent.hadiscovery import HomeAssistantDiscovery
     from agent.masternode import HeartbeatTask
     from agent.oracle.servers import CoapOracle, MqttOracle
@@ -400,7 +401,8 @@ def _election(p: Parts) -> None:
     e = p.cfg.election
     if not e.enabled or p.rpc is None or p.tx_sender is None:
         return
-    from agent.election.rounds import ConnectionPublisher, ElectionRounds
+    from agent.election.publish import ConnectionPublisher
+    from agent.election.rounds import ElectionRounds
     from agent.mqtt import MqttConnection
 
     if p.bridge is not None:

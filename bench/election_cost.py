@@ -1,5 +1,6 @@
 """What taking part in the election costs one agent: gas per round per node (measured on a real
-anvil with 7 masternodes: the registry, the board, real proofs and signatures) and CPU per round
+anvil with 7 and with 1,000 masternodes registered and submitting in the same round: the
+registry, the board, real proofs and signatures) and CPU per round
 (epoch) per agent: its own proof or signature, deciding the round (the registry standings and
 the tally), and the epoch's aggregation (verifying every gateway's observation of every feed
 from the upstream broker, encoding the batch), at 7 masternodes and, by simulation of the same
@@ -8,7 +9,7 @@ selection and aggregation logic, at 1,000.
 Baseline measured in the same run: one ECVRF verification, the unit the vrf decision is made
 of (the decision's CPU is shown as a multiple of it).
 
-Run: python -m bench.record election-cost -- python bench/election_cost.py
+Run: python -m bench.record election-cost -- python -m bench.election_cost   (a few minutes)
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from agent.attest import ecvrf
 from agent.attest.keys import GatewayKey
 from agent.attest.observation import ObservationSigner, verify_envelope
 from agent.attest.selection import sign_selection
-from agent.chainclient.anvil import DEV_PRIVATE_KEY, LocalAnvil
+from agent.chainclient.anvil import LocalAnvil
 from agent.chainclient.contracts import load_artifact
-from agent.chainclient.tx import Eip1559Tx, contract_address, encode_call, encode_constructor
+from agent.chainclient.tx import encode_call
 from agent.election.standing import RegistryEvent, standings
 from agent.election.tally import (
     BoardSubmission,
@@ -40,105 +41,74 @@ from agent.election.tally import (
 from agent.election.vrf_mode import vrf_alpha
 from agent.model import AuthMethod, Eip712Domain, Reading, Transport
 from agent.oracle import submit_batch_calldata
+from bench.chain import COLLATERAL, Chain, gas
 
-COLLATERAL = 10**18
 LENGTH, WINDOW = 20, 10
 SEATS = 21
 CHAIN_ID = 31337
-
-
-class Chain:
-    def __init__(self, node: LocalAnvil) -> None:
-        self.node = node
-        self.dev = GatewayKey.from_bytes(DEV_PRIVATE_KEY)
-
-    def send(self, key: GatewayKey, to: str | None, data: bytes, value: int = 0) -> dict[str, Any]:
-        nonce = int(str(self.node.rpc("eth_getTransactionCount", [key.address, "pending"])), 16)
-        tx = Eip1559Tx(self.node.chain_id, nonce, 10**9, 50 * 10**9, 5_000_000, to, value, data)
-        signed = tx.sign(key)
-        self.node.rpc("eth_sendRawTransaction", [signed.raw_hex])
-        for _ in range(2000):
-            rc = self.node.rpc("eth_getTransactionReceipt", [signed.hash_hex])
-            if isinstance(rc, dict):
-                if rc["status"] != "0x1":
-                    raise RuntimeError(f"transaction reverted: {rc}")
-                return rc
-            time.sleep(0.01)
-        raise RuntimeError("no receipt")
-
-    def deploy(self, name: str, *args: Any) -> str:
-        nonce = int(
-            str(self.node.rpc("eth_getTransactionCount", [self.dev.address, "pending"])), 16
-        )
-        art = load_artifact(name)
-        self.send(self.dev, None, art.bytecode + encode_constructor(art.abi, *args))
-        return contract_address(self.dev.address, nonce)
-
-    def head(self) -> int:
-        return int(str(self.node.rpc("eth_blockNumber")), 16)
-
-    def mine_to(self, height: int) -> None:
-        while self.head() < height:
-            self.node.rpc("evm_mine")
-
-    def block_hash(self, n: int) -> bytes:
-        block = self.node.rpc("eth_getBlockByNumber", [hex(n), False])
-        assert isinstance(block, dict)
-        return bytes.fromhex(str(block["hash"])[2:])
-
-
-def gas(rc: dict[str, Any]) -> int:
-    return int(rc["gasUsed"], 16)
 
 
 def vrf_secret(key: GatewayKey) -> bytes:
     return hashlib.sha256(b"cost bench vrf " + bytes.fromhex(key.address[2:])).digest()
 
 
-def gas_rows(workdir: Path, n: int = 7) -> dict[str, list[int]]:
+def gas_rows(workdir: Path, n: int) -> dict[str, list[int]]:
+    """Gas of each transaction a masternode sends, with n masternodes registered and every one
+    of them submitting in the same round (all in one block: the gas limit is raised)."""
     reg = load_artifact("MasternodeRegistry")
     board_art = load_artifact("ElectionBoard")
     out: dict[str, list[int]] = {}
-    with LocalAnvil(workdir / "anvil") as node:
-        chain = Chain(node)
+    extra = ("--gas-limit", "2000000000")
+    with LocalAnvil(workdir / f"anvil-{n}", extra=extra) as node:
+        chain = Chain(node, gas_limit=1_500_000)
         registry = chain.deploy("MasternodeRegistry", COLLATERAL, 1_000)
         secrets = [hashlib.sha256(b"cost bench key %d" % i).digest() for i in range(n)]
         keys = [GatewayKey.from_bytes(sec) for sec in secrets]
-        for key in keys:
-            node.rpc("anvil_setBalance", [key.address, hex(10**21)])
-            data = encode_call(reg.function("register"), ecvrf.public_key_of(vrf_secret(key)))
-            out.setdefault("registry register (once)", []).append(
-                gas(chain.send(key, registry, data, COLLATERAL))
-            )
-        for key in keys:
-            rc = chain.send(key, registry, encode_call(reg.function("heartbeat")))
-            out.setdefault("registry heartbeat", []).append(gas(rc))
+        vrf_keys = [ecvrf.public_key_of(vrf_secret(key)) for key in keys]
+        out["registry register (once)"] = chain.register_masternodes(registry, keys, vrf_keys)
         start = chain.head() + 2 * LENGTH + 2
         boards = {
             mode: chain.deploy("ElectionBoard", code, registry, start, LENGTH, WINDOW, 3, 15)
             for mode, code in (("paper", 0), ("vrf", 1))
         }
+        chain.automine(False)
+        beat = encode_call(reg.function("heartbeat"))
+        out["registry heartbeat"] = chain.mine_all(
+            [chain.broadcast(k, registry, beat) for k in keys]
+        )
         chain.mine_to(start + 1)
         chain32 = chain_id_bytes(node.chain_id)
         definite = chain.block_hash(start)
         seed = hashlib.sha256(b"cost bench seed").digest()
-        for i, key in enumerate(keys):
-            sig = sign_selection(secrets[i], chain32, 0, definite)
-            data = encode_call(board_art.function("submitSelection"), 0, definite, sig)
-            label = (
-                "paper submitSelection (first of the round)" if i == 0 else "paper submitSelection"
+        paper = [
+            chain.broadcast(
+                key,
+                boards["paper"],
+                encode_call(
+                    board_art.function("submitSelection"),
+                    0,
+                    definite,
+                    sign_selection(secrets[i], chain32, 0, definite),
+                ),
             )
-            out.setdefault(label, []).append(gas(chain.send(key, boards["paper"], data)))
-        chain.mine_to(start + LENGTH + 1)  # anvil mines a block a transaction: round 1's window
+            for i, key in enumerate(keys)
+        ]
+        paper_gas = chain.mine_all(paper)
+        out["paper submitSelection (first of the round)"] = paper_gas[:1]
+        out["paper submitSelection"] = paper_gas[1:]
+        chain.mine_to(start + LENGTH + 1)  # round 1's window
+        proofs = []
         for key in keys:
             node_id = bytes.fromhex(key.address[2:])
             proof = ecvrf.prove(vrf_secret(key), vrf_alpha(chain32, 1, seed, node_id))
             data = encode_call(board_art.function("submitProof"), 1, proof)
-            out.setdefault("vrf submitProof", []).append(gas(chain.send(key, boards["vrf"], data)))
+            proofs.append(chain.broadcast(key, boards["vrf"], data))
+        out["vrf submitProof"] = chain.mine_all(proofs)
         chain.mine_to(start + LENGTH + WINDOW + 1)  # round 1 decided: post its committee
-        for k in (3, 7):
+        chain.automine(True)
+        for r, k in ((1, 3), (0, min(SEATS, n))):
             committee = [key.address for key in keys[:k]]
-            data = encode_call(board_art.function("postCommittee"), 1 if k == 3 else 0, committee)
+            data = encode_call(board_art.function("postCommittee"), r, committee)
             out.setdefault(f"postCommittee, k={k} (one per epoch)", []).append(
                 gas(chain.send(keys[0], boards["vrf"], data))
             )
@@ -235,23 +205,31 @@ def aggregation_cpu(gateways: int) -> float:
 
 
 def main(argv: list[str]) -> None:
+    sizes = (7, 1000)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = gas_rows(Path(tmp))
-    print(
-        "Gas per node, measured on anvil with 7 masternodes (one registry, a paper and a vrf board)"
-    )
-    print(f"{'transaction':<45} {'median gas':>10} {'min':>8} {'max':>8}")
-    for label, values in rows.items():
+        by_n = {n: gas_rows(Path(tmp), n) for n in sizes}
+    print("Gas per node, measured on anvil with n masternodes registered, all submitting in the")
+    print("same round (one registry, a paper and a vrf board); median (min..max) over the nodes")
+    print(f"{'transaction':<45} {'n=7':>26} {'n=1,000':>26}")
+    labels = list(dict.fromkeys(label for rows in by_n.values() for label in rows))
+    for label in labels:
+        cells = []
+        for n in sizes:
+            values = by_n[n].get(label)
+            cells.append(
+                f"{int(statistics.median(values)):,} ({min(values):,}..{max(values):,})"
+                if values
+                else "-"
+            )
+        print(f"{label:<45} {cells[0]:>26} {cells[1]:>26}")
+    for n in sizes:
+        vrf_gas = int(statistics.median(by_n[n]["vrf submitProof"]))
+        beat = int(statistics.median(by_n[n]["registry heartbeat"]))
         print(
-            f"{label:<45} {int(statistics.median(values)):>10,} {min(values):>8,} {max(values):>8,}"
+            f"per round per node (vrf), n={n:,}: {vrf_gas:,} gas for the proof, plus "
+            f"{beat * LENGTH // 500:,} a round for heartbeats every half of a 1,000-block "
+            f"window with {LENGTH}-block rounds"
         )
-    vrf_gas = int(statistics.median(rows["vrf submitProof"]))
-    beat = int(statistics.median(rows["registry heartbeat"]))
-    print(
-        f"per round per node (vrf): {vrf_gas:,} gas for the proof; heartbeats every half of a "
-        f"1,000-block window with {LENGTH}-block rounds add {beat * LENGTH // 500:,} gas a round; "
-        "independent of the number of masternodes (one own transaction each)"
-    )
     print()
     secret = hashlib.sha256(b"cost baseline").digest()
     alpha = b"baseline alpha"

@@ -6,8 +6,11 @@ Baseline measured in the same run: the single-submit path at the same quorum, so
 is what batching saves. Every figure is the transaction's gasUsed (21,000 intrinsic included)
 divided by the feed values it got accepted. Two rounds per scenario: the first value of fresh
 feeds (storage written from zero) and the next value of the same feeds (steady state: slots
-rewritten). Keys, timestamps and values are fixed, so signatures and calldata, and with them
-the gas, are the same in every run.
+rewritten). Each scenario twice: with any active masternode reporting (no aggregators set) and
+with the oracle's reporters gated by an ElectionBoard committee (`setAggregators`, in an epoch
+whose committee is posted: every report pays the board's `mayReportNow`), the ratio between
+them being what the gate costs. Keys, timestamps and values are fixed, so signatures and
+calldata, and with them the gas, are the same in every run.
 
 Run: python -m bench.oracle_gas [--write]    (about half a minute)
 """
@@ -25,64 +28,35 @@ from agent.attest.eip712 import keccak256
 from agent.attest.feeds import default_feed
 from agent.attest.keys import GatewayKey
 from agent.attest.observation import ObservationSigner, VerifiedObservation, verify_envelope
-from agent.chainclient.anvil import DEV_PRIVATE_KEY, LocalAnvil
+from agent.chainclient.anvil import LocalAnvil
 from agent.chainclient.build import build
 from agent.chainclient.contracts import load_artifact
 from agent.chainclient.tx import (
-    Eip1559Tx,
-    contract_address,
     encode_call,
-    encode_constructor,
     event_topic,
 )
 from agent.model import AuthMethod, Eip712Domain, Reading, Transport
 from agent.oracle import submit_batch_calldata, submit_calldata
+from bench.chain import COLLATERAL, Chain
 from bench.results import write_section
 
-COLLATERAL = 10**18
 GENESIS = 1_800_000_000  # anvil's genesis timestamp; observations are stamped from it
 TARGET = 120_000  # gas per accepted feed value, quorum 3, batch of 10 (issue 17)
 MASTERNODES = 3
 
 
-class Chain:
-    def __init__(self, node: LocalAnvil) -> None:
-        self.node = node
-        self.dev = GatewayKey.from_bytes(DEV_PRIVATE_KEY)
-        self.value_topic = event_topic(load_artifact("ObservationOracle").event("ValueAccepted"))
-
-    def send(self, key: GatewayKey, to: str | None, data: bytes, value: int = 0) -> dict[str, Any]:
-        nonce = int(str(self.node.rpc("eth_getTransactionCount", [key.address, "pending"])), 16)
-        tx = Eip1559Tx(self.node.chain_id, nonce, 10**9, 50 * 10**9, 30_000_000, to, value, data)
-        signed = tx.sign(key)
-        self.node.rpc("eth_sendRawTransaction", [signed.raw_hex])
-        for _ in range(2000):
-            rc = self.node.rpc("eth_getTransactionReceipt", [signed.hash_hex])
-            if isinstance(rc, dict):
-                if rc["status"] != "0x1":
-                    raise RuntimeError(f"transaction reverted: {rc}")
-                return rc
-            time.sleep(0.005)
-        raise RuntimeError("no receipt")
-
-    def deploy(self, name: str, *args: Any) -> str:
-        art = load_artifact(name)
-        nonce = int(
-            str(self.node.rpc("eth_getTransactionCount", [self.dev.address, "pending"])), 16
-        )
-        self.send(self.dev, None, art.bytecode + encode_constructor(art.abi, *args))
-        return contract_address(self.dev.address, nonce)
-
-    def values_accepted(self, rc: dict[str, Any]) -> int:
-        return sum(1 for lg in rc["logs"] if lg["topics"][0] == self.value_topic)
+def values_accepted(rc: dict[str, Any]) -> int:
+    topic = event_topic(load_artifact("ObservationOracle").event("ValueAccepted"))
+    return sum(1 for lg in rc["logs"] if lg["topics"][0] == topic)
 
 
 class Bench:
-    """One registry and oracle, three masternodes with fixed keys."""
+    """One registry and oracle, three masternodes with fixed keys; with `gated`, the oracle's
+    reporters are an ElectionBoard's committee (setAggregators), in an epoch whose committee
+    (the three, in key order) is posted: every report pays the board's mayReportNow."""
 
-    def __init__(self, chain: Chain) -> None:
+    def __init__(self, chain: Chain, gated: bool) -> None:
         self.chain = chain
-        reg_art = load_artifact("MasternodeRegistry")
         self.oracle_art = load_artifact("ObservationOracle")
         self.registry = chain.deploy("MasternodeRegistry", COLLATERAL, 1_000_000)
         self.oracle = chain.deploy("ObservationOracle", self.registry, 600)
@@ -91,14 +65,28 @@ class Bench:
             GatewayKey.from_bytes(keccak256(f"bench-masternode-{i}".encode()))
             for i in range(MASTERNODES)
         ]
-        for key in self.keys:
-            chain.node.rpc("anvil_setBalance", [key.address, hex(10**22)])
-            vrf = b"\x02" + key.public_key_uncompressed[1:33]
-            chain.send(
-                key, self.registry, encode_call(reg_art.function("register"), vrf), COLLATERAL
-            )
+        vrf_keys = [b"\x02" + key.public_key_uncompressed[1:33] for key in self.keys]
+        chain.register_masternodes(self.registry, self.keys, vrf_keys)
+        if gated:
+            self.gate()
         self.signers = [ObservationSigner(k, domain) for k in self.keys]
         self.seq = [0] * MASTERNODES
+
+    def gate(self) -> None:
+        """An ElectionBoard (rank i may report from offset i of a 400-block epoch) as the
+        oracle's aggregators, its round 0 committee posted, the chain moved into epoch 0."""
+        board_art = load_artifact("ElectionBoard")
+        start = self.chain.head() + 2
+        length = 400  # blocks (and anvil seconds): the scenarios (about 230 blocks) fit in epoch 0
+        board = self.chain.deploy("ElectionBoard", 1, self.registry, start, length, 1, 1, length)
+        self.chain.mine_to(start + 2)  # round 0's cutoff passed
+        committee = [k.address for k in self.keys]
+        post = encode_call(board_art.function("postCommittee"), 0, committee)
+        self.chain.send(self.keys[0], board, post)
+        gate = encode_call(self.oracle_art.function("setAggregators"), board)
+        self.chain.send(self.chain.dev, self.oracle, gate)
+        for _ in range(0, length + MASTERNODES, 50):  # into epoch 0, 50 blocks a call
+            self.chain.node.rpc("anvil_mine", [hex(50)])
 
     def create_feeds(self, prefix: str, n: int, quorum: int) -> list[str]:
         devices = [f"{prefix}-{k}" for k in range(n)]
@@ -135,24 +123,25 @@ class Bench:
                     self.keys[i], self.oracle, submit_calldata(self.observe(i, d, counter))
                 )
                 gas += int(rc["gasUsed"], 16)
-                values += self.chain.values_accepted(rc)
+                values += values_accepted(rc)
         return gas, values
 
     def batch_round(self, devices: list[str], quorum: int, counter: int) -> tuple[int, int]:
         """(gas, values accepted) of one value per feed, all in one submitBatch."""
         items = [self.observe(i, d, counter) for d in devices for i in range(quorum)]
         rc = self.chain.send(self.keys[0], self.oracle, submit_batch_calldata(items))
-        return int(rc["gasUsed"], 16), self.chain.values_accepted(rc)
+        return int(rc["gasUsed"], 16), values_accepted(rc)
 
 
-Row = tuple[str, int, int, int, int, int]  # path, quorum, feeds, obs/tx, first, steady
+Row = tuple[str, str, int, int, int, int, int]  # gate, path, quorum, feeds, obs/tx, first, steady
 
 
-def measure(workdir: Path) -> list[Row]:
+def measure(workdir: Path, gated: bool) -> list[Row]:
     rows: list[Row] = []
     extra = ("--gas-limit", "300000000", "--timestamp", str(GENESIS))
-    with LocalAnvil(workdir / "anvil", extra=extra) as node:
-        b = Bench(Chain(node))
+    gate = "committee" if gated else "none"
+    with LocalAnvil(workdir / f"anvil-{gate}", extra=extra) as node:
+        b = Bench(Chain(node, gas_limit=30_000_000), gated)
         for quorum in (1, 3):
             for path, n in (("single submits", 10), ("submitBatch", 10), ("submitBatch", 50)):
                 devices = b.create_feeds(f"q{quorum}-{path[:6]}-{n}", n, quorum)
@@ -164,7 +153,7 @@ def measure(workdir: Path) -> list[Row]:
                         raise RuntimeError(f"{path} q{quorum} n{n}: {values} of {n} accepted")
                     per_value.append(gas // values)
                 per_tx = 1 if path == "single submits" else n * quorum
-                rows.append((path, quorum, n, per_tx, per_value[0], per_value[1]))
+                rows.append((gate, path, quorum, n, per_tx, per_value[0], per_value[1]))
     return rows
 
 
@@ -175,24 +164,35 @@ def main() -> int:
     build()
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = measure(Path(tmp))
+        rows = measure(Path(tmp), gated=False) + measure(Path(tmp), gated=True)
     took = time.monotonic() - t0
-    baseline = {q: steady for path, q, _n, _t, _f, steady in rows if path == "single submits"}
+    baseline = {
+        (g, q): steady for g, path, q, _n, _t, _f, steady in rows if path == "single submits"
+    }
+    ungated = {(p, q, n): steady for g, p, q, n, _t, _f, steady in rows if g == "none"}
     lines = [
-        "| path | quorum | feeds | observations per tx | gas per value, first | "
-        "gas per value, steady | ratio to single submits (steady) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| reporters | path | quorum | feeds | observations per tx | gas per value, first | "
+        "gas per value, steady | ratio to single submits (steady) | ratio to no gate (steady) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for path, q, n, per_tx, first, steady in rows:
+    for g, path, q, n, per_tx, first, steady in rows:
         lines.append(
-            f"| {path} | {q} | {n} | {per_tx} | {first:,} | {steady:,} | "
-            f"{steady / baseline[q]:.2f} |"
+            f"| {g} | {path} | {q} | {n} | {per_tx} | {first:,} | {steady:,} | "
+            f"{steady / baseline[(g, q)]:.2f} | {steady / ungated[(path, q, n)]:.3f} |"
         )
-    target = next(s for p, q, n, _t, _f, s in rows if p == "submitBatch" and q == 3 and n == 10)
+    target = next(
+        s
+        for g, p, q, n, _t, _f, s in rows
+        if g == "committee" and p == "submitBatch" and q == 3 and n == 10
+    )
     verdict = "met" if target <= TARGET else "missed"
     body = "\n".join(lines) + (
         f"\n\nTarget (issue 17): <= {TARGET:,} gas per accepted feed value at quorum 3 in a "
-        f"batch of 10 feeds, steady state: {target:,}, **{verdict}**.\n\n"
+        f"batch of 10 feeds, steady state, reporters gated by the committee: {target:,}, "
+        f"**{verdict}**.\n\n"
+        "*reporters*: none = any active masternode (no aggregators set); committee = the "
+        "oracle's `setAggregators(board)` on, every report checked with the ElectionBoard's "
+        "`mayReportNow` in an epoch whose committee is posted (the three masternodes).\n\n"
         "Gas per accepted feed value = gasUsed of the transactions (21,000 intrinsic included) "
         "/ feed values accepted. Anvil (`--gas-limit 300000000`), three registered "
         "masternodes, feeds created with quorum q, minimum assurance 2, same-reading policy; "

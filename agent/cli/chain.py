@@ -14,7 +14,8 @@ from agent.errors import AgentError
 
 def cmd_election_status(args: argparse.Namespace) -> int:
     """The rounds this agent decided, from its election store (the agent may be running)."""
-    from agent.election.rounds import ElectionStore, result_docs, status_lines
+    from agent.election.status import result_docs, status_lines
+    from agent.election.store import ElectionStore
 
     cfg = load(args)
     path = cfg.election.store or cfg.gateway.data_dir / "election.sqlite"

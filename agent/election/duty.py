@@ -68,3 +68,13 @@ def duty(
     rank = ranks[0]
     start = epoch.first + min(rank * leader_timeout, fallback_timeout)
     return Duty(epoch, rank, start, "leader" if rank == 0 else "standby")
+
+
+def committee_post_from(sched: RoundSchedule, round: int, rank: int, *, leader_timeout: int) -> int:
+    """The block from which the elected node of `rank` posts round `round`'s committee on the
+    board if nobody did: the leader as soon as the round is final (the board takes it once the
+    cutoff has passed, and the epoch it serves starts length - window blocks later), each next
+    rank `leader_timeout` blocks after the one before. Posted before the epoch, the committee is
+    on the board when the epoch starts, so a dead leader costs its standby nothing but its
+    turn: until the committee is posted the board lets no one report before the fallback."""
+    return sched.cutoff(round) + sched.confirmations - 1 + rank * leader_timeout

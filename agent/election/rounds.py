@@ -16,16 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import multiprocessing
-import os
-import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
-
-import paho.mqtt.client as paho
 
 from agent.attest import ecvrf
 from agent.attest.keys import GatewayKey
@@ -34,174 +26,25 @@ from agent.attest.vrfkey import vrf_secret
 from agent.chainclient.rpc import RpcClient, hex_int
 from agent.chainclient.sender import TxSender
 from agent.chainclient.subscribe import Feed, Head
-from agent.chainclient.tx import decode_result, encode_call
 from agent.component import Detail, Health
 from agent.config import ElectionConfig
-from agent.election.board import ElectionBoard, RegistryLogs, committee_hash
-from agent.election.definite import MAX_REHASH, keccak256
+from agent.election.board import ElectionBoard, RegistryLogs
+from agent.election.committee import CommitteePoster
+from agent.election.decide import ChainMoved, RoundDecider
 from agent.election.duty import Duty, duty, epoch_at
+from agent.election.membership import OwnStanding
+from agent.election.publish import ResultPublisher
 from agent.election.schedule import RoundSchedule
-from agent.election.standing import key_height, standings
-from agent.election.tally import (
-    RoundContext,
-    RoundResult,
-    chain_id_bytes,
-    tally_paper,
-    tally_vrf,
-)
-from agent.election.vrf_mode import PARALLEL_THRESHOLD, first_seed, next_seed, vrf_alpha
-from agent.errors import (
-    ChainError,
-    ElectionError,
-    NodeUnreachable,
-    RpcError,
-    RpcTimeout,
-    TransactionError,
-)
+from agent.election.store import ElectionStore
+from agent.election.tally import RoundResult, chain_id_bytes
+from agent.election.vrf_mode import vrf_alpha
+from agent.errors import ElectionError, NodeUnreachable, RpcError, RpcTimeout, TransactionError
 from agent.logs import event
 from agent.metrics import Metrics
-from agent.mqtt import MqttConnection
-from agent.sqlitestore import Sql, SqliteStore
 
 # A round whose reads keep failing is given up once its cutoff is this many blocks old.
 STATE_HORIZON = 128
 SUBMIT_GAS = 300_000  # generous: the round's first submission also fixes the definite hash
-COMMITTEE_GAS = 80_000  # postCommittee, plus 30,000 per elected node (its rank slot)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS results (
-    round INTEGER PRIMARY KEY,
-    body BLOB NOT NULL,
-    published INTEGER NOT NULL DEFAULT 0,
-    decided_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
-"""
-
-
-class ElectionStore(SqliteStore):
-    """sqlite file of decided rounds and the next round to decide, for one board; committed in
-    the store's own thread."""
-
-    SCHEMA = _SCHEMA
-    WHAT = "election store"
-    ERROR = ElectionError
-
-    async def open(self, board: str | None = None, mode: str | None = None) -> None:
-        """Open (creating it); with `board`, refuse a store that belongs to another board."""
-        await super().open()
-        if board is None:
-            return
-        for k, want in (("board", board), ("mode", mode)):
-            have = await self.meta(k)
-            if have is None and want is not None:
-                await self.set_meta(k, want)
-            elif have != want:
-                await self.close()
-                raise ElectionError(
-                    f"{self.path} holds the rounds of {k} {have}, but election.{k} is {want}: "
-                    "point election.store at another file for another board"
-                )
-
-    async def save(self, result: RoundResult) -> None:
-        """The result and the next round to decide, in one transaction."""
-        await self._run(_save, result.round, result.to_json(), time.time())
-
-    async def next_round(self) -> int | None:
-        v = await self.meta("next_round")
-        return None if v is None else int(v)
-
-    async def set_next_round(self, round: int) -> None:
-        await self.set_meta("next_round", str(round))
-
-    async def mark_published(self, round: int) -> None:
-        await self._run(_mark_published, round)
-
-    async def unpublished(self) -> list[RoundResult]:
-        return [RoundResult.from_json(b) for b in await self._run(_unpublished)]
-
-    async def result(self, round: int) -> tuple[RoundResult, bool] | None:
-        row = await self._run(_result, round)
-        return None if row is None else (RoundResult.from_json(row[0]), row[1])
-
-    async def latest(self, count: int) -> list[tuple[RoundResult, bool]]:
-        return [(RoundResult.from_json(b), p) for b, p in await self._run(_latest, count)]
-
-
-# -- the store's statements: run in its thread, on its connection --------------------------------
-
-
-def _save(db: Sql, round: int, body: bytes, decided_at: float) -> None:
-    with db:
-        db.execute(
-            "INSERT OR REPLACE INTO results(round, body, published, decided_at) "
-            "VALUES (?, ?, 0, ?)",
-            (round, body, decided_at),
-        )
-        db.execute("INSERT OR REPLACE INTO meta(k, v) VALUES ('next_round', ?)", (str(round + 1),))
-
-
-def _mark_published(db: Sql, round: int) -> None:
-    db.execute("UPDATE results SET published=1 WHERE round=?", (round,))
-
-
-def _unpublished(db: Sql) -> list[bytes]:
-    rows = db.execute("SELECT body FROM results WHERE published=0 ORDER BY round")
-    return [bytes(r[0]) for r in rows.fetchall()]
-
-
-def _result(db: Sql, round: int) -> tuple[bytes, bool] | None:
-    row = db.execute("SELECT body, published FROM results WHERE round=?", (round,)).fetchone()
-    return None if row is None else (bytes(row[0]), bool(row[1]))
-
-
-def _latest(db: Sql, count: int) -> list[tuple[bytes, bool]]:
-    rows = db.execute("SELECT body, published FROM results ORDER BY round DESC LIMIT ?", (count,))
-    return [(bytes(b), bool(p)) for b, p in rows.fetchall()]
-
-
-class ResultPublisher(Protocol):
-    def publish(self, topic: str, payload: bytes) -> bool: ...
-
-    def is_connected(self) -> bool: ...
-
-
-class ConnectionPublisher:
-    """Retained QoS 1 publishes on an MqttConnection: the bridge's upstream link, or the
-    election's own (then `run()` keeps it connected)."""
-
-    name = "election-mqtt"
-
-    def __init__(self, conn: MqttConnection, *, own: bool) -> None:
-        self.conn = conn
-        self.own = own
-        self.ready = asyncio.Event()
-
-    def is_connected(self) -> bool:
-        return self.conn.connected.is_set()
-
-    def publish(self, topic: str, payload: bytes) -> bool:
-        if not self.conn.connected.is_set():
-            return False
-        info = self.conn.client.publish(topic, payload, qos=1, retain=True)
-        return info.rc == paho.MQTT_ERR_SUCCESS
-
-    async def run(self) -> None:
-        self.ready.set()
-        if self.own:
-            await self.conn.run()
-
-    async def stop(self, grace: float = 1.0) -> None:
-        if self.own:
-            await self.conn.stop(grace)
-
-    def health(self) -> Health:
-        up = self.conn.connected.is_set()
-        return Health("up" if up else "down", {"url": self.conn.endpoint.url, "own": self.own})
-
-
-class _Retry(Exception):
-    """The chain moved under a read (the cutoff block changed): decide again on the next head."""
 
 
 class ElectionRounds:
@@ -248,14 +91,15 @@ class ElectionRounds:
         self.submitted: set[int] = set()
         self.ready = asyncio.Event()
         self.registered = asyncio.Event()  # schedule checked, registry found
+        self.stepped = asyncio.Event()  # set after each head's step (the aggregator clears it)
         self.registry: RegistryLogs | None = None
-        self.standing: str | None = None  # this node in the registry: active, inactive, ...
+        self.own: OwnStanding | None = None  # this node in the registry, once it is found
+        self.poster: CommitteePoster | None = None  # with election.committee, once set up
         self.timeouts: tuple[int, int] | None = None  # (leader, fallback), from the board
         self.duty: Duty | None = None  # this node's duty in the current epoch
         self.head: int | None = None  # the latest head a step ran at
-        self._committee_done: set[int] = set()  # rounds whose committee we posted or checked
         self._node_down: str | None = None
-        self._pool: ProcessPoolExecutor | None = None
+        self.decider: RoundDecider | None = None  # once the registry is found
         self._followers: set[asyncio.Task[None]] = set()
         self._was_connected = False
         self._topic_prefix = f"{cfg.topic_prefix}/election"
@@ -294,9 +138,8 @@ class ElectionRounds:
                 task.cancel()
             await asyncio.gather(*self._followers, return_exceptions=True)
             await self.store.close()
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = None
+            if self.decider is not None:
+                self.decider.close()
 
     async def stop(self, grace: float = 0.5) -> None:
         """Nothing to finish: a round under way is decided again from the chain after a
@@ -347,6 +190,18 @@ class ElectionRounds:
         self.schedule = RoundSchedule(start, length, window, c.confirmations)
         self.timeouts = await self.board.timeouts()
         await self._register()
+        if c.committee:
+            assert self.own is not None
+            self.poster = CommitteePoster(
+                self.board,
+                self.sender,
+                self.node,
+                self.schedule,
+                self.timeouts[0],
+                self.own.check,
+                self.metrics,
+                self.log,
+            )
         event(
             self.log,
             "election_ready",
@@ -366,45 +221,25 @@ class ElectionRounds:
         address = await self.board.registry()
         self.registry = RegistryLogs(self.rpc, address)
         await self.registry.heartbeat_window()
-        await self._check_standing()
-
-    async def _check_standing(self) -> bool:
-        """Is this node an active masternode now, with the VRF key this gateway key derives?"""
-        assert self.registry is not None
-        fn = self.registry.artifact.function("info")
-        out = await self.rpc.call(
-            "eth_call",
-            [
-                {"to": self.registry.address, "data": "0x" + encode_call(fn, self.node).hex()},
-                "latest",
-            ],
+        self.own = OwnStanding(self.rpc, self.registry, self.node, self.vrf_public, self.log)
+        await self.own.check()
+        assert self.schedule is not None
+        self.decider = RoundDecider(
+            self.cfg,
+            self.rpc,
+            self.board,
+            self.registry,
+            self.schedule,
+            self.chain_id,
+            self._result_of,
+            self.metrics,
+            self.log,
         )
-        if isinstance(out, RpcError):
-            raise out
-        registered, active, vrf_key, *_ = decode_result(fn, bytes.fromhex(str(out)[2:]))
-        if not registered:
-            standing = "not-a-masternode"
-        elif bytes(vrf_key) != self.vrf_public:
-            standing = "foreign-vrf-key"
-        else:
-            standing = "active" if active else "inactive"
-        if standing != self.standing:
-            level = logging.INFO if standing == "active" else logging.WARNING
-            event(
-                self.log,
-                "election_standing",
-                level,
-                node=self.node,
-                registry=self.registry.address,
-                standing=standing,
-            )
-            self.standing = standing
-        return standing == "active"
 
     # -- one head ------------------------------------------------------------------------------
     async def step(self, head: int) -> None:
-        sched = self.schedule
-        assert sched is not None
+        sched, decider = self.schedule, self.decider
+        assert sched is not None and decider is not None
         self.head = head
         current = sched.round_at(head)
         last = sched.last_final_round(head)
@@ -429,8 +264,8 @@ class ElectionRounds:
                 await self.store.set_next_round(nxt)
             for q in range(nxt, last + 1):
                 try:
-                    result = await self.decide(q)
-                except _Retry:
+                    result = await decider.decide(q)
+                except ChainMoved:
                     break
                 except RpcError as exc:
                     # The node refuses a read (e.g. logs that far back): retry while the round
@@ -461,36 +296,18 @@ class ElectionRounds:
             # After deciding: in vrf mode the round's seed is the previous round's result.
             await self._submit(current)
         await self._committee_duty(head)
+        self.stepped.set()
         await self._publish_pending()
 
-    async def _block_hash(self, number: int) -> bytes:
-        block = await self.rpc.call("eth_getBlockByNumber", [hex(number), False])
-        if not isinstance(block, dict):
-            raise ChainError(f"the node has no block {number}")
-        return bytes.fromhex(str(block["hash"])[2:])
-
-    async def definite_hash(self, round: int) -> bytes:
-        """The paper's definite hash of a round: the boundary block's hash, re-hashed while it
-        is in the board's record of used definite hashes as of the boundary block (earlier
-        rounds only: the round's own first submission comes after it)."""
-        assert self.schedule is not None
-        b = self.schedule.boundary(round)
-        h = await self._block_hash(b)
-        for _ in range(MAX_REHASH):
-            if not await self.board.used_before(h, self.schedule.start, b):
-                return h
-            h = keccak256(h)
-        raise ElectionError(f"no unused definite hash for round {round}")
-
     async def _submit(self, round: int) -> None:
-        assert self.schedule is not None
+        assert self.schedule is not None and self.decider is not None
         chain32 = chain_id_bytes(self.chain_id)
         if self.cfg.mode == "paper":
-            definite = await self.definite_hash(round)
+            definite = await self.decider.definite_hash(round)
             signature = self.key.sign_digest(selection_digest(chain32, round, definite))[:64]
             data = self.board.selection_data(round, definite, signature)
         else:
-            seed = await self.seed_of(round)
+            seed = await self.decider.seed_of(round)
             if seed is None:
                 return  # the previous round is not decided yet: on a later head
             alpha = vrf_alpha(chain32, round, seed, bytes.fromhex(self.node[2:]))
@@ -501,11 +318,12 @@ class ElectionRounds:
             self.submitted.add(round)  # sent before a restart: follow it again
             self._follow(round, known[-1])
             return
-        if not await self._check_standing():
+        assert self.own is not None
+        if not await self.own.check():
             # The board would refuse it (NotActive); the round is decided all the same.
             self.submitted.add(round)
             self.metrics.inc("election_not_standing")
-            event(self.log, "election_not_standing", round=round, standing=self.standing)
+            event(self.log, "election_not_standing", round=round, standing=self.own.standing)
             return
         if await self.board.submission_count(round, self.node) > 0:
             # Not in our store but on the chain: the same key submits elsewhere. A second
@@ -525,18 +343,30 @@ class ElectionRounds:
         event(self.log, "election_submitted", round=round, mode=self.cfg.mode, tx=tx_id)
         self._follow(round, tx_id)
 
+    async def _result_of(self, round: int) -> RoundResult | None:
+        res = self.results.get(round)
+        if res is None:
+            found = await self.store.result(round)
+            res = found[0] if found else None
+        return res
+
     async def _committee_duty(self, head: int) -> None:
-        """This node's duty in the epoch at `head` (kept in the store for `election status`);
-        an elected node whose turn has come posts the committee on the board if nobody did,
-        or posts its own (disputing) if the posted one is not what it decided."""
+        """This node's duty in the epoch at `head` (kept in the store for `election status`),
+        and the committees this node posts: the current epoch's and, once its round is
+        decided, the next one's (before that epoch starts)."""
         assert self.schedule is not None and self.timeouts is not None
         ep = epoch_at(self.schedule, head)
+        latest = max(self.results) if self.results else None
+        if self.poster is not None:
+            for q in sorted(
+                {q for q in (None if ep is None else ep.round, latest) if q is not None}
+            ):
+                res = await self._result_of(q)
+                if res is not None:
+                    await self.poster.post_due(head, q, res.elected)
         if ep is None:
             return
-        res = self.results.get(ep.round)
-        if res is None:
-            found = await self.store.result(ep.round)
-            res = found[0] if found else None
+        res = await self._result_of(ep.round)
         if res is None:
             self.duty = None
             await self.store.set_meta(
@@ -557,34 +387,6 @@ class ElectionRounds:
                 from_block=d.from_block,
                 last_block=ep.last,
             )
-        if not self.cfg.committee or d.rank is None or head < d.from_block:
-            return
-        if ep.round in self._committee_done:
-            return
-        posted = await self.board.committee_hash(ep.round)
-        mine = committee_hash(res.elected)
-        if posted == mine or (posted != bytes(32) and await self.board.disputed(ep.round)):
-            self._committee_done.add(ep.round)
-            return
-        if not await self._check_standing():
-            return
-        data = self.board.committee_data(ep.round, res.elected)
-        self._committee_done.add(ep.round)
-        await self.sender.open()
-        if await self.sender.store.find_by_data(self.board.address, data):
-            return  # sent before a restart
-        try:
-            tx_id = await self.sender.send(
-                self.board.address, data, gas=COMMITTEE_GAS + 30_000 * len(res.elected)
-            )
-        except TransactionError as exc:
-            event(
-                self.log, "election_committee_failed", logging.ERROR, round=ep.round, error=str(exc)
-            )
-            return
-        what = "posted" if posted == bytes(32) else "disputed"
-        self.metrics.inc("election_committee", action=what)
-        event(self.log, "election_committee", round=ep.round, action=what, tx=tx_id)
 
     def _follow(self, round: int, tx_id: int) -> None:
         """Wait for the submission's confirmations in the background: waiting is what notices a
@@ -606,82 +408,6 @@ class ElectionRounds:
         block = hex_int(receipt["blockNumber"])
         level = logging.INFO if block <= self.schedule.cutoff(round) else logging.WARNING
         event(self.log, "election_submission_confirmed", level, round=round, block=block)
-
-    async def decide(self, round: int) -> RoundResult:
-        """Read the round's submissions at its (final) cutoff and compute the result."""
-        sched = self.schedule
-        assert sched is not None
-        b, c = sched.boundary(round), sched.cutoff(round)
-        cutoff_hash = await self._block_hash(c)
-        subs = await self.board.submissions(round, b + 1, c)
-        # Who may stand, from the registry's events up to the cutoff: a node that withdrew or
-        # fell out of service before it is out; its VRF key is the one of the round's key
-        # height. Logs only: no call at an old block, which a pruning node may not answer.
-        assert self.registry is not None
-        nodes = sorted({s.node for s in subs})
-        height = c + 1 if self.cfg.mode == "paper" else key_height(sched.start, sched.length, round)
-        standing = standings(
-            await self.registry.events(nodes, c),
-            nodes,
-            cutoff=c,
-            key_height=height,
-            heartbeat_window=await self.registry.heartbeat_window(),
-        )
-        ctx = RoundContext(
-            round, self.chain_id, self.board.address, b, c, "0x" + cutoff_hash.hex(), self.cfg.k
-        )
-        if self.cfg.mode == "paper":
-            definite = await self.definite_hash(round)
-            on_board = await self.board.definite_hash_of(round)
-            if subs and on_board != definite:
-                self.metrics.inc("election_board_disagrees")
-                event(
-                    self.log,
-                    "election_board_disagrees",
-                    logging.ERROR,
-                    round=round,
-                    board=on_board.hex(),
-                    computed=definite.hex(),
-                )
-            result = tally_paper(ctx, definite, subs, standing)
-        else:
-            seed = await self.seed_of(round)
-            if seed is None:
-                raise ElectionError(f"round {round - 1} is not decided: cannot seed round {round}")
-            pool = self._vrf_pool(len(subs))
-            result = await asyncio.get_running_loop().run_in_executor(
-                None,
-                functools.partial(tally_vrf, ctx, seed, subs, standing, executor=pool),
-            )
-        if await self._block_hash(c) != cutoff_hash:
-            raise _Retry()
-        return result
-
-    async def seed_of(self, round: int) -> bytes | None:
-        """Vrf mode: round 0's seed from the board's start block; round r's from round r-1's
-        seed and leader output (None while round r-1 is not decided)."""
-        assert self.schedule is not None
-        if round == 0:
-            start = await self._block_hash(self.schedule.start)
-            board = bytes.fromhex(self.board.address[2:])
-            return first_seed(chain_id_bytes(self.chain_id), board, start)
-        prev = self.results.get(round - 1)
-        if prev is None:
-            found = await self.store.result(round - 1)
-            if found is None:
-                return None
-            prev = found[0]
-        return next_seed(prev.seed, prev.leader_output())
-
-    def _vrf_pool(self, n: int) -> ProcessPoolExecutor | None:
-        workers = self.cfg.workers or os.cpu_count() or 1
-        if workers <= 1 or n < PARALLEL_THRESHOLD:
-            return None
-        if self._pool is None:
-            # forkserver: the agent has threads, and forking a threaded process is unsafe.
-            ctx = multiprocessing.get_context("forkserver")
-            self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-        return self._pool
 
     # -- results -------------------------------------------------------------------------------
     def topic(self, round: int) -> str:
@@ -716,44 +442,3 @@ class ElectionRounds:
             else:
                 self.metrics.inc("election_publish_failed")
                 break
-
-
-async def status_lines(store: ElectionStore, round: int | None, count: int) -> list[str]:
-    """Human-readable lines for `edgence-agent election status`."""
-    rows: list[tuple[RoundResult, bool]]
-    if round is not None:
-        one = await store.result(round)
-        rows = [] if one is None else [one]
-    else:
-        rows = await store.latest(count)
-    lines: list[str] = []
-    nxt = await store.next_round()
-    board, mode = await store.meta("board"), await store.meta("mode")
-    lines.append(f"board {board} mode {mode} next round to decide {nxt}")
-    duty_line = await store.meta("duty")
-    lines.append(f"duty: {duty_line}" if duty_line else "duty: none known yet (no epoch seen)")
-    if not rows:
-        lines.append("no decided round" + (f" {round}" if round is not None else "") + " yet")
-    for res, published in rows:
-        lines.append(
-            f"round {res.round}: blocks {res.boundary + 1}..{res.cutoff}, "
-            f"{len(res.scores)} candidate(s), {len(res.excluded)} excluded, "
-            f"k={res.k}, {'published' if published else 'not yet published'}"
-        )
-        for i, node in enumerate(res.elected, 1):
-            lines.append(f"  elected #{i} {node}")
-        for node, reason in res.excluded:
-            lines.append(f"  excluded {node} ({reason})")
-    return lines
-
-
-async def result_docs(store: ElectionStore, round: int | None, count: int) -> list[dict[str, Any]]:
-    import json
-
-    rows = [await store.result(round)] if round is not None else list(await store.latest(count))
-    return [
-        {**json.loads(res.to_json()), "published": published}
-        for item in rows
-        if item is not None
-        for res, published in [item]
-    ]

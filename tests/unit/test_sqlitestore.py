@@ -16,7 +16,7 @@ import pytest
 from agent.attest.keys import GatewayKey
 from agent.chainclient.tx import Eip1559Tx
 from agent.chainclient.txstore import TxStore
-from agent.election.rounds import ElectionStore
+from agent.election.store import ElectionStore
 from agent.errors import ChainError, ElectionError
 from agent.sqlitestore import Sql
 from tests.unit.election.test_status import BOARD, result

@@ -45,13 +45,17 @@ class Miner:
     """Mines anvil's blocks from a thread (anvil runs with --no-mining). Every `gap` seconds a
     block; but at a head where `expect(head)` says n transactions are coming (the agents submit
     there), it first waits until n are in the pool (at most `patience` seconds), so that a slow
-    agent on a busy machine does not miss its window. `hold()` stops it; `resume()` goes on."""
+    agent on a busy machine does not miss its window; likewise at a head where `waits_for(head)`
+    is false, until it is true (at most `patience` seconds). `hold_at`: it stops by itself once
+    the head reaches that block. `hold()` stops it; `resume()` goes on."""
 
     def __init__(self, node: LocalAnvil, gap: float = 0.08, patience: float = 15.0) -> None:
         self.node = node
         self.gap = gap
         self.patience = patience
         self.expect: Callable[[int], int] = lambda h: 0
+        self.waits_for: Callable[[int], bool] = lambda h: True
+        self.hold_at: int | None = None
         self._stop = threading.Event()
         self._run = threading.Event()
         self._run.set()
@@ -67,12 +71,17 @@ class Miner:
                 continue
             self._idle.clear()
             try:
-                want = self.expect(head(self.node))
-                if want:
-                    deadline = time.monotonic() + self.patience
-                    while pooled(self.node) < want and time.monotonic() < deadline:
-                        if self._stop.wait(0.05):
-                            return
+                h = head(self.node)
+                if self.hold_at is not None and h >= self.hold_at:
+                    self._run.clear()
+                    continue
+                want = self.expect(h)
+                deadline = time.monotonic() + self.patience
+                while (want and pooled(self.node) < want) or not self.waits_for(h):
+                    if self._stop.wait(0.05):
+                        return
+                    if time.monotonic() > deadline:
+                        break
                 if self._run.is_set():
                     self.node.rpc("evm_mine")
             except (OSError, ChainError):
@@ -83,7 +92,11 @@ class Miner:
         self._run.clear()
         self._idle.wait(5)
 
+    def held(self) -> bool:
+        return self._idle.is_set()
+
     def resume(self) -> None:
+        self.hold_at = None
         self._run.set()
 
     def stop(self) -> None:

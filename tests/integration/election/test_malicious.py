@@ -123,7 +123,9 @@ async def test_paper_mode_excludes_double_wrong_hash_bad_signature_and_copies(
     victim = keys[0].address
     assert set(honest) == {k.address for k in keys}
     definite = await board.definite_hash_of(r, "latest")
-    assert definite == await rounds_of(agents[0]).definite_hash(r)
+    decider = rounds_of(agents[0]).decider
+    assert decider is not None
+    assert definite == await decider.definite_hash(r)
     victim_sig = honest[victim]
     high_s = victim_sig[:32] + (N - int.from_bytes(victim_sig[32:], "big")).to_bytes(32, "big")
     (k1, s1), (k2, s2), (k3, s3), (k4, _), (k5, _) = bad
@@ -235,7 +237,9 @@ async def test_vrf_mode_excludes_double_bad_and_copied_proofs_and_late_registrat
     honest = await honest_submissions_mined(node, board, sched, r)
     # Registered now: long after round r's key height (two rounds before its boundary).
     late_reg = register_raw(node, board, k4, vrf_secret[k4.address])
-    seed = await rounds_of(agents[0]).seed_of(r)  # chained: round r-1 is decided by now
+    decider = rounds_of(agents[0]).decider
+    assert decider is not None
+    seed = await decider.seed_of(r)  # chained: round r-1 is decided by now
     assert seed is not None
 
     def alpha(k: GatewayKey, round_: int = r) -> bytes:

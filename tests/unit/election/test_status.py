@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from agent.election.duty import Epoch, duty
-from agent.election.rounds import ElectionStore, status_lines
+from agent.election.status import status_lines
+from agent.election.store import ElectionStore
 from agent.election.tally import RoundResult
 from agent.errors import ElectionError
 from tests.unit.cli.test_run import cli
