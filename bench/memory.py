@@ -71,7 +71,7 @@ OPTIONAL = (
     "agent.cli.devices",
 )
 
-CONFIGS = ("MQTT only", "MQTT only, asyncio event loop", "all sources", "all chain features")
+CONFIGS = ("MQTT only", "MQTT only (asyncio event loop)", "all sources", "all chain features")
 
 # The libraries every configuration imports, cumulatively: (row, statements).
 FLOOR = (
