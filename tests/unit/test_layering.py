@@ -26,7 +26,7 @@ BELOW_SOURCES = [
     "journal.py",
     "sqlitestore.py",
     "bridge.py",
-    "oracle.py",
+    "oracle",
     "attest",
     "config",
 ]
