@@ -1,7 +1,7 @@
 """In-process counters and gauges the agent keeps about itself (read by status and health).
 
 The hot path only adds to a dict entry; the Prometheus endpoint and the health JSON read these
-at scrape time (agent/telemetry.py), so exporting costs nothing per reading.
+at scrape time (agent/telemetry.py, agent/prometheus.py), so exporting costs nothing per reading.
 """
 
 from __future__ import annotations

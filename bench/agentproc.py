@@ -25,13 +25,18 @@ def pin(pid: int = 0) -> None:
 
 
 def spawn_agent(
-    config: Path, log: Path, python_flags: tuple[str, ...] = (), source: Path | None = None
+    config: Path,
+    log: Path,
+    python_flags: tuple[str, ...] = (),
+    source: Path | None = None,
+    env_extra: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """`edgence-agent run --config <config>`, its output to `log`; returns at once. Pinned to
     `agent_cpus()` from its first instruction when BENCH_AGENT_CPUS is set. `source`: run the
-    agent package found in that directory instead (another commit's tree, for before/after)."""
+    agent package found in that directory instead (another commit's tree, for before/after).
+    `env_extra`: variables set for the agent only (e.g. EDGENCE_EVENT_LOOP)."""
     cpus = agent_cpus()
-    env = dict(os.environ)
+    env = dict(os.environ) | (env_extra or {})
     if source is not None:
         env["PYTHONPATH"] = str(source)
     with open(log, "wb") as out:

@@ -4,12 +4,13 @@ one type the gateway signs (Observation), which runs for every reading. Pure cod
 
 from __future__ import annotations
 
+import ctypes
+import importlib.machinery
+import os
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-
-from Crypto.Hash import keccak
 
 from agent.model import UINT64_MAX, Eip712Domain, Reading, label_bytes32, transport_code
 
@@ -28,50 +29,91 @@ _ADDRESS_RE = re.compile(r"^0[xX][0-9a-fA-F]{40}\Z")
 
 
 def _keccak256_new(data: bytes) -> bytes:
+    from Crypto.Hash import keccak
+
     return keccak.new(data=data, digest_bits=256).digest()
 
 
+def _keccak_library() -> ctypes.CDLL | None:
+    """pycryptodome's Keccak C library (Crypto/Hash/_keccak.*.so), opened with ctypes: its own
+    loader (`Crypto.Hash.keccak`) goes through cffi, which parses C declarations with pycparser
+    at import, about 1 MB resident that nothing else in the agent needs."""
+    from Crypto.Util._file_system import pycryptodome_filename
+
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = pycryptodome_filename(["Crypto", "Hash"], "_keccak" + suffix)
+        if os.path.isfile(path):
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                return None
+            vp, size, u8 = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint8
+            for name, args in (
+                ("keccak_init", [ctypes.POINTER(vp), size, u8]),
+                ("keccak_destroy", [vp]),
+                ("keccak_reset", [vp]),
+                ("keccak_absorb", [vp, ctypes.c_char_p, size]),
+                ("keccak_digest", [vp, ctypes.c_char_p, size, u8]),
+            ):
+                fn = getattr(lib, name)
+                fn.argtypes, fn.restype = args, ctypes.c_int
+            return lib
+    return None
+
+
+class _Destroy:
+    """Frees a thread's Keccak state when that thread's local data goes (the thread ended)."""
+
+    def __init__(self, destroy: Callable[[ctypes.c_void_p], int], state: ctypes.c_void_p) -> None:
+        self.destroy, self.state = destroy, state
+
+    def __del__(self) -> None:
+        self.destroy(self.state)
+
+
 class _KeccakState(threading.local):
-    """One reusable Keccak-256 state per thread, on pycryptodome's own C functions (its cffi
-    backend). `keccak.new()` allocates a state, wraps it in two Python objects and frees it
-    again for every hash: about 60% of a short hash's time (and two hashes per observation)."""
+    """One reusable Keccak-256 state per thread, on pycryptodome's own C functions.
+    `keccak.new()` allocates a state, wraps it in two Python objects and frees it again for
+    every hash: about 60% of a short hash's time (and two hashes per observation)."""
 
-    def __init__(self) -> None:
-        from Crypto.Util import _raw_api
-
-        lib = keccak._raw_keccak_lib  # type: ignore[attr-defined]
-        ffi = _raw_api.ffi
-        holder = ffi.new("void **")
-        if lib.keccak_init(holder, 64, 24):  # capacity 512 bits, 24 rounds: Keccak-256
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        state = ctypes.c_void_p()
+        if lib.keccak_init(ctypes.byref(state), 64, 24):  # capacity 512 bits: Keccak-256
             raise RuntimeError("keccak_init failed")
-        self.state = ffi.gc(holder[0], lib.keccak_destroy)
-        self.out = ffi.new("uint8_t[32]")
-        self.view = ffi.buffer(self.out)
+        self.state, self.owner = state, _Destroy(lib.keccak_destroy, state)
+        self.out = ctypes.create_string_buffer(32)
         self.reset, self.absorb = lib.keccak_reset, lib.keccak_absorb
         self.digest = lib.keccak_digest
 
 
-def _fast_keccak256() -> Callable[[bytes], bytes] | None:
-    from Crypto.Util import _raw_api
+# Known digests the fast path must reproduce before it is used.
+_KECCAK256_VECTORS = {
+    b"": bytes.fromhex("c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"),
+    b"abc": bytes.fromhex("4e03657aea45a94fc7d47ba826c8d667c0d1e6e33a64a036ec44f58fa12d6c45"),
+}
 
-    if getattr(_raw_api, "backend", None) != "cffi":
+
+def _fast_keccak256() -> Callable[[bytes], bytes] | None:
+    lib = _keccak_library()
+    if lib is None:
         return None
-    local = _KeccakState()
+    local = _KeccakState(lib)
 
     def keccak256(data: bytes) -> bytes:
         """Keccak-256 as Ethereum uses it (not NIST SHA3-256)."""
         s = local
-        state = s.state
-        if s.reset(state) or s.absorb(state, data, len(data)) or s.digest(state, s.out, 32, 1):
+        state, out = s.state, s.out
+        if s.reset(state) or s.absorb(state, data, len(data)) or s.digest(state, out, 32, 1):
             raise RuntimeError("keccak failed")
-        return bytes(s.view)
+        return out.raw
 
-    return keccak256 if keccak256(b"") == _keccak256_new(b"") else None
+    ok = all(keccak256(m) == d for m, d in _KECCAK256_VECTORS.items())
+    return keccak256 if ok else None
 
 
 keccak256: Callable[[bytes], bytes] = _fast_keccak256() or _keccak256_new
 """Keccak-256 as Ethereum uses it (not NIST SHA3-256): pycryptodome's C code with a state kept
-per thread where its cffi backend allows, `keccak.new()` otherwise (the same digests)."""
+per thread, `keccak.new()` if its library cannot be opened directly (the same digests)."""
 
 
 # --- generic encoder ------------------------------------------------------------------------

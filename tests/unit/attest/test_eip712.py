@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import random
 import string
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -361,3 +363,16 @@ def test_keccak256_matches_pycryptodome_at_block_edges_and_across_threads() -> N
     for t in threads:
         t.join()
     assert wrong == []
+
+
+def test_keccak256_uses_the_reused_state_without_loading_cffi() -> None:
+    # The fast path opens pycryptodome's library with ctypes; its own loader would bring cffi
+    # and pycparser (about 1 MB) into every agent process.
+    code = (
+        "import sys\n"
+        "from agent.attest import eip712\n"
+        "assert eip712.keccak256 is not eip712._keccak256_new\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('cffi', 'pycparser')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from agent.telemetry import COUNTER_HELP, GAUGE_HELP, PREFIX
+from agent.prometheus import COUNTER_HELP, GAUGE_HELP, PREFIX
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
@@ -22,7 +22,7 @@ def test_every_counter_and_gauge_is_in_the_operations_doc() -> None:
 
 
 def test_collector_metrics_are_in_the_operations_doc() -> None:
-    src = (Path(__file__).resolve().parents[2] / "agent" / "telemetry.py").read_text()
+    src = (Path(__file__).resolve().parents[2] / "agent" / "prometheus.py").read_text()
     emitted = {PREFIX + n for n in re.findall(r'PREFIX \+ "([a-z_]+)"', src)}
     emitted |= {PREFIX + n for n in re.findall(r'\(\s*"(journal_[a-z_]+)",', src)}
     emitted.discard(PREFIX + "agent")  # the info family; its sample is edgence_agent_info
