@@ -8,6 +8,7 @@ import ctypes
 import importlib.machinery
 import os
 import re
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -62,13 +63,19 @@ def _keccak_library() -> ctypes.CDLL | None:
 
 
 class _Destroy:
-    """Frees a thread's Keccak state when that thread's local data goes (the thread ended)."""
+    """Frees a thread's Keccak state when that thread's local data goes (the thread ended).
+    Not while the interpreter shuts down: the main thread's locals are cleared after modules are
+    torn down, and calling into a C library then is what made the earlier cffi-held state
+    crash the process at exit (rc 139); the process is ending, so the memory goes anyway."""
+
+    _finalizing = staticmethod(sys.is_finalizing)
 
     def __init__(self, destroy: Callable[[ctypes.c_void_p], int], state: ctypes.c_void_p) -> None:
         self.destroy, self.state = destroy, state
 
     def __del__(self) -> None:
-        self.destroy(self.state)
+        if not self._finalizing():
+            self.destroy(self.state)
 
 
 class _KeccakState(threading.local):
