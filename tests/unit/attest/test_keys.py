@@ -221,6 +221,7 @@ def test_encrypted_key_file_round_trips(tmp_path: Path, key: GatewayKey, open_um
     assert load_key_file(path, "correct horse").address == key.address
 
 
+@pytest.mark.timeout(180)  # geth-standard scrypt (256 MiB, ~1 s each on an idle core) several times
 def test_default_keystore_uses_geth_standard_scrypt_and_decrypts_independently(
     tmp_path: Path, key: GatewayKey, secret_hex: str
 ) -> None:

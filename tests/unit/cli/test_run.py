@@ -178,6 +178,7 @@ def test_init_with_force_rewrites_the_config_for_the_existing_key(agent_dir: Pat
     assert printed_address(result.stdout) == existing.checksum_address
 
 
+@pytest.mark.timeout(180)  # geth-standard scrypt three times (init, open, wrong passphrase)
 def test_init_with_passphrase_file_writes_a_keystore_only_that_passphrase_opens(
     tmp_path: Path,
 ) -> None:
