@@ -40,6 +40,7 @@ from agent.journal.readonly import read_device_counter, read_newest_created_at
 from agent.journal.reads import JournalEntry, JournalStats
 from agent.journal.schema import ROW_OVERHEAD_BYTES, Overflow
 from agent.model import Observation
+from agent.replaywindow import DEFAULT_REPLAY_WINDOW, ReplayWindow
 from agent.threadowner import ThreadOwner
 
 __all__ = [
@@ -75,6 +76,7 @@ class Journal(ThreadOwner):
         max_bytes: int = 256 * 2**20,
         max_age_s: float = 7 * 86400,
         overflow: Overflow = "pause",
+        replay_window: int = DEFAULT_REPLAY_WINDOW,
         clock: Callable[[], float] = time.time,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -86,6 +88,7 @@ class Journal(ThreadOwner):
             max_bytes=max_bytes,
             max_age_s=max_age_s,
             overflow=overflow,
+            replay_window=replay_window,
             clock=clock,
             logger=logger,
         )
@@ -181,12 +184,21 @@ class Journal(ThreadOwner):
         """The sink's acknowledged watermark (0 before its first ack)."""
         return await self._call(self._core.cursor, sink)
 
+    @property
+    def replay_window(self) -> int:
+        """How many counters each device's replay window keeps (journal.replay_window)."""
+        return self._core.replay_window
+
+    async def counter_windows(self) -> dict[str, ReplayWindow]:
+        """Counter key -> the replay window of the counters journaled under it."""
+        return await self._call(self._core.counter_windows)
+
     async def last_counters(self) -> dict[str, int]:
-        """Device id -> the highest counter journaled for it (kept when entries are pruned)."""
+        """Counter key -> the highest counter journaled under it (kept when entries are pruned)."""
         return await self._call(self._core.last_counters)
 
     async def forget_counters(self, keys: Sequence[str]) -> dict[str, int]:
-        """Remove the last counters kept under `keys`; returns those removed."""
+        """Remove the replay windows kept under `keys`; returns the last counter of each."""
         return await self._call(self._core.forget_counters, keys)
 
     async def latest(self, device_id: str, sensor: str) -> JournalEntry | None:

@@ -25,7 +25,9 @@ from agent.journal.schema import (
     WAL_SIZE_LIMIT,
     Overflow,
     journal_error,
+    upgrades,
 )
+from agent.replaywindow import MAX_REPLAY_WINDOW, ReplayWindow
 
 
 class JournalFile:
@@ -42,10 +44,13 @@ class JournalFile:
         max_bytes: int,
         max_age_s: float,
         overflow: Overflow,
+        replay_window: int,
         clock: Callable[[], float],
         logger: logging.Logger | None,
     ) -> None:
         # No defaults here: Journal's signature is the one place they are written.
+        if not 1 <= replay_window <= MAX_REPLAY_WINDOW:
+            raise ValueError(f"replay_window {replay_window!r} must be 1 to {MAX_REPLAY_WINDOW}")
         if synchronous not in ("normal", "full"):
             raise ValueError(f"synchronous {synchronous!r} must be 'normal' or 'full'")
         if overflow not in OVERFLOWS:
@@ -63,6 +68,7 @@ class JournalFile:
         self._max_bytes = max_bytes
         self._max_age_s = max_age_s
         self._overflow = overflow
+        self._replay_window = replay_window
         self._clock = clock
         self._log = logger if logger is not None else logging.getLogger("agent.journal")
         self._conn: sqlite3.Connection | None = None
@@ -73,6 +79,8 @@ class JournalFile:
         self._seq_floor = 0  # numbering continues above this (last_seq, or an old block mark)
         self._durable_seq = 0  # every entry up to here is on stable storage
         self._cursors: dict[str, int] = {}
+        # counter key -> replay window, as committed (agent/journal/counters.py)
+        self._windows: dict[str, ReplayWindow] = {}
         self._drop_log = DropLog(self._log)
         self.drops_recorded = 0  # grows with each drop record written; polled from the loop
 
@@ -190,6 +198,8 @@ class JournalFile:
             )
         with self._write("create schema") as c:
             for statement in SCHEMA:
+                c.execute(statement)
+            for statement in upgrades(version):
                 c.execute(statement)
             c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             c.executemany(

@@ -23,6 +23,7 @@ from agent.journal.drops import (
 from agent.journal.reads import JournalReads
 from agent.journal.schema import COUNTER_BIAS, INSERT_ENTRY, ROW_OVERHEAD_BYTES
 from agent.model import Observation
+from agent.replaywindow import ReplayWindow
 
 
 class JournalCore(JournalReads):
@@ -66,7 +67,7 @@ class JournalCore(JournalReads):
             )
             for o in batch
         ]
-        batch_counters = counters.batch_counters(batch)
+        windows = counters.fold_batch(self._windows, batch, self._replay_window)
 
         delivered = dropped = NOTHING
         rejected = False
@@ -77,7 +78,7 @@ class JournalCore(JournalReads):
                 rejected = self._bytes - delivered.freed - dropped.freed > target
             if not rejected:
                 conn.executemany(INSERT_ENTRY, rows)
-                counters.write_counters(conn, batch_counters)
+                counters.write_windows(conn, windows)
         self._removed(delivered)
         self._removed(dropped)
         self._drop_log.add(dropped)
@@ -99,6 +100,7 @@ class JournalCore(JournalReads):
             )
         self._entries += len(rows)
         self._bytes += incoming
+        self._windows.update(windows)
         self._last_seq = self._seq_floor = batch[-1].gateway_sequence
         if self._synchronous == "full":
             self._durable_seq = self._last_seq
@@ -190,13 +192,31 @@ class JournalCore(JournalReads):
 
     # -- device counters ---------------------------------------------------------------------
 
+    def _recover(self, conn: sqlite3.Connection) -> None:
+        super()._recover(conn)
+        with self._guard("read device counters") as c:
+            self._windows = counters.read_windows(c, self._replay_window)
+
+    @property
+    def replay_window(self) -> int:
+        """How many counters a device's window keeps (journal.replay_window)."""
+        return self._replay_window
+
+    def counter_windows(self) -> dict[str, ReplayWindow]:
+        """Counter key -> its replay window (kept when entries are pruned)."""
+        self._db()
+        return dict(self._windows)
+
     def last_counters(self) -> dict[str, int]:
-        """Device id -> the highest counter journaled for it (kept when entries are pruned)."""
-        with self._guard("read device counters") as conn:
-            return counters.read_counters(conn)
+        """Counter key -> the highest counter journaled under it."""
+        self._db()
+        return {k: w.high for k, w in self._windows.items()}
 
     def forget_counters(self, keys: Sequence[str]) -> dict[str, int]:
-        """Remove the last counters kept under `keys` (`devices reset-counter`): the next frame
-        under each key may start anywhere. Returns the counters removed."""
+        """Remove the windows kept under `keys` (`devices reset-counter`): the next frame
+        under each key may start anywhere. Returns the last counter of each removed."""
         with self._write(f"reset {len(keys)} device counter(s)") as conn:
-            return counters.forget_counters(conn, keys)
+            removed = counters.forget_counters(conn, keys)
+        for k in keys:
+            self._windows.pop(k, None)
+        return removed

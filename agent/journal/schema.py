@@ -13,7 +13,7 @@ from agent.errors import JournalError
 # max_bytes bounds envelope bytes + this per row: a logical size, not the file size (sqlite
 # reuses freed pages but does not shrink the file).
 ROW_OVERHEAD_BYTES = 64
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Device counters are uint64 but sqlite INTEGER is signed 64-bit: store counter - 2**63,
 # which keeps the order (so max() still works) and fits every uint64.
@@ -37,9 +37,13 @@ SCHEMA = (
     )""",
     """CREATE INDEX IF NOT EXISTS entries_device_sensor_seq
         ON entries (device_id, sensor, seq)""",
+    # counter: the highest accepted (biased); window_size, window: the replay window's bits
+    # (agent/journal/counters.py), NULL for rows from version 1 (every counter up to it spent).
     """CREATE TABLE IF NOT EXISTS device_counters (
         device_id TEXT PRIMARY KEY,
-        counter INTEGER NOT NULL
+        counter INTEGER NOT NULL,
+        window_size INTEGER,
+        window BLOB
     ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS sink_cursors (
         sink TEXT PRIMARY KEY,
@@ -54,6 +58,22 @@ SCHEMA = (
         delivered INTEGER NOT NULL DEFAULT 0
     )""",
 )
+
+# Statements that bring a journal of an older version (the key) up to the next one.
+UPGRADES = {
+    1: (
+        "ALTER TABLE device_counters ADD COLUMN window_size INTEGER",
+        "ALTER TABLE device_counters ADD COLUMN window BLOB",
+    ),
+}
+
+
+def upgrades(version: int) -> list[str]:
+    """What brings a journal of `version` to SCHEMA_VERSION (none for a new file: 0)."""
+    if version == 0:
+        return []
+    return [s for v in range(version, SCHEMA_VERSION) for s in UPGRADES[v]]
+
 
 # meta key: the highest sequence ever removed, so last_seq survives a journal pruned empty.
 # (Journals written before sequences became gapless also hold "seq_mark", the end of a block of
