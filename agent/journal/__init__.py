@@ -22,7 +22,7 @@ this package. One process writes a journal file; `read_device_counter` and
 
 The package's modules: schema (tables, limits, errors), base (the file, sequences, durability),
 reads, core (appends, acks, bounds), bounds (what the bounds remove), drops (drop records and
-their log line), counters (device counters), readonly (other processes' reads).
+their log line), counters (device replay windows), readonly (other processes' reads).
 """
 
 from __future__ import annotations
