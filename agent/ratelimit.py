@@ -1,7 +1,8 @@
 """The one rate limiter: a token bucket, and a bounded set of them keyed by client or device.
 
 Used per device by the enrollment gate (devices/gate.py) and per dApp client by forwarding
-(chainclient/forward.py). Pure arithmetic on a clock the caller may inject; no I/O, no asyncio.
+(chainclient/forward.py) and the oracle (oracle/service.py). Pure arithmetic on a clock the
+caller may inject; no I/O, no asyncio.
 """
 
 from __future__ import annotations

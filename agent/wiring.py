@@ -39,7 +39,7 @@ from agent.upkeep import JournalUpkeep
 
 if TYPE_CHECKING:
     from agent.chainclient.approvals import DappApprovals
-    from agent.chainclient.forward import CoapForwarder, MqttForwarder
+    from agent.chainclient.forwardservers import CoapForwarder, MqttForwarder
     from agent.chainclient.rpc import RpcClient
     from agent.chainclient.sender import TxSender
     from agent.chainclient.subscribe import ChainWatcher
@@ -54,7 +54,8 @@ if TYPE_CHECKING:
     from agent.election.rounds import ConnectionPublisher, ElectionRounds
     from agent.hadiscovery import HomeAssistantDiscovery
     from agent.masternode import HeartbeatTask, OracleSubmitter
-    from agent.oracle import CoapOracle, MqttOracle, OracleService
+    from agent.oracle.servers import CoapOracle, MqttOracle
+    from agent.oracle.service import OracleService
     from agent.rewards import RewardCheckIn
     from agent.telemetry import Telemetry
 
@@ -343,7 +344,8 @@ def _chain(p: Parts) -> None:
     f = cfg.forward
     if not f.enabled:
         return
-    from agent.chainclient.forward import CoapForwarder, Forwarder, ForwardPolicy, MqttForwarder
+    from agent.chainclient.forward import Forwarder, ForwardPolicy
+    from agent.chainclient.forwardservers import CoapForwarder, MqttForwarder
 
     if cfg.masternode.dapps is not None:
         # Transactions only to the contracts of dApps the masternodes approved, followed from
@@ -375,13 +377,11 @@ def _chain(p: Parts) -> None:
         raw_tx_check=None if p.dapp_approvals is None else p.dapp_approvals.check_raw_transaction,
     )
     if f.mqtt_enabled and f.mqtt is not None:
-        names = {"prefix": f.topic_prefix, "gateway": p.key.address, "client": "{client}"}
-        p.forward_mqtt = MqttForwarder(
+        p.forward_mqtt = MqttForwarder.from_config(
             forwarder,
-            f.mqtt,
-            request_topic=f"{f.topic_prefix}/{p.key.address}/rpc/req",
-            reply_filters=tuple(t.format(**names) for t in f.reply_topics),
-            client_id=f.mqtt.client_id or client_id(p.key, "rpc"),
+            f,
+            gateway=p.key.address,
+            client_id=f.mqtt.client_id or client_id(p.key, MqttForwarder.link),
         )
     if f.coap_enabled:
         p.forward_coap = CoapForwarder(forwarder, f.coap_host, f.coap_port)
@@ -442,7 +442,8 @@ def _oracle(p: Parts) -> None:
     cfg = p.cfg
     o = cfg.oracle
     if o.enabled:
-        from agent.oracle import CoapOracle, MqttOracle, OracleService
+        from agent.oracle.servers import CoapOracle, MqttOracle
+        from agent.oracle.service import OracleService
 
         gate = p.gate
         configured = frozenset(d.device_id for d in cfg.sources.ble.devices)
@@ -459,16 +460,16 @@ def _oracle(p: Parts) -> None:
             known_device=known_device,
             metrics=p.metrics,
             max_inflight=o.max_inflight,
+            rate=o.rate,
+            burst=o.burst,
         )
         p.pipeline.add_sink(p.oracle.offer)
         if o.mqtt_enabled and o.mqtt is not None:
-            names = {"prefix": o.topic_prefix, "gateway": p.key.address, "client": "{client}"}
-            p.oracle_mqtt = MqttOracle(
+            p.oracle_mqtt = MqttOracle.from_config(
                 p.oracle,
-                o.mqtt,
-                request_topic=f"{o.topic_prefix}/{p.key.address}/oracle/req",
-                reply_filters=tuple(t.format(**names) for t in o.reply_topics),
-                client_id=o.mqtt.client_id or client_id(p.key, "oracle"),
+                o,
+                gateway=p.key.address,
+                client_id=o.mqtt.client_id or client_id(p.key, MqttOracle.link),
             )
         if o.coap_enabled:
             p.oracle_coap = CoapOracle(p.oracle, o.coap_host, o.coap_port)

@@ -38,7 +38,8 @@ from agent.chainclient.rpc import RpcClient
 from agent.chainclient.tx import Eip1559Tx, contract_address, encode_call
 from agent.config import BrokerEndpoint
 from agent.localbroker import LocalMosquitto, free_port
-from agent.mqtt import MqttConnection, publish_json_reply
+from agent.mqtt import MqttConnection
+from agent.responder import publish_json_reply
 from bench.agentproc import cpu_seconds, pin, spawn_agent, wait_ready
 from bench.results import write_section
 

@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from agent.attest.eip712 import domain_separator, hash_struct, keccak256
+from agent.attest.eip712 import domain_fields, domain_separator, hash_struct, keccak256
 from agent.attest.keys import GatewayKey, recover_address
 from agent.attest.observation import (
     _ADDRESS_RE,
@@ -32,6 +32,7 @@ from agent.attest.observation import (
     _get_int,
     _get_str,
     _parse,
+    read_domain,
 )
 from agent.errors import EnvelopeError
 from agent.model import UINT64_MAX, Eip712Domain
@@ -76,12 +77,7 @@ def sign_dropped(
         "v": 1,
         "type": "Dropped",
         "gateway": key.address,
-        "domain": {
-            "name": domain.name,
-            "version": domain.version,
-            "chainId": domain.chain_id,
-            "verifyingContract": domain.verifying_contract,
-        },
+        "domain": domain_fields(domain),
         "message": {"firstSequence": first, "lastSequence": last, "droppedAt": dropped_at},
         "digest": "0x" + digest.hex(),
         "signature": "0x" + key.sign_digest(digest).hex(),
@@ -105,15 +101,7 @@ def verify_dropped(data: bytes | str) -> VerifiedDrop:
     if _get(env, "v") != 1 or _get(env, "type") != "Dropped":
         raise EnvelopeError("not a version 1 Dropped statement")
     gateway = _get_str(env, "gateway", _ADDRESS_RE).lower()
-    try:
-        domain = Eip712Domain(
-            name=_get_str(env, "domain.name"),
-            version=_get_str(env, "domain.version"),
-            chain_id=_get_int(env, "domain.chainId", 1, 2**256 - 1),
-            verifying_contract=_get_str(env, "domain.verifyingContract", _ADDRESS_RE),
-        )
-    except ValueError as exc:
-        raise EnvelopeError(f"bad domain: {exc}") from None
+    domain = read_domain(env)
     first = _get_int(env, "message.firstSequence", 1, UINT64_MAX)
     last = _get_int(env, "message.lastSequence", first, UINT64_MAX)
     at = _get_int(env, "message.droppedAt", 0, UINT64_MAX)

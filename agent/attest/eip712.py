@@ -303,6 +303,16 @@ OBSERVATION_TYPES: dict[str, list[dict[str, str]]] = {
 """The same two types in eth_signTypedData form, for the generic encoder and for wallets."""
 
 
+def domain_fields(domain: Eip712Domain) -> dict[str, Any]:
+    """The domain in eth_signTypedData form, as every signed statement's JSON carries it."""
+    return {
+        "name": domain.name,
+        "version": domain.version,
+        "chainId": domain.chain_id,
+        "verifyingContract": domain.verifying_contract,
+    }
+
+
 def domain_separator(domain: Eip712Domain) -> bytes:
     return keccak256(
         DOMAIN_TYPE_HASH

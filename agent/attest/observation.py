@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.attest.eip712 import domain_separator, observation_digest
+from agent.attest.eip712 import domain_fields, domain_separator, observation_digest
 from agent.attest.feeds import FeedMap
 from agent.attest.keys import GatewayKey, recover_address
 from agent.errors import EnvelopeError
@@ -130,7 +130,7 @@ class ObservationSigner:
         head = {
             "v": ENVELOPE_VERSION,
             "gateway": key.address,
-            "domain": _domain_json(domain),
+            "domain": domain_fields(domain),
         }
         # The constant head of every envelope, left open so the body can be appended.
         self._prefix = _COMPACT.encode(head)[:-1] + ","
@@ -197,15 +197,6 @@ class ObservationSigner:
         )
 
 
-def _domain_json(domain: Eip712Domain) -> dict[str, Any]:
-    return {
-        "name": domain.name,
-        "version": domain.version,
-        "chainId": domain.chain_id,
-        "verifyingContract": domain.verifying_contract,
-    }
-
-
 # --- verification ---------------------------------------------------------------------------
 
 
@@ -262,6 +253,19 @@ def _get_label(obj: Mapping[str, Any], path: str, what: str) -> str:
     if not canonical:
         raise EnvelopeError(f"field {path} is not a {what} label (ASCII, zero-padded bytes32)")
     return label
+
+
+def read_domain(env: Mapping[str, Any]) -> Eip712Domain:
+    """The EIP-712 domain of a signed statement's JSON (`domain.*`), or EnvelopeError."""
+    try:
+        return Eip712Domain(
+            name=_get_str(env, "domain.name"),
+            version=_get_str(env, "domain.version"),
+            chain_id=_get_int(env, "domain.chainId", 1, 2**256 - 1),
+            verifying_contract=_get_str(env, "domain.verifyingContract", _ADDRESS_RE),
+        )
+    except ValueError as exc:
+        raise EnvelopeError(f"bad domain: {exc}") from None
 
 
 def parse_document(data: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
@@ -321,15 +325,7 @@ def verify_envelope(data: bytes | str | Mapping[str, Any]) -> VerifiedObservatio
         )
     gateway = _get_str(env, "gateway", _ADDRESS_RE).lower()
 
-    try:
-        domain = Eip712Domain(
-            name=_get_str(env, "domain.name"),
-            version=_get_str(env, "domain.version"),
-            chain_id=_get_int(env, "domain.chainId", 1, 2**256 - 1),
-            verifying_contract=_get_str(env, "domain.verifyingContract", _ADDRESS_RE),
-        )
-    except ValueError as exc:
-        raise EnvelopeError(f"bad domain: {exc}") from None
+    domain = read_domain(env)
 
     device = _get_label(env, "message.deviceId", "device id")
     sensor = _get_label(env, "message.sensor", "sensor")

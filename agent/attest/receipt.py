@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from agent.attest.eip712 import hash_typed_data, keccak256
+from agent.attest.eip712 import domain_fields, hash_typed_data, keccak256
 from agent.attest.keys import GatewayKey, recover_address
 from agent.model import Eip712Domain, label_bytes32
 
@@ -32,15 +32,6 @@ RECEIPT_TYPES: dict[str, list[dict[str, str]]] = {
 }
 
 
-def _domain(domain: Eip712Domain) -> dict[str, Any]:
-    return {
-        "name": domain.name,
-        "version": domain.version,
-        "chainId": domain.chain_id,
-        "verifyingContract": domain.verifying_contract,
-    }
-
-
 @dataclass(frozen=True, slots=True)
 class Receipt:
     message: dict[str, Any]
@@ -55,7 +46,7 @@ class Receipt:
             "v": 1,
             "type": "CommandReceipt",
             "gateway": self.gateway,
-            "domain": _domain(domain),
+            "domain": domain_fields(domain),
             "message": self.message,
             "answer": self.answer,
             "result": self.result,
@@ -91,7 +82,7 @@ def sign_receipt(
     answer_canonical: bytes,
     result: dict[str, int | str],
 ) -> Receipt:
-    digest = hash_typed_data(RECEIPT_TYPES, "CommandReceipt", _domain(domain), message)
+    digest = hash_typed_data(RECEIPT_TYPES, "CommandReceipt", domain_fields(domain), message)
     return Receipt(
         message=message,
         digest=digest,

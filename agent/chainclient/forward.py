@@ -6,7 +6,8 @@ length and eth_getLogs block range, and a token bucket per client. What it refus
 reaches the node; each refusal is a JSON-RPC error object whose `data.reason` is a stable label
 (also the counter's label). A node that is down is answered at once with -32002.
 
-Transports (each a thin shell around `Forwarder.handle`):
+Transports (each a thin shell around `Forwarder.handle`, in agent/chainclient/forwardservers.py;
+single requests go to the node coalesced into batches, agent/chainclient/coalescer.py):
 - MQTT 5: requests on `<prefix>/<gateway>/rpc/req/<name>`, where `<name>` is the asker's broker
   username (the broker's ACL lets each user publish only there: the topic proves who asked);
   the answer goes to the request's Response Topic, which must lie under the asker's own name
@@ -27,14 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.chainclient.coalescer import Coalescer
 from agent.chainclient.rpc import ResponseTooLarge, RpcClient
-from agent.coapserver import CoapServer
-from agent.config import BrokerEndpoint
 from agent.config.forward import DEFAULT_METHODS, forbidden
 from agent.errors import ChainError, NodeUnreachable, RpcTimeout
 from agent.logs import RateLimitedLog
 from agent.metrics import Metrics
-from agent.mqtt import MqttResponder, publish_json_reply
 from agent.ratelimit import KeyedBuckets
 
 # JSON-RPC 2.0 and EIP-1474 error codes
@@ -91,125 +90,6 @@ class _Head:
     number: int = -1
     at: float = -1e18
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-class Coalescer:
-    """Single requests that arrive while a post to the node is under way wait and then go
-    together, as one JSON-RPC batch: one HTTP round trip, and one pair of system calls, for
-    many. A request alone goes alone, and its answer passes through as the node wrote it.
-
-    One post is under way at a time while the node answers quickly. When a post has been out
-    for `lane_after` seconds (a slow call: within one batch it delays the others' answers),
-    the requests waiting behind it go in a post of their own, up to `parallel` at once.
-    """
-
-    def __init__(
-        self, rpc: RpcClient, policy: ForwardPolicy, parallel: int = 2, lane_after: float = 0.002
-    ) -> None:
-        self.rpc = rpc
-        self.policy = policy
-        self.parallel = parallel
-        self.lane_after = lane_after
-        self.max_batch = 32
-        self._queue: list[tuple[dict[str, Any], asyncio.Future[bytes]]] = []
-        self._running = 0
-        self._lane_timer: asyncio.TimerHandle | None = None
-        self._last_post = 0.0  # loop time at which the newest post under way started
-        self.batches = 0
-        self.lanes_opened = 0  # posts started because the one under way was slow
-
-    async def call(self, item: dict[str, Any]) -> bytes:
-        """The node's answer to one request (raw JSON), or ChainError."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bytes] = loop.create_future()
-        self._queue.append((item, fut))
-        if self._running == 0:
-            self._start(loop)
-        elif self._running < self.parallel and self._lane_timer is None:
-            self._lane_timer = loop.call_later(self.lane_after, self._open_lane, loop)
-        return await fut
-
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._running += 1
-        loop.create_task(self._drain())
-
-    def _open_lane(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._lane_timer = None
-        if not self._queue or self._running >= self.parallel:
-            return
-        due = self._last_post + self.lane_after
-        if loop.time() < due:
-            # The post under way is a fresh one (the previous answered in time): wait on it.
-            self._lane_timer = loop.call_at(due, self._open_lane, loop)
-            return
-        self.lanes_opened += 1
-        self._start(loop)
-
-    async def _drain(self) -> None:
-        try:
-            while self._queue:
-                batch = self._queue[: self.max_batch]
-                del self._queue[: self.max_batch]
-                self._last_post = asyncio.get_running_loop().time()
-                try:
-                    await self._send([x for x in batch if not x[1].done()])
-                except ChainError as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-        finally:
-            self._running -= 1
-
-    async def _send(self, batch: list[tuple[dict[str, Any], asyncio.Future[bytes]]]) -> None:
-        if not batch:
-            return
-        limit = self.policy.max_response_bytes
-        if len(batch) == 1:
-            item, fut = batch[0]
-            body = json.dumps(item, separators=(",", ":")).encode()
-            raw = await self.rpc.post(
-                body, max_response_bytes=limit, deadline=self.policy.timeout_s
-            )
-            if not fut.done():
-                # Passed on byte for byte, but only a JSON-RPC answer: a proxy's HTML page or a
-                # truncated body becomes the gateway's own error, never the dApp's "answer".
-                try:
-                    ok = isinstance(json.loads(raw), dict)
-                except (ValueError, UnicodeDecodeError):
-                    ok = False
-                if ok:
-                    fut.set_result(raw)
-                else:
-                    fut.set_exception(ChainError("the node's answer is not a JSON-RPC object"))
-            return
-        self.batches += 1
-        sent = [{**item, "id": k} for k, (item, _) in enumerate(batch)]
-        raw = await self.rpc.post(
-            json.dumps(sent, separators=(",", ":")).encode(),
-            max_response_bytes=limit * len(batch),
-            deadline=self.policy.timeout_s,
-        )
-        try:
-            got = json.loads(raw)
-        except ValueError:
-            raise ChainError("the node's batch answer is not JSON") from None
-        by_id = {}
-        if isinstance(got, list):
-            by_id = {
-                a.get("id"): a for a in got if isinstance(a, dict) and type(a.get("id")) is int
-            }
-        for k, (item, fut) in enumerate(batch):
-            if fut.done():
-                continue
-            a = by_id.get(k)
-            if a is None:
-                fut.set_exception(ChainError("the node's batch answer lacks a request"))
-                continue
-            out = json.dumps({**a, "id": item.get("id")}, separators=(",", ":")).encode()
-            if len(out) > limit:
-                fut.set_exception(ResponseTooLarge(limit))
-            else:
-                fut.set_result(out)
 
 
 class Forwarder:
@@ -488,126 +368,3 @@ class Forwarder:
 def _wants(item: Any) -> bool:
     """Requests get answers, notifications (no id member) do not; invalid items get errors."""
     return not isinstance(item, dict) or "id" in item or "method" not in item
-
-
-# -- MQTT --------------------------------------------------------------------------------------
-
-
-class MqttForwarder(MqttResponder):
-    """Serves `<prefix>/<gateway>/rpc/req/+` on a broker (an MQTT 5 connection of its own)."""
-
-    name = "forward-mqtt"
-
-    def __init__(
-        self,
-        forwarder: Forwarder,
-        endpoint: BrokerEndpoint,
-        *,
-        request_topic: str,
-        reply_filters: tuple[str, ...],
-        client_id: str,
-        logger: logging.Logger | None = None,
-    ) -> None:
-        super().__init__(
-            endpoint,
-            request_topic=request_topic,
-            reply_filters=reply_filters,
-            client_id=client_id,
-            link="rpc",
-            logger=logger or logging.getLogger("agent.chainclient.forward.mqtt"),
-        )
-        self.fwd = forwarder
-
-    async def serve(
-        self, asker: str, payload: bytes, reply_to: str | None, corr: bytes | None, qos: int = 1
-    ) -> None:
-        """Answer one request; the answer is published with the request's QoS (0 or 1)."""
-        v311 = reply_to is None
-        correlation: Any = corr
-        if v311:
-            # MQTT 3.1.1: the reply topic and correlation id travel in the payload.
-            try:
-                env = (
-                    json.loads(payload)
-                    if len(payload) <= self.fwd.policy.max_request_bytes
-                    else None
-                )
-            except (ValueError, UnicodeDecodeError):
-                env = None
-            if not isinstance(env, dict) or not isinstance(env.get("reply_to"), str):
-                self.fwd.unanswerable(
-                    "mqtt",
-                    "no_reply_topic",
-                    "no MQTT 5 Response Topic and no reply_to in the payload: nowhere to answer",
-                )
-                return
-            reply_to, correlation = env["reply_to"], env.get("correlation")
-            payload = json.dumps(env.get("request")).encode()
-        assert reply_to is not None
-        refusal = self.reply_refusal(asker, reply_to, correlation)
-        if refusal is not None:
-            self.fwd.unanswerable("mqtt", *refusal)
-            return
-        # The limit is the asker's (its request topic, which the broker's ACL binds to its
-        # login), whatever reply topic it names.
-        answer = await self.fwd.handle(f"mqtt:{asker}", payload, "mqtt")
-        if answer is None:
-            return
-        if v311:
-            out = (
-                b'{"correlation":'
-                + json.dumps(correlation).encode()
-                + b',"response":'
-                + answer
-                + b"}"
-            )
-            self.conn.client.publish(reply_to, out, qos=qos)
-        else:
-            publish_json_reply(self.conn.client, reply_to, answer, corr, qos)
-
-
-# -- CoAP --------------------------------------------------------------------------------------
-
-
-class CoapForwarder(CoapServer):
-    """`POST coap://<bind>/rpc` (aiocoap server)."""
-
-    name = "forward-coap"
-    listening_event = "coap_rpc_listening"
-
-    def __init__(
-        self,
-        forwarder: Forwarder,
-        host: str,
-        port: int,
-        *,
-        logger: logging.Logger | None = None,
-    ) -> None:
-        super().__init__(host, port, logger or logging.getLogger("agent.chainclient.forward.coap"))
-        self.fwd = forwarder
-
-    def site(self) -> Any:
-        import aiocoap
-        import aiocoap.resource as resource
-
-        from agent.coapsite import DirectSite
-
-        fwd = self.fwd
-
-        class RpcResource(resource.Resource):  # type: ignore[misc]
-            async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
-                remote = request.remote
-                sockaddr = getattr(remote, "sockaddr", None)
-                client = f"coap:{sockaddr[0] if sockaddr else remote.hostinfo}"
-                answer = await fwd.handle(client, bytes(request.payload), "coap")
-                if answer is None:
-                    return aiocoap.Message(code=aiocoap.CHANGED)
-                return aiocoap.Message(
-                    code=aiocoap.CONTENT,
-                    payload=answer,
-                    content_format=aiocoap.numbers.ContentFormat.JSON,
-                )
-
-        site = DirectSite()
-        site.add_direct("rpc", RpcResource())
-        return site

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from agent.atomicfile import atomic_write
 from agent.cli.options import load
 from agent.cli.qr import print_qr
 from agent.devices.registry import (
@@ -26,7 +27,6 @@ from agent.devices.registry import (
     DeviceStatus,
     KeyKind,
     RegistryError,
-    atomic_write,
 )
 from agent.errors import AgentError
 from agent.model import Transport

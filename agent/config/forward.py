@@ -62,8 +62,6 @@ class ForwardConfig(RequestResponseConfig):
     max_response_bytes: int = 1024 * 1024
     max_batch: int = 20
     max_log_range: int = 1000
-    rate: float = 20.0
-    burst: int = 40
     timeout_s: float = 5.0
     reply_topics: tuple[str, ...] = ("{prefix}/{gateway}/rpc/res/{client}/#",)
 
@@ -86,12 +84,8 @@ def read_forward(f: Section, local_broker_url: str) -> ForwardConfig:
         max_response_bytes=f.size("max_response_bytes", F.max_response_bytes),
         max_batch=f.int_range("max_batch", F.max_batch, 1, 1000),
         max_log_range=f.int_range("max_log_range", F.max_log_range, 1, 1_000_000),
-        rate=f.get("rate", float, F.rate),
-        burst=f.int_range("burst", F.burst, 1, 100_000),
         timeout_s=f.duration("timeout", F.timeout_s),
         **shared,
     )
-    if cfg.rate <= 0:
-        raise f.err("rate", f"must be a positive number of requests per second; got {cfg.rate}")
     f.done()
     return cfg

@@ -16,6 +16,8 @@ class RequestResponseConfig:
     default, whose first entry is also the example in refusals."""
 
     max_inflight: int = 64
+    rate: float = 20.0  # requests per second per client (MQTT: its username; CoAP: its address)
+    burst: int = 40
     mqtt_enabled: bool = True
     mqtt: BrokerEndpoint | None = None  # None only when built in code; the reader always sets it
     topic_prefix: str = TOPIC_PREFIX
@@ -40,8 +42,14 @@ def read_request_response(
     """The shared fields of `cls` read from `sec` and its [.mqtt] and [.coap] tables, as keyword
     arguments for `cls`. The MQTT broker defaults to the local one ([sources.mqtt].url)."""
     out: dict[str, Any] = {
-        "max_inflight": sec.int_range("max_inflight", cls.max_inflight, 1, 10_000)
+        "max_inflight": sec.int_range("max_inflight", cls.max_inflight, 1, 10_000),
+        "rate": sec.get("rate", float, cls.rate),
+        "burst": sec.int_range("burst", cls.burst, 1, 100_000),
     }
+    if out["rate"] <= 0:
+        raise sec.err(
+            "rate", f"must be a positive number of requests per second; got {out['rate']}"
+        )
     m = sec.sub("mqtt")
     out["mqtt_enabled"] = m.get("enabled", bool, cls.mqtt_enabled)
     proto = m.data.get("protocol", "5")

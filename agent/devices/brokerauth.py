@@ -19,9 +19,10 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+from agent.atomicfile import atomic_write
 from agent.config import BrokerAuthConfig, HomeAssistantConfig
 from agent.config.downlink import downlink_acl_lines
-from agent.devices.registry import DeviceRecord, DeviceStatus, atomic_write
+from agent.devices.registry import DeviceRecord, DeviceStatus
 from agent.errors import AgentError
 from agent.model import Transport
 

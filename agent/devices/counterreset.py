@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.devices.registry import atomic_write, owner_to_keep
+from agent.atomicfile import atomic_write, owner_to_keep
 from agent.model import NAME_RE, Transport
 
 REQUESTS_DIR = "requests"

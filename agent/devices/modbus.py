@@ -3,58 +3,39 @@
 One task per line: an RS-485 bus is half-duplex, so its devices are polled in turn; each TCP
 endpoint is a line of its own, so TCP devices are polled in parallel. A device that fails
 (timeout, CRC, exception response, garbage) is counted by kind, logged once, and polled less
-often (its own backoff); the other devices on the line keep their schedule. Decoding is the
-pure codec's (agent/devices/codecs/modbus.py); this module does I/O and bookkeeping only.
+often (its own backoff); the other devices on the line keep their schedule. This module is the
+Source (lines, schedule, counting, health); one poll's reads are in modbuspoll.py, decoding is
+the pure codec's (agent/devices/codecs/modbus.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any, Protocol
-
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException
-from pymodbus.framer import FramerType
-from pymodbus.pdu import ModbusPDU
 
 from agent.backoff import Backoff
 from agent.component import Detail, Health, State
-from agent.config.sources.modbus import ModbusBusConfig, ModbusDeviceConfig, ModbusSourceConfig
-from agent.devices.codecs.modbus import (
-    Point,
-    ReadRequest,
-    Table,
-    classify_rtu_garbage,
-    decode_response,
-    plan_requests,
+from agent.config.sources.modbus import ModbusSourceConfig
+from agent.devices.modbuspoll import (
+    DeviceState,
+    Line,
+    ModbusClient,
+    PollGroup,
+    next_due,
+    open_client,
+    poll_groups,
+    read_group,
 )
-from agent.errors import FrameError, RejectedReading
+from agent.errors import RejectedReading
 from agent.frame import DeviceFrame, SensorValue, counter_key
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
 from agent.model import AuthMethod, Transport
 from agent.pipeline import Arrival
 
-# Exception responses by code (Modbus Application Protocol 1.1b3, section 7), as fault kinds.
-EXCEPTION_KINDS = {
-    1: "illegal_function",
-    2: "illegal_address",
-    3: "illegal_value",
-    4: "device_failure",
-    5: "acknowledge",
-    6: "device_busy",
-    8: "memory_parity",
-    10: "gateway_path_unavailable",
-    11: "gateway_no_response",
-}
-RTU_QUIET_CHARS = 3.5  # the standard's inter-frame silence, in character times
-RTU_QUIET_S = 0.02  # plus USB adapters' and the kernel's own latency
 LINE_BACKOFF_MAX = 30.0  # s: reopening a port or reconnecting a TCP endpoint
 
 
@@ -86,66 +67,6 @@ class ModbusGate:
 
     def admit(self, arrival: Arrival, auth: AuthMethod) -> None:
         """No budget: the gateway polls a Modbus device at its configured intervals."""
-
-
-@dataclass
-class PollGroup:
-    """The reads of one device that share a poll interval."""
-
-    interval_s: float
-    requests: list[ReadRequest]
-    due: float = 0.0  # monotonic
-
-
-@dataclass
-class DeviceState:
-    cfg: ModbusDeviceConfig
-    groups: list[PollGroup]
-    backoff: Backoff
-    polls: int = 0
-    failing: bool = False
-    partial: bool = False  # the last poll read some values and failed on others
-    last_poll: float | None = None  # unix time of the last poll that read something
-    failed_since: float | None = None
-    counter: int = -1  # the last counter given to a frame (gateway milliseconds)
-    errors: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def state(self) -> State:
-        if self.failing:
-            return "degraded" if self.partial else "down"
-        return "up" if self.last_poll is not None else "starting"
-
-
-@dataclass
-class Line:
-    """An RS-485 bus or a TCP endpoint, and the devices polled over it, one at a time."""
-
-    name: str
-    devices: list[DeviceState]
-    bus: ModbusBusConfig | None = None
-    connected: bool = False
-    opened: int = 0
-    received: list[bytes] = field(default_factory=list)  # bytes since the last request
-
-
-def poll_groups(dev: ModbusDeviceConfig) -> list[PollGroup]:
-    """The device's reads, grouped by interval, each group planned within the read limits."""
-    points: dict[float, list[Point]] = {}
-    for r in dev.registers:
-        points.setdefault(r.interval_s, []).append(r.point)
-    return [
-        PollGroup(
-            interval, plan_requests(pts, max_registers=dev.max_registers, max_gap=dev.max_gap)
-        )
-        for interval, pts in sorted(points.items())
-    ]
-
-
-def _next_due(due: float, interval: float, now: float) -> float:
-    """The next slot of a schedule started at `due`, skipping the ones already missed (a slow
-    line keeps each device's phase instead of polling it back to back to catch up)."""
-    return due + interval * max(1, math.ceil((now - due) / interval))
 
 
 class ModbusSource:
@@ -267,45 +188,11 @@ class ModbusSource:
         detail.update({f"errors_{k}": v for k, v in sorted(st.errors.items())})
         return Health(st.state, detail)
 
-    # -- lines ----------------------------------------------------------------------------
-    def _client(self, line: Line) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
-        def trace(sending: bool, data: bytes) -> bytes:
-            if not sending:
-                line.received.append(bytes(data))  # what came back (pymodbus keeps no record)
-            return data
-
-        if line.bus is not None:
-            b = line.bus
-            return AsyncModbusSerialClient(
-                str(b.port),
-                framer=FramerType.RTU,
-                baudrate=b.baud,
-                bytesize=b.bytesize,
-                parity=b.parity,
-                stopbits=b.stopbits,
-                timeout=b.timeout_s,
-                retries=0,  # the source retries on its own schedule
-                reconnect_delay=0,  # and reopens the line itself, with its backoff
-                trace_packet=trace,
-                name=line.name,
-            )
-        d = line.devices[0].cfg
-        assert d.host is not None
-        return AsyncModbusTcpClient(
-            d.host,
-            port=d.port,
-            timeout=max(st.cfg.timeout_s for st in line.devices),
-            retries=0,
-            reconnect_delay=0,
-            trace_packet=trace,
-            name=line.name,
-        )
-
     async def _run_line(self, line: Line) -> None:
         backoff = Backoff(0.5, LINE_BACKOFF_MAX)
         lost = True  # a loss not yet counted: at start, and after the line worked
         while not self._ending:
-            client = self._client(line)
+            client = open_client(line)
             try:
                 if not await client.connect():
                     what = f"cannot open {line.bus.port}" if line.bus else "cannot connect"
@@ -344,9 +231,7 @@ class ModbusSource:
             st.partial = False
             st.failed_since = st.failed_since or time.monotonic()
 
-    async def _poll_line(
-        self, line: Line, client: AsyncModbusSerialClient | AsyncModbusTcpClient
-    ) -> None:
+    async def _poll_line(self, line: Line, client: ModbusClient) -> None:
         """Poll the line's devices in order of their next due time until the line is lost."""
         now = time.monotonic()
         for st in line.devices:
@@ -366,85 +251,15 @@ class ModbusSource:
             await self._poll(line, client, st, group)
 
     # -- one poll -------------------------------------------------------------------------
-    async def _read(
-        self, client: AsyncModbusSerialClient | AsyncModbusTcpClient, req: ReadRequest, unit: int
-    ) -> ModbusPDU:
-        if req.table is Table.HOLDING:
-            call = client.read_holding_registers(req.address, count=req.count, device_id=unit)
-        elif req.table is Table.INPUT:
-            call = client.read_input_registers(req.address, count=req.count, device_id=unit)
-        elif req.table is Table.COIL:
-            call = client.read_coils(req.address, count=req.count, device_id=unit)
-        else:
-            call = client.read_discrete_inputs(req.address, count=req.count, device_id=unit)
-        return await call
-
-    def _silence(self, line: Line, unit: int) -> str:
-        """Why a request got no valid answer: nothing came back (`timeout`), or what did."""
-        got = line.received[-1] if line.received else b""
-        if not got:
-            return "timeout"
-        if line.bus is not None:
-            return classify_rtu_garbage(got, unit)
-        # Modbus TCP: the unit id is the 7th byte of the MBAP header.
-        return "wrong_unit" if len(got) >= 7 and got[6] != unit else "bad_response"
-
     async def _poll(
-        self,
-        line: Line,
-        client: AsyncModbusSerialClient | AsyncModbusTcpClient,
-        st: DeviceState,
-        group: PollGroup,
+        self, line: Line, client: ModbusClient, st: DeviceState, group: PollGroup
     ) -> None:
         dev = st.cfg
-        values: list[SensorValue] = []
-        fault: tuple[str, str] | None = None
-        answered = False
-        for req in group.requests:
-            where = f"{req.table} {req.address}+{req.count}"
-            line.received.clear()
-            try:
-                rr = await self._read(client, req, dev.unit)
-            except ConnectionException as exc:
-                fault = ("disconnected", str(exc)[:120])
-                break
-            except ModbusException:
-                # No valid answer in time: the device is silent, or what came back was
-                # corrupt or someone else's. Later reads of this poll would fare no better.
-                fault = (self._silence(line, dev.unit), where)
-                if line.bus is not None:
-                    # Let a late or babbling answer end before the next request, so that
-                    # its tail is discarded instead of corrupting another device's answer.
-                    await asyncio.sleep(RTU_QUIET_CHARS * 11 / line.bus.baud + RTU_QUIET_S)
-                break
-            except Exception as exc:  # a hostile answer that pymodbus could not take apart
-                fault = ("bad_response", f"{where}: {type(exc).__name__}")
-                break
-            finally:
-                line.received.clear()
-            answered = True
-            if rr.isError():
-                code = rr.exception_code
-                fault = (
-                    EXCEPTION_KINDS.get(code, f"exception_{code}"),
-                    f"{where}: exception {code}",
-                )
-                continue
-            if rr.function_code != req.table.function_code:
-                fault = ("bad_response", f"{where}: answered function {rr.function_code}")
-                continue
-            data: Sequence[int] | Sequence[bool] = rr.bits if req.table.is_bits else rr.registers
-            try:
-                decoded, bad = decode_response(req, data)
-            except FrameError as exc:
-                fault = (exc.reason, exc.detail)
-                continue
-            for p, err in bad:
-                self.pipeline.reject(
-                    "modbus", dev.device_id, err.reason, f"{p.sensor}: {err.detail}"
-                )
-            values.extend(decoded)
-            self.registers_read += req.count
+        got = await read_group(client, line, dev.unit, group)
+        for p, err in got.bad:
+            self.pipeline.reject("modbus", dev.device_id, err.reason, f"{p.sensor}: {err.detail}")
+        self.registers_read += got.registers
+        values, fault, answered = got.values, got.fault, got.answered
         st.polls += 1
         self.polls += 1
         st.partial = bool(values) and fault is not None
@@ -464,7 +279,7 @@ class ModbusSource:
             st.failing = False
             st.failed_since = None
             st.backoff.succeeded()
-            group.due = _next_due(group.due, group.interval_s, now)
+            group.due = next_due(group.due, group.interval_s, now)
         else:
             kind, detail = fault
             self._count(st, kind)
@@ -517,4 +332,4 @@ class ModbusSource:
 # device and kind, so the library's own lines are kept out of the agent's log.
 logging.getLogger("pymodbus.logging").setLevel(logging.CRITICAL)
 
-__all__ = ["EXCEPTION_KINDS", "ModbusGate", "ModbusSource", "poll_groups"]
+__all__ = ["ModbusGate", "ModbusSource"]

@@ -45,7 +45,7 @@ from agent.errors import AgentError
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
 from agent.model import NAME_RE, Eip712Domain, Transport
-from agent.mqtt import MqttResponder, publish_json_reply
+from agent.responder import MqttResponder, publish_json_reply
 
 MAX_REQUEST_BYTES = 4096
 

@@ -1,8 +1,9 @@
 """Each dApp's answers reach only that dApp: against the real agent (forwarding to a real anvil,
 the oracle) on a real Mosquitto configured with the password file and the ACL that `pair`
 writes. A second client can neither read another's answers, nor forge them, nor make the
-gateway answer onto them, nor escape its own rate limit by naming new response topics; over
-CoAP the limit is per peer address, whatever source port a client uses."""
+gateway answer onto them, nor escape its own rate limit (forwarding's or the oracle's) by naming
+new response topics; over CoAP the limit is per peer address, whatever source port a client
+uses."""
 
 from __future__ import annotations
 
@@ -27,7 +28,12 @@ from agent.chainclient.anvil import LocalAnvil
 from agent.config import BrokerAuthConfig
 from agent.devices.brokerauth import MosquittoAuth
 from agent.localbroker import LocalMosquitto, free_port
-from tests.integration.conftest import agent_config_dict, async_wait_until
+from tests.integration.conftest import (
+    AgentProcess,
+    agent_config_dict,
+    async_wait_until,
+    write_agent_dir,
+)
 
 AGENT = "edgence-agent"
 
@@ -164,6 +170,7 @@ async def start(
     generated: GeneratedBroker,
     upstream: LocalMosquitto,
     anvil: LocalAnvil,
+    oracle: dict[str, Any] | None = None,
     **forward: Any,
 ) -> tuple[Any, str]:
     agent_login = generated.logins[AGENT]
@@ -172,7 +179,7 @@ async def start(
     cfg["sources"]["mqtt"] |= login
     cfg["chain"] = {"rpc_url": anvil.url}
     cfg["forward"] = {"enabled": True, **forward, "mqtt": dict(login)}
-    cfg["oracle"] = {"enabled": True, "mqtt": dict(login)}
+    cfg["oracle"] = {"enabled": True, **(oracle or {}), "mqtt": dict(login)}
     key = GatewayKey.generate()
     running = await start_agent(cfg, key)
     await asyncio.wait_for(running.agent.forward_mqtt.ready.wait(), 10)
@@ -263,6 +270,53 @@ async def test_varying_the_response_topic_does_not_escape_the_rate_limit(
         await alice.publish(f"{base}/req/alice", rpc("eth_chainId"), f"{base}/res/alice", b"mine")
         assert (await alice.answer(b"mine"))["result"] == hex(31337)
         assert all(c != b"a" for _, c, _ in bob.got)
+    finally:
+        alice.close()
+        bob.close()
+
+
+@pytest.mark.timeout(120)  # two Mosquittos and an agent process on a busy machine
+@pytest.mark.parametrize("vary_topic", [False, True])
+def test_an_oracle_client_flooding_is_limited_and_another_is_still_served(
+    vary_topic: bool,
+    tmp_path: Path,
+    generated: GeneratedBroker,
+    upstream_broker: LocalMosquitto,
+    agent_process: Callable[[Path], AgentProcess],
+) -> None:
+    """Against `edgence-agent run` as a process: the oracle's limit is per username, whether
+    the flood keeps one Response Topic or names a new one each time."""
+    login = {"username": AGENT, "password_file": str(generated.logins[AGENT].password_file)}
+    cfg = agent_config_dict(generated.broker, upstream_broker)
+    cfg["sources"]["mqtt"] |= login
+    # A bucket of 3 that refills once in 100 s: within the test only 3 queries pass.
+    cfg["oracle"] = {"enabled": True, "rate": 0.01, "burst": 3, "mqtt": dict(login)}
+    config, key = write_agent_dir(tmp_path / "etc", cfg)
+    proc = agent_process(config)
+    proc.start()  # ready: the oracle has subscribed to its requests
+    base = f"edgence/{key.address}/oracle"
+    query = {"device": "dev-1", "sensor": "t"}
+    bob = Client(generated, "bob", [f"{base}/res/bob/#"])
+    alice = Client(generated, "alice", [f"{base}/res/alice/#"])
+    try:
+        for i in range(8):
+            reply_to = f"{base}/res/bob/{i}" if vary_topic else f"{base}/res/bob"
+            bob._publish(f"{base}/req/bob", query, reply_to, b"%d" % i)
+        answers = [bob._answer(b"%d" % i, 10.0)["error"] for i in range(8)]
+        # served (the journal was asked: no observation of dev-1 yet) while the budget lasts,
+        # then refused with the time to wait
+        codes = [a["code"] for a in answers]
+        assert codes == ["no_data"] * 3 + ["rate_limited"] * 5, answers
+        assert all(a["retry_after_ms"] > 0 for a in answers[3:])
+        alice._publish(f"{base}/req/alice", query, f"{base}/res/alice", b"mine")
+        assert alice._answer(b"mine", 10.0)["error"]["code"] == "no_data"
+        # one log line for the flood (the rest at debug level), naming the client
+        lines = [
+            line
+            for line in proc.log_text().splitlines()
+            if "event=oracle_query_refused" in line and "reason=rate_limited" in line
+        ]
+        assert len(lines) == 1 and "client=mqtt:bob" in lines[0], lines
     finally:
         alice.close()
         bob.close()

@@ -18,14 +18,16 @@ from typing import Any
 import aiocoap
 import pytest
 
-from agent.chainclient.forward import CoapForwarder, Forwarder, ForwardPolicy
+from agent.chainclient.forward import Forwarder, ForwardPolicy
+from agent.chainclient.forwardservers import CoapForwarder
 from agent.chainclient.rpc import RpcClient
 from agent.coapserver import CoapServer
 from agent.journal import Journal
 from agent.localbroker import LocalMosquitto
 from agent.localbroker import free_port as tcp_free_port
 from agent.metrics import Metrics
-from agent.oracle import CoapOracle, OracleService
+from agent.oracle.servers import CoapOracle
+from agent.oracle.service import OracleService
 from tests.integration.conftest import agent_config_dict, write_agent_dir
 
 

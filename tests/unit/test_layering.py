@@ -28,7 +28,7 @@ BELOW_SOURCES = [
     "sqlitestore.py",
     "threadowner.py",
     "bridge.py",
-    "oracle.py",
+    "oracle",
     "attest",
     "config",
 ]

@@ -25,7 +25,7 @@ from agent.config import BrokerEndpoint
 from agent.devices.codecs.frame import encode_frame
 from agent.localbroker import LocalMosquitto
 from agent.masternode import ContractClient
-from agent.oracle import MqttOracle
+from agent.oracle.servers import MqttOracle
 from agent.serviceprobe import ServiceProber, submit_verdicts
 from tests.integration.chainclient.test_forward import Dapp, rpc
 from tests.integration.conftest import Device, agent_config_dict, async_wait_until

@@ -1,5 +1,5 @@
 """The forwarder's pure parts: the method rules (its per-client rate limit is agent/ratelimit.py,
-tested in tests/unit/test_ratelimit.py; reply topics in tests/unit/test_mqtt.py)."""
+tested in tests/unit/test_ratelimit.py; reply topics in tests/unit/test_responder.py)."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ def test_oracle_defaults(tmp_path: Path) -> None:
     assert cfg.oracle.mqtt is not None and cfg.oracle.mqtt.url == cfg.sources.mqtt.broker.url
     assert cfg.oracle.mqtt.protocol == 5
     assert cfg.oracle.reply_topics == ("{prefix}/{gateway}/oracle/res/{client}/#",)
+    assert (cfg.oracle.rate, cfg.oracle.burst) == (20.0, 40)
 
 
 def test_oracle_values_are_read(tmp_path: Path) -> None:
@@ -23,11 +24,13 @@ def test_oracle_values_are_read(tmp_path: Path) -> None:
         tmp_path,
         MINIMAL.replace("[gateway]\n", f'[gateway]\nverifying_contract = "0x{"cd" * 20}"\n')
         + "[chain]\nenabled = true\n"
-        '[oracle]\nenabled = true\n[oracle.coap]\nenabled = true\nbind = "0.0.0.0:5690"\n'
+        "[oracle]\nenabled = true\nrate = 0.5\nburst = 3\n"
+        '[oracle.coap]\nenabled = true\nbind = "0.0.0.0:5690"\n'
         '[oracle.submit]\nenabled = true\nsensors = ["dev-1/temp", "sim-2/pressure"]\n'
         'interval = "5m"\nmax_batch = 10\n',
     )
     o = cfg.oracle
+    assert (o.rate, o.burst) == (0.5, 3)
     assert (o.coap_host, o.coap_port) == ("0.0.0.0", 5690)
     assert o.submit_sensors == (("dev-1", "temp"), ("sim-2", "pressure"))
     assert o.submit_interval_s == 300.0 and o.submit_max_batch == 10
@@ -50,6 +53,8 @@ def test_oracle_values_are_read(tmp_path: Path) -> None:
             "{client}",
         ),
         ("[oracle]\ncolour = 1\n", "[oracle.colour]", "not a known key"),
+        ("[oracle]\nrate = 0\n", "[oracle.rate]", "positive"),
+        ("[oracle]\nburst = 0\n", "[oracle.burst]", "between 1 and 100000"),
     ],
 )
 def test_oracle_refusals_name_the_key(tmp_path: Path, text: str, key: str, words: str) -> None:

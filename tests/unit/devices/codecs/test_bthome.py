@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 
 from agent.devices.codecs.bthome import (
-    OBJECT_TYPES,
     BTHomePacket,
     encode_bthome,
     encode_objects,
     mac_bytes,
     parse_bthome,
 )
+from agent.devices.codecs.bthome_objects import OBJECT_TYPES
 from agent.errors import FrameError
 
 # The bthome.io encryption example: bindkey, MAC, plaintext 02ca0903bf13 (25.06 Cel, 50.55 %).

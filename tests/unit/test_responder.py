@@ -1,6 +1,6 @@
-"""The MQTT request/response helpers: JSON reply properties pack as paho's own Properties do
-(and paho reads them back), and the reply-topic check (with its cache) answers as paho's
-topic matching does."""
+"""The MQTT request/response helpers (agent/responder.py): JSON reply properties pack as paho's
+own Properties do (and paho reads them back), and the reply-topic check (with its cache)
+answers as paho's topic matching does."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.mqtt import JsonReplyProperties, reply_topic_allowed
+from agent.responder import JsonReplyProperties, reply_topic_allowed
 
 
 def paho_reply_properties(correlation: bytes | None) -> Properties:
@@ -77,7 +77,7 @@ def test_an_answer_goes_only_under_the_askers_own_name(
     asker: str, reply_to: str, corr: object, reason: str | None
 ) -> None:
     from agent.config import BrokerEndpoint
-    from agent.mqtt import MqttResponder
+    from agent.responder import MqttResponder
 
     r = MqttResponder(
         BrokerEndpoint(host="127.0.0.1", port=1, protocol=5),
@@ -89,3 +89,25 @@ def test_an_answer_goes_only_under_the_askers_own_name(
     )
     got = r.reply_refusal(asker, reply_to, corr)
     assert (got[0] if got else None) == reason
+
+
+def test_a_service_responder_takes_its_topics_from_its_config_section() -> None:
+    from agent.config import BrokerEndpoint
+    from agent.config.service import RequestResponseConfig
+    from agent.responder import ServiceResponder
+
+    class Echo(ServiceResponder[str]):
+        link = "echo"
+        logger_name = "test.echo"
+
+    cfg = RequestResponseConfig(
+        mqtt=BrokerEndpoint(host="127.0.0.1", port=1, protocol=5),
+        topic_prefix="e",
+        reply_topics=("{prefix}/{gateway}/echo/res/{client}/#",),
+    )
+    r = Echo.from_config("the service", cfg, gateway="gw", client_id="t")
+    assert r.service == "the service" and r.conn.name == "echo"
+    assert r.request_topic == "e/gw/echo/req"
+    assert r.reply_filters == ("e/gw/echo/res/{client}/#",)
+    assert r.reply_refusal("alice", "e/gw/echo/res/alice/1", b"1") is None
+    assert r.reply_refusal("alice", "e/gw/echo/res/bob/1", b"1") is not None

@@ -1,10 +1,9 @@
-"""The oracle's pure parts: query parsing (JSON and CoAP), calldata, revert reasons."""
+"""The oracle's calldata: the ABI encoding of submit and submitBatch; revert reasons."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
 
@@ -13,12 +12,10 @@ from agent.attest.keys import GatewayKey
 from agent.attest.observation import ObservationSigner, VerifiedObservation, verify_envelope
 from agent.masternode import revert_reason
 from agent.model import AuthMethod, Eip712Domain, Reading, Transport
-from agent.oracle import (
+from agent.oracle.calldata import (
     OBSERVATION_TUPLE,
     SUBMIT_BATCH_SELECTOR,
     SUBMIT_SELECTOR,
-    OracleQuery,
-    QueryError,
     submit_batch_calldata,
     submit_calldata,
 )
@@ -32,44 +29,6 @@ def verified(value: int, seq: int) -> VerifiedObservation:
         "dev-1", "temp", value, -2, "Cel", 1_767_225_600, 4, Transport.MQTT, AuthMethod.HMAC
     )
     return verify_envelope(ObservationSigner(key, DOMAIN).sign(r, seq).envelope)
-
-
-def test_json_queries() -> None:
-    assert OracleQuery.from_json(b'{"device":"dev-1","sensor":"temp"}') == OracleQuery(
-        "dev-1", "temp"
-    )
-    q = OracleQuery.from_json(b'{"device":"dev-1","sensor":"temp","sequence":7}')
-    assert q.sequence == 7 and q.at is None
-    bad = [
-        b"[1]",
-        b"{",
-        b'{"device":"dev-1"}',
-        b'{"device":"dev/1","sensor":"temp"}',
-        b'{"device":"dev-1","sensor":"temp","sequence":true}',
-        b'{"device":"dev-1","sensor":"temp","sequence":1.5}',
-        b'{"device":"dev-1","sensor":"temp","at":-3}',
-        b'{"device":"dev-1","sensor":"temp","extra":1}',
-        b'{"device":"dev-1","sensor":"' + b"x" * 5000 + b'"}',
-    ]
-    for payload in bad:
-        with pytest.raises(QueryError) as info:
-            OracleQuery.from_json(payload)
-        assert info.value.code == "malformed" and info.value.status == 400
-
-
-def test_coap_queries() -> None:
-    assert OracleQuery.from_coap(["dev-1", "temp"], ["at=1767225600"]).at == 1767225600
-    assert OracleQuery.from_coap(["dev-1", "temp"], ["seq=3"]).sequence == 3
-    for path, query in (
-        (["dev-1"], []),
-        (["dev-1", "temp", "x"], []),
-        (["dev-1", "temp"], ["seq=-1"]),
-        (["dev-1", "temp"], ["seq=1", "seq=2"]),
-        (["dev-1", "temp"], ["seq=1", "at=2"]),
-        (["dev-1", "temp"], ["limit=3"]),
-    ):
-        with pytest.raises(QueryError):
-            OracleQuery.from_coap(path, query)
 
 
 def test_calldata_is_the_abi_encoding_of_submit_and_submit_batch() -> None:
@@ -112,34 +71,3 @@ def test_revert_reasons_are_decoded_by_the_abi() -> None:
     assert revert_reason(abi, "0x" + text.hex()) == "collateral"
     assert revert_reason(abi, "0xdeadbeef") == "0xdeadbeef"
     assert revert_reason(abi, None) == "reverted without a reason"
-
-
-def _service(contract: str) -> Any:
-    from agent.metrics import Metrics
-    from agent.oracle import OracleService
-
-    # render() does not read the journal: the entry is given.
-    return OracleService(
-        None,  # type: ignore[arg-type]
-        contract=contract,
-        known_device=lambda d: True,
-        metrics=Metrics(),
-    )
-
-
-def test_an_answer_for_another_domain_has_no_calldata_and_a_v1_envelope_says_why() -> None:
-    import json
-
-    from agent.journal import JournalEntry
-
-    v = verified(5, 3)
-    envelope = ObservationSigner(GatewayKey.generate(), DOMAIN).sign(v.reading, 3).envelope
-    entry = JournalEntry(3, "dev-1", "temp", 0.0, envelope)
-    same = json.loads(_service(DOMAIN.verifying_contract).render(entry))
-    assert same["submit"]["to"] == DOMAIN.verifying_contract
-    other = json.loads(_service("0x" + "ee" * 20).render(entry))
-    assert other["submit"] is None and "would refuse it" in other["submit_refused"]
-    old = entry.envelope.replace(b'{"v":2,', b'{"v":1,', 1)
-    with pytest.raises(QueryError) as info:
-        _service(DOMAIN.verifying_contract).render(JournalEntry(3, "dev-1", "temp", 0.0, old))
-    assert info.value.code == "not_found" and "Observation type v1" in info.value.message
