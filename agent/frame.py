@@ -194,11 +194,3 @@ def counter_key(device_id: str, transport: Transport | str, auth: AuthMethod) ->
     if auth is AuthMethod.HMAC or auth is AuthMethod.BTHOME:
         return device_id
     return f"{transport}/{device_id}"
-
-
-def counter_violation(counter: int, last: int | None) -> Violation | None:
-    """`replay` unless the counter is above the last accepted one. A device never seen (or a
-    bundle's `counter_start` c, read as last = c - 1) may start at exactly c."""
-    if last is not None and counter <= last:
-        return Violation("replay", f"counter {counter} is not above the last accepted {last}")
-    return None

@@ -31,11 +31,12 @@ from agent.errors import (
     JournalHeld,
     RejectedReading,
 )
-from agent.frame import DeviceFrame, counter_key, counter_violation
+from agent.frame import DeviceFrame, counter_key
 from agent.journal import Journal
 from agent.logs import RateLimitedLog, event
 from agent.metrics import Metrics
 from agent.model import AuthMethod, Observation, Reading, Transport
+from agent.replaywindow import ReplayWindow, after_accepting, replay_violation
 
 
 @dataclass(slots=True)
@@ -148,8 +149,8 @@ class Pipeline:
         self._space = asyncio.Event()
         self._space.set()
         self._held = False  # a batch waits for room in a full journal (overflow = "pause")
-        # counter_key(device, transport, auth) -> the last counter journaled under it
-        self._last_counter: dict[str, int] = {}
+        # counter_key(device, transport, auth) -> the replay window journaled under it
+        self._windows: dict[str, ReplayWindow] = {}
         self._counters_lock = asyncio.Lock()  # a reset never interleaves with a batch
         # device id -> the source it was last accepted from (since start; for status/health)
         self.device_sources: dict[str, str] = {}
@@ -167,12 +168,13 @@ class Pipeline:
         self._sinks.append(offer)
 
     async def load_state(self) -> None:
-        """Last journaled counter per device, so replays are refused across restarts."""
-        self._last_counter = await self.journal.last_counters()
+        """The journaled replay window per device, so replays are refused across restarts."""
+        self._windows = await self.journal.counter_windows()
 
     def last_counter(self, key: str) -> int | None:
         """The last counter journaled under `key` (agent.frame.counter_key; None: never seen)."""
-        return self._last_counter.get(key)
+        window = self._windows.get(key)
+        return None if window is None else window.high
 
     async def reset_counters(
         self, device_id: str, transport: Transport | None, *, bare: bool = False
@@ -185,13 +187,13 @@ class Pipeline:
         if transport is not None:
             wanted = {f"{transport}/{device_id}"}
         else:
-            wanted = {k for k in self._last_counter if k.partition("/")[2] == device_id}
+            wanted = {k for k in self._windows if k.partition("/")[2] == device_id}
         if bare:
             wanted.add(device_id)
         async with self._counters_lock:
             removed = await self.journal.forget_counters(sorted(wanted))
             for k in wanted:
-                self._last_counter.pop(k, None)
+                self._windows.pop(k, None)
         return removed
 
     # -- intake --------------------------------------------------------------------------
@@ -292,7 +294,8 @@ class Pipeline:
 
     async def _process(self, batch: list[Arrival]) -> None:
         readings: list[Reading] = []
-        updates: dict[str, int] = {}
+        updates: dict[str, ReplayWindow] = {}
+        size = self.journal.replay_window
         now = int(time.time())
         for arr in batch:
             try:
@@ -300,13 +303,13 @@ class Pipeline:
                 # a captured frame replayed at any rate never spends the device's tokens.
                 auth = self.gate.check(arr)
                 key = counter_key(arr.device_id, arr.transport, auth)
-                last = updates.get(key, self._last_counter.get(key))
-                replay = counter_violation(arr.frame.counter, last)
+                window = updates.get(key, self._windows.get(key))
+                replay = replay_violation(window, arr.frame.counter)
                 if replay is not None:
                     raise RejectedReading(replay.reason, replay.detail)
                 self.gate.admit(arr, auth)
                 readings.extend(arr.frame.readings(arr.device_id, arr.transport, auth, now))
-                updates[key] = arr.frame.counter
+                updates[key] = after_accepting(window, arr.frame.counter, size)
             except (RejectedReading, ValueError) as exc:
                 reason = exc.reason if isinstance(exc, RejectedReading) else "bad_value"
                 arr.rejected = reason
@@ -317,7 +320,7 @@ class Pipeline:
                 arr.rejected = arr.rejected or "journal_full"
         if obs:
             # Only counters that reached the journal count: a refused frame may come again.
-            self._last_counter.update(updates)
+            self._windows.update(updates)
             for arr in batch:
                 if arr.rejected is None:
                     self.device_sources[arr.device_id] = arr.source

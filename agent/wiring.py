@@ -202,6 +202,7 @@ def build(
         max_bytes=cfg.journal.max_bytes,
         max_age_s=cfg.journal.max_age_s,
         overflow=cfg.journal.overflow,
+        replay_window=cfg.journal.replay_window,
         logger=logging.getLogger("agent.journal"),
     )
     signer = ObservationSigner(key, domain_of(cfg), FeedMap(dict(cfg.gateway.feeds)))

@@ -50,7 +50,7 @@ def broker_auth(cfg: AgentConfig) -> MosquittoAuth | None:
 
     # The forwarding and oracle topics are in the ACL whether or not they are enabled now.
     services = [f"{cfg.forward.topic_prefix}/+/rpc", f"{cfg.oracle.topic_prefix}/+/oracle"]
-    return MosquittoAuth(ba, services)
+    return MosquittoAuth(ba, services, homeassistant=cfg.homeassistant)
 
 
 def _gateway_address(cfg: AgentConfig) -> str | None:

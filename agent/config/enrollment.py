@@ -20,6 +20,8 @@ class BrokerAuthConfig:
     acl_file: Path | None = None
     pid_file: Path | None = None  # the broker is sent SIGHUP to reload them
     agent_username: str | None = None  # gets read access to every device topic
+    # Home Assistant's own login: reads the discovery and state topics ([homeassistant])
+    homeassistant_username: str | None = None
     device_topic: str = "devices/{id}/up"
 
 
@@ -40,6 +42,7 @@ def _broker_auth(ma: Section) -> BrokerAuthConfig:
         acl_file=ma.path("acl_file"),
         pid_file=ma.path("pid_file"),
         agent_username=ma.get("agent_username", str),
+        homeassistant_username=ma.get("homeassistant_username", str),
         device_topic=ma.checked(
             "device_topic",
             BrokerAuthConfig.device_topic,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal, cast, get_args
 
 from agent.config.reader import Section
+from agent.replaywindow import DEFAULT_REPLAY_WINDOW, MAX_REPLAY_WINDOW
 
 Synchronous = Literal["normal", "full"]
 Overflow = Literal["pause", "drop-oldest", "reject-new"]
@@ -20,6 +21,9 @@ class JournalConfig:
     max_age_s: float = 7 * 86400.0
     synchronous: Synchronous = "normal"
     overflow: Overflow = "pause"
+    # How many counters below a device's highest one may still come once each (out of order:
+    # QoS 1 redelivery after a broker restart); 1 is the strict rule (agent/replaywindow.py).
+    replay_window: int = DEFAULT_REPLAY_WINDOW
 
 
 def read_journal(j: Section, data_dir: Path) -> JournalConfig:
@@ -32,6 +36,7 @@ def read_journal(j: Section, data_dir: Path) -> JournalConfig:
             Synchronous, j.choice("synchronous", J.synchronous, get_args(Synchronous))
         ),
         overflow=cast(Overflow, j.choice("overflow", J.overflow, get_args(Overflow))),
+        replay_window=j.int_range("replay_window", J.replay_window, 1, MAX_REPLAY_WINDOW),
     )
     j.done()
     return cfg

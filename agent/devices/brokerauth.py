@@ -1,6 +1,7 @@
 """Per-device broker credentials: a Mosquitto password file and ACL that let each device publish
 only on its own topic, so one device cannot speak as another even before the HMAC check; the
-same ACL binds dApps' forwarding and oracle requests and answers to their own username.
+same ACL binds dApps' forwarding and oracle requests and answers to their own username, and
+(with [homeassistant] on) lets only the agent publish Home Assistant discovery and states.
 
 The password file is maintained with Mosquitto's own `mosquitto_passwd` (its hash format is
 Mosquitto's business; the password goes on its stdin, never its command line). The ACL is
@@ -19,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from agent.atomicfile import atomic_write
-from agent.config import BrokerAuthConfig
+from agent.config import BrokerAuthConfig, HomeAssistantConfig
 from agent.config.downlink import downlink_acl_lines
 from agent.devices.registry import DeviceRecord, DeviceStatus
 from agent.errors import AgentError
@@ -44,10 +45,13 @@ def acl_text(
     cfg: BrokerAuthConfig,
     devices: Iterable[DeviceRecord],
     services: Iterable[str] = ("edgence/+/rpc", "edgence/+/oracle", "edgence/+/cmd"),
+    homeassistant: HomeAssistantConfig | None = None,
 ) -> str:
     """The ACL: each device publishes on its own topic only; each login asks the agent's
     request/response `services` (forwarding, oracle) only under its own username and reads
-    only the answers under it; only the agent answers."""
+    only the answers under it; only the agent answers. With `homeassistant` enabled, the
+    agent's login (or [homeassistant.mqtt]'s) writes the discovery, state and availability
+    topics and Home Assistant's login reads them; no other login may publish there."""
     services = tuple(services)
     lines = [
         "# Written by edgence-agent (pair, devices revoke/rotate-key): edits are overwritten.",
@@ -65,7 +69,36 @@ def acl_text(
         if d.transport is Transport.MQTT and d.status is not DeviceStatus.REVOKED:
             lines += ["", f"user {d.id}", f"topic write {cfg.device_topic.format(id=d.id)}"]
     lines += downlink_acl_lines(cfg.agent_username)
+    if homeassistant is not None and homeassistant.enabled:
+        lines += homeassistant_acl_lines(cfg, homeassistant)
     return "\n".join(lines) + "\n"
+
+
+def homeassistant_acl_lines(cfg: BrokerAuthConfig, ha: HomeAssistantConfig) -> list[str]:
+    """Discovery configs (`<discovery_prefix>/<component>/<node>/<object>/config`, retained)
+    and the states and availability under `<topic_prefix>/<gateway>/ha/`: written by the
+    login the discovery component connects with, read by Home Assistant's login, which also
+    announces itself on `<discovery_prefix>/status`. Nothing here is a pattern: no device's
+    login gets any of it."""
+    prefix, states = ha.discovery_prefix, f"{ha.topic_prefix}/+/ha/#"
+    writer = ha.mqtt.username if ha.mqtt is not None and ha.mqtt.username else None
+    writer = writer or cfg.agent_username
+    lines = ["", "# Home Assistant discovery ([homeassistant]): only the agent publishes it."]
+    if writer:
+        lines += [
+            f"user {writer}",
+            f"topic write {prefix}/+/+/+/config",
+            f"topic write {states}",
+            f"topic read {prefix}/status",
+        ]
+    if cfg.homeassistant_username:
+        lines += [
+            f"user {cfg.homeassistant_username}",
+            f"topic read {prefix}/#",
+            f"topic read {states}",
+            f"topic write {prefix}/status",
+        ]
+    return lines
 
 
 class MosquittoAuth:
@@ -73,6 +106,7 @@ class MosquittoAuth:
         self,
         cfg: BrokerAuthConfig,
         services: Iterable[str] = ("edgence/+/rpc", "edgence/+/oracle", "edgence/+/cmd"),
+        homeassistant: HomeAssistantConfig | None = None,
     ) -> None:
         if cfg.password_file is None or cfg.acl_file is None:
             raise BrokerAuthError("enrollment.mosquitto.password_file and acl_file are not set")
@@ -80,6 +114,7 @@ class MosquittoAuth:
         self.password_file = cfg.password_file
         self.acl_file = cfg.acl_file
         self.services = tuple(services)
+        self.homeassistant = homeassistant
 
     def _passwd(self, *args: str, stdin: bytes = b"") -> None:
         tool = find_mosquitto_passwd()
@@ -125,7 +160,8 @@ class MosquittoAuth:
         self.acl_file.parent.mkdir(parents=True, exist_ok=True)
         # Same mode as before (owner kept by atomic_write): the broker's user reads it.
         mode = self.acl_file.stat().st_mode & 0o777 if self.acl_file.exists() else 0o640
-        atomic_write(self.acl_file, acl_text(self.cfg, devices, self.services).encode(), mode)
+        text = acl_text(self.cfg, devices, self.services, self.homeassistant)
+        atomic_write(self.acl_file, text.encode(), mode)
 
     def reload(self) -> bool:
         """SIGHUP the broker named by pid_file; False when there is none to tell."""

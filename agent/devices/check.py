@@ -15,8 +15,9 @@ from typing import Any
 from agent.devices.auth import canonical_bytes, frame_mac
 from agent.devices.registry import DeviceRecord, DeviceStatus, KeyKind
 from agent.errors import FrameError
-from agent.frame import DeviceFrame, Violation, counter_violation
+from agent.frame import DeviceFrame, Violation
 from agent.model import AuthMethod, ClockSkew, Transport
+from agent.replaywindow import ReplayWindow, replay_violation
 
 # A Unix time in seconds passes 10^11 in the year 5138; a millisecond time passed it in 1973.
 MILLISECONDS_ABOVE = 10**11
@@ -152,7 +153,10 @@ def frame_violations(
                 )
             )
     late = time_violation(frame.timestamp, now, skew)
-    replay = counter_violation(frame.counter, last_counter)
+    # Only the last counter is known here (a bundle's start, `--last-counter`): every counter
+    # up to it counts as spent, as in a journal from before replay windows.
+    spent = None if last_counter is None else ReplayWindow.spent_upto(last_counter, 1)
+    replay = replay_violation(spent, frame.counter)
     out.extend(v for v in (late, replay) if v is not None)
     return out
 

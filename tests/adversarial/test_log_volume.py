@@ -19,7 +19,7 @@ from agent.devices.codecs.frame import encode_frame
 from agent.journal import Journal
 from agent.localbroker import LocalMosquitto
 from tests.integration.test_coap_source import coap_config, free_udp_port
-from tests.unit.test_journal import ROW, append_new
+from tests.unit.journal.test_journal import ROW, append_new
 
 
 async def test_block1_continuations_are_not_info_lines(

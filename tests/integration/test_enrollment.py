@@ -380,14 +380,16 @@ async def test_forged_replayed_unknown_revoked_and_stale_frames_are_refused(
     send("dev-2", 1, key2)
     await async_wait_until(lambda: rejects(running).get("revoked") == 1, 10, "revoked refusal")
 
-    # A counter from before a restart is still refused after it.
+    # A counter accepted before a restart is still refused after it; 2, never accepted (its
+    # frame was forged), is inside the replay window and taken once.
     await running.stop()
     again = await start_agent(open_cfg(local_broker, upstream_broker), name="agent")
+    send("dev-1", 3, key, value=33)
     send("dev-1", 2, key, value=2)
     send("dev-1", 4, key, value=4)
-    await async_wait_until(lambda: len(collector.observations()) >= 3, 10, "after restart")
+    await async_wait_until(lambda: len(collector.observations()) >= 4, 10, "after restart")
     assert rejects(again) == {"replay": 1}
-    assert [o["message"]["value"] for o in collector.observations()] == ["1", "3", "4"]
+    assert [o["message"]["value"] for o in collector.observations()] == ["1", "3", "2", "4"]
 
 
 async def test_a_chatty_device_is_rate_limited_without_starving_others(

@@ -15,6 +15,7 @@ AGENT = Path(__file__).resolve().parents[2] / "agent"
 BELOW_SOURCES = [
     "model.py",
     "frame.py",
+    "replaywindow.py",
     "modbusmap.py",
     "errors.py",
     "metrics.py",
@@ -23,15 +24,23 @@ BELOW_SOURCES = [
     "ratelimit.py",
     "component.py",
     "pipeline.py",
-    "journal.py",
+    "journal",
     "sqlitestore.py",
+    "threadowner.py",
     "bridge.py",
     "oracle",
     "attest",
     "config",
 ]
 # Pure code: bytes and values in, values out.
-PURE = ["model.py", "frame.py", "modbusmap.py", "devices/codecs", "downlink/codec.py"]
+PURE = [
+    "model.py",
+    "frame.py",
+    "replaywindow.py",
+    "modbusmap.py",
+    "devices/codecs",
+    "downlink/codec.py",
+]
 IO_MODULES = {
     "aiocoap",
     "aiohttp",
@@ -53,6 +62,7 @@ PURE_AGENT_MODULES = (
     "agent.errors",
     "agent.model",
     "agent.frame",
+    "agent.replaywindow",
     "agent.modbusmap",
     "agent.devices.codecs",
 )

@@ -93,13 +93,41 @@ async def test_replays_within_and_across_batches_and_unknown_devices_are_refused
     harness.offer("dev-2", 1)
     harness.offer("stranger", 1)
     await harness.settle()
-    harness.offer("dev-1", 4)  # a later batch, below the last accepted
+    harness.offer("dev-1", 4)  # a later batch, below the last accepted, never seen: in the window
+    harness.offer("dev-1", 4)  # its copy
     harness.offer("dev-1", 6)
+    harness.offer("dev-1", 5)  # accepted in the first batch
     await harness.settle()
-    assert await harness.journaled() == [("dev-1", 5), ("dev-2", 1), ("dev-1", 6)]
+    assert await harness.journaled() == [("dev-1", 5), ("dev-2", 1), ("dev-1", 4), ("dev-1", 6)]
     reasons = harness.metrics.by_label("frames_rejected", "reason")
-    assert reasons == {"replay": 2, "unknown_device": 1}
-    assert sorted(harness.acked) == [1, 1, 4, 5, 5, 6]  # refused frames are acked too
+    assert reasons == {"replay": 3, "unknown_device": 1}
+    assert sorted(harness.acked) == [1, 1, 4, 4, 5, 5, 5, 6]  # refused frames are acked too
+
+
+async def test_out_of_order_counters_pass_once_inside_the_window_and_never_below_it(
+    tmp_path: Path,
+) -> None:
+    """A window of 4: after 10, counters 7..9 may each come once, 6 and below never; the same
+    holds after a restart, from the windows the journal kept with the observations."""
+    first = Harness(tmp_path, replay_window=4)
+    await first.start()
+    try:
+        for n in (10, 8, 6, 8):
+            first.offer("dev-1", n)
+        await first.settle()
+    finally:
+        await first.stop()
+    second = Harness(tmp_path, replay_window=4)
+    await second.start()
+    try:
+        for n in (8, 9, 7, 6, 10, 9, 11):
+            second.offer("dev-1", n)
+        await second.settle()
+        assert [c for _, c in await second.journaled()] == [10, 8, 9, 7, 11]
+        assert second.metrics.by_label("frames_rejected", "reason") == {"replay": 4}
+        assert second.pipeline.last_counter("mqtt/dev-1") == 11
+    finally:
+        await second.stop()
 
 
 async def test_counters_survive_a_restart_of_the_pipeline(tmp_path: Path) -> None:
@@ -154,7 +182,8 @@ async def test_each_distinct_rejection_is_logged_and_repeats_go_to_debug(
     harness: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="agent.pipeline")
-    harness.offer("dev-1", 5)
+    for n in (5, 4, 3, 2):  # each accepted once (inside the replay window)
+        harness.offer("dev-1", n)
     await harness.settle()
     for n in (3, 4, 4, 2):  # three distinct details, one repeated
         harness.offer("dev-1", n)

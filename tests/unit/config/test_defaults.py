@@ -51,7 +51,7 @@ def test_only_gateway_key_file_is_required_and_everything_else_has_defaults(
     j = cfg.journal
     assert j.path == tmp_path / "data" / "journal.sqlite"
     assert (j.max_bytes, j.max_age_s) == (256 * 2**20, 7 * 86400.0)
-    assert (j.synchronous, j.overflow) == ("normal", "pause")
+    assert (j.synchronous, j.overflow, j.replay_window) == ("normal", "pause", 64)
     assert (cfg.pipeline.queue_size, cfg.pipeline.batch_max) == (20_000, 256)
     assert cfg.log.level == "info"
 

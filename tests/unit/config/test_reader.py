@@ -199,3 +199,18 @@ def test_value_outside_its_choices_is_refused_listing_them(
     path, message = refusal(tmp_path, MINIMAL + text)
     assert str(path) in message
     assert f"[{key}] must be one of {allowed}" in message
+
+
+@pytest.mark.parametrize("size", [0, 4097])
+def test_a_replay_window_outside_1_to_4096_is_refused_naming_key_and_file(
+    tmp_path: Path, size: int
+) -> None:
+    path, message = refusal(tmp_path, MINIMAL + f"[journal]\nreplay_window = {size}\n")
+    assert str(path) in message
+    assert f"[journal.replay_window] must be between 1 and 4096, got {size}" in message
+
+
+def test_the_replay_window_is_read_from_the_journal_section(tmp_path: Path) -> None:
+    assert (
+        load(tmp_path, MINIMAL + "[journal]\nreplay_window = 1024\n").journal.replay_window == 1024
+    )

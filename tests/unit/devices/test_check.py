@@ -20,8 +20,8 @@ from agent.devices.check import (
 )
 from agent.devices.codecs.frame import encode_frame, parse_frame
 from agent.devices.registry import DeviceRecord, DeviceStatus, KeyKind
-from agent.frame import counter_violation
 from agent.model import ClockSkew, Transport
+from agent.replaywindow import replay_violation
 
 DOC = Path(__file__).parents[3] / "docs" / "device-frame.md"
 KEY = bytes(range(32))
@@ -179,7 +179,7 @@ def test_a_sensor_not_declared_at_pair_is_refused_and_undeclared_devices_send_an
 
 def test_the_first_frame_may_use_counter_start_and_not_below() -> None:
     # A never-seen device: any counter, 0 included.
-    assert counter_violation(0, None) is None
+    assert replay_violation(None, 0) is None
     # A bundle's counter_start c means the gateway accepted c - 1: c itself is the next frame.
     path_report = check_report(
         bundle(counter_start=5), signed(5, [("temperature", 1, 0, "Cel")]), now=NOW
