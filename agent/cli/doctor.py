@@ -45,35 +45,59 @@ class DoctorOptions:
     check_agent: bool = True
 
 
+def _guarded(name: str, check: Callable[..., Check], *args: Any) -> Check:
+    """One check's result; a check that raises (a bug, or something this machine does that
+    nobody foresaw) is a failed line naming the exception, and the other checks still run."""
+    try:
+        return check(*args)
+    except Exception as exc:  # doctor reports every check, whatever happens
+        return Check(
+            name,
+            "fail",
+            f"the check itself failed: {type(exc).__name__}: {exc}",
+            "report this with the output of `edgence-agent doctor --json`",
+        )
+
+
 def run_checks(opts: DoctorOptions) -> list[Check]:
     first, cfg = check_config(opts.config)
     out = [first]
     if cfg is not None:
         out += [
-            check_key(cfg),
-            check_secrets(cfg),
-            check_allowlist(cfg),
-            check_data_dir(cfg),
-            check_journal_disk(cfg),
-            check_broker(
+            _guarded("key", check_key, cfg),
+            _guarded("secrets", check_secrets, cfg),
+            _guarded("allowlist", check_allowlist, cfg),
+            _guarded("data", check_data_dir, cfg),
+            _guarded("disk", check_journal_disk, cfg),
+            _guarded(
+                "local",
+                check_broker,
                 "local",
                 "sources.mqtt",
                 cfg.sources.mqtt.broker,
                 cfg.sources.mqtt.enabled,
                 opts.timeout,
             ),
-            check_broker("upstream", "bridge", cfg.bridge.broker, cfg.bridge.enabled, opts.timeout),
-            check_chain(cfg, opts.chain_url, opts.timeout),
-            check_bluetooth(cfg, opts.sysfs),
-            check_serial(cfg),
-            check_listeners(cfg),
-            check_service(cfg),
+            _guarded(
+                "upstream",
+                check_broker,
+                "upstream",
+                "bridge",
+                cfg.bridge.broker,
+                cfg.bridge.enabled,
+                opts.timeout,
+            ),
+            _guarded("chain", check_chain, cfg, opts.chain_url, opts.timeout),
+            _guarded("bluetooth", check_bluetooth, cfg, opts.sysfs),
+            _guarded("serial", check_serial, cfg),
+            _guarded("listen", check_listeners, cfg),
+            _guarded("service", check_service, cfg),
         ]
     elif opts.chain_url:
-        out.append(check_chain(None, opts.chain_url, opts.timeout))
-    out.append(check_clock(cfg, opts.clock))
+        out.append(_guarded("chain", check_chain, None, opts.chain_url, opts.timeout))
+    out.append(_guarded("clock", check_clock, cfg, opts.clock))
     if cfg is not None and opts.check_agent:
-        out.append(check_agent(cfg, opts.timeout))
+        out.append(_guarded("agent", check_agent, cfg, opts.timeout))
     return out
 
 

@@ -110,6 +110,7 @@ def test_status_and_doctor_say_when_another_program_holds_the_port(
     assert out.returncode != 0
     assert "another program holds the port" in out.stderr
     doc = cli("doctor", "--config", str(mine))
+    assert doc.stdout, doc.stderr  # the report, never only a traceback
     line = line_of(doc.stdout, "agent")
     assert line.startswith("FAIL  agent"), line
     assert "another program holds the port" in line

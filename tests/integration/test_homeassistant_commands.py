@@ -122,6 +122,10 @@ async def test_home_assistant_presses_become_commands_with_receipts_under_the_po
         # Home Assistant restarting finds the switch's state and the last outcome retained.
         late = Collector(local_broker.port, f"{base}/#")
         await async_wait_until(lambda: latest(late, f"{base}/gate/state") == b"OFF", 10, "late")
+        # The broker sends the retained messages in an order of its own: wait for this one too.
+        await async_wait_until(
+            lambda: outcome(late, f"{base}/pulse/receipt") is not None, 10, "late receipt"
+        )
         late_outcome = outcome(late, f"{base}/pulse/receipt")
         assert late_outcome is not None and late_outcome["ok"] is True
         late.close()
