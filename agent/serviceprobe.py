@@ -18,10 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from agent.attest.observation import verify_envelope
 from agent.chainclient.contractclient import ContractClient
 from agent.chainclient.contracts import load_artifact
@@ -30,7 +26,7 @@ from agent.chainclient.sender import TxSender
 from agent.config import BrokerEndpoint
 from agent.errors import EnvelopeError
 from agent.logs import event
-from agent.mqtt import MqttConnection
+from agent.requester import MqttRequester
 
 # -- judging (pure) ------------------------------------------------------------------------------
 
@@ -114,56 +110,25 @@ class ServiceProber:
         self.max_lag = max_lag
         self.log = logger or logging.getLogger("agent.serviceprobe")
         self.me = f"probe-{uuid.uuid4().hex[:12]}"
-        self.conn = MqttConnection(
-            endpoint, client_id=self.me, clean_start=True, name="probe", nodelay=True
+        self.requester = MqttRequester(
+            endpoint, client_id=self.me, reply_filter=f"{prefix}/+/+/res/{self.me}", name="probe"
         )
-        self._waiting: dict[bytes, asyncio.Future[bytes]] = {}
-        self._subscribed = asyncio.Event()
-        self.conn.client.on_message = self._on_message
-        self.conn.client.on_subscribe = lambda *a: self._subscribed.set()
-        self.conn.on_connected = self._subscribe
-        self._task: asyncio.Task[None] | None = None
-
-    def _subscribe(self, session_present: bool) -> None:
-        self.conn.client.subscribe(f"{self.prefix}/+/+/res/{self.me}", 1)
-
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        props = getattr(msg, "properties", None)
-        corr = getattr(props, "CorrelationData", None) if props is not None else None
-        fut = self._waiting.pop(bytes(corr), None) if corr is not None else None
-        if fut is not None and not fut.done():
-            fut.set_result(bytes(msg.payload))
 
     async def __aenter__(self) -> ServiceProber:
-        self._task = asyncio.create_task(self.conn.run())
-        await asyncio.wait_for(self._subscribed.wait(), self.timeout * 2)
+        if not await self.requester.start(self.timeout * 2):
+            raise TimeoutError(f"no connection to {self.requester.conn.endpoint.url}")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.conn.stop()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self.requester.close()
 
     async def _ask(self, gateway: str, service: str, body: dict[str, Any]) -> bytes | None:
-        corr = uuid.uuid4().bytes
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._waiting[corr] = fut
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ResponseTopic = f"{self.prefix}/{gateway}/{service}/res/{self.me}"
-        props.CorrelationData = corr
-        self.conn.client.publish(
+        return await self.requester.request(
             f"{self.prefix}/{gateway}/{service}/req/{self.me}",
-            json.dumps(body),
-            qos=1,
-            properties=props,
+            json.dumps(body).encode(),
+            f"{self.prefix}/{gateway}/{service}/res/{self.me}",
+            self.timeout,
         )
-        try:
-            return await asyncio.wait_for(fut, self.timeout)
-        except TimeoutError:
-            return None
-        finally:
-            self._waiting.pop(corr, None)
 
     async def probe(self, gateway: str) -> ProbeResult:
         gateway = gateway.lower()
