@@ -265,17 +265,10 @@ class JournalFile:
     @contextmanager
     def _write(self, action: str) -> Iterator[sqlite3.Connection]:
         """One write transaction: committed if the block succeeds, rolled back otherwise."""
-        conn = self._db()
-        try:
+        with self._guard(action) as conn:
             conn.execute("BEGIN IMMEDIATE")
             yield conn
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback(conn)
-            raise self._error(action, exc) from exc
-        except BaseException:
-            self._rollback(conn)
-            raise
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         if conn.in_transaction:
