@@ -6,17 +6,9 @@ restart."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
-import threading
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
-from edgence.downlink import Downlink as FirmwareDownlink
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.attest.keys import GatewayKey
 from agent.chainclient.anvil import LocalAnvil
@@ -34,8 +26,7 @@ from agent.metrics import Metrics
 from agent.model import Eip712Domain, Transport
 from tests.integration.chainclient.conftest import Deployed, deploy_counter, dev_tx, receipt_of
 from tests.integration.conftest import wait_until
-
-KEY = bytes(range(32))
+from tests.support.commandpeers import KEY, MqttBoard
 
 
 @pytest.fixture
@@ -44,38 +35,6 @@ def counter(anvil: LocalAnvil, contracts_built: Path) -> Deployed:
 
 
 DEVICE = "gate-1"
-
-
-class Board:
-    """The firmware's command handler (edgence.downlink) behind a paho client: what it ran."""
-
-    def __init__(self, port: int, flash: Path) -> None:
-        self.ran: list[dict[str, Any]] = []
-        cfg = SimpleNamespace(key=KEY, device_id=DEVICE)
-        self.dl = FirmwareDownlink(cfg, {"open": self._open}, str(flash))
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=DEVICE, protocol=paho.MQTTv5)
-        ready = threading.Event()
-        c.on_subscribe = lambda *a: ready.set()
-        c.on_connect = lambda cl, *a: cl.subscribe(f"devices/{DEVICE}/down", 1)
-        c.on_message = self._on_message
-        c.connect("127.0.0.1", port, 30)
-        c.loop_start()
-        assert ready.wait(10)
-        self.c = c
-
-    def _open(self, args: dict[str, Any]) -> dict[str, Any]:
-        self.ran.append(dict(args))
-        return {"opened": args["number"]}
-
-    def _on_message(self, c: paho.Client, ud: Any, msg: paho.MQTTMessage) -> None:
-        with contextlib.redirect_stdout(io.StringIO()):
-            answer = self.dl.handle(bytes(msg.payload))
-        if answer is not None:
-            c.publish(f"devices/{DEVICE}/ack", answer, qos=1)
-
-    def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
 
 
 class Agent:
@@ -143,7 +102,7 @@ async def test_contract_events_reach_the_device_once_across_an_agent_restart(
     tmp_path: Path, anvil: LocalAnvil, counter: Deployed, local_broker: LocalMosquitto
 ) -> None:
     (tmp_path / "flash").mkdir()
-    board = Board(local_broker.port, tmp_path / "flash")
+    board = MqttBoard(local_broker.port, DEVICE, tmp_path / "flash")
     try:
         agent = Agent(tmp_path, local_broker, anvil, counter.address)
         await agent.start()
