@@ -317,6 +317,41 @@ async def test_ack_persists_and_the_backlog_replays_in_order_after_reopen(path: 
         assert stats.last_seq == 10
 
 
+def counted_backlog(path: Path, after: int) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return int(db.execute("SELECT count(*) FROM entries WHERE seq > ?", (after,)).fetchone()[0])
+    finally:
+        db.close()
+
+
+async def test_backlog_matches_a_row_count_after_drops_and_with_a_hole_in_the_file(
+    path: Path,
+) -> None:
+    # Counted without a scan while the kept entries are one run (after drops from the oldest
+    # end), and by counting rows when they are not (here a hole made in the file directly).
+    async with Journal(
+        path, sinks=["bridge", "chain"], max_bytes=10 * ROW, overflow="drop-oldest"
+    ) as journal:
+        await append_new(journal, 10)
+        await append_new(journal, 4)  # 1..4 dropped
+        await journal.ack("bridge", 9)
+        await journal.ack("chain", 2)  # below the oldest kept entry
+        stats = await journal.stats()
+        assert stats.backlog == {"bridge": counted_backlog(path, 9), "chain": 10}
+        assert stats.backlog["bridge"] == 5
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM entries WHERE seq IN (7, 12)")
+    db.commit()
+    db.close()
+    async with Journal(path, sinks=["bridge", "chain"], max_bytes=10 * ROW) as journal:
+        stats = await journal.stats()
+        assert stats.entries == 8
+        assert stats.backlog == {"bridge": 4, "chain": 8}
+        await journal.ack("bridge", 14)
+        assert (await journal.stats()).backlog["bridge"] == 0
+
+
 async def test_acknowledged_entries_stay_until_the_bounds_need_their_room(path: Path) -> None:
     async with Journal(path, sinks=["bridge"]) as journal:
         await append_new(journal, 5)
