@@ -161,6 +161,12 @@ class Pipeline:
         self.drained: bool | None = None  # set by stop(): whether the queue emptied in time
         metrics.gauge("pipeline_queue", lambda: float(self._queue.qsize()))
 
+    @property
+    def idle(self) -> asyncio.Event:
+        """Set while nothing is queued or being journaled (a sink may time its own journal work
+        to the gaps)."""
+        return self._idle
+
     def add_sink(self, offer: Callable[[int, list[Observation]], None]) -> None:
         """`offer(previous_seq, observations)` is called on the loop after every committed batch;
         `previous_seq` is the journal's newest sequence before the batch, so that a sink can

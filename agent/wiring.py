@@ -262,6 +262,7 @@ def build(
             sign_dropped=lambda first, last, at: sign_dropped(key, domain, first, last, at),
         )
         pipeline.add_sink(p.bridge.offer)
+        p.bridge.intake_idle = pipeline.idle
         bridge = p.bridge
         p.upkeep.bridge_up = bridge.conn.connected.is_set
     _sources(p, ble_backend, ble_devices)

@@ -214,3 +214,64 @@ async def test_bridge_falls_back_to_the_journal_when_its_memory_queue_overflows(
     # Caught up again: later readings take the in-memory path.
     device.publish("devices/dev-1/up", encode_frame(301, [("t", 301, 0, "Cel")]))
     await async_wait_until(lambda: bridge._live and bridge.watermark >= 301, 10, "live again")
+
+
+async def backlog_of(n: int, running: Any, upstream: LocalMosquitto, device: Device) -> None:
+    """Upstream down, `n` readings journaled: the bridge has a backlog to read back (none of
+    it waits in the bridge's memory queue)."""
+    running.agent.bridge.FAST_MAX = 0
+    await asyncio.to_thread(upstream.stop)
+    for k in range(1, n + 1):
+        await asyncio.to_thread(
+            device.publish, "devices/dev-1/up", encode_frame(k, [("t", k, 0, "Cel")]), False
+        )
+    m = running.agent.metrics
+    await async_wait_until(lambda: m.get("observations_signed") == n, 15, "all journaled")
+
+
+def delivered(collector: Collector) -> int:
+    return len({o["message"]["deviceCounter"] for o in collector.observations()})
+
+
+async def test_catching_up_the_bridge_reads_the_backlog_when_the_intake_is_idle(
+    local_broker: LocalMosquitto,
+    upstream_broker: LocalMosquitto,
+    collector: Collector,
+    device: Device,
+    start_agent: Any,
+) -> None:
+    running = await start_agent(agent_config_dict(local_broker, upstream_broker))
+    bridge, pipeline = running.agent.bridge, running.agent.pipeline
+    assert bridge is not None and bridge.intake_idle is pipeline.idle
+    await backlog_of(200, running, upstream_broker, device)
+    bridge.INTAKE_WAIT_MAX = 60.0  # no cap: the read waits for the intake alone
+    pipeline.idle.clear()  # as while live readings are queued or being journaled
+    await asyncio.to_thread(upstream_broker.start)
+    await async_wait_until(bridge.conn.connected.is_set, 15, "upstream connected")
+    await asyncio.sleep(0.5)
+    assert bridge.watermark == 0 and collector.observations() == []
+    pipeline.idle.set()
+    await async_wait_until(lambda: delivered(collector) == 200, 15, "backlog delivered")
+    obs = dedupe_by_sequence(collector.raw_observations())
+    assert [o["message"]["deviceCounter"] for o in obs] == list(range(1, 201))
+
+
+async def test_a_busy_intake_slows_the_catch_up_but_cannot_stop_it(
+    local_broker: LocalMosquitto,
+    upstream_broker: LocalMosquitto,
+    collector: Collector,
+    device: Device,
+    start_agent: Any,
+) -> None:
+    cfg = agent_config_dict(local_broker, upstream_broker)
+    cfg["bridge"]["batch"] = 16  # 13 reads, each after a wait of up to INTAKE_WAIT_MAX
+    running = await start_agent(cfg)
+    bridge, pipeline = running.agent.bridge, running.agent.pipeline
+    assert bridge is not None
+    await backlog_of(200, running, upstream_broker, device)
+    pipeline.idle.clear()  # never idle: each read waits INTAKE_WAIT_MAX, then goes ahead
+    await asyncio.to_thread(upstream_broker.start)
+    await async_wait_until(lambda: delivered(collector) == 200, 30, "backlog delivered")
+    assert not pipeline.idle.is_set()
+    obs = dedupe_by_sequence(collector.raw_observations())
+    assert [o["message"]["deviceCounter"] for o in obs] == list(range(1, 201))
