@@ -70,7 +70,8 @@ def bench_frame(i: int, signed: bool) -> bytes:
     return encode_frame(counter, values, timestamp=BENCH_TS)
 
 
-# `--base DIR`: "agent-base" runs the agent package in DIR (an earlier commit's tree).
+# `--base DIR`: "agent-base" and "agent-base-batched" run the agent package in DIR (an earlier
+# commit's tree).
 BASE_SOURCE: Path | None = None
 
 # "agent-batched": the bridge's optional batched upstream envelope, on.
@@ -353,10 +354,10 @@ def _measure(
                 sync,
                 signed,
                 extra,
-                source=BASE_SOURCE if kind == "agent-base" else None,
-                bridge_toml=BATCHED_TOML if kind == "agent-batched" else "",
+                source=BASE_SOURCE if kind.startswith("agent-base") else None,
+                bridge_toml=BATCHED_TOML if kind.endswith("batched") else "",
             )
-            topic = "edgence/+/obs/#" if kind != "agent-batched" else "edgence/+/obs-batch"
+            topic = "edgence/+/obs-batch" if kind.endswith("batched") else "edgence/+/obs/#"
             if metrics == "scraped":
                 scraper = Scraper(port)
         cpu_before = cpu_seconds(proc.pid)
@@ -609,7 +610,8 @@ def cost_comparison(n: int, repeat: int, base: Path | None, write: bool) -> int:
     global BASE_SOURCE
     os.environ.setdefault("BENCH_AGENT_CPUS", "1")
     BASE_SOURCE = base
-    kinds = ["relay", *(["agent-base"] if base else []), "agent", "agent-batched"]
+    before = ["agent-base", "agent-base-batched"] if base else []
+    kinds = ["relay", *before, "agent", "agent-batched"]
     runs: dict[str, list[Result]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory(prefix="edgence-bench-") as tmp:
         for rep in range(repeat):
@@ -624,6 +626,8 @@ def cost_comparison(n: int, repeat: int, base: Path | None, write: bool) -> int:
     names = {
         "relay": "bare paho relay (republish unchanged)",
         "agent-base": f"edgence-agent before ({base.name if base else ''})",
+        "agent-base-batched": f"edgence-agent before ({base.name if base else ''}), "
+        "envelopes_per_message = 32",
         "agent": "edgence-agent",
         "agent-batched": "edgence-agent, envelopes_per_message = 32",
     }

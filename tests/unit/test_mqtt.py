@@ -1,0 +1,78 @@
+"""MqttConnection's paho client against a real Mosquitto: messages reach `on_message` without
+paho's per-topic matching, and per-topic callbacks still work once one is registered."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.config import BrokerEndpoint
+from agent.localbroker import LocalMosquitto
+from agent.mqtt import MqttConnection
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[LocalMosquitto]:
+    with LocalMosquitto(tmp_path / "mosq", name="local") as b:
+        yield b
+
+
+async def receive(broker: LocalMosquitto, filtered: bool) -> tuple[list[str], list[str]]:
+    """Publish on a/1 and b/1; (topics on_message got, topics the a/# callback got, if one is
+    registered)."""
+    conn = MqttConnection(
+        BrokerEndpoint(host="127.0.0.1", port=broker.port), clean_start=True, name="t"
+    )
+    general: list[str] = []
+    special: list[str] = []
+    subscribed = asyncio.Event()
+
+    def on_message(client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        general.append(msg.topic)
+
+    conn.client.on_message = on_message
+    conn.client.on_subscribe = lambda *a: subscribed.set()
+    if filtered:
+        conn.client.message_callback_add("a/#", lambda c, u, m: special.append(m.topic))
+
+    def on_connected(session_present: bool) -> None:
+        conn.client.subscribe("#", 1)
+
+    conn.on_connected = on_connected
+    task = asyncio.create_task(conn.run())
+    try:
+        await asyncio.wait_for(subscribed.wait(), 10)
+        pub = paho.Client(CallbackAPIVersion.VERSION2)
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        for topic in ("a/1", "b/1"):
+            pub.publish(topic, b"x", qos=1).wait_for_publish(5)
+        pub.loop_stop()
+        pub.disconnect()
+        for _ in range(250):
+            if len(general) + len(special) >= 2:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await conn.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return general, special
+
+
+async def test_messages_reach_on_message_without_per_topic_callbacks(
+    broker: LocalMosquitto,
+) -> None:
+    assert await receive(broker, filtered=False) == (["a/1", "b/1"], [])
+
+
+async def test_a_per_topic_callback_takes_its_topics_and_on_message_the_rest(
+    broker: LocalMosquitto,
+) -> None:
+    assert await receive(broker, filtered=True) == (["b/1"], ["a/1"])
