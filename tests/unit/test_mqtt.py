@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import BrokerEndpoint
 from agent.localbroker import LocalMosquitto
-from agent.mqtt import MqttConnection
+from agent.mqtt import BufferedClient, MqttConnection
 
 
 @pytest.fixture
@@ -76,3 +76,35 @@ async def test_a_per_topic_callback_takes_its_topics_and_on_message_the_rest(
     broker: LocalMosquitto,
 ) -> None:
     assert await receive(broker, filtered=True) == (["b/1"], ["a/1"])
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+async def test_qos1_publishes_are_confirmed_by_their_pubacks(
+    broker: LocalMosquitto, protocol: int
+) -> None:
+    # MQTT 3.1.1 PUBACKs take the client's short path (one shared success reason code), MQTT 5
+    # ones paho's own decoding (they may carry a reason code and properties).
+    conn = MqttConnection(
+        BrokerEndpoint(host="127.0.0.1", port=broker.port, protocol=protocol),  # type: ignore[arg-type]
+        clean_start=True,
+        name="t",
+    )
+    acked: list[tuple[int, bool, object]] = []
+    conn.client.on_publish = lambda c, u, mid, rc, props: acked.append((mid, rc.is_failure, rc))
+    task = asyncio.create_task(conn.run())
+    try:
+        await asyncio.wait_for(conn.connected.wait(), 10)
+        infos = [conn.client.publish(f"t/{k}", b"x", qos=1) for k in range(5)]
+        for _ in range(250):
+            if len(acked) == 5:
+                break
+            await asyncio.sleep(0.02)
+        assert sorted(mid for mid, _, _ in acked) == sorted(i.mid for i in infos)
+        assert not any(failed for _, failed, _ in acked)
+        assert all(i.is_published() for i in infos)
+        shared = BufferedClient._PUBACK_OK[0]
+        assert all((rc is shared) == (protocol == 4) for _, _, rc in acked)
+    finally:
+        await conn.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

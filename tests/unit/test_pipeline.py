@@ -224,3 +224,28 @@ async def test_a_full_journal_pauses_intake_and_acknowledges_only_what_it_stored
         assert [c for _, c in await h.journaled()][-2:] == [held, held + 1]
     finally:
         await h.stop()
+
+
+class FakeMonotonic:
+    """A fake clock (allowed: the linger is a duration, and this test is about its arithmetic)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_linger_counts_from_the_oldest_queued_reading_not_from_when_it_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeMonotonic()
+    monkeypatch.setattr("agent.pipeline.time.monotonic", clock)
+    h = Harness(tmp_path)
+    h.pipeline.linger = 0.002
+    h.offer("dev-1", 1)  # the queue was empty: the linger starts now
+    clock.now += 0.0005
+    h.offer("dev-1", 2)  # queued behind it: does not restart the linger
+    assert h.pipeline.linger_left() == pytest.approx(0.0015)
+    clock.now += 0.003  # e.g. the previous batch was being journaled all this time
+    assert h.pipeline.linger_left() < 0  # nothing more to wait for
