@@ -172,7 +172,8 @@ FIGURES = [
             f"{CATCHUP.get(d)['time to empty s']} s of {CATCHUP.get(d)['backlog']}; live "
             f"readings accepted p99 {_p99(CATCHUP.get(d)[LIVE]):g} ms (one envelope per "
             f"message, backlog {CATCHUP_SINGLE.get(d)['backlog']}: "
-            f"{CATCHUP_SINGLE.get(d)['drain /s']}/s)"
+            f"{CATCHUP_SINGLE.get(d)['drain /s']}/s, live p99 "
+            f"{_p99(CATCHUP_SINGLE.get(d)[LIVE]):g} ms)"
         ),
         (
             ("drain ≥ 10,000/s", lambda d: number(CATCHUP.get(d)["drain /s"]) >= 10_000),
