@@ -45,7 +45,10 @@ def _keccak_library() -> ctypes.CDLL | None:
         path = pycryptodome_filename(["Crypto", "Hash"], "_keccak" + suffix)
         if os.path.isfile(path):
             try:
-                lib = ctypes.CDLL(path)
+                # PyDLL: the calls keep the GIL. Each takes about a microsecond, and letting go of
+                # the GIL around it lets the event loop take it; the journal thread then waits
+                # for it back for up to the switch interval (5 ms), six times per observation.
+                lib = ctypes.PyDLL(path)
             except OSError:
                 return None
             vp, size, u8 = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint8
