@@ -267,8 +267,8 @@ class Pipeline:
                 # several times the signing itself; a few ms of waiting gathers a batch.
                 # At high rates batches are large anyway and nothing waits. The wait counts
                 # from the oldest reading's arrival, not from now: what arrived while the
-                # previous batch was journaled has waited already (at 1,000 readings/s a
-                # linger after each batch added most of the accepted p50).
+                # previous batch was being journaled has waited already, and a linger started
+                # after each batch made it wait again.
                 wait = self.linger_left()
                 if wait > 0:
                     await asyncio.sleep(wait)
