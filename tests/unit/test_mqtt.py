@@ -4,6 +4,7 @@ paho's per-topic matching, and per-topic callbacks still work once one is regist
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,43 @@ async def test_qos1_publishes_are_confirmed_by_their_pubacks(
         shared = BufferedClient._PUBACK_OK[0]
         assert all((rc is shared) == (protocol == 4) for _, _, rc in acked)
     finally:
+        await conn.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_publishes_queued_beyond_the_inflight_window_go_out_as_pubacks_free_it(
+    broker: LocalMosquitto,
+) -> None:
+    # 12 QoS 1 messages through a window of 2: paho queues 10, and each PUBACK sends the next.
+    conn = MqttConnection(
+        BrokerEndpoint(host="127.0.0.1", port=broker.port),
+        clean_start=True,
+        name="t",
+        max_inflight=2,
+    )
+    got: list[str] = []
+    sub = paho.Client(CallbackAPIVersion.VERSION2)
+    subscribed = threading.Event()
+    sub.on_message = lambda c, u, m: got.append(m.topic)
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.connect("127.0.0.1", broker.port)
+    sub.subscribe("q/#", 1)
+    sub.loop_start()
+    task = asyncio.create_task(conn.run())
+    try:
+        assert subscribed.wait(10)
+        await asyncio.wait_for(conn.connected.wait(), 10)
+        infos = [conn.client.publish(f"q/{k}", b"x", qos=1) for k in range(12)]
+        for _ in range(250):
+            if len(got) == 12 and all(i.is_published() for i in infos):
+                break
+            await asyncio.sleep(0.02)
+        assert got == [f"q/{k}" for k in range(12)]
+        assert all(i.is_published() for i in infos)
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
         await conn.stop()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
