@@ -28,6 +28,11 @@ from .conftest import (
 )
 
 
+def delivered(collector: Collector) -> int:
+    """Distinct device counters that arrived upstream."""
+    return len({o["message"]["deviceCounter"] for o in collector.observations()})
+
+
 def dedupe_by_sequence(raw: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
     """First copy of each gateway sequence, in arrival order; asserts copies are identical."""
     first: dict[int, bytes] = {}
@@ -83,7 +88,7 @@ async def test_upstream_outage_of_10s_loses_nothing_and_keeps_order(
     await asyncio.sleep(1.0)
     sent = await asyncio.to_thread(pub.stop)
     await async_wait_until(
-        lambda: len({o["message"]["deviceCounter"] for o in collector.observations()}) >= sent,
+        lambda: delivered(collector) >= sent,
         30,
         f"all {sent} observations upstream",
     )
@@ -205,7 +210,7 @@ async def test_bridge_falls_back_to_the_journal_when_its_memory_queue_overflows(
     assert not bridge._live  # overflowed: it will read the journal
     await asyncio.to_thread(upstream_broker.start)
     await async_wait_until(
-        lambda: len({o["message"]["deviceCounter"] for o in collector.observations()}) == 300,
+        lambda: delivered(collector) == 300,
         30,
         "all 300",
     )
@@ -227,10 +232,6 @@ async def backlog_of(n: int, running: Any, upstream: LocalMosquitto, device: Dev
         )
     m = running.agent.metrics
     await async_wait_until(lambda: m.get("observations_signed") == n, 15, "all journaled")
-
-
-def delivered(collector: Collector) -> int:
-    return len({o["message"]["deviceCounter"] for o in collector.observations()})
 
 
 async def test_catching_up_the_bridge_reads_the_backlog_when_the_intake_is_idle(
